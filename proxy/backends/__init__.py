@@ -1,0 +1,1 @@
+"""Backends: one small Protocol (`base.Backend`) and one adapter module per kind of model server."""

@@ -1,0 +1,105 @@
+"""The Backend seam: what every model server adapter implements, and the data crossing it.
+
+Each adapter translates a `BackendRequest` to its own API and maps its library's errors to the
+`proxy.errors.BackendError` tree, so nothing above this layer knows which vendor answered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import httpx
+
+from memory.types import Message
+from proxy.errors import (
+    BackendError,
+    BackendRateLimited,
+    BackendRejected,
+    BackendServerError,
+    BackendTimeout,
+    BackendUnavailable,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUsage:
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """A piece of the reply. The last one a backend yields carries `finish_reason` (and usage if known)."""
+
+    text: str = ""
+    reasoning: str = ""
+    finish_reason: str | None = None
+    usage: TokenUsage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BackendRequest:
+    """What a backend is asked to generate; `None` means "the backend's default"."""
+
+    model: str
+    messages: tuple[Message, ...]
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    response_format: Literal["text", "json"] = "text"
+    json_schema: dict[str, Any] | None = field(default=None, hash=False)
+
+
+class Backend(Protocol):
+    """A model server. `stream` is an async generator; closing it cancels the upstream request."""
+
+    name: str
+
+    def stream(self, request: BackendRequest) -> AsyncIterator[Delta]: ...
+
+    async def models(self) -> list[str]: ...
+
+    async def context_window(self, model: str) -> int | None: ...
+
+    async def aclose(self) -> None: ...
+
+
+def status_error(backend: str, status: int, detail: str) -> BackendError:
+    """Map an upstream HTTP status to the error the client should see."""
+    message = f"backend '{backend}' answered {status}: {detail}".strip()
+    if status == 429:
+        return BackendRateLimited(message)
+    if status in (408, 504):
+        return BackendTimeout(message)
+    if status >= 500:
+        return BackendServerError(message)
+    if status == 404:
+        return BackendRejected(f"backend '{backend}' does not know this model: {detail}", status=404)
+    return BackendRejected(message, status=status)
+
+
+@contextlib.contextmanager
+def mapped_httpx_errors(backend: str) -> Iterator[None]:
+    """Turn transport failures into BackendTimeout / BackendUnavailable naming the backend.
+
+    A connect timeout is a connect failure (retryable); a read timeout means the backend took the
+    request and stalled, and retrying would only multiply the client's wait.
+    """
+    try:
+        yield
+    except httpx.ConnectTimeout as exc:
+        raise BackendUnavailable(f"backend '{backend}' is unreachable: connect timed out") from exc
+    except httpx.TimeoutException as exc:
+        raise BackendTimeout(f"backend '{backend}' did not answer in time ({type(exc).__name__})") from exc
+    except httpx.HTTPError as exc:
+        raise BackendUnavailable(f"backend '{backend}' is unreachable: {exc or type(exc).__name__}") from exc

@@ -1,0 +1,133 @@
+"""Any OpenAI-compatible server over httpx: llama.cpp (`llama-server`, `llama_cpp.server`), vLLM,
+LM Studio, OpenAI itself. Always streams upstream, so one code path serves both client modes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+
+from proxy.backends.base import BackendRequest, Delta, TokenUsage, mapped_httpx_errors, status_error
+from proxy.errors import BackendServerError
+from proxy.settings import BackendSettings
+
+
+class OpenAICompatBackend:
+    def __init__(self, name: str, client: httpx.AsyncClient, *, sampler_extras: bool = True) -> None:
+        self.name = name
+        self._client = client
+        self._sampler_extras = sampler_extras
+        self._context: dict[str, int | None] = {}
+
+    @classmethod
+    def from_settings(cls, name: str, config: BackendSettings) -> OpenAICompatBackend:
+        headers = {"Authorization": f"Bearer {config.api_key.get_secret_value()}"} if config.api_key else {}
+        timeout = httpx.Timeout(config.timeout_s, connect=config.connect_timeout_s)
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+        client = httpx.AsyncClient(base_url=config.url(), headers=headers, timeout=timeout, limits=limits)
+        return cls(name, client, sampler_extras=config.sampler_extras)
+
+    def payload(self, request: BackendRequest) -> dict[str, Any]:
+        """The upstream body: OpenAI fields, only those the client set."""
+        body: dict[str, Any] = {
+            "model": request.model,
+            "messages": [
+                {"role": m.role, "content": m.content} | ({"name": m.name} if m.name else {})
+                for m in request.messages
+            ],
+            "stream": True,
+        }
+        optional = {
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "seed": request.seed,
+            "presence_penalty": request.presence_penalty,
+            "frequency_penalty": request.frequency_penalty,
+            "stop": list(request.stop) or None,
+        }
+        if self._sampler_extras:
+            # llama.cpp calls it repeat_penalty, vLLM repetition_penalty; each ignores the other.
+            penalty = request.repetition_penalty
+            optional |= {"top_k": request.top_k, "min_p": request.min_p}
+            optional |= {"repeat_penalty": penalty, "repetition_penalty": penalty}
+        body |= {k: v for k, v in optional.items() if v is not None}
+        if request.json_schema is not None:
+            body["response_format"] = {"type": "json_schema", "json_schema": request.json_schema}
+        elif request.response_format == "json":
+            body["response_format"] = {"type": "json_object"}
+        return body
+
+    async def stream(self, request: BackendRequest) -> AsyncIterator[Delta]:
+        with mapped_httpx_errors(self.name):
+            async with self._client.stream("POST", "/chat/completions", json=self.payload(request)) as resp:
+                if resp.status_code >= 400:
+                    await resp.aread()
+                    raise status_error(self.name, resp.status_code, _error_text(resp))
+                finished = False
+                try:
+                    async for line in resp.aiter_lines():
+                        finished = finished or line.startswith("data: [DONE]")
+                        delta = self._parse_line(line)
+                        if delta is not None:
+                            finished = finished or delta.finish_reason is not None
+                            yield delta
+                except httpx.HTTPError as exc:
+                    raise BackendServerError(f"backend '{self.name}' broke off the reply: {exc}") from exc
+                if not finished:  # e.g. llama_cpp.server on a prompt beyond n_ctx: 200, then nothing
+                    raise BackendServerError(f"backend '{self.name}' ended the reply without finishing it")
+
+    def _parse_line(self, line: str) -> Delta | None:
+        if not line.startswith("data:"):
+            return None
+        data = line[5:].strip()
+        if not data or data == "[DONE]":
+            return None
+        chunk = orjson.loads(data)
+        if "error" in chunk:
+            raise BackendServerError(f"backend '{self.name}' failed mid-reply: {_message_of(chunk['error'])}")
+        usage = chunk.get("usage")
+        choices = chunk.get("choices") or [{}]
+        delta = choices[0].get("delta") or {}
+        return Delta(
+            text=delta.get("content") or "",
+            reasoning=delta.get("reasoning_content") or delta.get("reasoning") or "",
+            finish_reason=choices[0].get("finish_reason"),
+            usage=TokenUsage(usage["prompt_tokens"], usage["completion_tokens"]) if usage else None,
+        )
+
+    async def models(self) -> list[str]:
+        with mapped_httpx_errors(self.name):
+            resp = await self._client.get("/models")
+        if resp.status_code >= 400:
+            raise status_error(self.name, resp.status_code, _error_text(resp))
+        entries = resp.json().get("data", [])
+        for entry in entries:  # vLLM: max_model_len; llama-server: meta.n_ctx_train
+            window = entry.get("max_model_len") or entry.get("context_length") or (entry.get("meta") or {}).get(
+                "n_ctx_train"
+            )
+            self._context.setdefault(entry["id"], int(window) if window else None)
+        return [entry["id"] for entry in entries]
+
+    async def context_window(self, model: str) -> int | None:
+        if model not in self._context:
+            await self.models()
+        return self._context.get(model)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _error_text(resp: httpx.Response) -> str:
+    try:
+        return _message_of(resp.json().get("error", resp.text))
+    except ValueError:
+        return resp.text[:500] or resp.reason_phrase
+
+
+def _message_of(error: Any) -> str:
+    if isinstance(error, dict):
+        return str(error.get("message") or error)
+    return str(error)

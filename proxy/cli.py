@@ -1,0 +1,93 @@
+"""The `anima` command: `anima serve`, `anima models`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from pydantic import BaseModel
+
+from proxy.settings import Settings, get_settings
+
+
+def _setting_lines(model: type[BaseModel], prefix: str = "ANIMA_") -> Iterator[str]:
+    for name, field in model.model_fields.items():
+        env = f"{prefix}{name.upper()}"
+        default = field.default if field.default_factory is None else field.default_factory()  # type: ignore[call-arg]
+        yield f"  {env:<34} {field.description or ''} (default: {default!r})"
+
+
+def _epilog() -> str:
+    from proxy.settings import BackendSettings, RouteSettings
+
+    lines = ["Every setting (environment, .env, or the same keys in anima.toml):", *_setting_lines(Settings)]
+    lines += ["", "Backend table [backends.NAME] (env ANIMA_BACKENDS__NAME__KEY):"]
+    lines += [line.replace("ANIMA_", "  ", 1) for line in _setting_lines(BackendSettings)]
+    lines += ["", "Routing table [[models]]:"]
+    lines += [line.replace("ANIMA_", "  ", 1) for line in _setting_lines(RouteSettings)]
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="anima", description="OpenAI-compatible proxy with persona, memory, emotion.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser(
+        "serve", help="run the server", epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    serve.add_argument("--host", help="interface to bind (ANIMA_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (ANIMA_PORT, default 8000)")
+    serve.add_argument("--workers", type=int, help="worker processes (ANIMA_WORKERS, default 1)")
+    serve.add_argument("--config", help="TOML routing file (ANIMA_CONFIG, default ./anima.toml)")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="ANIMA_LOG_LEVEL")
+    models = commands.add_parser("models", help="list every routed model")
+    models.add_argument("--config", help="TOML routing file (ANIMA_CONFIG, default ./anima.toml)")
+    return parser
+
+
+def _apply(args: argparse.Namespace) -> Settings:
+    """Command-line options become ANIMA_* variables, so uvicorn's worker processes see them too."""
+    options: dict[str, Any] = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
+    for key, value in options.items():
+        os.environ[f"ANIMA_{key.upper()}"] = str(value)
+    get_settings.cache_clear()
+    return get_settings()
+
+
+def serve(settings: Settings) -> None:
+    import uvicorn
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    uvicorn.run(
+        "proxy.main:app_factory",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=10,
+    )
+
+
+async def list_models(settings: Settings) -> list[tuple[str, str]]:
+    from proxy.backends.registry import Registry, build_backends
+
+    registry = Registry(build_backends(settings.backends), settings.models)
+    try:
+        return await registry.model_names(timeout_s=settings.health_timeout_s)
+    finally:
+        for backend in registry.backends.values():
+            await backend.aclose()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    settings = _apply(args)
+    if args.command == "serve":
+        serve(settings)
+    elif args.command == "models":
+        for name, backend in asyncio.run(list_models(settings)):
+            print(f"{name}\t{backend}")  # noqa: T201 - this is the command's output

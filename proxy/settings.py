@@ -1,0 +1,119 @@
+"""All of Anima's settings in one typed object: env (`ANIMA_*`, nested with `__`), `.env`, `anima.toml`.
+
+Precedence, highest first: constructor arguments, environment, `.env`, the TOML file named by
+`ANIMA_CONFIG` (default `./anima.toml`). The TOML file is where the backend/model routing table lives.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+BackendKind = Literal["ollama", "gemini", "openai", "embedded"]
+
+DEFAULT_BASE_URLS: dict[str, str] = {
+    "ollama": "http://127.0.0.1:11434",
+    "gemini": "https://generativelanguage.googleapis.com",
+    "openai": "http://127.0.0.1:8080/v1",
+}
+
+
+class BackendSettings(BaseModel):
+    """One model server. `kind` picks the adapter; the table key is the backend's name."""
+
+    kind: BackendKind
+    base_url: str | None = Field(default=None, description="server URL (kind's usual local default)")
+    api_key: SecretStr | None = Field(default=None, description="key sent upstream (gemini, openai)")
+    timeout_s: float = Field(default=120.0, gt=0, description="max seconds between bytes from upstream")
+    connect_timeout_s: float = Field(default=5.0, gt=0, description="max seconds to connect")
+    models: list[str] = Field(default_factory=list, description="models to list when it cannot list them")
+    model_path: Path | None = Field(default=None, description="embedded: GGUF file (default: SmolLM2)")
+    n_ctx: int = Field(default=4096, ge=256, description="embedded: context window in tokens")
+    n_threads: int | None = Field(default=None, ge=1, description="embedded: CPU threads")
+    sampler_extras: bool = Field(
+        default=True, description="openai: send top_k/min_p/repetition_penalty (off for OpenAI itself)"
+    )
+
+    def url(self) -> str:
+        return (self.base_url or DEFAULT_BASE_URLS.get(self.kind, "")).rstrip("/")
+
+
+class RouteSettings(BaseModel):
+    """A public model name and where it goes: `name = "ollama/llama3.1"` → backend `ollama`, model `llama3.1`."""
+
+    name: str = Field(min_length=1)
+    backend: str
+    model: str
+    context_window: int | None = Field(default=None, ge=256)
+    fallbacks: list[str] = Field(default_factory=list)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ANIMA_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+        nested_model_default_partial_update=True,
+    )
+
+    host: str = Field(default="127.0.0.1", description="interface to bind")
+    port: int = Field(default=8000, ge=0, le=65535, description="port to bind")
+    workers: int = Field(default=1, ge=1, description="uvicorn worker processes")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="log level")
+    config: Path = Field(default=Path("anima.toml"), description="TOML file with [backends.*] and [[models]]")
+    backends: dict[str, BackendSettings] = Field(default_factory=dict, description="model servers by name")
+    models: list[RouteSettings] = Field(default_factory=list, description="routing table")
+    retries: int = Field(default=2, ge=0, le=10, description="retries per backend before the first byte")
+    retry_backoff_s: float = Field(default=0.25, ge=0, description="first retry delay; doubles each time")
+    sse_ping_s: float = Field(default=15.0, ge=0, description="SSE keep-alive comment interval; 0 disables")
+    health_timeout_s: float = Field(default=2.0, gt=0, description="per-backend probe timeout in /health")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = Path(os.environ.get("ANIMA_CONFIG", "anima.toml"))
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=toml_file)
+        return init_settings, env_settings, dotenv_settings, toml, file_secret_settings
+
+    @model_validator(mode="after")
+    def _embedded_default(self) -> Settings:
+        """With no backend configured, serve the embedded SmolLM2 so a fresh install answers."""
+        if not self.backends:
+            self.backends = {"local": BackendSettings(kind="embedded")}
+            if not self.models:
+                self.models = [RouteSettings(name="local/smollm2", backend="local", model="smollm2")]
+        return self
+
+    @model_validator(mode="after")
+    def _routes_name_known_backends(self) -> Settings:
+        names = {route.name for route in self.models}
+        for route in self.models:
+            if route.backend not in self.backends:
+                raise ValueError(f"model '{route.name}' routes to unknown backend '{route.backend}'")
+            for fallback in route.fallbacks:
+                if fallback not in names and fallback.split("/", 1)[0] not in self.backends:
+                    raise ValueError(f"model '{route.name}' falls back to unknown model '{fallback}'")
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings; only the uvicorn entry point and the CLI use this."""
+    return Settings()

@@ -1,0 +1,77 @@
+"""Shared fixtures: a scripted OpenAI-compatible upstream and Anima in front of it, both on real HTTP."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from proxy.main import create_app
+from proxy.settings import BackendSettings, RouteSettings, Settings
+from tests.servers.openai_stub import StubState, stub_app
+from tests.servers.runner import serving
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def closed_port() -> int:
+    """A loopback port nobody listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def make_settings(**values: Any) -> Settings:
+    """Settings for a test: only what the test says, never a developer's .env."""
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="session")
+def stub_state() -> StubState:
+    return StubState()
+
+
+@pytest.fixture(scope="session")
+def stub_url(stub_state: StubState) -> Iterator[str]:
+    with serving(stub_app(stub_state)) as url:
+        yield url
+
+
+@pytest.fixture
+def stub(stub_state: StubState) -> StubState:
+    """The upstream's record, emptied for this test."""
+    stub_state.requests.clear()
+    stub_state.headers.clear()
+    stub_state.calls.clear()
+    stub_state.outcomes.clear()
+    return stub_state
+
+
+def stub_routes() -> list[RouteSettings]:
+    return [
+        RouteSettings(name="stub/echo", backend="stub", model="echo"),
+        RouteSettings(name="mock-model-1", backend="stub", model="echo"),
+        RouteSettings(name="broken", backend="stub", model="fail-500", fallbacks=["stub/echo"]),
+        RouteSettings(name="dead/model", backend="dead", model="x", fallbacks=[]),
+    ]
+
+
+@pytest.fixture(scope="session")
+def anima_url(stub_url: str) -> Iterator[str]:
+    """Anima routing to the stub (`stub/...`) and to a port nobody listens on (`dead/...`)."""
+    settings = make_settings(
+        backends={
+            "stub": BackendSettings(kind="openai", base_url=f"{stub_url}/v1", timeout_s=1.0),
+            "dead": BackendSettings(kind="openai", base_url=f"http://127.0.0.1:{closed_port()}/v1"),
+        },
+        models=stub_routes(),
+        retries=2,
+        retry_backoff_s=0,
+        sse_ping_s=0,
+    )
+    with serving(create_app(settings)) as url:
+        yield url

@@ -1,0 +1,140 @@
+"""The two llama.cpp paths with the real SmolLM2 model: a real `llama_cpp.server` as the
+OpenAI-compatible upstream, and the embedded in-process model (the `make serve` default)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from proxy.backends.llamacpp import default_model_path
+from proxy.main import create_app
+from proxy.settings import BackendSettings, RouteSettings
+from tests.conftest import closed_port, make_settings
+from tests.servers.runner import serving
+
+pytestmark = pytest.mark.slow
+HELLO = [{"role": "user", "content": "Say hello."}]
+
+
+@pytest.fixture(scope="module")
+def llama_server() -> Iterator[str]:
+    """A real `python -m llama_cpp.server` running the SmolLM2 GGUF."""
+    port = closed_port()
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(default_model_path())]
+    command += ["--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert process.poll() is None, "llama_cpp.server exited"
+            try:
+                if httpx.get(f"{url}/v1/models", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def via_server(llama_server: str) -> Iterator[str]:
+    settings = make_settings(
+        backends={"llamacpp": BackendSettings(kind="openai", base_url=f"{llama_server}/v1")},
+        models=[RouteSettings(name="llamacpp/smollm2", backend="llamacpp", model="smollm2")],
+    )
+    with serving(create_app(settings)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def embedded() -> Iterator[str]:
+    """Anima with no backend configured: the embedded SmolLM2 default."""
+    settings = make_settings()
+    assert settings.models[0].name == "local/smollm2"
+    with serving(create_app(settings)) as url:
+        yield url
+
+
+def sync_client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+
+
+def async_client(url: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+
+
+@pytest.mark.parametrize(("fixture", "model"), [("via_server", "llamacpp/smollm2"), ("embedded", "local/smollm2")])
+def test_llamacpp_sync_sdk_both_modes(request: pytest.FixtureRequest, fixture: str, model: str) -> None:
+    url = request.getfixturevalue(fixture)
+    client = sync_client(url)
+    completion = client.chat.completions.create(model=model, messages=HELLO, max_tokens=12, temperature=0, seed=1)
+    text = completion.choices[0].message.content
+    assert text and text.strip()
+    assert completion.usage is not None and completion.usage.completion_tokens > 0
+    stream = client.chat.completions.create(
+        model=model, messages=HELLO, max_tokens=12, temperature=0, seed=1, stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == text  # greedy: same text
+
+
+@pytest.mark.parametrize(("fixture", "model"), [("via_server", "llamacpp/smollm2"), ("embedded", "local/smollm2")])
+async def test_llamacpp_async_sdk_respects_max_tokens(request: pytest.FixtureRequest, fixture: str, model: str) -> None:
+    url = request.getfixturevalue(fixture)
+    client = async_client(url)
+    long_prompt = [{"role": "user", "content": "Write a long story about a dragon."}]
+    completion = await client.chat.completions.create(model=model, messages=long_prompt, max_tokens=5)
+    assert completion.choices[0].finish_reason == "length"
+    stream = await client.chat.completions.create(
+        model=model, messages=long_prompt, max_tokens=5, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = [c async for c in stream]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= 1
+
+
+async def test_embedded_concurrent_requests_queue(embedded: str) -> None:
+    client = async_client(embedded)
+    replies = await asyncio.gather(
+        *(client.chat.completions.create(model="local/smollm2", messages=HELLO, max_tokens=8) for _ in range(4))
+    )
+    assert all(r.choices[0].message.content for r in replies)
+
+
+async def test_embedded_stream_cancel_frees_the_model(embedded: str) -> None:
+    body = {"model": "local/smollm2", "messages": HELLO, "stream": True, "max_tokens": 400}
+    async with httpx.AsyncClient(timeout=30) as http:
+        async with http.stream("POST", f"{embedded}/v1/chat/completions", json=body) as resp:
+            async for line in resp.aiter_lines():
+                if '"content"' in line:
+                    break
+        started = time.perf_counter()
+        resp2 = await http.post(
+            f"{embedded}/v1/chat/completions", json={"model": "local/smollm2", "messages": HELLO, "max_tokens": 4}
+        )
+    assert resp2.status_code == 200
+    assert time.perf_counter() - started < 10  # did not wait for 400 tokens of the abandoned reply
+
+
+def test_embedded_models_and_health(embedded: str) -> None:
+    models = sync_client(embedded).models.list()
+    assert [m.id for m in models.data] == ["local/smollm2"]
+    health = httpx.get(f"{embedded}/health").json()
+    assert health["status"] == "ok" and health["backends"]["local"]["status"] == "ok"
+
+
+def test_llamacpp_server_prompt_beyond_context_is_a_clear_error(via_server: str) -> None:
+    huge = [{"role": "user", "content": "word " * 5000}]
+    with pytest.raises(openai.APIStatusError) as info:
+        sync_client(via_server).chat.completions.create(model="llamacpp/smollm2", messages=huge, max_tokens=4)
+    assert 400 <= info.value.status_code < 600
+    assert info.value.body is not None and "message" in info.value.body  # type: ignore[operator]

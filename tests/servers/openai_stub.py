@@ -1,0 +1,112 @@
+"""An OpenAI-compatible chat server with scripted behaviour, chosen by the requested model name.
+
+It records every request body and how each stream ended, so tests can check what Anima sent and
+that a client disconnect really cancelled the upstream request. Also the "instant backend" of
+`bench/overhead.py`.
+
+    echo          streams REPLY in three chunks, with usage
+    reason        streams reasoning_content, then content
+    no-usage      like echo, without usage
+    fail-500      500 every time              bad-400   400 every time
+    flaky-N       500 for the first N calls, then like echo
+    rate-limited  429
+    hang          accepts, then sends nothing for 60 s
+    die           two chunks, then drops the connection
+    slow          one chunk every 50 ms for 30 s (cancellation tests)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+REPLY = ("Hello", " from the", " stub!")
+USAGE = {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}
+
+
+@dataclass
+class StubState:
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    calls: Counter[str] = field(default_factory=Counter)
+    outcomes: list[str] = field(default_factory=list)  # "completed" | "cancelled", per stream
+
+
+def _chunk(delta: dict[str, Any], finish: str | None = None, usage: dict[str, int] | None = None) -> bytes:
+    body: dict[str, Any] = {
+        "id": "chatcmpl-stub",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": "stub",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    if usage is not None:
+        body["usage"] = usage
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": "stub_error", "param": None, "code": None}}, status)
+
+
+def stub_app(state: StubState | None = None) -> Starlette:
+    state = state or StubState()
+
+    async def scripted(model: str) -> AsyncIterator[bytes]:
+        if model == "reason":
+            yield _chunk({"role": "assistant", "reasoning_content": "Let me think."})
+        if model == "slow":
+            for i in range(600):
+                yield _chunk({"content": f"tick{i} "})
+                await asyncio.sleep(0.05)
+        for i, piece in enumerate(REPLY):
+            yield _chunk({"content": piece})
+            if model == "die" and i == 1:
+                raise ConnectionResetError("stub dropped the connection")
+        yield _chunk({}, "stop", None if model == "no-usage" else USAGE)
+        yield b"data: [DONE]\n\n"
+
+    async def tracked(model: str) -> AsyncIterator[bytes]:
+        try:
+            async for piece in scripted(model):
+                yield piece
+        except asyncio.CancelledError:
+            state.outcomes.append("cancelled")
+            raise
+        state.outcomes.append("completed")
+
+    async def chat(request: Request) -> Response:
+        body = await request.json()
+        state.requests.append(body)
+        state.headers.append(dict(request.headers))
+        model = str(body.get("model"))
+        state.calls[model] += 1
+        if model == "fail-500":
+            return _error(500, "stub exploded")
+        if model == "bad-400":
+            return _error(400, "stub does not like this request")
+        if model == "rate-limited":
+            return _error(429, "stub quota exhausted")
+        if model.startswith("flaky-") and state.calls[model] <= int(model.split("-")[1]):
+            return _error(503, "stub warming up")
+        if model == "hang":
+            await asyncio.sleep(60)
+        return StreamingResponse(tracked(model), media_type="text/event-stream")
+
+    async def models(_: Request) -> JSONResponse:
+        names = ["echo", "reason", "slow"]
+        return JSONResponse({"object": "list", "data": [{"id": n, "object": "model", "owned_by": "stub"} for n in names]})
+
+    app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]), Route("/v1/models", models)])
+    app.state.stub = state
+    return app
