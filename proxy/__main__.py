@@ -1,0 +1,5 @@
+"""`python -m proxy` is the `anima` command."""
+
+from proxy.cli import main
+
+main()
