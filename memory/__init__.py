@@ -1,1 +1,4 @@
-"""Anima's memory: conversations, turns, recall and summaries. Imports nothing from proxy, emotion or personas."""
+"""Anima's memory: conversations, turns, recall and summaries.
+
+Imports nothing from proxy, emotion or personas.
+"""

@@ -33,7 +33,9 @@ def _epilog() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="anima", description="OpenAI-compatible proxy with persona, memory, emotion.")
+    parser = argparse.ArgumentParser(
+        prog="anima", description="OpenAI-compatible proxy with persona, memory, emotion."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
         "serve", help="run the server", epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter
@@ -45,12 +47,25 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="ANIMA_LOG_LEVEL")
     models = commands.add_parser("models", help="list every routed model")
     models.add_argument("--config", help="TOML routing file (ANIMA_CONFIG, default ./anima.toml)")
+    db = commands.add_parser("db", help="database schema")
+    db.add_argument("action", choices=["upgrade"], help="apply every migration (Alembic upgrade head)")
+    imports = commands.add_parser(
+        "import", help="import a SillyTavern .jsonl chat or an OpenAI messages JSON"
+    )
+    imports.add_argument("file", help="the chat file")
+    imports.add_argument("--id", dest="conversation_id", help="conversation id (default: generated)")
+    imports.add_argument("--title", help="conversation title")
+    imports.add_argument("--persona", help="persona name to file it under")
+    imports.add_argument("--key", help="API key of the owning user (default: the local user)")
     return parser
+
+
+SERVER_OPTIONS = ("host", "port", "workers", "config", "log_level")
 
 
 def _apply(args: argparse.Namespace) -> Settings:
     """Command-line options become ANIMA_* variables, so uvicorn's worker processes see them too."""
-    options: dict[str, Any] = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
+    options: dict[str, Any] = {k: v for k, v in vars(args).items() if k in SERVER_OPTIONS and v is not None}
     for key, value in options.items():
         os.environ[f"ANIMA_{key.upper()}"] = str(value)
     get_settings.cache_clear()
@@ -60,7 +75,9 @@ def _apply(args: argparse.Namespace) -> Settings:
 def serve(settings: Settings) -> None:
     import uvicorn
 
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
     uvicorn.run(
         "proxy.main:app_factory",
         factory=True,
@@ -90,4 +107,4 @@ def main(argv: list[str] | None = None) -> None:
         serve(settings)
     elif args.command == "models":
         for name, backend in asyncio.run(list_models(settings)):
-            print(f"{name}\t{backend}")  # noqa: T201 - this is the command's output
+            print(f"{name}\t{backend}")

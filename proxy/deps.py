@@ -6,7 +6,10 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from memory.archive import Archive
+from proxy.errors import AuthenticationFailed, MemoryDisabled
 from proxy.pipeline import ChatPipeline
+from proxy.session import api_key
 from proxy.settings import Settings
 
 
@@ -20,5 +23,23 @@ def _settings(request: Request) -> Settings:
     return settings
 
 
+def _archive(request: Request) -> Archive:
+    memory = request.app.state.pipeline.memory
+    if memory is None:
+        raise MemoryDisabled("Memory is disabled on this server (ANIMA_MEMORY__ENABLED=false).")
+    archive: Archive = memory.archive
+    return archive
+
+
+async def _user(request: Request, _: Annotated[Archive, Depends(_archive)]) -> int:
+    """The user behind the request's API key (every memory route is scoped to it)."""
+    user_id: int | None = await request.app.state.users.resolve(api_key(request.headers))
+    if user_id is None:
+        raise AuthenticationFailed("Incorrect API key provided.")
+    return user_id
+
+
 PipelineDep = Annotated[ChatPipeline, Depends(_pipeline)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
+ArchiveDep = Annotated[Archive, Depends(_archive)]
+UserDep = Annotated[int, Depends(_user)]

@@ -1,22 +1,23 @@
 """Typed errors and the one place that renders them as OpenAI error bodies.
 
-    ProxyError                      500 api_error
-    ├── InvalidRequest              400 invalid_request_error
-    │   ├── ContextTooLong          400 context_length_exceeded
-    │   ├── UnsupportedParameter    400 unsupported_parameter
-    │   ├── ContentBlocked          400 content_filter
-    │   └── ModelNotFound           404 model_not_found
-    └── BackendError                502 (the backend failed; always names it)
-        ├── BackendUnavailable      502 backend_unavailable   (connect failed: retryable)
-        ├── BackendTimeout          504 backend_timeout       (accepted, then too slow: not retried)
-        ├── BackendServerError      502 backend_error         (upstream 5xx, retryable)
-        ├── BackendRateLimited      429 rate_limit_exceeded
-        └── BackendRejected         4xx from upstream, status passed through
+ProxyError                      500 api_error
+├── InvalidRequest              400 invalid_request_error
+│   ├── ContextTooLong          400 context_length_exceeded
+│   ├── UnsupportedParameter    400 unsupported_parameter
+│   ├── ContentBlocked          400 content_filter
+│   └── ModelNotFound           404 model_not_found
+└── BackendError                502 (the backend failed; always names it)
+    ├── BackendUnavailable      502 backend_unavailable   (connect failed: retryable)
+    ├── BackendTimeout          504 backend_timeout       (accepted, then too slow: not retried)
+    ├── BackendServerError      502 backend_error         (upstream 5xx, retryable)
+    ├── BackendRateLimited      429 rate_limit_exceeded
+    └── BackendRejected         4xx from upstream, status passed through
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any, ClassVar
 
@@ -67,6 +68,22 @@ class ModelNotFound(InvalidRequest):
     status_code, code = 404, "model_not_found"
 
 
+class AuthenticationFailed(ProxyError):
+    status_code, error_type, code = 401, "invalid_request_error", "invalid_api_key"
+
+
+class NotFound(ProxyError):
+    status_code, error_type, code = 404, "invalid_request_error", "not_found"
+
+
+class Conflict(ProxyError):
+    status_code, error_type, code = 409, "invalid_request_error", "conflict"
+
+
+class MemoryDisabled(ProxyError):
+    status_code, code = 503, "memory_disabled"
+
+
 class BackendError(ProxyError):
     status_code, error_type, code = 502, "api_error", "backend_error"
 
@@ -100,11 +117,13 @@ class BackendRejected(BackendError):
         return self._status
 
 
-def error_body(message: str, error_type: str, *, param: str | None = None, code: str | None = None) -> ErrorBody:
+def error_body(
+    message: str, error_type: str, *, param: str | None = None, code: str | None = None
+) -> ErrorBody:
     return ErrorBody(error=ErrorDetail(message=message, type=error_type, param=param, code=code))
 
 
-def error_response(status: int, body: ErrorBody, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(status: int, body: ErrorBody, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
@@ -144,7 +163,9 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, error_body("The server had an error while processing your request.", "api_error"))
+    return error_response(
+        500, error_body("The server had an error while processing your request.", "api_error")
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -10,12 +11,26 @@ from dataclasses import dataclass
 
 import anyio
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from memory.budget import TokenCounter
+from memory.budget import Shares, TokenCounter
+from memory.db import (
+    DatabaseError,
+    EmbeddedPostgres,
+    check_pgvector,
+    check_schema,
+    make_engine,
+    make_sessionmaker,
+    upgrade_schema,
+)
+from memory.models import EMBEDDING_DIM
+from memory.recall import Fusion
+from memory.service import MemoryConfig, MemoryService
+from memory.users import Users
 from proxy.backends.registry import Registry, build_backends
 from proxy.errors import install_error_handlers
-from proxy.pipeline import ChatPipeline, RetryPolicy
+from proxy.pipeline import BudgetPolicy, ChatPipeline, RetryPolicy
 from proxy.routes import api_router
 from proxy.settings import Settings, get_settings
 
@@ -28,6 +43,10 @@ class Services:
 
     registry: Registry
     tokens: TokenCounter
+    memory: MemoryService | None = None
+    users: Users | None = None
+    engine: AsyncEngine | None = None
+    embedded: EmbeddedPostgres | None = None
 
 
 async def build_services(settings: Settings) -> Services:
@@ -37,7 +56,91 @@ async def build_services(settings: Settings) -> Services:
         warm = getattr(backend, "warm_up", None)
         if warm is not None:
             await warm()
-    return Services(registry=registry, tokens=tokens)
+    services = Services(registry=registry, tokens=tokens)
+    if settings.memory.enabled:
+        await open_memory(settings, services)
+    return services
+
+
+async def open_memory(settings: Settings, services: Services) -> None:
+    """Connect (or start the embedded Postgres and migrate it), load the embedder, build memory."""
+    from memory.embedder import chunk_text, load_embedder
+
+    if settings.database_url is None:
+        services.embedded = EmbeddedPostgres(settings.data_dir)
+        url = await anyio.to_thread.run_sync(services.embedded.start)
+    else:
+        url = settings.database_url.get_secret_value()
+    services.engine = make_engine(url)
+    await check_pgvector(services.engine)
+    if services.embedded is not None:
+        await anyio.to_thread.run_sync(upgrade_schema, url)  # the two-command experience
+    else:
+        await check_schema(services.engine)  # production runs `anima db upgrade` first
+    embedder = await anyio.to_thread.run_sync(load_embedder, settings.data_dir / "models")
+    if embedder.dim != EMBEDDING_DIM:
+        raise DatabaseError(
+            f"the embedder makes {embedder.dim}-d vectors; the schema stores {EMBEDDING_DIM}-d"
+        )
+    sessions = make_sessionmaker(services.engine)
+    services.memory = MemoryService(
+        sessions, services.tokens, embedder, memory_config(settings), chunker=chunk_text
+    )
+    services.users = Users(sessions)
+
+
+def memory_config(settings: Settings) -> MemoryConfig:
+    m = settings.memory
+    return MemoryConfig(
+        window_turns=m.window_turns,
+        window_conversations=m.window_conversations,
+        recall_k=m.recall_k,
+        scope=m.recall_scope,
+        fusion=Fusion(
+            vector_weight=m.vector_weight,
+            text_weight=m.text_weight,
+            rrf_k=m.rrf_k,
+            min_similarity=m.min_similarity,
+        ),
+        deadline_s=m.deadline_ms / 1000,
+        summary_min_messages=m.summary_min_messages,
+        embed_batch=m.embed_batch,
+    )
+
+
+def start_workers(
+    memory: MemoryService | None, pipeline: ChatPipeline, settings: Settings
+) -> list[asyncio.Task[None]]:
+    """The embedding and summary workers of this process (each worker process runs its own)."""
+    if memory is None:
+        return []
+    loop = asyncio.get_running_loop()
+    tasks = []
+    if memory.embeddings is not None:
+        tasks.append(loop.create_task(memory.embeddings.run()))
+
+    async def summarize(model: str, prompt: str) -> str:
+        return await pipeline.complete_text(settings.memory.summary_model or model, prompt)
+
+    tasks.append(loop.create_task(memory.summaries.run(summarize)))
+    return tasks
+
+
+async def stop_workers(tasks: list[asyncio.Task[None]], memory: MemoryService | None) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    if memory is not None:
+        await memory.settle()  # turns answered before shutdown are still stored
+
+
+async def close_services(services: Services) -> None:
+    for backend in services.registry.backends.values():
+        await backend.aclose()
+    if services.engine is not None:
+        await services.engine.dispose()
+    if services.embedded is not None:
+        await anyio.to_thread.run_sync(services.embedded.stop)
 
 
 class CollapseSlashes:
@@ -59,19 +162,31 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = services is None
         built = services or await build_services(settings)
-        app.state.settings = settings
-        app.state.pipeline = ChatPipeline(
+        m = settings.memory
+        pipeline = ChatPipeline(
             built.registry,
             built.tokens,
             retry=RetryPolicy(retries=settings.retries, backoff_s=settings.retry_backoff_s),
+            memory=built.memory,
+            budget=BudgetPolicy(
+                shares=Shares(m.share_persona, m.share_recall, m.share_history, m.share_reply),
+                default_window=m.default_context_window,
+            ),
         )
-        log.info("Anima ready: %d backend(s), %d routed model(s)", len(built.registry.backends), len(settings.models))
+        app.state.settings, app.state.pipeline, app.state.users = settings, pipeline, built.users
+        app.state.services = built
+        tasks = start_workers(built.memory, pipeline, settings)
+        log.info(
+            "Anima ready: %d backend(s), memory %s",
+            len(built.registry.backends),
+            "on" if built.memory else "off",
+        )
         try:
             yield
         finally:
+            await stop_workers(tasks, built.memory)
             if owned:
-                for backend in built.registry.backends.values():
-                    await backend.aclose()
+                await close_services(built)
 
     app = FastAPI(title="Anima", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)

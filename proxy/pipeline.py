@@ -12,20 +12,32 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 
-from memory.budget import TokenCounter
-from memory.types import Message
+from memory.budget import Budget, BudgetExceeded, Shares, TokenCounter
+from memory.service import MemoryService, TurnRecord
+from memory.types import Message, SessionKey, Thread
+from personas.prompt import Prompt, assemble_prompt, parts_for
 from proxy.backends.base import BackendRequest, Delta
 from proxy.backends.registry import Registry, Route
-from proxy.errors import BackendError, ProxyError, UnsupportedParameter
+from proxy.errors import BackendError, ContextTooLong, ProxyError, UnsupportedParameter
 from proxy.protocol import ChatCompletionRequest, ChatMessage
 
 log = logging.getLogger("anima.pipeline")
 
 _ROLES = {"developer": "system", "function": "tool"}
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryTurn:
+    """What memory contributed to a turn, kept to store the turn once the reply is in."""
+
+    session: SessionKey
+    thread: Thread
+    prompt: Prompt
+    degraded: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +51,14 @@ class PreparedChat:
     request: BackendRequest
     deltas: AsyncIterator[Delta]
     include_usage: bool
+    memory: MemoryTurn | None = None
+    memory_status: str = "off"  # off | ok | degraded
+
+    def headers(self) -> dict[str, str]:
+        headers = {"X-Anima-Backend": self.backend, "X-Anima-Memory": self.memory_status}
+        if self.memory is not None:
+            headers["X-Anima-Conversation"] = self.memory.thread.public_id
+        return headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,18 +67,43 @@ class RetryPolicy:
     backoff_s: float = 0.25
 
 
+@dataclass(frozen=True, slots=True)
+class BudgetPolicy:
+    shares: Shares = field(default_factory=Shares)
+    default_window: int = 8192
+
+
 class ChatPipeline:
-    def __init__(self, registry: Registry, tokens: TokenCounter, *, retry: RetryPolicy | None = None) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        tokens: TokenCounter,
+        *,
+        retry: RetryPolicy | None = None,
+        memory: MemoryService | None = None,
+        budget: BudgetPolicy | None = None,
+    ) -> None:
         self.registry = registry
         self.tokens = tokens
         self.retry = retry or RetryPolicy()
+        self.memory = memory
+        self.budget = budget or BudgetPolicy()
+        self._windows: dict[tuple[str, str], int | None] = {}
 
-    async def prepare(self, body: ChatCompletionRequest) -> PreparedChat:
+    async def prepare(self, body: ChatCompletionRequest, session: SessionKey | None = None) -> PreparedChat:
         if body.n is not None and body.n > 1:
             raise UnsupportedParameter("n > 1 is not supported: ask for one choice per request.", param="n")
         chain = self.registry.resolve(body.model)
         messages = tuple(to_message(m) for m in body.messages)
-        route, request, deltas = await self._open(chain, messages, body)
+        turn = await self._remembered(session, messages, chain[0], body) if session is not None else None
+        status = (
+            "off"
+            if self.memory is None or session is None
+            else "degraded"
+            if not turn or turn.degraded
+            else "ok"
+        )
+        route, request, deltas = await self._open(chain, turn.prompt.messages if turn else messages, body)
         return PreparedChat(
             id=f"chatcmpl-{uuid.uuid4().hex}",
             created=int(time.time()),
@@ -67,6 +112,79 @@ class ChatPipeline:
             request=request,
             deltas=deltas,
             include_usage=body.include_usage,
+            memory=turn,
+            memory_status=status,
+        )
+
+    async def _remembered(
+        self, session: SessionKey, messages: tuple[Message, ...], route: Route, body: ChatCompletionRequest
+    ) -> MemoryTurn | None:
+        """Recognise, recall and assemble; a memory failure degrades to a plain proxy, never an error."""
+        if self.memory is None:
+            return None
+        try:
+            thread = await self.memory.recognise(session, messages)
+        except Exception as exc:
+            log.warning("memory unavailable, answering from the client's messages: %s", exc)
+            return None
+        query = next((m.content for m in reversed(messages) if m.role == "user"), "")
+        recall = await self.memory.recall(session, thread, query)
+        window = await self._context_window(route)
+        try:
+            prompt = assemble_prompt(
+                parts_for(messages, recall),
+                Budget.for_model(window, body.reply_limit, self.budget.shares),
+                self.tokens,
+            )
+        except BudgetExceeded as exc:
+            raise ContextTooLong(str(exc), param="messages") from exc
+        if prompt.last_cut_id is not None:
+            self.memory.summarise_later(session, thread, prompt.last_cut_id, prompt.cut_count, body.model)
+        return MemoryTurn(session=session, thread=thread, prompt=prompt, degraded=recall.degraded)
+
+    async def _context_window(self, route: Route) -> int:
+        """The route's configured window, else what the backend reports (cached), else the default."""
+        if route.context_window:
+            return route.context_window
+        key = (route.backend.name, route.model)
+        if key not in self._windows:
+            try:
+                async with asyncio.timeout(2):
+                    self._windows[key] = await route.backend.context_window(route.model)
+            except Exception as exc:
+                log.info("context window of %s unknown (%s); using the default", route.name, exc)
+                self._windows[key] = None
+        return self._windows[key] or self.budget.default_window
+
+    async def complete_text(self, model: str, prompt: str, *, max_tokens: int = 400) -> str:
+        """One plain completion (no memory): what the summary worker asks of a backend."""
+        body = ChatCompletionRequest(
+            model=model,
+            messages=[ChatMessage(role="user", content=prompt)],
+            max_tokens=max_tokens,
+            temperature=0.3,
+        )
+        _, _, deltas = await self._open(self.registry.resolve(model), (Message("user", prompt),), body)
+        return "".join([delta.text async for delta in deltas])
+
+    def finish(self, chat: PreparedChat, reply: str, *, complete: bool) -> None:
+        """Hand the finished (or broken-off) turn to memory, which stores it in the background."""
+        if self.memory is None or chat.memory is None:
+            return
+        prompt = chat.memory.prompt
+        self.memory.remember(
+            chat.memory.session,
+            chat.memory.thread,
+            TurnRecord(
+                reply=reply,
+                status="complete" if complete else "partial",
+                model=chat.model,
+                prompt=[
+                    {"role": m.role, "content": m.content} | ({"name": m.name} if m.name else {})
+                    for m in prompt.messages
+                ],
+                tokens=dict(prompt.tokens) | {"cut_messages": prompt.cut_count},
+            ),
         )
 
     async def _open(
@@ -83,7 +201,9 @@ class ChatPipeline:
                     return route, request, await primed(route.backend.stream(request))
                 except BackendError as exc:
                     last = exc
-                    log.warning("%s try %d on %s failed: %s", route.name, attempt + 1, route.backend.name, exc)
+                    log.warning(
+                        "%s try %d on %s failed: %s", route.name, attempt + 1, route.backend.name, exc
+                    )
                     if not exc.retryable:
                         break
             if last is not None and not last.retryable and last.status() < 500 and last.status() != 429:

@@ -7,9 +7,17 @@ content); responses are exact, because SDKs and SillyTavern parse them strictly.
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator, model_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+)
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
@@ -184,3 +192,60 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+class MemoryMessage(BaseModel):
+    """A message given to the memory API (import or append)."""
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | list[ContentPart]
+    name: str | None = Field(default=None, max_length=200)
+    created_at: datetime | None = None
+    metadata: dict[str, Any] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text or "" for part in self.content if part.type == "text")
+
+
+class ConversationCreate(BaseModel):
+    id: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^[\w.:@-]+$")
+    persona: str | None = Field(default=None, max_length=200)
+    title: str | None = Field(default=None, max_length=500)
+    user: str | None = Field(default=None, max_length=200)
+    messages: list[MemoryMessage] = Field(min_length=1, max_length=100_000)
+
+
+class MessagesAppend(BaseModel):
+    messages: list[MemoryMessage] = Field(min_length=1, max_length=100_000)
+
+
+class MemorySearch(BaseModel):
+    query: str = Field(min_length=1, max_length=10_000)
+    conversation_id: str | None = None
+    scope: Literal["branch", "persona", "user"] | None = None
+    k: int = Field(default=10, ge=1, le=100)
+
+
+class Conversation(BaseModel):
+    id: str
+    object: Literal["conversation"] = "conversation"
+    title: str | None = None
+    persona: str | None = None
+    user: str = ""
+    created_at: datetime
+    updated_at: datetime
+    message_count: int
+    pending_embeddings: int
+
+
+class SearchHit(BaseModel):
+    message_id: int
+    conversation_id: str
+    role: str
+    name: str | None = None
+    content: str
+    score: float
+    created_at: datetime
+    metadata: dict[str, Any] | None = None

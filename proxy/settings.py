@@ -11,6 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+import platformdirs
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
@@ -49,13 +50,40 @@ class BackendSettings(BaseModel):
 
 
 class RouteSettings(BaseModel):
-    """A public model name and where it goes: `name = "ollama/llama3.1"` → backend `ollama`, model `llama3.1`."""
+    """A public model name and where it goes (`ollama/llama3.1` → backend `ollama`, model `llama3.1`)."""
 
     name: str = Field(min_length=1)
     backend: str
     model: str
     context_window: int | None = Field(default=None, ge=256)
     fallbacks: list[str] = Field(default_factory=list)
+
+
+class MemorySettings(BaseModel):
+    """How Anima remembers: the RAM window, recall ranking, the token budget and the workers."""
+
+    enabled: bool = Field(default=True, description="remember conversations (off: a plain proxy)")
+    window_turns: int = Field(default=24, ge=1, description="messages kept in RAM per conversation")
+    window_conversations: int = Field(default=1000, ge=1, description="conversations kept in RAM (LRU)")
+    recall_k: int = Field(default=8, ge=0, le=100, description="memories recalled per turn at most")
+    recall_scope: Literal["branch", "persona", "user"] = Field(
+        default="branch", description="recall from this chat's branch, chats with this persona, or all chats"
+    )
+    vector_weight: float = Field(default=1.0, ge=0, description="weight of pgvector similarity in fusion")
+    text_weight: float = Field(default=1.0, ge=0, description="weight of full-text rank in fusion")
+    rrf_k: int = Field(default=60, ge=1, description="reciprocal-rank-fusion constant")
+    min_similarity: float = Field(default=0.2, ge=-1, le=1, description="vector hits below this are dropped")
+    deadline_ms: int = Field(default=250, ge=1, description="recall deadline on the request path")
+    default_context_window: int = Field(default=8192, ge=512, description="if config and backend are silent")
+    share_persona: float = Field(default=0.20, ge=0, le=1, description="budget share: persona/system")
+    share_recall: float = Field(default=0.25, ge=0, le=1, description="budget share: recalled memories")
+    share_history: float = Field(default=0.35, ge=0, le=1, description="budget share: recent history")
+    share_reply: float = Field(default=0.20, ge=0, le=1, description="budget share: reply reserve")
+    summary_model: str | None = Field(default=None, description="summariser (default: the chat's model)")
+    summary_min_messages: int = Field(default=8, ge=2, description="cut messages needed before summarising")
+    embed_batch: int = Field(default=32, ge=1, description="embedding worker batch size")
+    character_header: str = Field(default="x-st-char", description="client header naming the character")
+    user_header: str = Field(default="x-st-user", description="client header naming the user")
 
 
 class Settings(BaseSettings):
@@ -78,6 +106,14 @@ class Settings(BaseSettings):
     retry_backoff_s: float = Field(default=0.25, ge=0, description="first retry delay; doubles each time")
     sse_ping_s: float = Field(default=15.0, ge=0, description="SSE keep-alive comment interval; 0 disables")
     health_timeout_s: float = Field(default=2.0, gt=0, description="per-backend probe timeout in /health")
+    database_url: SecretStr | None = Field(
+        default=None, description="postgresql+psycopg://... (unset: embedded Postgres in data_dir)"
+    )
+    data_dir: Path = Field(
+        default_factory=lambda: Path(platformdirs.user_data_dir("anima")),
+        description="embedded Postgres data and model caches",
+    )
+    memory: MemorySettings = Field(default_factory=MemorySettings, description="ANIMA_MEMORY__*")
 
     @classmethod
     def settings_customise_sources(

@@ -54,7 +54,9 @@ def _event(data: str) -> ServerSentEvent:
 
 
 def _chunk(chat: PreparedChat, choices: list[ChunkChoice], usage: Usage | None = None) -> ServerSentEvent:
-    chunk = ChatCompletionChunk(id=chat.id, created=chat.created, model=chat.model, choices=choices, usage=usage)
+    chunk = ChatCompletionChunk(
+        id=chat.id, created=chat.created, model=chat.model, choices=choices, usage=usage
+    )
     return _event(chunk.model_dump_json())
 
 
@@ -63,28 +65,36 @@ async def stream_sse(chat: PreparedChat, pipeline: ChatPipeline) -> AsyncIterato
 
     An error after the 200 went out is sent in-band as `data: {"error": ...}` (the OpenAI SDK raises
     it, SillyTavern shows it) and the stream ends. A client disconnect closes `chat.deltas`, which
-    cancels the upstream request.
+    cancels the upstream request. Either way the turn is handed to memory, marked partial.
     """
-    reply = ReplyBuffer()
-    yield _chunk(chat, [ChunkChoice(delta=DeltaMessage(role="assistant", content=""))])
+    reply, complete = ReplyBuffer(), False
     try:
-        async for delta in reply.drain(chat):
-            yield _chunk(chat, [ChunkChoice(delta=delta)])
-    except ProxyError as exc:
-        log.warning("stream %s failed after the first byte: %s", chat.id, exc.message)
-        yield _event(exc.body().model_dump_json())
-        return
-    yield _chunk(chat, [ChunkChoice(delta=DeltaMessage(), finish_reason=reply.finish_reason or "stop")])
-    if chat.include_usage:
-        yield _chunk(chat, [], reply.usage(pipeline, chat))
-    yield _event("[DONE]")
+        yield _chunk(chat, [ChunkChoice(delta=DeltaMessage(role="assistant", content=""))])
+        try:
+            async for delta in reply.drain(chat):
+                yield _chunk(chat, [ChunkChoice(delta=delta)])
+        except ProxyError as exc:
+            log.warning("stream %s failed after the first byte: %s", chat.id, exc.message)
+            yield _event(exc.body().model_dump_json())
+            return
+        complete = True
+        yield _chunk(chat, [ChunkChoice(delta=DeltaMessage(), finish_reason=reply.finish_reason or "stop")])
+        if chat.include_usage:
+            yield _chunk(chat, [], reply.usage(pipeline, chat))
+        yield _event("[DONE]")
+    finally:
+        pipeline.finish(chat, "".join(reply.text), complete=complete)
 
 
 async def collect(chat: PreparedChat, pipeline: ChatPipeline) -> ChatCompletion:
     """Drain the same stream into one `chat.completion` object (`stream=false`)."""
-    reply = ReplyBuffer()
-    async for _ in reply.drain(chat):
-        pass
+    reply, complete = ReplyBuffer(), False
+    try:
+        async for _ in reply.drain(chat):
+            pass
+        complete = True
+    finally:
+        pipeline.finish(chat, "".join(reply.text), complete=complete)
     reasoning = "".join(reply.reasoning)
     message = AssistantMessage(content="".join(reply.text), reasoning_content=reasoning or None)
     return ChatCompletion(

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from proxy.main import create_app
-from proxy.settings import BackendSettings, RouteSettings, Settings
+from proxy.settings import BackendSettings, MemorySettings, RouteSettings, Settings
 from tests.servers.openai_stub import StubState, stub_app
 from tests.servers.runner import serving
 
@@ -26,7 +26,9 @@ def closed_port() -> int:
 
 
 def make_settings(**values: Any) -> Settings:
-    """Settings for a test: only what the test says, never a developer's .env."""
+    """Settings for a test: only what the test says, never a developer's .env. Memory is off unless
+    the test turns it on (the proxy tests check the wire format; tests/memory checks memory)."""
+    values.setdefault("memory", MemorySettings(enabled=False))
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 

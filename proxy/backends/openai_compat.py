@@ -105,8 +105,10 @@ class OpenAICompatBackend:
             raise status_error(self.name, resp.status_code, _error_text(resp))
         entries = resp.json().get("data", [])
         for entry in entries:  # vLLM: max_model_len; llama-server: meta.n_ctx_train
-            window = entry.get("max_model_len") or entry.get("context_length") or (entry.get("meta") or {}).get(
-                "n_ctx_train"
+            window = (
+                entry.get("max_model_len")
+                or entry.get("context_length")
+                or (entry.get("meta") or {}).get("n_ctx_train")
             )
             self._context.setdefault(entry["id"], int(window) if window else None)
         return [entry["id"] for entry in entries]

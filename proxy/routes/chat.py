@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import logging
+from collections.abc import Awaitable, MutableMapping
 from typing import Any, TypeVar
 
 import anyio
 from fastapi import APIRouter, Request, Response
 from sse_starlette import EventSourceResponse
 
+from memory.types import SessionKey
 from proxy.deps import PipelineDep, SettingsDep
+from proxy.errors import AuthenticationFailed
+from proxy.pipeline import ChatPipeline
 from proxy.protocol import ChatCompletionRequest
+from proxy.session import api_key, identify_session
+from proxy.settings import Settings
 from proxy.streaming import collect, stream_sse
 
 router = APIRouter()
+log = logging.getLogger("anima.routes.chat")
 T = TypeVar("T")
 
 
@@ -21,8 +28,9 @@ T = TypeVar("T")
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, pipeline: PipelineDep, settings: SettingsDep
 ) -> Response:
-    chat = await pipeline.prepare(body)
-    headers = {"X-Anima-Backend": chat.backend}
+    session = await session_for(request, body, pipeline, settings)
+    chat = await pipeline.prepare(body, session)
+    headers = chat.headers()
     if body.stream:
         ping = int(settings.sse_ping_s) or None
         return EventSourceResponse(stream_sse(chat, pipeline), sep="\n", ping=ping, headers=headers)
@@ -30,6 +38,28 @@ async def create_chat_completion(
     if completion is None:
         return Response(status_code=499)  # nobody is listening any more
     return Response(completion.model_dump_json(), media_type="application/json", headers=headers)
+
+
+async def session_for(
+    request: Request, body: ChatCompletionRequest, pipeline: ChatPipeline, settings: Settings
+) -> SessionKey | None:
+    """The memory session of this request; None when memory is off or its user cannot be resolved."""
+    if pipeline.memory is None or request.app.state.users is None:
+        return None
+    try:
+        user_id = await request.app.state.users.resolve(api_key(request.headers))
+    except Exception as exc:  # the database is down: answer without memory
+        log.warning("cannot resolve the user (%s): memory is skipped for this request", exc)
+        return None
+    if user_id is None:
+        raise AuthenticationFailed("Incorrect API key provided.")
+    return identify_session(
+        request.headers,
+        body,
+        user_id=user_id,
+        character_header=settings.memory.character_header,
+        user_header=settings.memory.user_header,
+    )
 
 
 async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T | None:
@@ -45,7 +75,7 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T | None
         scope.cancel()
 
     async def watch(scope: anyio.CancelScope) -> None:
-        message: dict[str, Any] = {}
+        message: MutableMapping[str, Any] = {}
         while message.get("type") != "http.disconnect":
             message = await request.receive()
         scope.cancel()

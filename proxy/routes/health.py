@@ -9,7 +9,9 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from sqlalchemy import text
 
+from memory.service import MemoryService
 from proxy.backends.base import Backend
 from proxy.deps import PipelineDep, SettingsDep
 
@@ -26,17 +28,43 @@ async def probe(backend: Backend, timeout_s: float) -> dict[str, Any]:
     return {"status": "ok", "latency_ms": round((time.perf_counter() - started) * 1000, 1)}
 
 
+async def database(memory: MemoryService | None, timeout_s: float) -> dict[str, Any]:
+    if memory is None:
+        return {"status": "disabled"}
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(timeout_s), memory.sessions() as session:
+            await session.execute(text("SELECT 1"))
+    except Exception as exc:
+        return {"status": "down", "error": str(exc) or type(exc).__name__}
+    return {"status": "ok", "latency_ms": round((time.perf_counter() - started) * 1000, 1)}
+
+
+def workers(memory: MemoryService | None) -> dict[str, Any]:
+    report: dict[str, Any] = {"pid": os.getpid()}
+    if memory is not None:
+        report["embedding"] = {"failures": memory.embeddings.failures if memory.embeddings else None}
+        report["summaries"] = {"queued": memory.summaries.queue.qsize(), "written": memory.summaries.written}
+        report["stores_in_flight"] = memory.stores_in_flight
+    return report
+
+
 @router.get("/health")
 async def health(pipeline: PipelineDep, settings: SettingsDep) -> JSONResponse:
+    """`ok`; `degraded` (200) when a backend or the database is down but Anima can still answer;
+    `unavailable` (503) when no backend answers."""
     backends = pipeline.registry.backends
-    probes = await asyncio.gather(*(probe(b, settings.health_timeout_s) for b in backends.values()))
-    report = dict(zip(backends, probes, strict=True))
+    probes, db = await asyncio.gather(
+        asyncio.gather(*(probe(b, settings.health_timeout_s) for b in backends.values())),
+        database(pipeline.memory, settings.health_timeout_s),
+    )
     up = sum(p["status"] == "ok" for p in probes)
-    status = "ok" if up == len(probes) else "degraded" if up else "unavailable"
+    healthy = up == len(probes) and db["status"] in ("ok", "disabled")
+    status = "ok" if healthy else "degraded" if up else "unavailable"
     body = {
         "status": status,
-        "backends": report,
-        "database": {"status": "not_configured"},
-        "workers": {"pid": os.getpid()},
+        "backends": dict(zip(backends, probes, strict=True)),
+        "database": db,
+        "workers": workers(pipeline.memory),
     }
     return JSONResponse(body, status_code=503 if status == "unavailable" else 200)

@@ -45,7 +45,9 @@ def test_chat_sync_sdk_non_streaming_returns_completion(anima_url: str, stub: St
     assert stub.requests[0]["messages"] == HELLO
 
 
-async def test_chat_async_sdk_streaming_yields_role_content_finish_usage(anima_url: str, stub: StubState) -> None:
+async def test_chat_async_sdk_streaming_yields_role_content_finish_usage(
+    anima_url: str, stub: StubState
+) -> None:
     stream = await async_client(anima_url).chat.completions.create(
         model="stub/echo", messages=HELLO, stream=True, stream_options={"include_usage": True}
     )
@@ -175,12 +177,17 @@ def test_chat_unknown_model_is_404_model_not_found(anima_url: str) -> None:
         (b'{"model": "stub/echo"}', "messages"),
         (b'{"model": "stub/echo", "messages": []}', "messages"),
         (b'{"model": "stub/echo", "messages": [{"role": "wizard", "content": "x"}]}', "messages.0.role"),
-        (b'{"model": "stub/echo", "messages": [{"role": "user", "content": "x"}], "temperature": 9}', "temperature"),
+        (
+            b'{"model": "stub/echo", "messages": [{"role": "user", "content": "x"}], "temperature": 9}',
+            "temperature",
+        ),
         (b'{"model": "stub/echo", "messages": [{"role": "user", "content": 5}]}', "messages.0.content.str"),
         (b"[1, 2]", None),
     ],
 )
-async def test_chat_bad_body_is_400_in_openai_format(anima_url: str, content: bytes, param: str | None) -> None:
+async def test_chat_bad_body_is_400_in_openai_format(
+    anima_url: str, content: bytes, param: str | None
+) -> None:
     async with httpx.AsyncClient() as client:
         resp = await client.post(
             f"{anima_url}/v1/chat/completions", content=content, headers={"content-type": "application/json"}
@@ -235,7 +242,9 @@ async def test_sillytavern_captured_requests_are_answered(anima_url: str, stub: 
             for line in capture.read_text().splitlines():
                 record = json.loads(line)
                 headers = {"authorization": record["headers"].get("authorization", "")}
-                resp = await client.request(record["method"], anima_url + record["path"], json=record["json"], headers=headers)
+                resp = await client.request(
+                    record["method"], anima_url + record["path"], json=record["json"], headers=headers
+                )
                 assert resp.status_code == 200, resp.text
                 assert "content" not in resp.json()  # SillyTavern 1.19 would read a top-level content first
                 replayed += 1

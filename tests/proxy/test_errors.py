@@ -26,7 +26,8 @@ def client(url: str) -> openai.OpenAI:
 async def test_dead_backend_is_502_naming_it_before_any_stream(anima_url: str, stream: bool) -> None:
     async with httpx.AsyncClient() as http:
         resp = await http.post(
-            f"{anima_url}/v1/chat/completions", json={"model": "dead/model", "messages": HELLO, "stream": stream}
+            f"{anima_url}/v1/chat/completions",
+            json={"model": "dead/model", "messages": HELLO, "stream": stream},
         )
     assert resp.status_code == 502
     assert resp.reason_phrase == "Bad Gateway"
@@ -89,7 +90,9 @@ def test_backend_dying_mid_stream_is_an_sse_error_the_sdk_raises(anima_url: str,
     assert "backend 'stub'" in info.value.message
 
 
-async def test_mid_stream_error_event_is_openai_shaped_and_ends_stream(anima_url: str, stub: StubState) -> None:
+async def test_mid_stream_error_event_is_openai_shaped_and_ends_stream(
+    anima_url: str, stub: StubState
+) -> None:
     async with httpx.AsyncClient() as http:
         resp = await http.post(
             f"{anima_url}/v1/chat/completions", json={"model": "stub/die", "messages": HELLO, "stream": True}
@@ -116,7 +119,9 @@ async def _wait_for_outcome(stub: StubState, timeout_s: float = 5.0) -> list[str
 
 
 @pytest.mark.parametrize("stream", [True, False])
-async def test_client_disconnect_cancels_the_upstream_request(anima_url: str, stub: StubState, stream: bool) -> None:
+async def test_client_disconnect_cancels_the_upstream_request(
+    anima_url: str, stub: StubState, stream: bool
+) -> None:
     body = {"model": "stub/slow", "messages": HELLO, "stream": stream}
     async with httpx.AsyncClient() as http:
         if stream:

@@ -73,11 +73,15 @@ def async_client(url: str) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
 
 
-@pytest.mark.parametrize(("fixture", "model"), [("via_server", "llamacpp/smollm2"), ("embedded", "local/smollm2")])
+@pytest.mark.parametrize(
+    ("fixture", "model"), [("via_server", "llamacpp/smollm2"), ("embedded", "local/smollm2")]
+)
 def test_llamacpp_sync_sdk_both_modes(request: pytest.FixtureRequest, fixture: str, model: str) -> None:
     url = request.getfixturevalue(fixture)
     client = sync_client(url)
-    completion = client.chat.completions.create(model=model, messages=HELLO, max_tokens=12, temperature=0, seed=1)
+    completion = client.chat.completions.create(
+        model=model, messages=HELLO, max_tokens=12, temperature=0, seed=1
+    )
     text = completion.choices[0].message.content
     assert text and text.strip()
     assert completion.usage is not None and completion.usage.completion_tokens > 0
@@ -87,8 +91,12 @@ def test_llamacpp_sync_sdk_both_modes(request: pytest.FixtureRequest, fixture: s
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == text  # greedy: same text
 
 
-@pytest.mark.parametrize(("fixture", "model"), [("via_server", "llamacpp/smollm2"), ("embedded", "local/smollm2")])
-async def test_llamacpp_async_sdk_respects_max_tokens(request: pytest.FixtureRequest, fixture: str, model: str) -> None:
+@pytest.mark.parametrize(
+    ("fixture", "model"), [("via_server", "llamacpp/smollm2"), ("embedded", "local/smollm2")]
+)
+async def test_llamacpp_async_sdk_respects_max_tokens(
+    request: pytest.FixtureRequest, fixture: str, model: str
+) -> None:
     url = request.getfixturevalue(fixture)
     client = async_client(url)
     long_prompt = [{"role": "user", "content": "Write a long story about a dragon."}]
@@ -105,7 +113,10 @@ async def test_llamacpp_async_sdk_respects_max_tokens(request: pytest.FixtureReq
 async def test_embedded_concurrent_requests_queue(embedded: str) -> None:
     client = async_client(embedded)
     replies = await asyncio.gather(
-        *(client.chat.completions.create(model="local/smollm2", messages=HELLO, max_tokens=8) for _ in range(4))
+        *(
+            client.chat.completions.create(model="local/smollm2", messages=HELLO, max_tokens=8)
+            for _ in range(4)
+        )
     )
     assert all(r.choices[0].message.content for r in replies)
 
@@ -119,7 +130,8 @@ async def test_embedded_stream_cancel_frees_the_model(embedded: str) -> None:
                     break
         started = time.perf_counter()
         resp2 = await http.post(
-            f"{embedded}/v1/chat/completions", json={"model": "local/smollm2", "messages": HELLO, "max_tokens": 4}
+            f"{embedded}/v1/chat/completions",
+            json={"model": "local/smollm2", "messages": HELLO, "max_tokens": 4},
         )
     assert resp2.status_code == 200
     assert time.perf_counter() - started < 10  # did not wait for 400 tokens of the abandoned reply

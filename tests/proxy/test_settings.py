@@ -66,7 +66,8 @@ def test_settings_nested_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_settings_reject_routes_to_unknown_backends() -> None:
     with pytest.raises(ValidationError, match="unknown backend 'nope'"):
         make_settings(
-            backends={"a": BackendSettings(kind="openai")}, models=[RouteSettings(name="x", backend="nope", model="m")]
+            backends={"a": BackendSettings(kind="openai")},
+            models=[RouteSettings(name="x", backend="nope", model="m")],
         )
 
 

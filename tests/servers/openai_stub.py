@@ -56,7 +56,9 @@ def _chunk(delta: dict[str, Any], finish: str | None = None, usage: dict[str, in
 
 
 def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": "stub_error", "param": None, "code": None}}, status)
+    return JSONResponse(
+        {"error": {"message": message, "type": "stub_error", "param": None, "code": None}}, status
+    )
 
 
 def stub_app(state: StubState | None = None) -> Starlette:
@@ -105,8 +107,12 @@ def stub_app(state: StubState | None = None) -> Starlette:
 
     async def models(_: Request) -> JSONResponse:
         names = ["echo", "reason", "slow"]
-        return JSONResponse({"object": "list", "data": [{"id": n, "object": "model", "owned_by": "stub"} for n in names]})
+        return JSONResponse(
+            {"object": "list", "data": [{"id": n, "object": "model", "owned_by": "stub"} for n in names]}
+        )
 
-    app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]), Route("/v1/models", models)])
+    app = Starlette(
+        routes=[Route("/v1/chat/completions", chat, methods=["POST"]), Route("/v1/models", models)]
+    )
     app.state.stub = state
     return app

@@ -1,0 +1,271 @@
+"""The conversation archive behind the memory API: import, append, list, read, search, delete, inspect."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from memory import history
+from memory.budget import TokenCounter
+from memory.models import ConversationRow, MessageRow, PersonaRef, TurnContext
+from memory.recall import Fusion, RecallQuery, Scope, recall
+from memory.threads import new_public_id
+from memory.types import Memory, Message
+from memory.window import WorkingMemory
+
+if TYPE_CHECKING:
+    from memory.embedder import Embedder
+
+
+class ConversationNotFound(LookupError):
+    pass
+
+
+class ConversationExists(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A message handed to the archive (import or append)."""
+
+    role: str
+    content: str
+    name: str | None = None
+    created_at: datetime | None = None
+    metadata: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationInfo:
+    id: str
+    title: str | None
+    persona: str | None
+    end_user: str
+    created_at: datetime
+    updated_at: datetime
+    message_count: int
+    pending_embeddings: int
+
+
+class Archive:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        counter: TokenCounter,
+        window: WorkingMemory,
+        embedder: Embedder | None,
+        fusion: Fusion,
+        *,
+        stored: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._sessions, self._counter, self._window = sessions, counter, window
+        self._embedder, self._fusion, self._stored = embedder, fusion, stored
+
+    async def _row(self, session: AsyncSession, user_id: int, public_id: str) -> ConversationRow:
+        row = await history.conversation_by_public_id(session, user_id=user_id, public_id=public_id)
+        if row is None:
+            raise ConversationNotFound(f"No conversation '{public_id}'.")
+        return row
+
+    async def create(
+        self,
+        user_id: int,
+        messages: Sequence[Incoming],
+        *,
+        public_id: str | None = None,
+        title: str | None = None,
+        persona: str | None = None,
+        end_user: str = "",
+    ) -> str:
+        """Import a conversation: stored as one branch, marked `imported`; returns its id."""
+        public_id = public_id or new_public_id()
+        async with self._sessions.begin() as s:
+            if await history.conversation_by_public_id(s, user_id=user_id, public_id=public_id) is not None:
+                raise ConversationExists(f"A conversation '{public_id}' already exists.")
+            persona_id = await self._persona(s, user_id, persona) if persona else None
+            row = await history.create_conversation(
+                s, user_id=user_id, public_id=public_id, end_user=end_user, title=title, persona_id=persona_id
+            )
+            await self._store(s, user_id, row.id, None, messages)
+        self._stored()
+        return public_id
+
+    async def append(self, user_id: int, public_id: str, messages: Sequence[Incoming]) -> int:
+        """Add messages after the conversation's newest message; returns how many were stored."""
+        async with self._sessions.begin() as s:
+            row = await self._row(s, user_id, public_id)
+            await self._store(s, user_id, row.id, await history.head(s, conversation_id=row.id), messages)
+            self._window.forget(row.id)
+        self._stored()
+        return len(messages)
+
+    async def _store(
+        self,
+        s: AsyncSession,
+        user_id: int,
+        conversation_id: int,
+        parent: int | None,
+        messages: Sequence[Incoming],
+    ) -> None:
+        await history.append(
+            s,
+            user_id=user_id,
+            conversation_id=conversation_id,
+            parent_id=parent,
+            messages=[Message(m.role, m.content, m.name) for m in messages],
+            token_counts=[self._counter.count(m.content) for m in messages],
+            source="imported",
+            created_at=[m.created_at for m in messages],
+            metadata=[m.metadata for m in messages],
+        )
+
+    @staticmethod
+    async def _persona(s: AsyncSession, user_id: int, name: str) -> int:
+        existing = await s.scalar(
+            select(PersonaRef.id).where(PersonaRef.user_id == user_id, PersonaRef.name == name)
+        )
+        if existing is not None:
+            return int(existing)
+        row = PersonaRef(user_id=user_id, name=name)
+        s.add(row)
+        await s.flush()
+        return row.id
+
+    async def info(self, user_id: int, public_id: str) -> ConversationInfo:
+        async with self._sessions() as s:
+            return (await self._infos(s, user_id, public_id=public_id, limit=1, offset=0))[0]
+
+    async def list(self, user_id: int, *, limit: int, offset: int) -> list[ConversationInfo]:
+        async with self._sessions() as s:
+            return await self._infos(s, user_id, public_id=None, limit=limit, offset=offset)
+
+    async def _infos(
+        self, s: AsyncSession, user_id: int, *, public_id: str | None, limit: int, offset: int
+    ) -> list[ConversationInfo]:
+        counts = (
+            select(
+                MessageRow.conversation_id,
+                func.count().label("n"),
+                func.count().filter(~MessageRow.embedded).label("pending"),
+            )
+            .group_by(MessageRow.conversation_id)
+            .subquery()
+        )
+        query = (
+            select(ConversationRow, PersonaRef.name, counts.c.n, counts.c.pending)
+            .outerjoin(counts, counts.c.conversation_id == ConversationRow.id)
+            .outerjoin(PersonaRef, PersonaRef.id == ConversationRow.persona_id)
+            .where(ConversationRow.user_id == user_id)
+            .order_by(ConversationRow.updated_at.desc(), ConversationRow.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        if public_id is not None:
+            query = query.where(ConversationRow.public_id == public_id)
+        rows = (await s.execute(query)).all()
+        if public_id is not None and not rows:
+            raise ConversationNotFound(f"No conversation '{public_id}'.")
+        return [
+            ConversationInfo(
+                id=c.public_id,
+                title=c.title,
+                persona=persona,
+                end_user=c.end_user,
+                created_at=c.created_at,
+                updated_at=c.updated_at,
+                message_count=n or 0,
+                pending_embeddings=pending or 0,
+            )
+            for c, persona, n, pending in rows
+        ]
+
+    async def messages(
+        self, user_id: int, public_id: str, *, limit: int, offset: int
+    ) -> list[dict[str, Any]]:
+        """Every stored message (all branches) in storage order; `parent_id` shows the branch structure."""
+        async with self._sessions() as s:
+            row = await self._row(s, user_id, public_id)
+            rows = await s.scalars(
+                select(MessageRow)
+                .where(MessageRow.conversation_id == row.id, MessageRow.user_id == user_id)
+                .order_by(MessageRow.id)
+                .limit(limit)
+                .offset(offset)
+            )
+            return [
+                {
+                    "id": m.id,
+                    "parent_id": m.parent_id,
+                    "role": m.role,
+                    "name": m.name,
+                    "content": m.content,
+                    "created_at": m.created_at.isoformat(),
+                    "source": m.source,
+                    "status": m.status,
+                    "token_count": m.token_count,
+                    "emotion": m.emotion_label,
+                    "importance": m.importance,
+                    "metadata": m.meta,
+                }
+                for m in rows
+            ]
+
+    async def delete(self, user_id: int, public_id: str) -> None:
+        """Remove every trace: messages, embeddings, summaries, contexts (cascades), and the RAM window."""
+        async with self._sessions.begin() as s:
+            row = await self._row(s, user_id, public_id)
+            await s.delete(row)
+        self._window.forget(row.id)
+
+    async def search(
+        self, user_id: int, query: str, *, public_id: str | None, scope: Scope, k: int
+    ) -> list[Memory]:
+        embedding = (await self._embedder.embed([query]))[0] if self._embedder is not None else None
+        async with self._sessions() as s:
+            anchor = None
+            if public_id is not None:
+                row = await self._row(s, user_id, public_id)
+                anchor = await history.head(s, conversation_id=row.id)
+            elif scope == "branch":
+                scope = "user"
+            return await recall(
+                s,
+                RecallQuery(
+                    user_id=user_id, text=query, embedding=embedding, scope=scope, anchor_id=anchor, k=k
+                ),
+                self._fusion,
+            )
+
+    async def context(self, user_id: int, public_id: str, turn: int | None) -> dict[str, Any]:
+        """The prompt assembled for the latest turn, or for turn `turn` (1 = the first)."""
+        async with self._sessions() as s:
+            row = await self._row(s, user_id, public_id)
+            query = select(TurnContext).where(
+                TurnContext.conversation_id == row.id, TurnContext.user_id == user_id
+            )
+            if turn is None:
+                query = query.order_by(TurnContext.id.desc())
+            else:
+                query = query.order_by(TurnContext.id).offset(turn - 1)
+            found = await s.scalar(query.limit(1))
+            total = await s.scalar(select(func.count()).where(TurnContext.conversation_id == row.id))
+        if found is None:
+            raise ConversationNotFound(
+                f"Conversation '{public_id}' has no turn {turn or ''} on record.".replace("  ", " ")
+            )
+        return {
+            "conversation_id": public_id,
+            "turn": turn or total,
+            "turns": total,
+            "model": found.model,
+            "reply_message_id": found.reply_message_id,
+            "messages": found.messages,
+            "tokens": found.tokens,
+            "created_at": found.created_at.isoformat(),
+        }

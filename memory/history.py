@@ -1,0 +1,235 @@
+"""Postgres turn history: every query takes an AsyncSession, filters by user, and never commits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, exists, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from memory.models import ConversationRow, MessageEmbedding, MessageRow, SummaryRow
+from memory.threads import Candidate, content_hash
+from memory.types import Message, StoredMessage
+
+_PATH = text(
+    """
+    WITH RECURSIVE path AS (
+        SELECT m.*, 0 AS up FROM message m WHERE m.id = :anchor AND m.user_id = :user
+        UNION ALL
+        SELECT m.*, p.up + 1 FROM message m JOIN path p ON m.id = p.parent_id WHERE p.up + 1 < :limit
+    )
+    SELECT id, role, content, name, token_count, created_at, parent_id, depth,
+           emotion_label, importance, status
+    FROM path ORDER BY up DESC
+    """
+)
+
+
+def _stored(row: Any) -> StoredMessage:
+    return StoredMessage(
+        id=row.id,
+        role=row.role,
+        content=row.content,
+        name=row.name,
+        token_count=row.token_count,
+        created_at=row.created_at,
+        parent_id=row.parent_id,
+        depth=row.depth,
+        emotion_label=row.emotion_label,
+        importance=row.importance,
+        status=row.status,
+    )
+
+
+async def candidates(
+    session: AsyncSession, *, user_id: int, end_user: str, hashes: Sequence[str], conversation_id: int | None
+) -> list[Candidate]:
+    query = (
+        select(
+            MessageRow.id,
+            MessageRow.conversation_id,
+            MessageRow.parent_id,
+            MessageRow.content_hash,
+            MessageRow.role,
+        )
+        .join(ConversationRow, ConversationRow.id == MessageRow.conversation_id)
+        .where(MessageRow.user_id == user_id, MessageRow.content_hash.in_(set(hashes)))
+        .where(ConversationRow.end_user == end_user)
+    )
+    if conversation_id is not None:
+        query = query.where(MessageRow.conversation_id == conversation_id)
+    rows = (await session.execute(query)).all()
+    return [Candidate(r.id, r.conversation_id, r.parent_id, r.content_hash, r.role) for r in rows]
+
+
+async def tips(session: AsyncSession, anchors: Sequence[int]) -> set[int]:
+    """The anchors that have no child message yet."""
+    child = MessageRow.__table__.alias("child")
+    has_child = exists().where(child.c.parent_id == MessageRow.id)
+    rows = await session.scalars(select(MessageRow.id).where(MessageRow.id.in_(anchors), ~has_child))
+    return set(rows)
+
+
+async def characters(session: AsyncSession, conversation_ids: Sequence[int]) -> dict[int, str | None]:
+    """The character each conversation was recorded with (client header), if any."""
+    rows = await session.execute(
+        select(ConversationRow.id, ConversationRow.character).where(ConversationRow.id.in_(conversation_ids))
+    )
+    return {row.id: row.character for row in rows}
+
+
+async def conversation_by_public_id(
+    session: AsyncSession, *, user_id: int, public_id: str
+) -> ConversationRow | None:
+    row: ConversationRow | None = await session.scalar(
+        select(ConversationRow).where(
+            ConversationRow.user_id == user_id, ConversationRow.public_id == public_id
+        )
+    )
+    return row
+
+
+async def create_conversation(
+    session: AsyncSession,
+    *,
+    user_id: int,
+    public_id: str,
+    end_user: str = "",
+    character: str | None = None,
+    title: str | None = None,
+    persona_id: int | None = None,
+) -> ConversationRow:
+    row = ConversationRow(
+        user_id=user_id,
+        public_id=public_id,
+        end_user=end_user,
+        character=character,
+        title=title,
+        persona_id=persona_id,
+    )
+    session.add(row)
+    await session.flush()
+    return row
+
+
+async def public_id(session: AsyncSession, conversation_id: int) -> str:
+    value = await session.scalar(
+        select(ConversationRow.public_id).where(ConversationRow.id == conversation_id)
+    )
+    return str(value)
+
+
+async def ensure_conversation(
+    session: AsyncSession, *, user_id: int, public_id: str, end_user: str, character: str | None
+) -> int:
+    """The conversation's row id, creating it if needed; safe when two workers create it at once."""
+    inserted = await session.scalar(
+        pg_insert(ConversationRow)
+        .values(user_id=user_id, public_id=public_id, end_user=end_user, character=character)
+        .on_conflict_do_nothing(index_elements=["user_id", "public_id"])
+        .returning(ConversationRow.id)
+    )
+    if inserted is not None:
+        return int(inserted)
+    existing = await conversation_by_public_id(session, user_id=user_id, public_id=public_id)
+    assert existing is not None
+    return existing.id
+
+
+async def head(session: AsyncSession, *, conversation_id: int) -> int | None:
+    """The newest message of a conversation: where a thin client's new message goes."""
+    value: int | None = await session.scalar(
+        select(func.max(MessageRow.id)).where(MessageRow.conversation_id == conversation_id)
+    )
+    return value
+
+
+async def path(session: AsyncSession, *, user_id: int, anchor_id: int, limit: int) -> list[StoredMessage]:
+    """The branch ending at `anchor_id`, oldest first, at most `limit` messages."""
+    rows = (await session.execute(_PATH, {"anchor": anchor_id, "user": user_id, "limit": limit})).all()
+    return [_stored(r) for r in rows]
+
+
+async def depth_of(session: AsyncSession, message_id: int | None) -> int:
+    if message_id is None:
+        return -1
+    value = await session.scalar(select(MessageRow.depth).where(MessageRow.id == message_id))
+    return int(value) if value is not None else -1
+
+
+async def append(
+    session: AsyncSession,
+    *,
+    user_id: int,
+    conversation_id: int,
+    parent_id: int | None,
+    messages: Sequence[Message],
+    token_counts: Sequence[int],
+    source: str = "chat",
+    status: str = "complete",
+    created_at: Sequence[datetime | None] | None = None,
+    metadata: Sequence[dict[str, Any] | None] | None = None,
+    extras: Sequence[dict[str, Any]] | None = None,
+) -> list[StoredMessage]:
+    """Store `messages` as a chain under `parent_id`; returns them with their ids."""
+    depth = await depth_of(session, parent_id)
+    stored: list[StoredMessage] = []
+    for i, message in enumerate(messages):
+        depth += 1
+        row = MessageRow(
+            conversation_id=conversation_id,
+            user_id=user_id,
+            parent_id=parent_id,
+            depth=depth,
+            role=message.role,
+            name=message.name,
+            content=message.content,
+            content_hash=content_hash(message),
+            token_count=token_counts[i],
+            source=source,
+            status=status,
+            meta=metadata[i] if metadata else None,
+            **(extras[i] if extras else {}),
+        )
+        if created_at and created_at[i] is not None:
+            row.created_at = created_at[i]  # type: ignore[assignment]
+        session.add(row)
+        await session.flush()
+        await session.refresh(row, ["created_at"])
+        stored.append(_stored(row))
+        parent_id = row.id
+    await session.execute(
+        update(ConversationRow).where(ConversationRow.id == conversation_id).values(updated_at=func.now())
+    )
+    return stored
+
+
+async def extend(session: AsyncSession, *, user_id: int, message_id: int, text_: str, tokens: int) -> None:
+    """A continue: the stored reply grows; its hash and embedding are redone."""
+    row = await session.get(MessageRow, message_id)
+    if row is None or row.user_id != user_id:
+        return
+    row.content = row.content + text_
+    row.content_hash = content_hash(Message(row.role, row.content, row.name))
+    row.token_count += tokens
+    row.embedded = False
+    await session.execute(delete(MessageEmbedding).where(MessageEmbedding.message_id == message_id))
+
+
+async def delete_conversation(session: AsyncSession, *, user_id: int, conversation_id: int) -> None:
+    for table in (SummaryRow, MessageEmbedding):
+        await session.execute(
+            delete(table).where(table.conversation_id == conversation_id, table.user_id == user_id)
+        )
+    await session.execute(
+        update(MessageRow).where(MessageRow.conversation_id == conversation_id).values(parent_id=None)
+    )
+    await session.execute(delete(MessageRow).where(MessageRow.conversation_id == conversation_id))
+    await session.execute(
+        delete(ConversationRow).where(
+            ConversationRow.id == conversation_id, ConversationRow.user_id == user_id
+        )
+    )

@@ -1,0 +1,199 @@
+"""ORM tables; Alembic migrations (alembic/versions) are the only schema source, these mirror them.
+
+Every row carries `user_id` (the API key's user) and every query filters on it: memory never mixes users.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pgvector.sqlalchemy import Vector
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Computed,
+    DateTime,
+    Float,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+EMBEDDING_DIM = 384  # all-MiniLM-L6-v2; checked against the embedder at start-up
+TEXT_SEARCH_CONFIG = "english"
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+def _id() -> Mapped[int]:
+    return mapped_column(BigInteger, Identity(), primary_key=True)
+
+
+def _created() -> Mapped[datetime]:
+    return mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+def _owner() -> Mapped[int]:
+    return mapped_column(BigInteger, ForeignKey("app_user.id", ondelete="CASCADE"), index=True)
+
+
+class AppUser(Base):
+    """One per API key (`key_hash` = sha256 of the key); the local user of open mode has none."""
+
+    __tablename__ = "app_user"
+    id: Mapped[int] = _id()
+    name: Mapped[str] = mapped_column(String(200))
+    key_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    is_admin: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    created_at: Mapped[datetime] = _created()
+
+
+class PersonaRef(Base):
+    """A persona by name; the personas package owns what a persona is."""
+
+    __tablename__ = "persona"
+    __table_args__ = (UniqueConstraint("user_id", "name"),)
+    id: Mapped[int] = _id()
+    user_id: Mapped[int] = _owner()
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = _created()
+
+
+class ConversationRow(Base):
+    __tablename__ = "conversation"
+    __table_args__ = (
+        UniqueConstraint("user_id", "public_id"),
+        Index("ix_conversation_scope", "user_id", "end_user", "updated_at"),
+    )
+    id: Mapped[int] = _id()
+    public_id: Mapped[str] = mapped_column(String(200))
+    user_id: Mapped[int] = _owner()
+    end_user: Mapped[str] = mapped_column(String(200), server_default="")
+    persona_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("persona.id", ondelete="SET NULL"))
+    character: Mapped[str | None] = mapped_column(String(200))
+    title: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class MessageRow(Base):
+    """One message; `parent_id` links it to the previous message of its branch (a tree per conversation)."""
+
+    __tablename__ = "message"
+    __table_args__ = (
+        Index("ix_message_user_hash", "user_id", "content_hash"),
+        Index("ix_message_conversation", "conversation_id", "id"),
+        Index("ix_message_search", "search", postgresql_using="gin"),
+        Index("ix_message_unembedded", "id", postgresql_where=text("NOT embedded")),
+    )
+    id: Mapped[int] = _id()
+    conversation_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("conversation.id", ondelete="CASCADE")
+    )
+    user_id: Mapped[int] = _owner()
+    parent_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("message.id", ondelete="CASCADE"), index=True
+    )
+    depth: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str | None] = mapped_column(String(200))
+    content: Mapped[str] = mapped_column(Text)
+    content_hash: Mapped[str] = mapped_column(String(32))
+    token_count: Mapped[int] = mapped_column(Integer)
+    emotion_label: Mapped[str | None] = mapped_column(String(32))
+    emotion_confidence: Mapped[float | None] = mapped_column(Float)
+    emotion_scores: Mapped[dict[str, float] | None] = mapped_column(JSONB)
+    importance: Mapped[float | None] = mapped_column(Float)
+    source: Mapped[str] = mapped_column(String(16), server_default="chat")  # chat | imported
+    status: Mapped[str] = mapped_column(String(16), server_default="complete")  # complete | partial
+    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONB)
+    embedded: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    created_at: Mapped[datetime] = _created()
+    search: Mapped[Any] = mapped_column(
+        TSVECTOR,
+        Computed(
+            f"to_tsvector('{TEXT_SEARCH_CONFIG}', coalesce(name, '') || ' ' || content)", persisted=True
+        ),
+    )
+
+
+class MessageEmbedding(Base):
+    """A message's embedding; long messages have several chunks."""
+
+    __tablename__ = "message_embedding"
+    __table_args__ = (
+        Index(
+            "ix_message_embedding_hnsw",
+            "embedding",
+            postgresql_using="hnsw",
+            postgresql_ops={"embedding": "vector_cosine_ops"},
+        ),
+    )
+    id: Mapped[int] = _id()
+    message_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("message.id", ondelete="CASCADE"), index=True
+    )
+    conversation_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("conversation.id", ondelete="CASCADE"), index=True
+    )
+    user_id: Mapped[int] = _owner()
+    chunk: Mapped[int] = mapped_column(Integer, server_default="0")
+    embedding: Mapped[Any] = mapped_column(Vector(EMBEDDING_DIM))
+
+
+class SummaryRow(Base):
+    """A summary of the span first_message_id..last_message_id of one branch."""
+
+    __tablename__ = "summary"
+    id: Mapped[int] = _id()
+    conversation_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("conversation.id", ondelete="CASCADE"), index=True
+    )
+    user_id: Mapped[int] = _owner()
+    first_message_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("message.id", ondelete="CASCADE"))
+    last_message_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("message.id", ondelete="CASCADE"), index=True
+    )
+    message_count: Mapped[int] = mapped_column(Integer)
+    content: Mapped[str] = mapped_column(Text)
+    token_count: Mapped[int] = mapped_column(Integer)
+    embedding: Mapped[Any | None] = mapped_column(Vector(EMBEDDING_DIM))
+    created_at: Mapped[datetime] = _created()
+
+
+class TurnContext(Base):
+    """The prompt Anima assembled for one turn and its tokens per tier (`GET .../context`)."""
+
+    __tablename__ = "turn_context"
+    id: Mapped[int] = _id()
+    conversation_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("conversation.id", ondelete="CASCADE"), index=True
+    )
+    user_id: Mapped[int] = _owner()
+    reply_message_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("message.id", ondelete="SET NULL")
+    )
+    model: Mapped[str] = mapped_column(String(200))
+    messages: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
+    tokens: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = _created()

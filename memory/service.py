@@ -1,0 +1,318 @@
+"""MemoryService: the public face of memory/ for the request path (recognise, recall, remember).
+
+Reads happen on the request path under a deadline; every write happens after the reply, in a
+background task the service owns (`remember`), so storing never delays an answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from memory import history
+from memory.archive import Archive
+from memory.budget import TokenCounter
+from memory.models import TurnContext
+from memory.recall import Boost, Fusion, RecallQuery, Scope, recall
+from memory.summaries import SummaryJob, SummaryWorker, branch_summaries
+from memory.threads import align, choose, content_hash, new_public_id, shape_of
+from memory.types import Message, Recall, SessionKey, StoredMessage, Thread
+from memory.window import WorkingMemory
+from memory.workers import EmbeddingWorker
+
+if TYPE_CHECKING:
+    from memory.embedder import Embedder
+
+log = logging.getLogger("anima.memory")
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryConfig:
+    window_turns: int = 24
+    window_conversations: int = 1000
+    recall_k: int = 8
+    scope: Scope = "branch"
+    fusion: Fusion = field(default_factory=Fusion)
+    deadline_s: float = 0.25
+    summary_min_messages: int = 8
+    embed_batch: int = 32
+    store_wait_s: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRecord:
+    """What happened in one turn, for `remember`: the reply text and the prompt that produced it."""
+
+    reply: str
+    status: str  # complete | partial
+    model: str
+    prompt: list[dict[str, Any]]
+    tokens: dict[str, Any]
+
+
+class MemoryService:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        counter: TokenCounter,
+        embedder: Embedder | None,
+        config: MemoryConfig,
+        *,
+        chunker: Any = None,
+    ) -> None:
+        self.sessions, self.counter, self.embedder, self.config = sessions, counter, embedder, config
+        self.window = WorkingMemory(turns=config.window_turns, conversations=config.window_conversations)
+        self.embeddings = (
+            EmbeddingWorker(sessions, embedder, chunker=chunker or (lambda t: [t]), batch=config.embed_batch)
+            if embedder is not None
+            else None
+        )
+        self.summaries = SummaryWorker(sessions, counter, min_messages=config.summary_min_messages)
+        self.archive = Archive(
+            sessions, counter, self.window, embedder, config.fusion, stored=self._wake_embedder
+        )
+        self._stores: set[asyncio.Task[None]] = set()
+        self._stores_by_user: dict[int, set[asyncio.Task[None]]] = {}
+
+    # -- recognising the conversation -------------------------------------------------------------
+
+    async def recognise(self, session: SessionKey, messages: Sequence[Message]) -> Thread:
+        """Which stored conversation and branch this request continues, and what in it is new."""
+        await self._after_stores_of(session.user_id)
+        shape = shape_of(messages)
+        chat = shape.history
+        hashes = [content_hash(m) for m in chat]
+        async with self.sessions() as s:
+            conversation_id, public_id, anchor, matched = await self._locate(s, session, hashes)
+            if anchor is not None:
+                path = self.window.get(conversation_id, anchor)
+                if path is None:
+                    path = tuple(
+                        await history.path(
+                            s, user_id=session.user_id, anchor_id=anchor, limit=self.config.window_turns
+                        )
+                    )
+                    self.window.put(conversation_id, path)
+            else:
+                path = ()
+        new = chat[matched:]
+        kind, prefill = shape.kind, ""
+        if kind == "continue" and new:  # the trailing assistant message is not stored: a reply prefill
+            kind, prefill, new = "prefill", new[-1].content, new[:-1]
+        elif kind == "turn" and not new:  # the whole request is stored already: a regenerate/swipe
+            kind = "regenerate"
+        return Thread(
+            conversation_id=conversation_id,
+            public_id=public_id,
+            created=conversation_id == 0,
+            kind=kind,
+            anchor_id=anchor,
+            path=path,
+            new=tuple(new),
+            prefill=prefill,
+        )
+
+    async def _locate(
+        self, s: AsyncSession, session: SessionKey, hashes: list[str]
+    ) -> tuple[int, str, int | None, int]:
+        """(conversation id or 0 if new, public id, anchor message id, matched message count)."""
+        if session.conversation is not None:
+            row = await history.conversation_by_public_id(
+                s, user_id=session.user_id, public_id=session.conversation
+            )
+            if row is None:
+                return 0, session.conversation, None, 0
+            found = (
+                align(
+                    hashes,
+                    await history.candidates(
+                        s,
+                        user_id=session.user_id,
+                        end_user=row.end_user,
+                        hashes=hashes,
+                        conversation_id=row.id,
+                    ),
+                ).get(row.id)
+                if hashes
+                else None
+            )
+            if found is not None:
+                return row.id, row.public_id, found.anchor_id, found.length
+            return row.id, row.public_id, await history.head(s, conversation_id=row.id), 0
+        if not hashes:
+            return 0, new_public_id(), None, 0
+        candidates = await history.candidates(
+            s, user_id=session.user_id, end_user=session.end_user, hashes=hashes, conversation_id=None
+        )
+        matches = align(hashes, candidates)
+        preferred: set[int] = set()
+        if matches and session.character:  # a chat recorded with another character is another chat
+            recorded = await history.characters(s, list(matches))
+            matches = {c: m for c, m in matches.items() if recorded[c] in (None, session.character)}
+            preferred = {c for c in matches if recorded[c] == session.character}
+        if not matches:
+            return 0, new_public_id(), None, 0
+        tips = await history.tips(s, [m.anchor_id for m in matches.values()])
+        best = choose(matches, tips, preferred)
+        if best is None:
+            return 0, new_public_id(), None, 0
+        public = await history.public_id(s, best.conversation_id)
+        return best.conversation_id, public, best.anchor_id, best.length
+
+    # -- recall --------------------------------------------------------------------------------------
+
+    async def recall(
+        self, session: SessionKey, thread: Thread, query: str, *, boost: Boost | None = None
+    ) -> Recall:
+        """Memories and summaries for this turn, within the deadline; a miss degrades, never fails."""
+        if not query.strip() or (thread.anchor_id is None and self.config.scope == "branch"):
+            return Recall(thread=thread)
+        recent = [m.id for m in thread.path[-self.config.window_turns :]]
+        try:
+            async with asyncio.timeout(self.config.deadline_s):
+                embedding = (await self.embedder.embed([query]))[0] if self.embedder is not None else None
+                async with self.sessions() as s:
+                    memories = await recall(
+                        s,
+                        RecallQuery(
+                            user_id=session.user_id,
+                            text=query,
+                            embedding=embedding,
+                            scope=self.config.scope,
+                            anchor_id=thread.anchor_id,
+                            character=session.character,
+                            end_user=session.end_user,
+                            exclude=recent,
+                            k=self.config.recall_k,
+                        ),
+                        self.config.fusion,
+                        boost,
+                    )
+                    summaries = (
+                        await branch_summaries(s, user_id=session.user_id, anchor_id=thread.anchor_id)
+                        if thread.anchor_id is not None
+                        else []
+                    )
+        except TimeoutError:
+            log.warning("recall missed its %.0f ms deadline", self.config.deadline_s * 1000)
+            return Recall(thread=thread, degraded=("recall_deadline",))
+        except Exception as exc:
+            log.warning("recall failed: %s", exc)
+            return Recall(thread=thread, degraded=("recall_failed",))
+        return Recall(thread=thread, memories=tuple(memories), summaries=tuple(summaries))
+
+    def summarise_later(
+        self, session: SessionKey, thread: Thread, last_cut_id: int, cut_count: int, model: str
+    ) -> None:
+        """History up to message `last_cut_id` is out of the prompt: have it summarised in the background."""
+        if thread.conversation_id and cut_count >= self.config.summary_min_messages:
+            self.summaries.request(SummaryJob(session.user_id, thread.conversation_id, last_cut_id, model))
+
+    # -- storing -----------------------------------------------------------------------------------
+
+    def remember(self, session: SessionKey, thread: Thread, turn: TurnRecord) -> None:
+        """Store the turn in the background, right after the reply; the service keeps the task."""
+        task = asyncio.get_running_loop().create_task(self._store_logged(session, thread, turn))
+        self._stores.add(task)
+        mine = self._stores_by_user.setdefault(session.user_id, set())
+        mine.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._stores.discard(finished)
+            mine.discard(finished)
+            if not mine:
+                self._stores_by_user.pop(session.user_id, None)
+
+        task.add_done_callback(done)
+
+    async def _after_stores_of(self, user_id: int) -> None:
+        """A client that answers fast can send its next turn before the last one is stored; reading
+        memory before that store lands would see a stale branch (and store the turn twice)."""
+        pending = self._stores_by_user.get(user_id)
+        if pending:
+            await asyncio.wait(list(pending), timeout=self.config.store_wait_s)
+
+    async def _store_logged(self, session: SessionKey, thread: Thread, turn: TurnRecord) -> None:
+        try:
+            await self.store_turn(session, thread, turn)
+        except Exception:
+            log.exception("could not store a turn of conversation %s", thread.public_id)
+
+    async def store_turn(self, session: SessionKey, thread: Thread, turn: TurnRecord) -> list[StoredMessage]:
+        async with self.sessions.begin() as s:
+            conversation_id = thread.conversation_id or await self._conversation(s, session, thread.public_id)
+            added = await history.append(
+                s,
+                user_id=session.user_id,
+                conversation_id=conversation_id,
+                parent_id=thread.anchor_id,
+                messages=thread.new,
+                token_counts=[self.counter.count(m.content) for m in thread.new],
+            )
+            parent = added[-1].id if added else thread.anchor_id
+            reply_id: int | None = None
+            if thread.kind == "continue" and thread.anchor_id is not None:
+                await history.extend(
+                    s,
+                    user_id=session.user_id,
+                    message_id=thread.anchor_id,
+                    text_=turn.reply,
+                    tokens=self.counter.count(turn.reply),
+                )
+                reply_id = thread.anchor_id
+            elif thread.kind != "quiet" and (thread.prefill + turn.reply):
+                content = thread.prefill + turn.reply
+                reply = await history.append(
+                    s,
+                    user_id=session.user_id,
+                    conversation_id=conversation_id,
+                    parent_id=parent,
+                    messages=[Message("assistant", content)],
+                    token_counts=[self.counter.count(content)],
+                    status=turn.status,
+                )
+                added += reply
+                reply_id = reply[0].id
+            s.add(
+                TurnContext(
+                    conversation_id=conversation_id,
+                    user_id=session.user_id,
+                    reply_message_id=reply_id,
+                    model=turn.model,
+                    messages=turn.prompt,
+                    tokens=turn.tokens,
+                )
+            )
+        if thread.kind == "continue":
+            self.window.forget(conversation_id)
+        else:
+            self.window.extend(conversation_id, thread.anchor_id, added)
+        self._wake_embedder()
+        return added
+
+    def _wake_embedder(self) -> None:
+        if self.embeddings is not None:
+            self.embeddings.wake.set()
+
+    async def _conversation(self, s: AsyncSession, session: SessionKey, public_id: str) -> int:
+        return await history.ensure_conversation(
+            s,
+            user_id=session.user_id,
+            public_id=public_id,
+            end_user=session.end_user,
+            character=session.character,
+        )
+
+    @property
+    def stores_in_flight(self) -> int:
+        return len(self._stores)
+
+    async def settle(self) -> None:
+        """Wait until every scheduled store has finished (shutdown, tests)."""
+        while self._stores:
+            await asyncio.gather(*list(self._stores), return_exceptions=True)

@@ -1,0 +1,48 @@
+"""Working memory: the newest messages of each conversation's current branch, in RAM.
+
+A cache of the database, never the only copy: an entry is used only when it ends exactly at the
+anchor that recognition found in Postgres, so a conversation served by two workers stays correct
+(the other worker's writes move the anchor and the stale entry is simply reloaded).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from memory.types import StoredMessage
+
+
+class WorkingMemory:
+    def __init__(self, *, turns: int, conversations: int) -> None:
+        self.turns = turns
+        self._capacity = conversations
+        self._entries: OrderedDict[int, tuple[StoredMessage, ...]] = OrderedDict()
+
+    def get(self, conversation_id: int, anchor_id: int | None) -> tuple[StoredMessage, ...] | None:
+        """The cached branch ending at `anchor_id`, or None if absent or stale."""
+        entry = self._entries.get(conversation_id)
+        if entry is None or not entry or entry[-1].id != anchor_id:
+            return None
+        self._entries.move_to_end(conversation_id)
+        return entry
+
+    def put(self, conversation_id: int, messages: Sequence[StoredMessage]) -> None:
+        self._entries[conversation_id] = tuple(messages[-self.turns :])
+        self._entries.move_to_end(conversation_id)
+        while len(self._entries) > self._capacity:
+            self._entries.popitem(last=False)
+
+    def extend(self, conversation_id: int, anchor_id: int | None, added: Sequence[StoredMessage]) -> None:
+        """Append a stored turn if the entry still ends at the turn's anchor; otherwise drop it."""
+        entry = self._entries.get(conversation_id)
+        if entry is not None and (anchor_id is None or (entry and entry[-1].id == anchor_id)):
+            self.put(conversation_id, (*entry, *added))
+        else:
+            self.forget(conversation_id)
+
+    def forget(self, conversation_id: int) -> None:
+        self._entries.pop(conversation_id, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)

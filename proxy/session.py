@@ -1,0 +1,51 @@
+"""Who is asking and about which conversation: from headers and the body, before memory looks.
+
+Precedence for an explicit conversation id: the `X-Anima-Conversation` header, then the body's
+`metadata.conversation_id`. The OpenAI `user` field names an end user inside one API key (a memory
+scope), never a chat. Recognising a chat from its messages is memory's job, not this module's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from memory.types import SessionKey
+from proxy.protocol import ChatCompletionRequest
+
+CONVERSATION_HEADER = "x-anima-conversation"
+_UNEXPANDED = ("{{", "}}")  # SillyTavern before 1.19 sends its macros literally
+
+
+def api_key(headers: Mapping[str, str]) -> str | None:
+    """The key from `Authorization: Bearer` or `x-api-key`; SillyTavern's `Bearer undefined` is none."""
+    auth = headers.get("authorization", "")
+    key = auth[7:].strip() if auth[:7].lower() == "bearer " else headers.get("x-api-key", "").strip()
+    return key if key and key not in ("undefined", "null") else None
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name.lower(), "").strip()
+    if not value or any(marker in value for marker in _UNEXPANDED):
+        return None
+    return value[:200]
+
+
+def identify_session(
+    headers: Mapping[str, str],
+    body: ChatCompletionRequest,
+    *,
+    user_id: int,
+    character_header: str = "x-st-char",
+    user_header: str = "x-st-user",
+) -> SessionKey:
+    explicit = headers.get(CONVERSATION_HEADER, "").strip() or None
+    if explicit is None and body.metadata is not None:
+        value = body.metadata.get("conversation_id")
+        explicit = str(value).strip() or None if value is not None else None
+    return SessionKey(
+        user_id=user_id,
+        end_user=(body.user or "")[:200],
+        conversation=explicit[:200] if explicit else None,
+        character=_header(headers, character_header),
+        user_name=_header(headers, user_header),
+    )

