@@ -141,7 +141,7 @@ class Archive:
         async with self._sessions() as s:
             return (await self._infos(s, user_id, public_id=public_id, limit=1, offset=0))[0]
 
-    async def list(self, user_id: int, *, limit: int, offset: int) -> list[ConversationInfo]:
+    async def conversations(self, user_id: int, *, limit: int, offset: int) -> list[ConversationInfo]:
         async with self._sessions() as s:
             return await self._infos(s, user_id, public_id=None, limit=limit, offset=offset)
 

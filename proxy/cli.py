@@ -16,17 +16,25 @@ from proxy.settings import Settings, get_settings
 
 def _setting_lines(model: type[BaseModel], prefix: str = "ANIMA_") -> Iterator[str]:
     for name, field in model.model_fields.items():
+        if name == "memory":
+            continue  # its own section below
         env = f"{prefix}{name.upper()}"
-        default = field.default if field.default_factory is None else field.default_factory()  # type: ignore[call-arg]
-        yield f"  {env:<34} {field.description or ''} (default: {default!r})"
+        if field.is_required():
+            default = "required"
+        else:
+            value = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
+            default = f"default: {value!r}"
+        yield f"  {env:<36} {field.description or ''} ({default})"
 
 
 def _epilog() -> str:
-    from proxy.settings import BackendSettings, RouteSettings
+    from proxy.settings import BackendSettings, MemorySettings, RouteSettings
 
     lines = ["Every setting (environment, .env, or the same keys in anima.toml):", *_setting_lines(Settings)]
     lines += ["", "Backend table [backends.NAME] (env ANIMA_BACKENDS__NAME__KEY):"]
     lines += [line.replace("ANIMA_", "  ", 1) for line in _setting_lines(BackendSettings)]
+    lines += ["", "Memory [memory] (env ANIMA_MEMORY__KEY):"]
+    lines += list(_setting_lines(MemorySettings, prefix="ANIMA_MEMORY__"))
     lines += ["", "Routing table [[models]]:"]
     lines += [line.replace("ANIMA_", "  ", 1) for line in _setting_lines(RouteSettings)]
     return "\n".join(lines)
@@ -103,8 +111,21 @@ async def list_models(settings: Settings) -> list[tuple[str, str]]:
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     settings = _apply(args)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     if args.command == "serve":
         serve(settings)
     elif args.command == "models":
         for name, backend in asyncio.run(list_models(settings)):
             print(f"{name}\t{backend}")
+    elif args.command == "db":
+        from proxy.admin import upgrade
+
+        upgrade(settings)
+    elif args.command == "import":
+        from proxy.admin import import_file
+
+        try:
+            public_id = asyncio.run(import_file(settings, args))
+        except (ValueError, LookupError, OSError) as exc:
+            raise SystemExit(f"anima import: {exc}") from exc
+        print(public_id)

@@ -67,7 +67,7 @@ async def append_messages(
 async def list_conversations(
     archive: ArchiveDep, user: UserDep, limit: Limit = 50, offset: Offset = 0
 ) -> dict[str, Any]:
-    infos = await archive.list(user, limit=limit + 1, offset=offset)
+    infos = await archive.conversations(user, limit=limit + 1, offset=offset)
     data = [Conversation.model_validate(i, from_attributes=True) for i in infos[:limit]]
     return {"object": "list", "data": data, "has_more": len(infos) > limit}
 

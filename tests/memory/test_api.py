@@ -31,15 +31,21 @@ from tests.fakes import FakeEmbedder
 from tests.servers.openai_stub import StubState
 
 
-def build(stub_url: str, sessions: async_sessionmaker[AsyncSession], counter: TokenCounter, **memory: Any) -> Any:
+def build(
+    stub_url: str, sessions: async_sessionmaker[AsyncSession], counter: TokenCounter, **memory: Any
+) -> Any:
     backends = {"stub": BackendSettings(kind="openai", base_url=f"{stub_url}/v1")}
     routes = [
         RouteSettings(name="stub/echo", backend="stub", model="echo", context_window=8192),
         RouteSettings(name="stub/small", backend="stub", model="echo", context_window=1024),
     ]
     settings = make_settings(backends=backends, models=routes, memory=MemorySettings(enabled=True), retries=0)
-    service = MemoryService(sessions, counter, memory.pop("embedder", FakeEmbedder()), MemoryConfig(deadline_s=5, **memory))
-    services = Services(Registry(build_backends(backends), routes), counter, memory=service, users=Users(sessions))
+    service = MemoryService(
+        sessions, counter, memory.pop("embedder", FakeEmbedder()), MemoryConfig(deadline_s=5, **memory)
+    )
+    services = Services(
+        Registry(build_backends(backends), routes), counter, memory=service, users=Users(sessions)
+    )
     return create_app(settings, services), service
 
 
@@ -79,7 +85,9 @@ def sdk(url: str, key: str) -> openai.AsyncOpenAI:
 
 async def say(url: str, key: str, messages: list[dict[str, str]], **kwargs: Any) -> httpx.Headers:
     raw = await sdk(url, key).chat.completions.with_raw_response.create(
-        model=kwargs.pop("model", "stub/echo"), messages=messages, **kwargs  # type: ignore[arg-type]
+        model=kwargs.pop("model", "stub/echo"),
+        messages=messages,
+        **kwargs,  # type: ignore[arg-type]
     )
     raw.parse()
     return raw.headers
@@ -90,9 +98,13 @@ def api(url: str, key: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=TRANSPORTS[url], base_url=f"{url}/v1", headers=headers)
 
 
-async def test_chat_turns_are_stored_and_the_id_is_echoed(app: tuple[str, MemoryService], key: str, stub: StubState) -> None:
+async def test_chat_turns_are_stored_and_the_id_is_echoed(
+    app: tuple[str, MemoryService], key: str, stub: StubState
+) -> None:
     url, service = app
-    headers = await say(url, key, [{"role": "system", "content": "Be Bob."}, {"role": "user", "content": "Hi Bob"}])
+    headers = await say(
+        url, key, [{"role": "system", "content": "Be Bob."}, {"role": "user", "content": "Hi Bob"}]
+    )
     conversation = headers["x-anima-conversation"]
     assert headers["x-anima-memory"] == "ok"
     await service.settle()
@@ -109,7 +121,12 @@ async def test_explicit_id_header_beats_metadata_and_thin_clients_get_history(
     app: tuple[str, MemoryService], key: str, stub: StubState
 ) -> None:
     url, service = app
-    await say(url, key, [{"role": "user", "content": "I live in Lyon."}], extra_headers={"X-Anima-Conversation": "lyon"})
+    await say(
+        url,
+        key,
+        [{"role": "user", "content": "I live in Lyon."}],
+        extra_headers={"X-Anima-Conversation": "lyon"},
+    )
     await service.settle()
     headers = await say(
         url,
@@ -122,7 +139,9 @@ async def test_explicit_id_header_beats_metadata_and_thin_clients_get_history(
     sent = [m["content"] for m in stub.requests[-1]["messages"]]
     assert sent[:3] == ["I live in Lyon.", "Hello from the stub!", "Where do I live?"]
     await service.settle()
-    by_metadata = await say(url, key, [{"role": "user", "content": "x"}], metadata={"conversation_id": "meta-id"})
+    by_metadata = await say(
+        url, key, [{"role": "user", "content": "x"}], metadata={"conversation_id": "meta-id"}
+    )
     assert by_metadata["x-anima-conversation"] == "meta-id"
 
 
@@ -132,12 +151,22 @@ async def test_long_chat_recalls_an_early_fact_after_history_is_cut(
     url, service = app
     header = {"X-Anima-Conversation": "long-chat"}
     for turn in range(300):
-        content = "By the way, my cat is called Whiskerface." if turn == 3 else f"Small talk number {turn} about weather."
+        content = (
+            "By the way, my cat is called Whiskerface."
+            if turn == 3
+            else f"Small talk number {turn} about weather."
+        )
         await say(url, key, [{"role": "user", "content": content}], model="stub/small", extra_headers=header)
     await service.settle()
     assert service.embeddings is not None
     await service.embeddings.drain()
-    await say(url, key, [{"role": "user", "content": "What is my cat called?"}], model="stub/small", extra_headers=header)
+    await say(
+        url,
+        key,
+        [{"role": "user", "content": "What is my cat called?"}],
+        model="stub/small",
+        extra_headers=header,
+    )
     sent = stub.requests[-1]["messages"]
     history = [m["content"] for m in sent if m["role"] in ("user", "assistant")]
     assert "By the way, my cat is called Whiskerface." not in history  # cut from the history window...
@@ -150,7 +179,9 @@ async def test_long_chat_recalls_an_early_fact_after_history_is_cut(
         first = (await client.get("/conversations/long-chat/context", params={"turn": 1})).json()
     assert context["turn"] == context["turns"] == 301
     assert context["tokens"]["cut_messages"] > 500 and context["tokens"]["volatile"] > 0
-    assert sum(v for k, v in context["tokens"].items() if k != "cut_messages") <= 1024 - 204  # the reply reserve
+    assert (
+        sum(v for k, v in context["tokens"].items() if k != "cut_messages") <= 1024 - 204
+    )  # the reply reserve
     assert first["messages"] == [{"role": "user", "content": "Small talk number 0 about weather."}]
 
 
@@ -160,7 +191,13 @@ async def test_cut_history_is_summarised_and_the_summary_used(
     url, service = app
     header = {"X-Anima-Conversation": "summarised"}
     for turn in range(60):
-        await say(url, key, [{"role": "user", "content": f"Turn {turn}: " + "blah " * 20}], model="stub/small", extra_headers=header)
+        await say(
+            url,
+            key,
+            [{"role": "user", "content": f"Turn {turn}: " + "blah " * 20}],
+            model="stub/small",
+            extra_headers=header,
+        )
     await service.settle()
     for _ in range(100):
         if service.summaries.written:
@@ -168,9 +205,13 @@ async def test_cut_history_is_summarised_and_the_summary_used(
         await asyncio.sleep(0.05)
     assert service.summaries.written >= 1
     await say(url, key, [{"role": "user", "content": "Go on."}], model="stub/small", extra_headers=header)
-    summary = [m["content"] for m in stub.requests[-1]["messages"] if m["content"].startswith(SUMMARY_PREAMBLE)]
+    summary = [
+        m["content"] for m in stub.requests[-1]["messages"] if m["content"].startswith(SUMMARY_PREAMBLE)
+    ]
     assert summary and "Hello from the stub!" in summary[0]  # the stub wrote the summary
-    summariser = [r for r in stub.requests if r["messages"][0]["content"].startswith("Summarise this excerpt")]
+    summariser = [
+        r for r in stub.requests if r["messages"][0]["content"].startswith("Summarise this excerpt")
+    ]
     assert "Turn 0:" in summariser[0]["messages"][0]["content"]
 
 
@@ -182,7 +223,11 @@ async def test_memory_api_import_append_list_search(app: tuple[str, MemoryServic
         "persona": "aria",
         "messages": [
             {"role": "user", "content": "We fly to Reykjavik on May 3rd.", "metadata": {"source": "mail"}},
-            {"role": "assistant", "content": "Noted: Reykjavik, May 3rd.", "created_at": "2026-01-02T03:04:05Z"},
+            {
+                "role": "assistant",
+                "content": "Noted: Reykjavik, May 3rd.",
+                "created_at": "2026-01-02T03:04:05Z",
+            },
         ],
     }
     async with api(url, key) as client:
@@ -191,7 +236,8 @@ async def test_memory_api_import_append_list_search(app: tuple[str, MemoryServic
         assert created.json()["message_count"] == 2 and created.json()["persona"] == "aria"
         assert (await client.post("/conversations", json=body)).status_code == 409
         appended = await client.post(
-            "/conversations/imported-1/messages", json={"messages": [{"role": "user", "content": "Book a hotel."}]}
+            "/conversations/imported-1/messages",
+            json={"messages": [{"role": "user", "content": "Book a hotel."}]},
         )
         assert appended.status_code == 201 and appended.json()["message_count"] == 3
         assert 0 <= (await client.get("/conversations/imported-1")).json()["pending_embeddings"] <= 3
@@ -200,12 +246,24 @@ async def test_memory_api_import_append_list_search(app: tuple[str, MemoryServic
         assert (await client.get("/conversations/imported-1")).json()["pending_embeddings"] == 0
         listed = (await client.get("/conversations", params={"limit": 1})).json()
         assert listed["data"][0]["id"] == "imported-1" and listed["has_more"] in (True, False)
-        page = (await client.get("/conversations/imported-1/messages", params={"limit": 2, "offset": 0})).json()
+        page = (
+            await client.get("/conversations/imported-1/messages", params={"limit": 2, "offset": 0})
+        ).json()
         assert page["has_more"] is True and page["data"][0]["metadata"] == {"source": "mail"}
         assert page["data"][1]["created_at"].startswith("2026-01-02T03:04:05")
-        hits = (await client.post("/memory/search", json={"query": "when do we fly to Reykjavik", "k": 2})).json()
+        hits = (
+            await client.post("/memory/search", json={"query": "when do we fly to Reykjavik", "k": 2})
+        ).json()
         assert hits["data"][0]["content"] == "We fly to Reykjavik on May 3rd."
-        assert set(hits["data"][0]) >= {"message_id", "conversation_id", "role", "content", "score", "created_at", "metadata"}
+        assert set(hits["data"][0]) >= {
+            "message_id",
+            "conversation_id",
+            "role",
+            "content",
+            "score",
+            "created_at",
+            "metadata",
+        }
         bad = await client.post("/conversations", json={"messages": []})
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "messages"
         missing = await client.get("/conversations/nope")
@@ -218,7 +276,12 @@ async def test_a_second_key_never_sees_recalls_or_deletes_the_first_keys_rows(
     url, service = app
     async with sessions.begin() as s:
         _, other = await create_key(s, "intruder")
-    await say(url, key, [{"role": "user", "content": "My bank PIN is 4321."}], extra_headers={"X-Anima-Conversation": "private"})
+    await say(
+        url,
+        key,
+        [{"role": "user", "content": "My bank PIN is 4321."}],
+        extra_headers={"X-Anima-Conversation": "private"},
+    )
     await service.settle()
     assert service.embeddings is not None
     await service.embeddings.drain()
@@ -226,9 +289,16 @@ async def test_a_second_key_never_sees_recalls_or_deletes_the_first_keys_rows(
         assert (await client.get("/conversations/private")).status_code == 404
         assert (await client.delete("/conversations/private")).status_code == 404
         assert (await client.get("/conversations")).json()["data"] == []
-        hits = (await client.post("/memory/search", json={"query": "bank PIN", "scope": "user"})).json()["data"]
+        hits = (await client.post("/memory/search", json={"query": "bank PIN", "scope": "user"})).json()[
+            "data"
+        ]
         assert hits == []
-    await say(url, other, [{"role": "user", "content": "What is my bank PIN?"}], extra_headers={"X-Anima-Conversation": "private"})
+    await say(
+        url,
+        other,
+        [{"role": "user", "content": "What is my bank PIN?"}],
+        extra_headers={"X-Anima-Conversation": "private"},
+    )
     assert "4321" not in str(stub.requests[-1]["messages"])
     async with api(url, key) as client:
         assert (await client.get("/conversations/private")).status_code == 200
@@ -241,7 +311,12 @@ async def test_delete_leaves_nothing_behind(
 ) -> None:
     url, service = app
     for i in range(3):
-        await say(url, key, [{"role": "user", "content": f"note {i}"}], extra_headers={"X-Anima-Conversation": "doomed"})
+        await say(
+            url,
+            key,
+            [{"role": "user", "content": f"note {i}"}],
+            extra_headers={"X-Anima-Conversation": "doomed"},
+        )
         await service.settle()
     assert service.embeddings is not None
     await service.embeddings.drain()
@@ -262,17 +337,15 @@ async def test_restart_keeps_everything_and_the_embedding_worker_catches_up(
     stub_url: str, sessions: async_sessionmaker[AsyncSession], counter: TokenCounter, key: str
 ) -> None:
     first, _ = build(stub_url, sessions, counter, embedder=None)  # no embedder: nothing gets embedded
-    async with running(first) as url:
-        async with api(url, key) as client:
-            body = {"id": "restart", "messages": [{"role": "user", "content": f"fact {i}"} for i in range(40)]}
-            assert (await client.post("/conversations", json=body)).status_code == 201
-            assert (await client.get("/conversations/restart")).json()["pending_embeddings"] == 40
+    async with running(first) as url, api(url, key) as client:
+        body = {"id": "restart", "messages": [{"role": "user", "content": f"fact {i}"} for i in range(40)]}
+        assert (await client.post("/conversations", json=body)).status_code == 201
+        assert (await client.get("/conversations/restart")).json()["pending_embeddings"] == 40
     second, _ = build(stub_url, sessions, counter)
-    async with running(second) as url:
-        async with api(url, key) as client:
-            for _ in range(100):
-                info = (await client.get("/conversations/restart")).json()
-                if info["pending_embeddings"] == 0:
-                    break
-                await asyncio.sleep(0.05)
+    async with running(second) as url, api(url, key) as client:
+        for _ in range(100):
+            info = (await client.get("/conversations/restart")).json()
+            if info["pending_embeddings"] == 0:
+                break
+            await asyncio.sleep(0.05)
     assert info["message_count"] == 40 and info["pending_embeddings"] == 0

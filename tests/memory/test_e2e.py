@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import time
 from collections.abc import Iterator
@@ -62,8 +63,13 @@ def test_make_serve_default_stores_embeds_and_recognises(tmp_path: Path, models_
     assert settings.database_url is None and settings.models[0].name == "local/smollm2"
     with serving(create_app(settings)) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
-        messages: list[Any] = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi!"}]
-        raw = client.chat.completions.with_raw_response.create(model="local/smollm2", messages=messages, max_tokens=12)
+        messages: list[Any] = [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Hi!"},
+        ]
+        raw = client.chat.completions.with_raw_response.create(
+            model="local/smollm2", messages=messages, max_tokens=12
+        )
         reply = raw.parse().choices[0].message.content or ""
         conversation = raw.headers["x-anima-conversation"]
         assert reply and raw.headers["x-anima-memory"] == "ok"
@@ -85,9 +91,7 @@ def test_make_serve_default_stores_embeds_and_recognises(tmp_path: Path, models_
 
 
 @pytest.fixture
-def stub_anima(
-    pg_url: str, stub_url: str, tmp_path: Path, models_cache: Path
-) -> Iterator[str]:
+def stub_anima(pg_url: str, stub_url: str, tmp_path: Path, models_cache: Path) -> Iterator[str]:
     settings = make_settings(
         backends={"stub": BackendSettings(kind="openai", base_url=f"{stub_url}/v1")},
         models=[RouteSettings(name="stub/echo", backend="stub", model="echo")],
@@ -117,10 +121,15 @@ async def test_configured_database_recalls_by_meaning(
             listed = (await client.get("/conversations")).json()["data"]
             if listed and listed[0]["pending_embeddings"] == 0:
                 break
-            time.sleep(0.05)
-        chat = {"model": "stub/echo", "messages": [{"role": "user", "content": "Which animal lives with me?"}]}
+            await asyncio.sleep(0.05)
+        chat = {
+            "model": "stub/echo",
+            "messages": [{"role": "user", "content": "Which animal lives with me?"}],
+        }
         assert (await client.post("/chat/completions", json=chat)).status_code == 200
-    block = next(m["content"] for m in stub.requests[-1]["messages"] if m["content"].startswith(MEMORY_PREAMBLE))
+    block = next(
+        m["content"] for m in stub.requests[-1]["messages"] if m["content"].startswith(MEMORY_PREAMBLE)
+    )
     lines = block.splitlines()[1:]
     assert "Rex" in lines[0]  # ranked first by meaning: no word of the question occurs in it
 
@@ -153,3 +162,29 @@ def test_embedded_postgres_is_reused_and_stopped(tmp_path: Path) -> None:
     again = EmbeddedPostgres(tmp_path)
     assert again.start() == url  # same data folder, same database, kept across restarts
     again.stop()
+
+
+async def test_a_stream_cut_by_the_client_is_stored_as_partial(
+    stub_anima: str, sessions: async_sessionmaker[AsyncSession], stub: StubState
+) -> None:
+    async with sessions.begin() as s:
+        _, key = await create_key(s, "hang-up")
+    headers = {"Authorization": f"Bearer {key}", "X-Anima-Conversation": "cut-short"}
+    body = {
+        "model": "stub/slow",
+        "messages": [{"role": "user", "content": "Tell me everything."}],
+        "stream": True,
+    }
+    async with httpx.AsyncClient(base_url=f"{stub_anima}/v1", headers=headers) as client:
+        async with client.stream("POST", "/chat/completions", json=body) as resp:
+            async for line in resp.aiter_lines():
+                if "tick2" in line:
+                    break
+        for _ in range(100):
+            stored = (await client.get("/conversations/cut-short/messages")).json().get("data", [])
+            if len(stored) == 2:
+                break
+            await asyncio.sleep(0.05)
+    assert [(m["role"], m["status"]) for m in stored] == [("user", "complete"), ("assistant", "partial")]
+    assert stored[1]["content"].startswith("tick0 tick1 tick2")
+    assert stub.outcomes == ["cancelled"]
