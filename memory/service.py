@@ -244,6 +244,8 @@ class MemoryService:
             log.exception("could not store a turn of conversation %s", thread.public_id)
 
     async def store_turn(self, session: SessionKey, thread: Thread, turn: TurnRecord) -> list[StoredMessage]:
+        if not thread.conversation_id and not thread.new and (thread.kind == "quiet" or not turn.reply):
+            return []  # nothing to remember (e.g. a bare system prompt): no empty conversation
         async with self.sessions.begin() as s:
             conversation_id = thread.conversation_id or await self._conversation(s, session, thread.public_id)
             added = await history.append(

@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from memory.budget import Budget, TokenCounter
+from memory.budget import MESSAGE_OVERHEAD, Budget, TokenCounter
 from memory.types import Memory, Message, Recall, StoredMessage, Summary, Thread
 
 MEMORY_PREAMBLE = (
@@ -82,6 +82,13 @@ def quote_memory(memory: Memory) -> str:
     return f"- {memory.created_at:%Y-%m-%d}, {speaker} said: {json.dumps(memory.content, ensure_ascii=False)}"
 
 
+def cost(message: StoredMessage | Message, counter: TokenCounter) -> int:
+    """Tokens a message takes; stored messages were counted once, when they were stored."""
+    if isinstance(message, StoredMessage):
+        return message.token_count + MESSAGE_OVERHEAD
+    return counter.message(message.content)
+
+
 def assemble_prompt(parts: PromptParts, budget: Budget, counter: TokenCounter) -> Prompt:
     system_tokens = sum(counter.message(m.content) for m in (*parts.system, *parts.trailing))
     newest_tokens = counter.message(parts.newest.content) if parts.newest else 0
@@ -89,7 +96,7 @@ def assemble_prompt(parts: PromptParts, budget: Budget, counter: TokenCounter) -
     memory_lines = [(m, quote_memory(m)) for m in parts.memories]
     memory_need = sum(counter.count(line) + 1 for _, line in memory_lines)
     memory_need += counter.message(MEMORY_PREAMBLE) if memory_lines else 0
-    history_costs = [counter.message(m.content) for m in parts.history]
+    history_costs = [cost(m, counter) for m in parts.history]
     allocation = budget.allocate(
         fixed=system_tokens + newest_tokens + volatile_tokens,
         history_need=sum(history_costs),
@@ -98,7 +105,8 @@ def assemble_prompt(parts: PromptParts, budget: Budget, counter: TokenCounter) -
     kept, summaries = _fit_history(parts, history_costs, allocation.history, counter)
     kept_ids = {m.id for m in kept if isinstance(m, StoredMessage)}
     memories = _fit_memories(memory_lines, kept_ids, allocation.recall, counter)
-    return _layout(parts, kept, summaries, memories, counter)
+    tokens = {"system": system_tokens, "history": sum(history_costs[len(history_costs) - len(kept) :])}
+    return _layout(parts, kept, summaries, memories, tokens, counter)
 
 
 def _fit_history(
@@ -121,7 +129,7 @@ def _fit_history(
         return kept, []
     kept = _newest_within(parts.history, costs, budget - spent)
     first_kept = next((m.id for m in kept if isinstance(m, StoredMessage)), None)
-    covered = [s for s in summaries if first_kept is None or s.last_message_id < first_kept]
+    covered = [s for s in summaries if first_kept is None or s.first_message_id < first_kept]  # covers a cut part
     return kept, covered
 
 
@@ -156,16 +164,15 @@ def _layout(
     kept: list[StoredMessage | Message],
     summaries: list[Summary],
     memories: list[tuple[Memory, str]],
+    tokens: dict[str, int],
     counter: TokenCounter,
 ) -> Prompt:
     messages: list[Message] = list(parts.system)
-    tokens = {"system": sum(counter.message(m.content) for m in (*parts.system, *parts.trailing))}
     if summaries:
         text = "\n\n".join([SUMMARY_PREAMBLE, *(s.content for s in summaries)])
         messages.append(Message("system", text))
         tokens["summaries"] = counter.message(text)
     messages += [Message(m.role, m.content, m.name) for m in kept]
-    tokens["history"] = sum(counter.message(m.content) for m in kept)
     volatile = [*([MEMORY_PREAMBLE, *(line for _, line in memories)] if memories else []), *parts.volatile]
     if volatile:
         block = "\n".join(volatile)

@@ -181,3 +181,12 @@ async def test_another_user_never_matches(
     assert theirs.created and theirs.path == ()
     named = await memory.recognise(SessionKey(user_id=other, conversation="shared-name"), chat)
     assert named.created and named.public_id == mine.public_id == "shared-name"  # a name, not the same chat
+
+
+async def test_a_system_only_request_stores_nothing(
+    memory: MemoryService, user: int, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    key = SessionKey(user_id=user)
+    thread = await turn(memory, key, [Message(S, "Reply with OK if you can read this.")], "OK")
+    assert thread.kind == "quiet"
+    assert await count(sessions, user) == (0, 0)
