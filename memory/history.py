@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import delete, exists, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from memory.models import ConversationRow, MessageEmbedding, MessageRow, SummaryRow
+from memory.models import ConversationRow, MessageEmbedding, MessageRow
 from memory.threads import Candidate, content_hash
 from memory.types import Message, StoredMessage
 
@@ -22,7 +22,7 @@ _PATH = text(
         SELECT m.*, p.up + 1 FROM message m JOIN path p ON m.id = p.parent_id WHERE p.up + 1 < :limit
     )
     SELECT id, role, content, name, token_count, created_at, parent_id, depth,
-           emotion_label, importance, status
+           emotion_label, importance, status, emotion_scores, emotion_confidence
     FROM path ORDER BY up DESC
     """
 )
@@ -41,6 +41,8 @@ def _stored(row: Any) -> StoredMessage:
         emotion_label=row.emotion_label,
         importance=row.importance,
         status=row.status,
+        emotion_scores=row.emotion_scores,
+        emotion_confidence=row.emotion_confidence,
     )
 
 
@@ -173,9 +175,15 @@ async def append(
     created_at: Sequence[datetime | None] | None = None,
     metadata: Sequence[dict[str, Any] | None] | None = None,
     extras: Sequence[dict[str, Any]] | None = None,
+    parent_depth: int | None = None,
 ) -> list[StoredMessage]:
-    """Store `messages` as a chain under `parent_id`; returns them with their ids."""
-    depth = await depth_of(session, parent_id)
+    """Store `messages` as a chain under `parent_id`; returns them with their ids.
+
+    One INSERT per message (each needs its parent's id); `parent_depth`, when the caller knows it,
+    saves a lookup, and timestamps are set here so nothing is read back.
+    """
+    depth = parent_depth if parent_depth is not None else await depth_of(session, parent_id)
+    now = datetime.now(UTC)
     stored: list[StoredMessage] = []
     for i, message in enumerate(messages):
         depth += 1
@@ -194,11 +202,9 @@ async def append(
             meta=metadata[i] if metadata else None,
             **(extras[i] if extras else {}),
         )
-        if created_at and created_at[i] is not None:
-            row.created_at = created_at[i]  # type: ignore[assignment]
+        row.created_at = created_at[i] if created_at and created_at[i] is not None else now  # type: ignore[assignment]
         session.add(row)
         await session.flush()
-        await session.refresh(row, ["created_at"])
         stored.append(_stored(row))
         parent_id = row.id
     await session.execute(
@@ -217,19 +223,3 @@ async def extend(session: AsyncSession, *, user_id: int, message_id: int, text_:
     row.token_count += tokens
     row.embedded = False
     await session.execute(delete(MessageEmbedding).where(MessageEmbedding.message_id == message_id))
-
-
-async def delete_conversation(session: AsyncSession, *, user_id: int, conversation_id: int) -> None:
-    for table in (SummaryRow, MessageEmbedding):
-        await session.execute(
-            delete(table).where(table.conversation_id == conversation_id, table.user_id == user_id)
-        )
-    await session.execute(
-        update(MessageRow).where(MessageRow.conversation_id == conversation_id).values(parent_id=None)
-    )
-    await session.execute(delete(MessageRow).where(MessageRow.conversation_id == conversation_id))
-    await session.execute(
-        delete(ConversationRow).where(
-            ConversationRow.id == conversation_id, ConversationRow.user_id == user_id
-        )
-    )

@@ -22,6 +22,8 @@ from memory.types import Memory
 Scope = Literal["branch", "persona", "user"]
 Boost = Callable[[Memory], float]
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
+HNSW_EF_SEARCH = 40  # pgvector's default hnsw.ef_search
+TEXT_POOL = 500  # newest full-text matches ranked in the wider scopes
 
 _BRANCH = """
     WITH RECURSIVE branch AS (
@@ -30,10 +32,9 @@ _BRANCH = """
         SELECT m.id, m.parent_id FROM message m JOIN branch b ON m.id = b.parent_id
     )
 """
-_SCOPE_FILTER = {
-    "branch": "m.id IN (SELECT id FROM branch)",
-    "persona": "m.conversation_id IN (SELECT id FROM conversation WHERE user_id = :user AND "
-    "(persona_id = :persona OR (:persona IS NULL AND character IS NOT DISTINCT FROM :character)))",
+_CONVERSATION_FILTER = {
+    "persona": "(c.persona_id = :persona"
+    " OR (:persona IS NULL AND c.character IS NOT DISTINCT FROM :character))",
     "user": "TRUE",
 }
 
@@ -67,25 +68,46 @@ def ts_query(query: str) -> str | None:
 
 
 def _vector_sql(scope: Scope) -> str:
-    prefix = _BRANCH if scope == "branch" else ""
-    return f"""{prefix}
-        SELECT e.message_id AS id, min(e.embedding <=> CAST(:q AS vector)) AS distance
-        FROM message_embedding e JOIN message m ON m.id = e.message_id
-        JOIN conversation c ON c.id = m.conversation_id
-        WHERE e.user_id = :user AND c.end_user = :end_user AND {_SCOPE_FILTER[scope]}
-          AND NOT (e.message_id = ANY(:exclude))
-        GROUP BY e.message_id ORDER BY distance LIMIT :n
+    """Branch: an exact scan over the branch's rows. Wider scopes: an HNSW-ordered pool of candidates
+    first (the ORDER BY must be the bare distance for the index to serve it), then scope filters and
+    one row per message (long messages have several chunks)."""
+    if scope == "branch":
+        return f"""{_BRANCH}
+            SELECT e.message_id AS id, min(e.embedding <=> CAST(:q AS vector)) AS distance
+            FROM message_embedding e JOIN branch b ON b.id = e.message_id
+            WHERE e.user_id = :user AND NOT (e.message_id = ANY(:exclude))
+            GROUP BY e.message_id ORDER BY distance LIMIT :n
+        """
+    conversation_filter = _CONVERSATION_FILTER[scope]
+    return f"""
+        SELECT hits.id, min(hits.distance) AS distance FROM (
+            SELECT e.message_id AS id, e.conversation_id, e.embedding <=> CAST(:q AS vector) AS distance
+            FROM message_embedding e WHERE e.user_id = :user
+            ORDER BY e.embedding <=> CAST(:q AS vector) LIMIT :pool
+        ) hits JOIN conversation c ON c.id = hits.conversation_id
+        WHERE c.end_user = :end_user AND {conversation_filter} AND NOT (hits.id = ANY(:exclude))
+        GROUP BY hits.id ORDER BY distance LIMIT :n
     """
 
 
 def _text_sql(scope: Scope) -> str:
-    prefix = _BRANCH if scope == "branch" else ""
-    return f"""{prefix}
-        SELECT m.id, ts_rank_cd(m.search, q) AS rank
-        FROM message m JOIN conversation c ON c.id = m.conversation_id,
-             to_tsquery('{TEXT_SEARCH_CONFIG}', :tsq) q
-        WHERE m.user_id = :user AND c.end_user = :end_user AND m.search @@ q AND {_SCOPE_FILTER[scope]}
-          AND NOT (m.id = ANY(:exclude))
+    """Full-text rank. Wider scopes rank only the newest `:text_pool` matches: a common word can match
+    most of a user's rows, and ranking them all costs far more than the deadline (143 ms at 100k)."""
+    tsquery = f"to_tsquery('{TEXT_SEARCH_CONFIG}', :tsq)"
+    if scope == "branch":
+        return f"""{_BRANCH}
+            SELECT m.id, ts_rank_cd(m.search, q) AS rank
+            FROM message m JOIN branch b ON b.id = m.id, {tsquery} q
+            WHERE m.user_id = :user AND m.search @@ q AND NOT (m.id = ANY(:exclude))
+            ORDER BY rank DESC, m.id DESC LIMIT :n
+        """
+    return f"""
+        SELECT m.id, ts_rank_cd(m.search, {tsquery}) AS rank FROM (
+            SELECT m.id, m.search, m.conversation_id FROM message m
+            WHERE m.user_id = :user AND m.search @@ {tsquery}
+            ORDER BY m.id DESC LIMIT :text_pool
+        ) m JOIN conversation c ON c.id = m.conversation_id
+        WHERE c.end_user = :end_user AND {_CONVERSATION_FILTER[scope]} AND NOT (m.id = ANY(:exclude))
         ORDER BY rank DESC, m.id DESC LIMIT :n
     """
 
@@ -114,6 +136,8 @@ async def recall(
         "end_user": query.end_user,
         "exclude": list(query.exclude),
         "n": query.k * 4,
+        "pool": max(HNSW_EF_SEARCH, query.k * 5),  # beyond ef_search, pgvector scans the graph again
+        "text_pool": TEXT_POOL,
     }
     scores: dict[int, float] = {}
     if query.embedding is not None and fusion.vector_weight > 0:

@@ -21,9 +21,9 @@ from memory.models import TurnContext
 from memory.recall import Boost, Fusion, RecallQuery, Scope, recall
 from memory.summaries import SummaryJob, SummaryWorker, branch_summaries
 from memory.threads import align, choose, content_hash, new_public_id, shape_of
-from memory.types import Message, Recall, SessionKey, StoredMessage, Thread
+from memory.types import Annotation, Message, Recall, SessionKey, StoredMessage, Thread
 from memory.window import WorkingMemory
-from memory.workers import EmbeddingWorker
+from memory.workers import Annotate, EmbeddingWorker
 
 if TYPE_CHECKING:
     from memory.embedder import Embedder
@@ -53,6 +53,7 @@ class TurnRecord:
     model: str
     prompt: list[dict[str, Any]]
     tokens: dict[str, Any]
+    newest: Annotation | None = None  # the emotion step's reading of the newest user message
 
 
 class MemoryService:
@@ -64,11 +65,18 @@ class MemoryService:
         config: MemoryConfig,
         *,
         chunker: Any = None,
+        annotate: Annotate | None = None,
     ) -> None:
         self.sessions, self.counter, self.embedder, self.config = sessions, counter, embedder, config
         self.window = WorkingMemory(turns=config.window_turns, conversations=config.window_conversations)
         self.embeddings = (
-            EmbeddingWorker(sessions, embedder, chunker=chunker or (lambda t: [t]), batch=config.embed_batch)
+            EmbeddingWorker(
+                sessions,
+                embedder,
+                chunker=chunker or (lambda t: [t]),
+                batch=config.embed_batch,
+                annotate=annotate,
+            )
             if embedder is not None
             else None
         )
@@ -157,7 +165,8 @@ class MemoryService:
             preferred = {c for c in matches if recorded[c] == session.character}
         if not matches:
             return 0, new_public_id(), None, 0
-        tips = await history.tips(s, [m.anchor_id for m in matches.values()])
+        unsure = [m.anchor_id for m in matches.values() if not m.has_user]  # only these need the tip check
+        tips = await history.tips(s, unsure) if unsure else set()
         best = choose(matches, tips, preferred)
         if best is None:
             return 0, new_public_id(), None, 0
@@ -166,23 +175,42 @@ class MemoryService:
 
     # -- recall --------------------------------------------------------------------------------------
 
+    def embed_query(self, query: str) -> asyncio.Future[list[float] | None]:
+        """Start embedding the recall query now, so it runs (in a thread) while recognition queries
+        Postgres; `recall()` awaits it under its deadline."""
+
+        async def embed() -> list[float] | None:
+            if self.embedder is None or not query.strip():
+                return None
+            return (await self.embedder.embed([query]))[0]
+
+        return asyncio.ensure_future(embed())
+
     async def recall(
-        self, session: SessionKey, thread: Thread, query: str, *, boost: Boost | None = None
+        self,
+        session: SessionKey,
+        thread: Thread,
+        query: str,
+        *,
+        boost: Boost | None = None,
+        embedding: asyncio.Future[list[float] | None] | None = None,
     ) -> Recall:
         """Memories and summaries for this turn, within the deadline; a miss degrades, never fails."""
+        pending = embedding if embedding is not None else self.embed_query(query)
         if not query.strip() or (thread.anchor_id is None and self.config.scope == "branch"):
+            pending.cancel()
             return Recall(thread=thread)
         recent = [m.id for m in thread.path[-self.config.window_turns :]]
         try:
             async with asyncio.timeout(self.config.deadline_s):
-                embedding = (await self.embedder.embed([query]))[0] if self.embedder is not None else None
+                vector = await pending
                 async with self.sessions() as s:
                     memories = await recall(
                         s,
                         RecallQuery(
                             user_id=session.user_id,
                             text=query,
-                            embedding=embedding,
+                            embedding=vector,
                             scope=self.config.scope,
                             anchor_id=thread.anchor_id,
                             character=session.character,
@@ -193,9 +221,10 @@ class MemoryService:
                         self.config.fusion,
                         boost,
                     )
+                    older = bool(thread.path) and thread.path[0].depth > 0  # the branch outgrew the window
                     summaries = (
                         await branch_summaries(s, user_id=session.user_id, anchor_id=thread.anchor_id)
-                        if thread.anchor_id is not None
+                        if thread.anchor_id is not None and older
                         else []
                     )
         except TimeoutError:
@@ -248,13 +277,23 @@ class MemoryService:
             return []  # nothing to remember (e.g. a bare system prompt): no empty conversation
         async with self.sessions.begin() as s:
             conversation_id = thread.conversation_id or await self._conversation(s, session, thread.public_id)
+            known_depth = (
+                thread.path[-1].depth if thread.path and thread.path[-1].id == thread.anchor_id else None
+            )
             added = await history.append(
                 s,
                 user_id=session.user_id,
                 conversation_id=conversation_id,
                 parent_id=thread.anchor_id,
+                parent_depth=-1 if thread.anchor_id is None else known_depth,
                 messages=thread.new,
                 token_counts=[self.counter.count(m.content) for m in thread.new],
+                extras=[
+                    turn.newest.columns()
+                    if turn.newest and i == len(thread.new) - 1 and m.role == "user"
+                    else {}
+                    for i, m in enumerate(thread.new)
+                ],
             )
             parent = added[-1].id if added else thread.anchor_id
             reply_id: int | None = None
@@ -274,6 +313,7 @@ class MemoryService:
                     user_id=session.user_id,
                     conversation_id=conversation_id,
                     parent_id=parent,
+                    parent_depth=added[-1].depth if added else (-1 if parent is None else known_depth),
                     messages=[Message("assistant", content)],
                     token_counts=[self.counter.count(content)],
                     status=turn.status,

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from sqlalchemy import select, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memory import history
@@ -134,10 +134,3 @@ class SummaryWorker:
                 log.warning("summary of conversation %d failed: %s", job.conversation_id, exc)
             finally:
                 self._queued.discard((job.conversation_id, job.last_id))
-
-    async def existing(self, *, conversation_id: int) -> int:
-        async with self._sessions() as session:
-            rows = await session.scalars(
-                select(SummaryRow.id).where(SummaryRow.conversation_id == conversation_id)
-            )
-            return len(list(rows))

@@ -44,6 +44,8 @@ class StoredMessage:
     emotion_label: str | None = None
     importance: float | None = None
     status: str = "complete"
+    emotion_scores: dict[str, float] | None = None
+    emotion_confidence: float | None = None
 
 
 TurnKind = Literal["turn", "regenerate", "continue", "prefill", "quiet"]
@@ -99,3 +101,21 @@ class Recall:
     memories: tuple[Memory, ...] = ()
     summaries: tuple[Summary, ...] = ()
     degraded: tuple[str, ...] = field(default=())  # memory steps that failed or missed their deadline
+
+
+@dataclass(frozen=True, slots=True)
+class Annotation:
+    """What the emotion step says about a message, stored with it (emotion fields None: not detected)."""
+
+    importance: float
+    emotion_label: str | None = None
+    emotion_confidence: float | None = None
+    emotion_scores: dict[str, float] | None = None
+
+    def columns(self) -> dict[str, Any]:
+        return {
+            "importance": self.importance,
+            "emotion_label": self.emotion_label,
+            "emotion_confidence": self.emotion_confidence,
+            "emotion_scores": self.emotion_scores,
+        }

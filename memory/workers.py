@@ -9,22 +9,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import insert, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memory.models import MessageEmbedding, MessageRow
+from memory.types import Annotation
 
 if TYPE_CHECKING:
     from memory.embedder import Embedder
 
 log = logging.getLogger("anima.workers")
 
+Annotate = Callable[[Sequence[tuple[str, str]]], Awaitable[list[Annotation]]]  # (role, text) -> annotation
+
 _PENDING = text(
     """
-    SELECT m.id, m.user_id, m.conversation_id, m.role, m.name, m.content, m.created_at
+    SELECT m.id, m.user_id, m.conversation_id, m.role, m.name, m.content, m.created_at, m.importance
     FROM message m WHERE NOT m.embedded ORDER BY m.id LIMIT :n FOR UPDATE OF m SKIP LOCKED
     """
 )
@@ -44,9 +47,10 @@ class EmbeddingWorker:
         chunker: Callable[[str], list[str]],
         batch: int = 32,
         idle_s: float = 2.0,
+        annotate: Annotate | None = None,
     ) -> None:
         self._sessions, self._embedder, self._chunk = sessions, embedder, chunker
-        self._batch, self._idle_s = batch, idle_s
+        self._batch, self._idle_s, self._annotate = batch, idle_s, annotate
         self.wake = asyncio.Event()
         self.failures = 0
 
@@ -74,7 +78,18 @@ class EmbeddingWorker:
             await session.execute(
                 update(MessageRow).where(MessageRow.id.in_([r.id for r in rows])).values(embedded=True)
             )
+            await self._annotate_missing(session, [r for r in rows if r.importance is None])
         return len(rows)
+
+    async def _annotate_missing(self, session: AsyncSession, rows: list[Any]) -> None:
+        """Messages stored without the emotion step (imports, replies) get importance (and emotion) here."""
+        if self._annotate is None or not rows:
+            return
+        annotations = await self._annotate([(r.role, r.content) for r in rows])
+        for row, annotation in zip(rows, annotations, strict=True):
+            await session.execute(
+                update(MessageRow).where(MessageRow.id == row.id).values(**annotation.columns())
+            )
 
     async def run(self) -> None:
         """Until cancelled: drain the backlog, then sleep until woken or `idle_s` passes."""

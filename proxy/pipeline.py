@@ -122,13 +122,15 @@ class ChatPipeline:
         """Recognise, recall and assemble; a memory failure degrades to a plain proxy, never an error."""
         if self.memory is None:
             return None
+        query = next((m.content for m in reversed(messages) if m.role == "user"), "")
+        embedding = self.memory.embed_query(query)  # in a thread, while recognition queries Postgres
         try:
             thread = await self.memory.recognise(session, messages)
         except Exception as exc:
+            embedding.cancel()
             log.warning("memory unavailable, answering from the client's messages: %s", exc)
             return None
-        query = next((m.content for m in reversed(messages) if m.role == "user"), "")
-        recall = await self.memory.recall(session, thread, query)
+        recall = await self.memory.recall(session, thread, query, embedding=embedding)
         window = await self._context_window(route)
         try:
             prompt = assemble_prompt(

@@ -79,7 +79,7 @@ class OllamaBackend:
         return self._context[model]
 
     async def aclose(self) -> None:
-        await self._client.close()
+        await self._client.close()  # type: ignore[no-untyped-call]
 
 
 def options(request: BackendRequest) -> dict[str, Any]:
