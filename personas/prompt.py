@@ -129,7 +129,8 @@ def _fit_history(
         return kept, []
     kept = _newest_within(parts.history, costs, budget - spent)
     first_kept = next((m.id for m in kept if isinstance(m, StoredMessage)), None)
-    covered = [s for s in summaries if first_kept is None or s.first_message_id < first_kept]  # covers a cut part
+    # a summary belongs if it covers some of what was cut
+    covered = [s for s in summaries if first_kept is None or s.first_message_id < first_kept]
     return kept, covered
 
 

@@ -16,8 +16,8 @@ from proxy.settings import Settings, get_settings
 
 def _setting_lines(model: type[BaseModel], prefix: str = "ANIMA_") -> Iterator[str]:
     for name, field in model.model_fields.items():
-        if name == "memory":
-            continue  # its own section below
+        if name in ("memory", "emotion"):
+            continue  # their own sections below
         env = f"{prefix}{name.upper()}"
         if field.is_required():
             default = "required"
@@ -28,13 +28,15 @@ def _setting_lines(model: type[BaseModel], prefix: str = "ANIMA_") -> Iterator[s
 
 
 def _epilog() -> str:
-    from proxy.settings import BackendSettings, MemorySettings, RouteSettings
+    from proxy.settings import BackendSettings, EmotionSettings, MemorySettings, RouteSettings
 
     lines = ["Every setting (environment, .env, or the same keys in anima.toml):", *_setting_lines(Settings)]
     lines += ["", "Backend table [backends.NAME] (env ANIMA_BACKENDS__NAME__KEY):"]
     lines += [line.replace("ANIMA_", "  ", 1) for line in _setting_lines(BackendSettings)]
     lines += ["", "Memory [memory] (env ANIMA_MEMORY__KEY):"]
     lines += list(_setting_lines(MemorySettings, prefix="ANIMA_MEMORY__"))
+    lines += ["", "Emotion [emotion] (env ANIMA_EMOTION__KEY):"]
+    lines += list(_setting_lines(EmotionSettings, prefix="ANIMA_EMOTION__"))
     lines += ["", "Routing table [[models]]:"]
     lines += [line.replace("ANIMA_", "  ", 1) for line in _setting_lines(RouteSettings)]
     return "\n".join(lines)

@@ -84,6 +84,10 @@ class MemoryDisabled(ProxyError):
     status_code, code = 503, "memory_disabled"
 
 
+class EmotionDisabled(ProxyError):
+    status_code, code = 503, "emotion_disabled"
+
+
 class BackendError(ProxyError):
     status_code, error_type, code = 502, "api_error", "backend_error"
 

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from emotion.service import EmotionConfig, EmotionService
 from memory.budget import Shares, TokenCounter
 from memory.db import (
     DatabaseError,
@@ -44,6 +45,7 @@ class Services:
     registry: Registry
     tokens: TokenCounter
     memory: MemoryService | None = None
+    emotion: EmotionService | None = None
     users: Users | None = None
     engine: AsyncEngine | None = None
     embedded: EmbeddedPostgres | None = None
@@ -57,9 +59,36 @@ async def build_services(settings: Settings) -> Services:
         if warm is not None:
             await warm()
     services = Services(registry=registry, tokens=tokens)
+    services.emotion = await open_emotion(settings)
     if settings.memory.enabled:
         await open_memory(settings, services)
     return services
+
+
+async def open_emotion(settings: Settings) -> EmotionService:
+    """The emotion step; with emotion off it still scores importance, just without a detector."""
+    e = settings.emotion
+    detector = None
+    if e.enabled:
+        from emotion.detector import MiniLMEmotionDetector
+
+        cache = settings.data_dir / "models"
+        detector = await anyio.to_thread.run_sync(
+            lambda: MiniLMEmotionDetector.load(cache, min_confidence=e.min_confidence)
+        )
+    return EmotionService(detector, emotion_config(settings))
+
+
+def emotion_config(settings: Settings) -> EmotionConfig:
+    e = settings.emotion
+    return EmotionConfig(
+        enabled=e.enabled,
+        disabled_personas=frozenset(name.casefold() for name in e.disabled_personas),
+        mood_decay=e.mood_decay,
+        recall_boost=e.recall_boost,
+        rrf_k=settings.memory.rrf_k,
+        deadline_s=e.deadline_ms / 1000,
+    )
 
 
 async def open_memory(settings: Settings, services: Services) -> None:
@@ -84,7 +113,12 @@ async def open_memory(settings: Settings, services: Services) -> None:
         )
     sessions = make_sessionmaker(services.engine)
     services.memory = MemoryService(
-        sessions, services.tokens, embedder, memory_config(settings), chunker=chunk_text
+        sessions,
+        services.tokens,
+        embedder,
+        memory_config(settings),
+        chunker=chunk_text,
+        annotate=services.emotion.annotate if services.emotion else None,
     )
     services.users = Users(sessions)
 
@@ -168,6 +202,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             built.tokens,
             retry=RetryPolicy(retries=settings.retries, backoff_s=settings.retry_backoff_s),
             memory=built.memory,
+            emotion=built.emotion,
             budget=BudgetPolicy(
                 shares=Shares(m.share_persona, m.share_recall, m.share_history, m.share_reply),
                 default_window=m.default_context_window,
@@ -177,9 +212,10 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         app.state.services = built
         tasks = start_workers(built.memory, pipeline, settings)
         log.info(
-            "Anima ready: %d backend(s), memory %s",
+            "Anima ready: %d backend(s), memory %s, emotion %s",
             len(built.registry.backends),
             "on" if built.memory else "off",
+            "on" if built.emotion and built.emotion.detector else "off",
         )
         try:
             yield

@@ -16,9 +16,12 @@ from dataclasses import dataclass, field
 
 import anyio
 
+from emotion.detector import Emotion
+from emotion.service import EmotionService
 from memory.budget import Budget, BudgetExceeded, Shares, TokenCounter
+from memory.recall import Boost
 from memory.service import MemoryService, TurnRecord
-from memory.types import Message, SessionKey, Thread
+from memory.types import Annotation, Message, SessionKey, Thread
 from personas.prompt import Prompt, assemble_prompt, parts_for
 from proxy.backends.base import BackendRequest, Delta
 from proxy.backends.registry import Registry, Route
@@ -38,6 +41,7 @@ class MemoryTurn:
     thread: Thread
     prompt: Prompt
     degraded: tuple[str, ...]
+    newest: Annotation | None = None  # importance (and emotion) of the newest user message
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +85,14 @@ class ChatPipeline:
         *,
         retry: RetryPolicy | None = None,
         memory: MemoryService | None = None,
+        emotion: EmotionService | None = None,
         budget: BudgetPolicy | None = None,
     ) -> None:
         self.registry = registry
         self.tokens = tokens
         self.retry = retry or RetryPolicy()
         self.memory = memory
+        self.emotion = emotion
         self.budget = budget or BudgetPolicy()
         self._windows: dict[tuple[str, str], int | None] = {}
 
@@ -103,7 +109,8 @@ class ChatPipeline:
             if not turn or turn.degraded
             else "ok"
         )
-        route, request, deltas = await self._open(chain, turn.prompt.messages if turn else messages, body)
+        outgoing = turn.prompt.messages if turn else await self._felt(messages)
+        route, request, deltas = await self._open(chain, outgoing, body)
         return PreparedChat(
             id=f"chatcmpl-{uuid.uuid4().hex}",
             created=int(time.time()),
@@ -123,18 +130,27 @@ class ChatPipeline:
         if self.memory is None:
             return None
         query = next((m.content for m in reversed(messages) if m.role == "user"), "")
+        feeling = self.emotion.read(query, persona=session.character) if self.emotion else None
         embedding = self.memory.embed_query(query)  # in a thread, while recognition queries Postgres
         try:
             thread = await self.memory.recognise(session, messages)
         except Exception as exc:
             embedding.cancel()
+            if feeling is not None:
+                feeling.cancel()
             log.warning("memory unavailable, answering from the client's messages: %s", exc)
             return None
-        recall = await self.memory.recall(session, thread, query, embedding=embedding)
+        if thread.kind == "quiet" and feeling is not None:  # not the user speaking: nothing to read
+            feeling.cancel()
+            feeling = None
+        boost = asyncio.ensure_future(self._boost(feeling)) if feeling is not None else None
+        recall = await self.memory.recall(session, thread, query, embedding=embedding, boost=boost)
+        emotion = await self.emotion.reading(feeling) if self.emotion and feeling is not None else None
+        block = self.emotion.block(emotion, thread.path, recall.memories) if self.emotion else None
         window = await self._context_window(route)
         try:
             prompt = assemble_prompt(
-                parts_for(messages, recall),
+                parts_for(messages, recall, volatile=[block] if block else ()),
                 Budget.for_model(window, body.reply_limit, self.budget.shares),
                 self.tokens,
             )
@@ -142,7 +158,26 @@ class ChatPipeline:
             raise ContextTooLong(str(exc), param="messages") from exc
         if prompt.last_cut_id is not None:
             self.memory.summarise_later(session, thread, prompt.last_cut_id, prompt.cut_count, body.model)
-        return MemoryTurn(session=session, thread=thread, prompt=prompt, degraded=recall.degraded)
+        newest = (
+            self.emotion.annotation(thread.new[-1].content, emotion)
+            if self.emotion and thread.new and thread.new[-1].role == "user"
+            else None
+        )
+        return MemoryTurn(
+            session=session, thread=thread, prompt=prompt, degraded=recall.degraded, newest=newest
+        )
+
+    async def _boost(self, feeling: asyncio.Future[Emotion | None]) -> Boost | None:
+        assert self.emotion is not None
+        return self.emotion.boost(await self.emotion.reading(feeling))
+
+    async def _felt(self, messages: tuple[Message, ...]) -> tuple[Message, ...]:
+        """Without memory: the emotional-context block as a system message before the newest user one."""
+        if self.emotion is None or not messages or messages[-1].role != "user":
+            return messages
+        emotion = await self.emotion.reading(self.emotion.read(messages[-1].content))
+        block = self.emotion.block(emotion, (), ())
+        return (*messages[:-1], Message("system", block), messages[-1]) if block else messages
 
     async def _context_window(self, route: Route) -> int:
         """The route's configured window, else what the backend reports (cached), else the default."""
@@ -186,6 +221,7 @@ class ChatPipeline:
                     for m in prompt.messages
                 ],
                 tokens=dict(prompt.tokens) | {"cut_messages": prompt.cut_count},
+                newest=chat.memory.newest,
             ),
         )
 

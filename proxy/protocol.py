@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    StringConstraints,
     field_validator,
     model_serializer,
+    model_validator,
 )
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
@@ -219,6 +221,26 @@ class ConversationCreate(BaseModel):
 
 class MessagesAppend(BaseModel):
     messages: list[MemoryMessage] = Field(min_length=1, max_length=100_000)
+
+
+ANALYZE_BATCH = 256
+AnalyzedText = Annotated[str, StringConstraints(min_length=1, max_length=20_000, pattern=r"\S")]
+
+
+class EmotionAnalyze(BaseModel):
+    """`{"text": "..."}` or `{"texts": ["...", ...]}` (at most 256); blank text is an error."""
+
+    text: AnalyzedText | None = None
+    texts: list[AnalyzedText] | None = Field(default=None, min_length=1, max_length=ANALYZE_BATCH)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> EmotionAnalyze:
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("send exactly one of 'text' or 'texts'")
+        return self
+
+    def items(self) -> list[str]:
+        return [self.text] if self.text is not None else list(self.texts or ())
 
 
 class MemorySearch(BaseModel):

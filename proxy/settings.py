@@ -69,7 +69,7 @@ class MemorySettings(BaseModel):
     recall_scope: Literal["branch", "persona", "user"] = Field(
         default="branch", description="recall from this chat's branch, chats with this persona, or all chats"
     )
-    vector_weight: float = Field(default=1.0, ge=0, description="weight of pgvector similarity in fusion")
+    vector_weight: float = Field(default=2.0, ge=0, description="weight of pgvector similarity in fusion")
     text_weight: float = Field(default=1.0, ge=0, description="weight of full-text rank in fusion")
     rrf_k: int = Field(default=60, ge=1, description="reciprocal-rank-fusion constant")
     min_similarity: float = Field(default=0.2, ge=-1, le=1, description="vector hits below this are dropped")
@@ -84,6 +84,23 @@ class MemorySettings(BaseModel):
     embed_batch: int = Field(default=32, ge=1, description="embedding worker batch size")
     character_header: str = Field(default="x-st-char", description="client header naming the character")
     user_header: str = Field(default="x-st-user", description="client header naming the user")
+
+
+class EmotionSettings(BaseModel):
+    """How Anima reads the user's feelings; emotion data never appears in logs."""
+
+    enabled: bool = Field(default=True, description="detect, store and use emotions (off: importance only)")
+    disabled_personas: list[str] = Field(
+        default_factory=list, description="personas/characters whose chats get no emotion step"
+    )
+    min_confidence: float = Field(
+        default=0.3, ge=0, le=1, description="below this a message counts as neutral/uncertain"
+    )
+    mood_decay: float = Field(default=0.6, ge=0, lt=1, description="weight of the past mood per turn")
+    recall_boost: float = Field(
+        default=1.0, ge=0, description="boost for memories felt the same way, x importance, in rank units"
+    )
+    deadline_ms: int = Field(default=100, ge=1, description="detection deadline on the request path")
 
 
 class Settings(BaseSettings):
@@ -114,6 +131,7 @@ class Settings(BaseSettings):
         description="embedded Postgres data and model caches",
     )
     memory: MemorySettings = Field(default_factory=MemorySettings, description="ANIMA_MEMORY__*")
+    emotion: EmotionSettings = Field(default_factory=EmotionSettings, description="ANIMA_EMOTION__*")
 
     @classmethod
     def settings_customise_sources(

@@ -1,16 +1,30 @@
-"""Shared fixtures: a scripted OpenAI-compatible upstream and Anima in front of it, both on real HTTP."""
+"""Shared fixtures: a scripted OpenAI-compatible upstream and Anima in front of it, both on real HTTP;
+the real embedded Postgres+pgvector (one per session; each test makes its own user, so tests never see
+each other's rows and can assert exact values)."""
 
 from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from emotion.detector import MiniLMEmotionDetector
+from memory.budget import TokenCounter
+from memory.db import EmbeddedPostgres, make_engine, make_sessionmaker, upgrade_schema
+from memory.users import create_key
 from proxy.main import create_app
-from proxy.settings import BackendSettings, MemorySettings, RouteSettings, Settings
+from proxy.settings import (
+    BackendSettings,
+    EmotionSettings,
+    MemorySettings,
+    RouteSettings,
+    Settings,
+)
 from tests.servers.openai_stub import StubState, stub_app
 from tests.servers.runner import serving
 
@@ -27,8 +41,10 @@ def closed_port() -> int:
 
 def make_settings(**values: Any) -> Settings:
     """Settings for a test: only what the test says, never a developer's .env. Memory is off unless
-    the test turns it on (the proxy tests check the wire format; tests/memory checks memory)."""
+    the test turns it on (the proxy tests check the wire format; tests/memory checks memory); so is
+    emotion."""
     values.setdefault("memory", MemorySettings(enabled=False))
+    values.setdefault("emotion", EmotionSettings(enabled=False))
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
@@ -77,3 +93,44 @@ def anima_url(stub_url: str) -> Iterator[str]:
     )
     with serving(create_app(settings)) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("anima-data"))
+    url = server.start()
+    upgrade_schema(url)
+    yield url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+async def sessions(pg_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = make_engine(pg_url, pool_size=4)
+    yield make_sessionmaker(engine)
+    await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def counter() -> TokenCounter:
+    return TokenCounter()
+
+
+@pytest.fixture
+async def user(sessions: async_sessionmaker[AsyncSession]) -> int:
+    async with sessions.begin() as s:
+        user_id, _ = await create_key(s, "test-user")
+    return user_id
+
+
+@pytest.fixture(scope="session")
+def emotion_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real emotion detector's ONNX graph, exported once per test session (≈5 s)."""
+    cache = tmp_path_factory.mktemp("emotion-models")
+    MiniLMEmotionDetector.load(cache)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def detector(emotion_cache: Path) -> MiniLMEmotionDetector:
+    return MiniLMEmotionDetector.load(emotion_cache)

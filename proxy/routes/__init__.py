@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from proxy.routes import chat, health, memory, models
+from proxy.routes import chat, emotion, health, memory, models
 
 PREFIXES = ("/v1", "")  # SillyTavern appends /chat/completions to whatever base URL the user typed
 
@@ -15,5 +15,6 @@ def api_router() -> APIRouter:
         router.include_router(chat.router, prefix=prefix)
         router.include_router(models.router, prefix=prefix)
     router.include_router(memory.router, prefix="/v1")
+    router.include_router(emotion.router, prefix="/v1")
     router.include_router(health.router)
     return router

@@ -11,6 +11,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from emotion.service import EmotionService
 from memory.service import MemoryService
 from proxy.backends.base import Backend
 from proxy.deps import PipelineDep, SettingsDep
@@ -49,6 +50,12 @@ def workers(memory: MemoryService | None) -> dict[str, Any]:
     return report
 
 
+def emotion(service: EmotionService | None) -> dict[str, Any]:
+    if service is None or service.detector is None:
+        return {"status": "disabled"}
+    return {"status": "ok", "failures": service.failures}
+
+
 @router.get("/health")
 async def health(pipeline: PipelineDep, settings: SettingsDep) -> JSONResponse:
     """`ok`; `degraded` (200) when a backend or the database is down but Anima can still answer;
@@ -66,5 +73,6 @@ async def health(pipeline: PipelineDep, settings: SettingsDep) -> JSONResponse:
         "backends": dict(zip(backends, probes, strict=True)),
         "database": db,
         "workers": workers(pipeline.memory),
+        "emotion": emotion(pipeline.emotion),
     }
     return JSONResponse(body, status_code=503 if status == "unavailable" else 200)

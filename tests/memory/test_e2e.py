@@ -19,12 +19,13 @@ import openai
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from emotion.detector import onnx_model_file as emotion_onnx_file
 from memory.db import DatabaseError, EmbeddedPostgres, make_engine
 from memory.embedder import onnx_model_file
 from memory.users import create_key
 from personas.prompt import MEMORY_PREAMBLE
 from proxy.main import create_app
-from proxy.settings import BackendSettings, MemorySettings, RouteSettings
+from proxy.settings import BackendSettings, EmotionSettings, MemorySettings, RouteSettings
 from tests.conftest import make_settings
 from tests.servers.openai_stub import StubState
 from tests.servers.runner import serving
@@ -42,10 +43,12 @@ def models_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cache
 
 
-def data_dir_with_models(tmp: Path, models_cache: Path) -> Path:
+def data_dir_with_models(tmp: Path, models_cache: Path, emotion_cache: Path | None = None) -> Path:
     target = tmp / "models"
     target.mkdir(parents=True)
     shutil.copy(onnx_model_file(models_cache), onnx_model_file(target))
+    if emotion_cache is not None:
+        shutil.copy(emotion_onnx_file(emotion_cache), emotion_onnx_file(target))
     return tmp
 
 
@@ -58,8 +61,14 @@ def poll(check: Any, timeout_s: float = 20.0) -> Any:
         time.sleep(0.1)
 
 
-def test_make_serve_default_stores_embeds_and_recognises(tmp_path: Path, models_cache: Path) -> None:
-    settings = make_settings(memory=MemorySettings(), data_dir=data_dir_with_models(tmp_path, models_cache))
+def test_make_serve_default_stores_embeds_and_recognises(
+    tmp_path: Path, models_cache: Path, emotion_cache: Path
+) -> None:
+    settings = make_settings(
+        memory=MemorySettings(),
+        emotion=EmotionSettings(),
+        data_dir=data_dir_with_models(tmp_path, models_cache, emotion_cache),
+    )
     assert settings.database_url is None and settings.models[0].name == "local/smollm2"
     with serving(create_app(settings)) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
@@ -85,6 +94,9 @@ def test_make_serve_default_stores_embeds_and_recognises(tmp_path: Path, models_
             return info if info["message_count"] == 4 and info["pending_embeddings"] == 0 else None
 
         assert poll(embedded), httpx.get(f"{url}/v1/conversations/{conversation}").json()
+        stored = httpx.get(f"{url}/v1/conversations/{conversation}/messages").json()["data"]
+        assert all(m["importance"] is not None for m in stored)  # replies annotated by the worker
+        assert [m["emotion"] is not None for m in stored] == [True, False, True, False]  # user turns
         health = httpx.get(f"{url}/health").json()
         assert health["status"] == "ok" and health["database"]["status"] == "ok"
     assert (tmp_path / "postgres" / "PG_VERSION").exists()

@@ -19,9 +19,7 @@ def counter() -> TokenCounter:
 
 
 def stored(i: int, text: str, counter: TokenCounter, role: str = "user") -> StoredMessage:
-    return StoredMessage(
-        i, role, text, None, counter.count(text), NOW, parent_id=i - 1 or None, depth=i - 1
-    )
+    return StoredMessage(i, role, text, None, counter.count(text), NOW, parent_id=i - 1 or None, depth=i - 1)
 
 
 def memory(i: int, text: str) -> Memory:

@@ -1,0 +1,113 @@
+"""How well and how fast the default emotion detector reads GoEmotions' dev split (never trained on).
+
+    .venv/bin/python bench/emotion_eval.py --data ../shared/data/goemotions
+
+Prints, over the seven classes (Ekman six + neutral):
+- macro-F1 with the multi-label decision the GoEmotions paper uses (target >= 0.62), per-class F1,
+  exact-match and top-label accuracy, and the majority-class baseline for scale;
+- the single-label view the request path uses (calibrated label incl. the neutral/uncertain fallback)
+  on dev messages with one gold class;
+- latency of one message through `detect()` (ONNX, one thread): p50/p95 (target p50 <= 10 ms);
+- a handful of negation and emoji probes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from emotion.detector import MiniLMEmotionDetector, model_meta
+from emotion.labels import LABELS
+from emotion.metrics import decide, load_goemotions, macro_f1, per_class_f1
+
+PROBES = [
+    "I am so happy today!",
+    "I am not happy at all.",
+    "I'm not worried anymore, it all worked out.",
+    "I don't feel good about this.",
+    "This is the worst day ever 😭",
+    "You did it!!! 🎉🥳",
+    "ugh, they cancelled my flight again 😡",
+    "What time is the meeting tomorrow?",
+]
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+async def latency(detector: MiniLMEmotionDetector, texts: list[str], n: int) -> list[float]:
+    times = []
+    for text in texts[:n]:
+        started = time.perf_counter()
+        await detector.detect([text])
+        times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/goemotions"))
+    parser.add_argument("--cache", type=Path, default=None, help="ONNX cache folder (default: a temp dir)")
+    parser.add_argument("--latency-n", type=int, default=500)
+    args = parser.parse_args()
+
+    cache = args.cache or Path(tempfile.mkdtemp(prefix="anima-emotion-"))
+    started = time.perf_counter()
+    detector = MiniLMEmotionDetector.load(cache)
+    print(f"detector ready in {time.perf_counter() - started:.1f} s (ONNX graph in {cache})")
+    texts, gold = load_goemotions(args.data, "dev")
+    thresholds = np.array(model_meta()["thresholds"], dtype=np.float32)
+
+    started = time.perf_counter()
+    scores = detector.scores(texts)
+    batch_s = time.perf_counter() - started
+    pred = decide(scores, thresholds)
+    per_class = per_class_f1(gold, pred)
+    top = np.argmax(scores / thresholds, axis=1)
+    majority = np.zeros_like(gold)
+    majority[:, int(np.argmax(gold.sum(0)))] = 1.0
+
+    print(f"\nGoEmotions dev split: {len(texts)} messages, multi-label (as in the GoEmotions paper)")
+    print(f"  macro-F1            {macro_f1(gold, pred):.4f}   (target >= 0.62)")
+    print(f"  exact-match acc.    {float((pred == gold).all(1).mean()):.4f}")
+    print(f"  top label in gold   {float(gold[np.arange(len(top)), top].mean()):.4f}")
+    print(f"  majority baseline   macro-F1 {macro_f1(gold, majority):.4f}")
+    for label in LABELS:
+        support = int(gold[:, LABELS.index(label)].sum())
+        print(f"    {label:<9} F1 {per_class[label]:.4f}  (support {support})")
+
+    single = gold.sum(1) == 1
+    readings = [detector.calibration.read(t, row) for t, row in zip(texts, scores, strict=True)]
+    labels = np.array([LABELS.index(r.label) for r in readings])
+    gold_single = np.argmax(gold, axis=1)
+    one_hot = np.eye(len(LABELS), dtype=np.float32)
+    acc = float((labels[single] == gold_single[single]).mean())
+    f1_single = macro_f1(one_hot[gold_single[single]], one_hot[labels[single]])
+    uncertain = float(np.mean([r.uncertain for r in readings]))
+    print(f"\nSingle-label view (calibrated label as stored), {int(single.sum())} single-class messages")
+    print(f"  accuracy {acc:.4f}   macro-F1 {f1_single:.4f}   uncertain->neutral {uncertain:.1%}")
+
+    times = asyncio.run(latency(detector, texts, args.latency_n))
+    print(f"\nLatency, one message through detect() (onnxruntime, 1 thread), n={len(times)}")
+    print(f"  p50 {statistics.median(times):.2f} ms   p95 {percentile(times, 95):.2f} ms")
+    print(f"  batch throughput: {len(texts) / batch_s:.0f} messages/s")
+
+    print("\nProbes")
+    for text, reading in zip(PROBES, detector.detect_sync(PROBES), strict=True):
+        flag = " (uncertain)" if reading.uncertain else ""
+        print(f"  {reading.label:<9} {reading.confidence:.2f}{flag}  {text}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""EmotionService: the emotion step of a turn, and everything built on its readings.
+
+The request path starts `read()` before recognition and recall and collects it only where recall's
+ranking and the prompt need it, so detection overlaps the memory work instead of following it. What it
+knows goes four ways: stored with the user message (`annotation`), a recall boost for memories felt
+the same way (`boost`), the emotional-context block in the prompt (`block`), and the mood trajectory.
+No emotion label or score is ever logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from emotion.detector import NEUTRAL, Emotion, EmotionDetector
+from emotion.guidance import emotional_context
+from emotion.importance import importance
+from emotion.labels import LABELS
+from emotion.mood import dominant, smooth
+from memory.recall import Boost
+from memory.types import Annotation, Memory, StoredMessage
+
+log = logging.getLogger("anima.emotion")
+
+SIMILAR_MOMENTS = 2
+EXCERPT_CHARS = 160
+
+
+@dataclass(frozen=True, slots=True)
+class EmotionConfig:
+    enabled: bool = True
+    disabled_personas: frozenset[str] = field(default_factory=frozenset)
+    mood_decay: float = 0.6
+    recall_boost: float = 1.0  # in units of one top rank of reciprocal-rank fusion, times importance
+    rrf_k: int = 60
+    deadline_s: float = 0.1
+
+
+class EmotionService:
+    def __init__(self, detector: EmotionDetector | None, config: EmotionConfig) -> None:
+        self.detector, self.config = detector, config
+        self.failures = 0
+
+    def active_for(self, persona: str | None) -> bool:
+        """Emotion is on for the deployment and not switched off for this persona/character."""
+        return (
+            self.config.enabled
+            and self.detector is not None
+            and (persona is None or persona.casefold() not in self.config.disabled_personas)
+        )
+
+    # -- the request path ----------------------------------------------------------------------------
+
+    def read(self, text: str, *, persona: str | None = None) -> asyncio.Future[Emotion | None]:
+        """Start detecting now (in a thread); `reading()` collects it."""
+
+        async def detect() -> Emotion | None:
+            if not text.strip() or not self.active_for(persona) or self.detector is None:
+                return None
+            return (await self.detector.detect([text]))[0]
+
+        return asyncio.ensure_future(detect())
+
+    async def reading(self, pending: asyncio.Future[Emotion | None]) -> Emotion | None:
+        """The detection result, or None when it failed or missed its deadline (never an error).
+
+        Safe to call more than once on the same future; it never cancels the caller.
+        """
+        if not pending.done():
+            try:
+                async with asyncio.timeout(self.config.deadline_s):
+                    await asyncio.wait({pending})
+            except TimeoutError:
+                log.warning("emotion detection missed its %.0f ms deadline", self.config.deadline_s * 1000)
+                pending.cancel()
+                return None
+        if pending.cancelled():
+            return None
+        if (exc := pending.exception()) is not None:
+            self.failures += 1
+            log.warning("emotion detection failed: %s", type(exc).__name__)  # never the text or scores
+            return None
+        return pending.result()
+
+    def boost(self, emotion: Emotion | None) -> Boost | None:
+        """Memories stored with the current emotion rank higher, in proportion to their importance."""
+        if emotion is None or not emotion.felt or self.config.recall_boost == 0:
+            return None
+        unit = self.config.recall_boost / (self.config.rrf_k + 1)  # one top rank in one fused list
+
+        def boost(memory: Memory) -> float:
+            if memory.emotion_label != emotion.label:
+                return 0.0
+            return unit * (memory.importance if memory.importance is not None else 0.5)
+
+        return boost
+
+    def block(
+        self, emotion: Emotion | None, path: Sequence[StoredMessage], memories: Sequence[Memory]
+    ) -> str | None:
+        """The emotional-context block for the prompt; None for confident neutral or no reading."""
+        if emotion is None or not emotion.felt:
+            return None
+        similar = [
+            f"{m.created_at:%Y-%m-%d}: {json.dumps(_excerpt(m.content), ensure_ascii=False)}"
+            for m in memories
+            if m.role == "user" and m.emotion_label == emotion.label
+        ][:SIMILAR_MOMENTS]
+        return emotional_context(
+            emotion.label,
+            emotion.confidence,
+            uncertain=emotion.uncertain,
+            mood=self.mood(path, emotion),
+            similar=similar,
+        )
+
+    def mood(self, path: Sequence[StoredMessage], current: Emotion | None) -> tuple[str, float] | None:
+        """The conversation's smoothed mood including this turn (None with nothing to go on)."""
+        turns = [m.emotion_scores for m in path if m.role == "user" and m.emotion_scores]
+        if current is not None:
+            turns.append(current.scores)
+        if not turns:
+            return None
+        return dominant(smooth(turns, decay=self.config.mood_decay)[-1])
+
+    # -- storing -------------------------------------------------------------------------------------
+
+    def annotation(self, text: str, emotion: Emotion | None) -> Annotation:
+        """What is stored with a user message: importance always, emotion when it was detected."""
+        if emotion is None:
+            return Annotation(importance=importance(text))
+        return Annotation(
+            importance=importance(text, label=emotion.label, confidence=emotion.confidence),
+            emotion_label=emotion.label,
+            emotion_confidence=round(emotion.confidence, 4),
+            emotion_scores=emotion.scores,
+        )
+
+    async def annotate(self, items: Sequence[tuple[str, str]]) -> list[Annotation]:
+        """The embedding worker's hook for messages stored without the emotion step (imports, replies):
+        user messages get an emotion reading when emotion is on, every message gets importance."""
+        users = [i for i, (role, _) in enumerate(items) if role == "user"]
+        readings: dict[int, Emotion] = {}
+        if users and self.active_for(None) and self.detector is not None:
+            found = await self.detector.detect([items[i][1] for i in users])
+            readings = dict(zip(users, found, strict=True))
+        return [self.annotation(text, readings.get(i)) for i, (_, text) in enumerate(items)]
+
+    # -- the API -------------------------------------------------------------------------------------
+
+    async def analyze(self, texts: Sequence[str]) -> list[dict[str, Any]]:
+        """label, confidence, scores and importance per text (POST /v1/emotions/analyze)."""
+        if self.detector is None:
+            raise RuntimeError("emotion detection is disabled")
+        found = await self.detector.detect(list(texts))
+        return [
+            {
+                "label": e.label,
+                "confidence": round(e.confidence, 4),
+                "uncertain": e.uncertain,
+                "scores": e.scores,
+                "importance": self.annotation(text, e).importance,
+            }
+            for text, e in zip(texts, found, strict=True)
+        ]
+
+    def trajectory(self, messages: Sequence[StoredMessage]) -> list[dict[str, Any]]:
+        """Per user turn of a branch: label, confidence and the smoothed mood after it."""
+        turns = [m for m in messages if m.role == "user" and m.emotion_scores]
+        moods = smooth([m.emotion_scores or {} for m in turns], decay=self.config.mood_decay)
+        out = []
+        for message, mood in zip(turns, moods, strict=True):
+            label, level = dominant(mood)
+            out.append(
+                {
+                    "message_id": message.id,
+                    "created_at": message.created_at.isoformat(),
+                    "label": message.emotion_label,
+                    "confidence": message.emotion_confidence,
+                    "importance": message.importance,
+                    "mood": {"label": label, "intensity": round(level, 4)},
+                    "mood_scores": {k: round(mood[k], 4) for k in LABELS},
+                }
+            )
+        return out
+
+
+def _excerpt(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1].rsplit(" ", 1)[0] + "…"
+
+
+__all__ = ["NEUTRAL", "EmotionConfig", "EmotionService"]
