@@ -113,12 +113,19 @@ def process(args: list[str], env: dict[str, str], cwd: str) -> Iterator[subproce
 
 
 def anima_env(
-    stub_url: str, port: int, memory_url: str | None = None, data_dir: str = "", scope: str = "branch"
+    stub_url: str,
+    port: int,
+    memory_url: str | None = None,
+    data_dir: str = "",
+    scope: str = "branch",
+    no_emotion: bool = False,
 ) -> dict[str, str]:
     """Route `bench/echo` to the stub; no SSE pings, quiet logs, nothing inherited. Memory off, or on
-    against `memory_url` with recall in `scope` ("user" searches every stored row)."""
+    against `memory_url` with recall in `scope` ("user" searches every stored row); emotion on
+    (the default) unless `no_emotion`."""
     route = [{"name": "bench/echo", "backend": "stub", "model": "echo", "context_window": 32768}]
     settings = {"CONFIG": os.devnull, "MODELS": json.dumps(route), "MEMORY__ENABLED": "false"}
+    settings["EMOTION__ENABLED"] = "false" if no_emotion else "true"
     if memory_url is not None:
         settings |= {"MEMORY__ENABLED": "true", "DATABASE_URL": memory_url, "DATA_DIR": data_dir}
         settings |= {"MEMORY__RECALL_SCOPE": scope}
@@ -357,6 +364,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--scope", default="branch", choices=["branch", "persona", "user"], help="recall scope"
     )
+    parser.add_argument("--no-emotion", action="store_true", help="emotion step off (default: on)")
     args = parser.parse_args()
     quick = {"rounds": 6, "per_round": 40, "duration": 2.0} if args.quick else {}
     for key, value in ({"rounds": 20, "per_round": 100, "duration": 8.0} | quick).items():
@@ -383,7 +391,9 @@ def main() -> int:
             memory_url = stack.enter_context(filled(Path(tmp) / "data", args.memory))
         stub = stack.enter_context(process([*stub_cmd, "--no-access-log"], dict(os.environ), tmp))
         proxy = stack.enter_context(
-            process(anima_cmd, anima_env(stub_url, anima_port, memory_url, tmp, args.scope), tmp)
+            process(
+                anima_cmd, anima_env(stub_url, anima_port, memory_url, tmp, args.scope, args.no_emotion), tmp
+            )
         )
         direct = Target("direct", stub_url, "echo", stub, psutil.Process(stub.pid))
         anima = Target("anima", anima_url, "bench/echo", proxy, psutil.Process(proxy.pid))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,9 +20,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio.to_thread
 import numpy as np
 
-from emotion.labels import LABELS, prepare_text
+from emotion.labels import LABELS, plain_question, prepare_text
 from emotion.negation import negate
-from memory.embedder import _encode_batch, _load_tokenizer, _model_dir, _session
+from memory.embedder import _encode_batch, _load_tokenizer, _model_dir, _session, export_graph, mean_pooled
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -60,7 +59,8 @@ class EmotionDetector(Protocol):
 @dataclass(frozen=True, slots=True)
 class Calibration:
     """From scores to a label: each class has the threshold tuned on held-out training data; a label
-    also needs `min_confidence`, else the message counts as neutral/uncertain."""
+    also needs `min_confidence`, else the message counts as neutral/uncertain. So does "surprise" on a
+    plain question (GoEmotions maps curiosity to surprise; a factual question gets a plain answer)."""
 
     thresholds: tuple[float, ...]
     min_confidence: float = 0.3
@@ -71,7 +71,8 @@ class Calibration:
         margins = {label: scores[label] / t for label, t in zip(LABELS, self.thresholds, strict=True)}
         label = max(margins, key=margins.__getitem__)
         confidence = scores[label]
-        if label != NEUTRAL and (margins[label] < 1.0 or confidence < self.min_confidence):
+        weak = margins[label] < 1.0 or confidence < self.min_confidence
+        if label != NEUTRAL and (weak or (label == "surprise" and plain_question(text))):
             return Emotion(NEUTRAL, scores[NEUTRAL], scores, uncertain=True)
         return Emotion(label, confidence, scores)
 
@@ -99,13 +100,7 @@ def _export_onnx(target: Path, model_dir: Path) -> None:
             self.head = torch.nn.Linear(bert.config.hidden_size, len(LABELS))
 
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            x = self.encoder.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids))
-            mask = attention_mask.to(x.dtype)
-            additive = (1.0 - mask).unsqueeze(1).unsqueeze(2) * torch.finfo(x.dtype).min
-            hidden = self.encoder.encoder(x, attention_mask=additive).last_hidden_state
-            weights = mask.unsqueeze(-1)
-            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-            return torch.sigmoid(self.head(pooled))
+            return torch.sigmoid(self.head(mean_pooled(self.encoder, input_ids, attention_mask)))
 
     model = Classifier(BertModel.from_pretrained(str(_model_dir()), attn_implementation="eager"))
     tuned = {name: value.float() for name, value in load_file(str(model_dir / "weights.safetensors")).items()}
@@ -113,36 +108,17 @@ def _export_onnx(target: Path, model_dir: Path) -> None:
     if missing:
         raise RuntimeError(f"emotion weights do not fit the base model: {sorted(missing)[:3]}")
     model.load_state_dict(tuned, strict=False)
-    model.eval()
     probes = ["I can't believe they did that to me!", "ok", "Thanks so much, this made my day :)"]
-    ids, mask = _encode_batch(_tokenizer(), [prepare_text(p) for p in probes])
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with torch.no_grad():
-            torch.onnx.export(
-                model,
-                (torch.from_numpy(ids), torch.from_numpy(mask)),
-                str(tmp),
-                input_names=["input_ids", "attention_mask"],
-                output_names=["scores"],
-                dynamic_axes={
-                    "input_ids": {0: "batch", 1: "sequence"},
-                    "attention_mask": {0: "batch", 1: "sequence"},
-                    "scores": {0: "batch"},
-                },
-                opset_version=_OPSET,
-                dynamo=False,
-            )
-            expected = model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
-        got = _session(tmp).run(None, {"input_ids": ids, "attention_mask": mask})[0]
-        if float(np.abs(got - expected).max()) > 1e-3:
-            raise RuntimeError("ONNX export of the emotion model disagrees with torch")
-        os.replace(tmp, target)
-        for stale in target.parent.glob("emotion-minilm-*.onnx"):
-            if stale != target:
-                stale.unlink(missing_ok=True)
-    finally:
-        tmp.unlink(missing_ok=True)
+    ids, mask = _encode_batch(_tokenizer(), [prepare_text(p) for p in probes])  # padded: mask is traced
+    export_graph(
+        model.eval(),
+        ids,
+        mask,
+        target,
+        output="scores",
+        agrees=lambda got, expected: float(np.abs(got - expected).max()) <= 1e-3,
+        stale="emotion-minilm-*.onnx",
+    )
 
 
 def _tokenizer() -> Tokenizer:

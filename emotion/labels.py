@@ -41,3 +41,16 @@ def prepare_text(text: str) -> str:
     for pattern, word in _EMOTICON_RE:
         text = pattern.sub(word, text)
     return " ".join(text.split())
+
+
+_SURPRISE_CUE = re.compile(
+    r"!|\b(wow|whoa|woah|omg|oh my|really|seriously|no way|can'?t believe|cannot believe|unbelievable|"
+    r"shocked|surprised|amazed|what the)\b",
+    re.IGNORECASE,
+)
+
+
+def plain_question(text: str) -> bool:
+    """A question with no sign of surprise: GoEmotions files curiosity under surprise, but asking
+    "What is the capital of Australia?" is not an emotional state the reply should answer to."""
+    return text.rstrip().endswith("?") and not _SURPRISE_CUE.search(text)

@@ -33,6 +33,8 @@ def make_engine(url: str, **options: Any) -> AsyncEngine:
     options.setdefault("pool_size", 10)
     options.setdefault("max_overflow", 20)
     options.setdefault("pool_pre_ping", True)
+    # Statement parameters are people's messages and emotions: keep them out of errors and logs.
+    options.setdefault("hide_parameters", True)
     return create_async_engine(async_url(url), **options)
 
 

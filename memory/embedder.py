@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -90,17 +90,48 @@ def _export_onnx(target: Path) -> None:
             self.bert = bert
 
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            x = self.bert.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids))
-            mask = attention_mask.to(x.dtype)
-            additive = (1.0 - mask).unsqueeze(1).unsqueeze(2) * torch.finfo(x.dtype).min
-            hidden = self.bert.encoder(x, attention_mask=additive).last_hidden_state
-            weights = mask.unsqueeze(-1)
-            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+            pooled = mean_pooled(self.bert, input_ids, attention_mask)
             return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
 
     bert = BertModel.from_pretrained(str(_model_dir()), attn_implementation="eager")
-    model = Pooled(bert).eval()
     ids, mask = _encode_batch(_load_tokenizer(truncate_at=None), list(_PROBES))  # padded: mask is traced
+    export_graph(
+        Pooled(bert).eval(),
+        ids,
+        mask,
+        target,
+        output="sentence_embedding",
+        agrees=lambda got, expected: float((got * expected).sum(axis=1).min()) >= 0.999,
+        stale="all-MiniLM-L6-v2-*.onnx",
+    )
+
+
+def mean_pooled(bert: Any, input_ids: Any, attention_mask: Any) -> Any:
+    """BERT's last hidden states mean-pooled over real tokens, written to trace cleanly into ONNX."""
+    import torch
+
+    x = bert.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids))
+    mask = attention_mask.to(x.dtype)
+    additive = (1.0 - mask).unsqueeze(1).unsqueeze(2) * torch.finfo(x.dtype).min
+    hidden = bert.encoder(x, attention_mask=additive).last_hidden_state
+    weights = mask.unsqueeze(-1)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+
+
+def export_graph(
+    model: Any,
+    ids: np.ndarray,
+    mask: np.ndarray,
+    target: Path,
+    *,
+    output: str,
+    agrees: Callable[[np.ndarray, np.ndarray], bool],
+    stale: str,
+) -> None:
+    """Export a torch module (token ids, mask → one output) to ONNX, check onnxruntime agrees with
+    torch on the probe batch, then publish it atomically and remove older exports matching `stale`."""
+    import torch
+
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         with torch.no_grad():
@@ -109,23 +140,23 @@ def _export_onnx(target: Path) -> None:
                 (torch.from_numpy(ids), torch.from_numpy(mask)),
                 str(tmp),
                 input_names=["input_ids", "attention_mask"],
-                output_names=["sentence_embedding"],
+                output_names=[output],
                 dynamic_axes={
                     "input_ids": {0: "batch", 1: "sequence"},
                     "attention_mask": {0: "batch", 1: "sequence"},
-                    "sentence_embedding": {0: "batch"},
+                    output: {0: "batch"},
                 },
                 opset_version=_OPSET,
                 dynamo=False,  # the torch.export-based exporter would need the onnxscript package
             )
             expected = model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
         got = _session(tmp).run(None, {"input_ids": ids, "attention_mask": mask})[0]
-        if float((got * expected).sum(axis=1).min()) < 0.999:
-            raise RuntimeError("ONNX export of all-MiniLM-L6-v2 disagrees with torch")
+        if not agrees(got, expected):
+            raise RuntimeError(f"ONNX export {target.name} disagrees with torch")
         os.replace(tmp, target)  # atomic: a reader sees the old file, no file, or the whole new one
-        for stale in target.parent.glob("all-MiniLM-L6-v2-*.onnx"):  # exports of older versions
-            if stale != target:
-                stale.unlink(missing_ok=True)
+        for old in target.parent.glob(stale):  # exports of older versions
+            if old != target:
+                old.unlink(missing_ok=True)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -63,6 +63,14 @@ def test_below_threshold_or_min_confidence_is_uncertain_neutral() -> None:
     assert low.uncertain  # over its threshold but under min_confidence
 
 
+def test_a_plain_question_is_not_surprise() -> None:
+    calibration = Calibration(thresholds=(0.4,) * 7)
+    scores = [0.0, 0.0, 0.0, 0.1, 0.0, 0.7, 0.3]  # curiosity: GoEmotions files it under surprise
+    assert calibration.read("What is the capital of Australia?", scores).label == "neutral"
+    assert calibration.read("Wait, what? He quit?!", scores).label == "surprise"
+    assert calibration.read("Really? I had no idea", scores).label == "surprise"
+
+
 def test_negation_rule_only_moves_the_negated_class() -> None:
     joy = {
         "anger": 0.0,
