@@ -105,8 +105,11 @@ class EmbeddingWorker:
             if done:
                 continue
             self.wake.clear()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that lands as the
+            # event fires, and this loop would then never stop (seen as a hung shutdown).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), self._idle_s)
+                async with asyncio.timeout(self._idle_s):
+                    await self.wake.wait()
 
     async def drain(self) -> None:
         """Embed everything pending now (tests, imports)."""
