@@ -121,11 +121,11 @@ def anima_env(
     no_emotion: bool = False,
 ) -> dict[str, str]:
     """Route `bench/echo` to the stub; no SSE pings, quiet logs, nothing inherited. Memory off, or on
-    against `memory_url` with recall in `scope` ("user" searches every stored row); emotion on
-    (the default) unless `no_emotion`."""
+    against `memory_url` with recall in `scope` ("user" searches every stored row); emotion goes
+    with memory (as in a default deployment) unless `no_emotion`."""
     route = [{"name": "bench/echo", "backend": "stub", "model": "echo", "context_window": 32768}]
     settings = {"CONFIG": os.devnull, "MODELS": json.dumps(route), "MEMORY__ENABLED": "false"}
-    settings["EMOTION__ENABLED"] = "false" if no_emotion else "true"
+    settings["EMOTION__ENABLED"] = "true" if memory_url is not None and not no_emotion else "false"
     if memory_url is not None:
         settings |= {"MEMORY__ENABLED": "true", "DATABASE_URL": memory_url, "DATA_DIR": data_dir}
         settings |= {"MEMORY__RECALL_SCOPE": scope}
@@ -364,7 +364,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--scope", default="branch", choices=["branch", "persona", "user"], help="recall scope"
     )
-    parser.add_argument("--no-emotion", action="store_true", help="emotion step off (default: on)")
+    parser.add_argument("--no-emotion", action="store_true", help="with --memory: emotion step off")
     args = parser.parse_args()
     quick = {"rounds": 6, "per_round": 40, "duration": 2.0} if args.quick else {}
     for key, value in ({"rounds": 20, "per_round": 100, "duration": 8.0} | quick).items():

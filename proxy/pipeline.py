@@ -130,7 +130,11 @@ class ChatPipeline:
         if self.memory is None:
             return None
         query = next((m.content for m in reversed(messages) if m.role == "user"), "")
-        feeling = self.emotion.read(query, persona=session.character) if self.emotion else None
+        feeling = (
+            self.emotion.read(query, persona=session.character)
+            if self.emotion is not None and self.emotion.active_for(session.character)
+            else None
+        )
         embedding = self.memory.embed_query(query)  # in a thread, while recognition queries Postgres
         try:
             thread = await self.memory.recognise(session, messages)
@@ -173,7 +177,9 @@ class ChatPipeline:
 
     async def _felt(self, messages: tuple[Message, ...]) -> tuple[Message, ...]:
         """Without memory: the emotional-context block as a system message before the newest user one."""
-        if self.emotion is None or not messages or messages[-1].role != "user":
+        if self.emotion is None or not self.emotion.active_for(None):
+            return messages
+        if not messages or messages[-1].role != "user":
             return messages
         emotion = await self.emotion.reading(self.emotion.read(messages[-1].content))
         block = self.emotion.block(emotion, (), ())
