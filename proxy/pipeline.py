@@ -131,7 +131,7 @@ class ChatPipeline:
             return None
         query = next((m.content for m in reversed(messages) if m.role == "user"), "")
         feeling = (
-            self.emotion.read(query, persona=session.character)
+            self.emotion.read(query)
             if self.emotion is not None and self.emotion.active_for(session.character)
             else None
         )
