@@ -276,5 +276,6 @@ class Archive:
             "reply_message_id": found.reply_message_id,
             "messages": found.messages,
             "tokens": found.tokens,
+            "persona": found.persona,
             "created_at": found.created_at.isoformat(),
         }

@@ -141,6 +141,15 @@ async def ensure_conversation(
     return existing.id
 
 
+async def set_persona(session: AsyncSession, *, conversation_id: int, persona_id: int) -> None:
+    """The persona a conversation talks to now (recall's persona scope follows it)."""
+    await session.execute(
+        update(ConversationRow)
+        .where(ConversationRow.id == conversation_id, ConversationRow.persona_id.is_distinct_from(persona_id))
+        .values(persona_id=persona_id)
+    )
+
+
 async def head(session: AsyncSession, *, conversation_id: int) -> int | None:
     """The newest message of a conversation: where a thin client's new message goes."""
     value: int | None = await session.scalar(

@@ -69,13 +69,58 @@ class AppUser(Base):
 
 
 class PersonaRef(Base):
-    """A persona by name; the personas package owns what a persona is."""
+    """A persona by name; the personas package owns what a persona is (its versions hold the spec).
+
+    `user_id` is NULL for shared personas (the YAML folder); a user's own persona of the same name
+    shadows a shared one for that user.
+    """
 
     __tablename__ = "persona"
-    __table_args__ = (UniqueConstraint("user_id", "name"),)
+    __table_args__ = (
+        UniqueConstraint("user_id", "name"),
+        Index("uq_persona_shared_name", "name", unique=True, postgresql_where=text("user_id IS NULL")),
+    )
     id: Mapped[int] = _id()
-    user_id: Mapped[int] = _owner()
+    user_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("app_user.id", ondelete="CASCADE"), index=True
+    )
     name: Mapped[str] = mapped_column(String(200))
+    source: Mapped[str] = mapped_column(String(16), server_default="api")  # file | api | card | learned
+    version: Mapped[int] = mapped_column(Integer, server_default="0")  # the current version
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class PersonaVersionRow(Base):
+    """One immutable version of a persona; replies record which version answered."""
+
+    __tablename__ = "persona_version"
+    __table_args__ = (UniqueConstraint("persona_id", "version"),)
+    id: Mapped[int] = _id()
+    persona_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("persona.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(String(16))
+    content_hash: Mapped[str] = mapped_column(String(32))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    note: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = _created()
+
+
+class PersonaChunk(Base):
+    """A piece of a client's character card, embedded so an oversized card is recalled piecewise."""
+
+    __tablename__ = "persona_chunk"
+    __table_args__ = (UniqueConstraint("persona_id", "card_hash", "position"),)
+    id: Mapped[int] = _id()
+    persona_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("persona.id", ondelete="CASCADE"), index=True
+    )
+    user_id: Mapped[int] = _owner()
+    card_hash: Mapped[str] = mapped_column(String(32))
+    position: Mapped[int] = mapped_column(Integer)
+    content: Mapped[str] = mapped_column(Text)
+    token_count: Mapped[int] = mapped_column(Integer)
+    embedding: Mapped[Any | None] = mapped_column(Vector(EMBEDDING_DIM))
     created_at: Mapped[datetime] = _created()
 
 
@@ -196,4 +241,5 @@ class TurnContext(Base):
     model: Mapped[str] = mapped_column(String(200))
     messages: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
     tokens: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    persona: Mapped[dict[str, Any] | None] = mapped_column(JSONB)  # {"name", "version"} that answered
     created_at: Mapped[datetime] = _created()

@@ -54,6 +54,8 @@ class TurnRecord:
     prompt: list[dict[str, Any]]
     tokens: dict[str, Any]
     newest: Annotation | None = None  # the emotion step's reading of the newest user message
+    persona: dict[str, Any] | None = None  # {"name", "version"} that answered
+    persona_id: int | None = None  # the conversation's persona from now on
 
 
 class MemoryService:
@@ -194,11 +196,13 @@ class MemoryService:
         *,
         boost: Boost | Awaitable[Boost | None] | None = None,
         embedding: asyncio.Future[list[float] | None] | None = None,
+        persona_id: int | None = None,
     ) -> Recall:
         """Memories and summaries for this turn, within the deadline; a miss degrades, never fails."""
         pending = embedding if embedding is not None else self.embed_query(query)
         if not query.strip() or (thread.anchor_id is None and self.config.scope == "branch"):
-            pending.cancel()
+            if embedding is None:  # a caller's own future is the caller's to cancel (it may use it)
+                pending.cancel()
             return Recall(thread=thread)
         recent = [m.id for m in thread.path[-self.config.window_turns :]]
         try:
@@ -214,6 +218,7 @@ class MemoryService:
                             scope=self.config.scope,
                             anchor_id=thread.anchor_id,
                             character=session.character,
+                            persona_id=persona_id,
                             end_user=session.end_user,
                             exclude=recent,
                             k=self.config.recall_k,
@@ -317,6 +322,7 @@ class MemoryService:
                     messages=[Message("assistant", content)],
                     token_counts=[self.counter.count(content)],
                     status=turn.status,
+                    metadata=[{"persona": turn.persona}] if turn.persona else None,
                 )
                 added += reply
                 reply_id = reply[0].id
@@ -328,8 +334,11 @@ class MemoryService:
                     model=turn.model,
                     messages=turn.prompt,
                     tokens=turn.tokens,
+                    persona=turn.persona,
                 )
             )
+            if turn.persona_id is not None:
+                await history.set_persona(s, conversation_id=conversation_id, persona_id=turn.persona_id)
         if thread.kind == "continue":
             self.window.forget(conversation_id)
         else:

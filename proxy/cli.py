@@ -11,12 +11,13 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from proxy import persona_commands
 from proxy.settings import Settings, get_settings
 
 
 def _setting_lines(model: type[BaseModel], prefix: str = "ANIMA_") -> Iterator[str]:
     for name, field in model.model_fields.items():
-        if name in ("memory", "emotion"):
+        if name in ("memory", "emotion", "personas"):
             continue  # their own sections below
         env = f"{prefix}{name.upper()}"
         if field.is_required():
@@ -28,7 +29,13 @@ def _setting_lines(model: type[BaseModel], prefix: str = "ANIMA_") -> Iterator[s
 
 
 def _epilog() -> str:
-    from proxy.settings import BackendSettings, EmotionSettings, MemorySettings, RouteSettings
+    from proxy.settings import (
+        BackendSettings,
+        EmotionSettings,
+        MemorySettings,
+        PersonaSettings,
+        RouteSettings,
+    )
 
     lines = ["Every setting (environment, .env, or the same keys in anima.toml):", *_setting_lines(Settings)]
     lines += ["", "Backend table [backends.NAME] (env ANIMA_BACKENDS__NAME__KEY):"]
@@ -37,6 +44,8 @@ def _epilog() -> str:
     lines += list(_setting_lines(MemorySettings, prefix="ANIMA_MEMORY__"))
     lines += ["", "Emotion [emotion] (env ANIMA_EMOTION__KEY):"]
     lines += list(_setting_lines(EmotionSettings, prefix="ANIMA_EMOTION__"))
+    lines += ["", "Personas [personas] (env ANIMA_PERSONAS__KEY):"]
+    lines += list(_setting_lines(PersonaSettings, prefix="ANIMA_PERSONAS__"))
     lines += ["", "Routing table [[models]]:"]
     lines += [line.replace("ANIMA_", "  ", 1) for line in _setting_lines(RouteSettings)]
     return "\n".join(lines)
@@ -67,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     imports.add_argument("--title", help="conversation title")
     imports.add_argument("--persona", help="persona name to file it under")
     imports.add_argument("--key", help="API key of the owning user (default: the local user)")
+    persona_commands.add_parser(commands)
     return parser
 
 
@@ -131,3 +141,5 @@ def main(argv: list[str] | None = None) -> None:
         except (ValueError, LookupError, OSError) as exc:
             raise SystemExit(f"anima import: {exc}") from exc
         print(public_id)
+    elif args.command == "personas":
+        raise SystemExit(persona_commands.run(settings, args))

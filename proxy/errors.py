@@ -5,7 +5,8 @@ ProxyError                      500 api_error
 │   ├── ContextTooLong          400 context_length_exceeded
 │   ├── UnsupportedParameter    400 unsupported_parameter
 │   ├── ContentBlocked          400 content_filter
-│   └── ModelNotFound           404 model_not_found
+│   ├── ModelNotFound           404 model_not_found
+│   └── PersonaInvalid          400 invalid_persona (param names the field)
 └── BackendError                502 (the backend failed; always names it)
     ├── BackendUnavailable      502 backend_unavailable   (connect failed: retryable)
     ├── BackendTimeout          504 backend_timeout       (accepted, then too slow: not retried)
@@ -78,6 +79,18 @@ class NotFound(ProxyError):
 
 class Conflict(ProxyError):
     status_code, error_type, code = 409, "invalid_request_error", "conflict"
+
+
+class PersonaNotFound(ProxyError):
+    status_code, error_type, code = 404, "invalid_request_error", "persona_not_found"
+
+
+class PersonaInvalid(InvalidRequest):
+    code = "invalid_persona"
+
+
+class PersonaReadOnly(ProxyError):
+    status_code, error_type, code = 409, "invalid_request_error", "persona_read_only"
 
 
 class MemoryDisabled(ProxyError):

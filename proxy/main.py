@@ -26,9 +26,12 @@ from memory.db import (
     upgrade_schema,
 )
 from memory.models import EMBEDDING_DIM
+from memory.personas import PersonaRecords
 from memory.recall import Fusion
 from memory.service import MemoryConfig, MemoryService
 from memory.users import Users
+from personas.client_card import CardIndex
+from personas.store import PersonaStore
 from proxy.backends.registry import Registry, build_backends
 from proxy.errors import install_error_handlers
 from proxy.pipeline import BudgetPolicy, ChatPipeline, RetryPolicy
@@ -47,6 +50,8 @@ class Services:
     memory: MemoryService | None = None
     emotion: EmotionService | None = None
     users: Users | None = None
+    personas: PersonaStore | None = None
+    cards: CardIndex | None = None
     engine: AsyncEngine | None = None
     embedded: EmbeddedPostgres | None = None
 
@@ -62,7 +67,21 @@ async def build_services(settings: Settings) -> Services:
     services.emotion = await open_emotion(settings)
     if settings.memory.enabled:
         await open_memory(settings, services)
+    await open_personas(settings, services)
     return services
+
+
+async def open_personas(settings: Settings, services: Services) -> None:
+    """The personas folder (created on first start), versions in Postgres when memory is on."""
+    folder = settings.personas_folder()
+    await anyio.to_thread.run_sync(lambda: folder.mkdir(parents=True, exist_ok=True))
+    memory = services.memory
+    records = PersonaRecords(memory.sessions) if memory is not None else None
+    services.personas = PersonaStore(folder, examples=settings.personas.examples, records=records)
+    report = await services.personas.reload()
+    log.info("personas: %s loaded from %s", ", ".join(report.loaded) or "none", folder)
+    if memory is not None and records is not None and settings.personas.cards:
+        services.cards = CardIndex(records, memory.embedder, services.tokens)
 
 
 async def open_emotion(settings: Settings) -> EmotionService:
@@ -206,10 +225,17 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
                 shares=Shares(m.share_persona, m.share_recall, m.share_history, m.share_reply),
                 default_window=m.default_context_window,
             ),
+            personas=built.personas,
+            cards=built.cards,
+            default_persona=settings.personas.default,
         )
         app.state.settings, app.state.pipeline, app.state.users = settings, pipeline, built.users
-        app.state.services = built
+        app.state.services, app.state.personas = built, built.personas
         tasks = start_workers(built.memory, pipeline, settings)
+        if built.personas is not None and settings.personas.reload_s > 0:
+            tasks.append(
+                asyncio.get_running_loop().create_task(built.personas.watch(settings.personas.reload_s))
+            )
         log.info(
             "Anima ready: %d backend(s), memory %s, emotion %s",
             len(built.registry.backends),

@@ -8,11 +8,13 @@ a real HTTP status instead of a 200 stream carrying an error.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 
@@ -22,15 +24,34 @@ from memory.budget import Budget, BudgetExceeded, Shares, TokenCounter
 from memory.recall import Boost
 from memory.service import MemoryService, TurnRecord
 from memory.types import Annotation, Message, SessionKey, Thread
+from personas.client_card import CardIndex, IndexedCard, excerpt, leading_system, pick_chunks, recognise_card
 from personas.prompt import Prompt, assemble_prompt, parts_for
+from personas.render import merge_system
+from personas.store import PersonaStore, Resolved
 from proxy.backends.base import BackendRequest, Delta
 from proxy.backends.registry import Registry, Route
-from proxy.errors import BackendError, ContextTooLong, ProxyError, UnsupportedParameter
-from proxy.protocol import ChatCompletionRequest, ChatMessage
+from proxy.errors import BackendError, ContextTooLong, PersonaNotFound, ProxyError, UnsupportedParameter
+from proxy.protocol import ChatCompletionRequest, ChatMessage, ResponseFormat
 
 log = logging.getLogger("anima.pipeline")
 
 _ROLES = {"developer": "system", "function": "tool"}
+
+
+@dataclass(frozen=True, slots=True)
+class PersonaUse:
+    """Which persona version answered a turn (stored with the reply, shown in headers)."""
+
+    name: str
+    version: int
+    id: int | None = None  # database row: the conversation's persona
+
+    def public(self) -> dict[str, str | int]:
+        return {"name": self.name, "version": self.version}
+
+    @classmethod
+    def of(cls, resolved: Resolved) -> PersonaUse:
+        return cls(resolved.name, resolved.version, resolved.id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +63,7 @@ class MemoryTurn:
     prompt: Prompt
     degraded: tuple[str, ...]
     newest: Annotation | None = None  # importance (and emotion) of the newest user message
+    persona: PersonaUse | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,11 +79,14 @@ class PreparedChat:
     include_usage: bool
     memory: MemoryTurn | None = None
     memory_status: str = "off"  # off | ok | degraded
+    persona: PersonaUse | None = None
 
     def headers(self) -> dict[str, str]:
         headers = {"X-Anima-Backend": self.backend, "X-Anima-Memory": self.memory_status}
         if self.memory is not None:
             headers["X-Anima-Conversation"] = self.memory.thread.public_id
+        if self.persona is not None:
+            headers["X-Anima-Persona"] = f"{self.persona.name};v={self.persona.version}"
         return headers
 
 
@@ -87,6 +112,9 @@ class ChatPipeline:
         memory: MemoryService | None = None,
         emotion: EmotionService | None = None,
         budget: BudgetPolicy | None = None,
+        personas: PersonaStore | None = None,
+        cards: CardIndex | None = None,
+        default_persona: str | None = None,
     ) -> None:
         self.registry = registry
         self.tokens = tokens
@@ -94,14 +122,25 @@ class ChatPipeline:
         self.memory = memory
         self.emotion = emotion
         self.budget = budget or BudgetPolicy()
+        self.personas, self.cards, self.default_persona = personas, cards, default_persona
         self._windows: dict[tuple[str, str], int | None] = {}
 
-    async def prepare(self, body: ChatCompletionRequest, session: SessionKey | None = None) -> PreparedChat:
+    async def prepare(
+        self, body: ChatCompletionRequest, session: SessionKey | None = None, *, persona: str | None = None
+    ) -> PreparedChat:
+        """`persona`: the `X-Anima-Persona` header, which beats a `persona@route` model alias."""
         if body.n is not None and body.n > 1:
             raise UnsupportedParameter("n > 1 is not supported: ask for one choice per request.", param="n")
-        chain = self.registry.resolve(body.model)
+        alias, route_name = self.registry.split_alias(body.model)
+        chain = self.registry.resolve(route_name)
+        chosen = await self._persona(persona, alias, route_name, session.user_id if session else None)
+        if session is not None and chosen is not None and session.character is None:
+            # the persona is the character: "hi" to aria and "hi" to rex are two chats, not one
+            session = dataclasses.replace(session, character=chosen.persona.title)
         messages = tuple(to_message(m) for m in body.messages)
-        turn = await self._remembered(session, messages, chain[0], body) if session is not None else None
+        turn = (
+            await self._remembered(session, messages, chain[0], body, chosen) if session is not None else None
+        )
         status = (
             "off"
             if self.memory is None or session is None
@@ -109,7 +148,10 @@ class ChatPipeline:
             if not turn or turn.degraded
             else "ok"
         )
-        outgoing = turn.prompt.messages if turn else await self._felt(messages)
+        if turn is not None:
+            outgoing = turn.prompt.messages
+        else:
+            outgoing = await self._felt(with_persona(messages, chosen), chosen)
         route, request, deltas = await self._open(chain, outgoing, body)
         return PreparedChat(
             id=f"chatcmpl-{uuid.uuid4().hex}",
@@ -121,10 +163,48 @@ class ChatPipeline:
             include_usage=body.include_usage,
             memory=turn,
             memory_status=status,
+            persona=(turn.persona if turn is not None else PersonaUse.of(chosen) if chosen else None),
         )
 
+    async def _persona(
+        self, header: str | None, alias: str | None, route: str, user_id: int | None
+    ) -> Resolved | None:
+        """Precedence: the `X-Anima-Persona` header, the model alias `persona@route`, the route's
+        default persona, the global default. A persona the request names must exist (404)."""
+        named = [(header, "X-Anima-Persona"), (alias, "model")]
+        name, param = next(((n, p) for n, p in named if n), (None, None))
+        if name is None:
+            name = self.registry.default_persona(route) or self.default_persona
+        if name is None:
+            return None
+        found = await self._lookup(user_id, name)
+        if found is None and param is not None:
+            raise PersonaNotFound(f"The persona '{name}' does not exist.", param=param)
+        if found is None:
+            log.warning("the configured default persona '%s' does not exist", name)
+        return found
+
+    async def _lookup(self, user_id: int | None, name: str) -> Resolved | None:
+        if self.personas is None:
+            return None
+        try:
+            return await self.personas.get(user_id, name)
+        except Exception as exc:  # the database is down: the shared (folder) personas still answer
+            log.warning("persona lookup failed (%s): using the personas folder only", exc)
+            return await self.personas.get(None, name)
+
+    def _emotion_for(self, persona: Resolved | None, character: str | None) -> bool:
+        if self.emotion is None or (persona is not None and not persona.persona.emotion):
+            return False
+        return self.emotion.active_for(persona.name if persona else character)
+
     async def _remembered(
-        self, session: SessionKey, messages: tuple[Message, ...], route: Route, body: ChatCompletionRequest
+        self,
+        session: SessionKey,
+        messages: tuple[Message, ...],
+        route: Route,
+        body: ChatCompletionRequest,
+        persona: Resolved | None = None,
     ) -> MemoryTurn | None:
         """Recognise, recall and assemble; a memory failure degrades to a plain proxy, never an error."""
         if self.memory is None:
@@ -132,31 +212,46 @@ class ChatPipeline:
         query = next((m.content for m in reversed(messages) if m.role == "user"), "")
         feeling = (
             self.emotion.read(query)
-            if self.emotion is not None and self.emotion.active_for(session.character)
+            if self.emotion is not None and self._emotion_for(persona, session.character)
             else None
         )
         embedding = self.memory.embed_query(query)  # in a thread, while recognition queries Postgres
+        card = recognise_card(leading_system(messages), session.character) if self.cards else None
+        indexing = (
+            asyncio.ensure_future(self.cards.index(session.user_id, card)) if self.cards and card else None
+        )
         try:
             thread = await self.memory.recognise(session, messages)
         except Exception as exc:
             embedding.cancel()
             if feeling is not None:
                 feeling.cancel()
+            if indexing is not None:
+                indexing.cancel()
             log.warning("memory unavailable, answering from the client's messages: %s", exc)
             return None
         if thread.kind == "quiet" and feeling is not None:  # not the user speaking: nothing to read
             feeling.cancel()
             feeling = None
         boost = asyncio.ensure_future(self._boost(feeling)) if feeling is not None else None
-        recall = await self.memory.recall(session, thread, query, embedding=embedding, boost=boost)
+        recall = await self.memory.recall(
+            session,
+            thread,
+            query,
+            embedding=embedding,
+            boost=boost,
+            persona_id=persona.id if persona else None,
+        )
         emotion = await self.emotion.reading(feeling) if self.emotion and feeling is not None else None
         block = self.emotion.block(emotion, thread.path, recall.memories) if self.emotion else None
         window = await self._context_window(route)
+        budget = Budget.for_model(window, body.reply_limit, self.budget.shares)
+        indexed = await self._indexed(indexing)
+        outgoing = with_persona(await self._fit_card(messages, indexed, persona, budget, embedding), persona)
+        embedding.cancel()  # unless recall or the card used it
         try:
             prompt = assemble_prompt(
-                parts_for(messages, recall, volatile=[block] if block else ()),
-                Budget.for_model(window, body.reply_limit, self.budget.shares),
-                self.tokens,
+                parts_for(outgoing, recall, volatile=[block] if block else ()), budget, self.tokens
             )
         except BudgetExceeded as exc:
             raise ContextTooLong(str(exc), param="messages") from exc
@@ -167,17 +262,65 @@ class ChatPipeline:
             if self.emotion and thread.new and thread.new[-1].role == "user"
             else None
         )
-        return MemoryTurn(
-            session=session, thread=thread, prompt=prompt, degraded=recall.degraded, newest=newest
+        used = (
+            PersonaUse.of(persona)
+            if persona
+            else PersonaUse(indexed.card.name, indexed.version, indexed.persona_id)
+            if indexed
+            else None
         )
+        return MemoryTurn(
+            session=session,
+            thread=thread,
+            prompt=prompt,
+            degraded=recall.degraded,
+            newest=newest,
+            persona=used,
+        )
+
+    @staticmethod
+    async def _indexed(indexing: asyncio.Future[IndexedCard] | None) -> IndexedCard | None:
+        """The stored, chunked card (instant once this process has seen it); failing it is not fatal."""
+        if indexing is None:
+            return None
+        try:
+            return await indexing
+        except Exception as exc:
+            log.warning("could not index the client's character card: %s", exc)
+            return None
+
+    async def _fit_card(
+        self,
+        messages: tuple[Message, ...],
+        indexed: IndexedCard | None,
+        persona: Resolved | None,
+        budget: Budget,
+        embedding: asyncio.Future[list[float] | None],
+    ) -> tuple[Message, ...]:
+        """A card over its share of the budget gives way to its chunks most relevant to this turn."""
+        if indexed is None:
+            return messages
+        share = int(budget.prompt * self.budget.shares.persona)
+        own = self.tokens.message(persona.text) if persona else 0
+        if own + indexed.tokens <= share:
+            return messages
+        query = None  # without a query vector: the card's opening chunks
+        if not embedding.cancelled():
+            try:
+                query = await embedding
+            except Exception as exc:
+                log.info("no query embedding for the card's chunks: %s", exc)
+        room = max(share - own - self.tokens.message(excerpt(indexed, []).content), share // 4)
+        chosen = pick_chunks(indexed.chunks, query, room)
+        return (excerpt(indexed, chosen), *messages[len(indexed.card.messages) :])
 
     async def _boost(self, feeling: asyncio.Future[Emotion | None]) -> Boost | None:
         assert self.emotion is not None
         return self.emotion.boost(await self.emotion.reading(feeling))
 
-    async def _felt(self, messages: tuple[Message, ...]) -> tuple[Message, ...]:
+    async def _felt(self, messages: tuple[Message, ...], persona: Resolved | None) -> tuple[Message, ...]:
         """Without memory: the emotional-context block as a system message before the newest user one."""
-        if self.emotion is None or not self.emotion.active_for(None):
+        if self.emotion is None or not self._emotion_for(persona, None):
             return messages
         if not messages or messages[-1].role != "user":
             return messages
@@ -199,13 +342,18 @@ class ChatPipeline:
                 self._windows[key] = None
         return self._windows[key] or self.budget.default_window
 
-    async def complete_text(self, model: str, prompt: str, *, max_tokens: int = 400) -> str:
-        """One plain completion (no memory): what the summary worker asks of a backend."""
+    async def complete_text(
+        self, model: str, prompt: str, *, max_tokens: int = 400, json_schema: dict[str, Any] | None = None
+    ) -> str:
+        """One plain completion (no memory, no persona): summaries, and profiles (with a JSON schema)."""
         body = ChatCompletionRequest(
             model=model,
             messages=[ChatMessage(role="user", content=prompt)],
             max_tokens=max_tokens,
             temperature=0.3,
+            response_format=ResponseFormat(type="json_schema", json_schema=json_schema)
+            if json_schema
+            else None,
         )
         _, _, deltas = await self._open(self.registry.resolve(model), (Message("user", prompt),), body)
         return "".join([delta.text async for delta in deltas])
@@ -228,6 +376,8 @@ class ChatPipeline:
                 ],
                 tokens=dict(prompt.tokens) | {"cut_messages": prompt.cut_count},
                 newest=chat.memory.newest,
+                persona=chat.memory.persona.public() if chat.memory.persona else None,
+                persona_id=chat.memory.persona.id if chat.memory.persona else None,
             ),
         )
 
@@ -289,6 +439,14 @@ async def _aclose(stream: AsyncIterator[Delta]) -> None:
     aclose = getattr(stream, "aclose", None)
     if aclose is not None:
         await aclose()
+
+
+def with_persona(messages: tuple[Message, ...], persona: Resolved | None) -> tuple[Message, ...]:
+    """The rendered persona first, then the client's own leading system messages minus what repeats it."""
+    if persona is None:
+        return messages
+    system = leading_system(messages)
+    return (*merge_system(persona.text, system), *messages[len(system) :])
 
 
 def to_message(message: ChatMessage) -> Message:

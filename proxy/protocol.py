@@ -271,3 +271,24 @@ class SearchHit(BaseModel):
     score: float
     created_at: datetime
     metadata: dict[str, Any] | None = None
+
+
+LearnText = Annotated[str, StringConstraints(min_length=1, max_length=20_000)]
+
+
+class PersonaLearn(BaseModel):
+    """`POST /v1/personas/{name}/learn`: whose messages to profile, from a conversation or given."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    conversation_id: str | None = Field(default=None, min_length=1, max_length=200)
+    role: Literal["user", "assistant"] = Field(default="user", description="whose messages to profile")
+    messages: list[LearnText] | None = Field(default=None, min_length=1, max_length=20_000)
+    model: str | None = Field(default=None, max_length=200, description="model that writes the profile")
+    display_name: str | None = Field(default=None, max_length=200)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PersonaLearn:
+        if (self.conversation_id is None) == (self.messages is None):
+            raise ValueError("give either conversation_id or messages")
+        return self

@@ -13,6 +13,7 @@ from memory.types import SessionKey
 from proxy.protocol import ChatCompletionRequest
 
 CONVERSATION_HEADER = "x-anima-conversation"
+PERSONA_HEADER = "x-anima-persona"
 _UNEXPANDED = ("{{", "}}")  # SillyTavern before 1.19 sends its macros literally
 
 
@@ -28,6 +29,11 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     if not value or any(marker in value for marker in _UNEXPANDED):
         return None
     return value[:200]
+
+
+def requested_persona(headers: Mapping[str, str]) -> str | None:
+    """The persona named by `X-Anima-Persona` (an unexpanded client macro names none)."""
+    return _header(headers, PERSONA_HEADER)
 
 
 def identify_session(

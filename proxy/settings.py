@@ -44,6 +44,10 @@ class BackendSettings(BaseModel):
     sampler_extras: bool = Field(
         default=True, description="openai: send top_k/min_p/repetition_penalty (off for OpenAI itself)"
     )
+    schema_style: Literal["json_schema", "json_object"] = Field(
+        default="json_schema",
+        description="openai: how a JSON schema is sent (json_object: llama-cpp-python server style)",
+    )
 
     def url(self) -> str:
         return (self.base_url or DEFAULT_BASE_URLS.get(self.kind, "")).rstrip("/")
@@ -57,6 +61,9 @@ class RouteSettings(BaseModel):
     model: str
     context_window: int | None = Field(default=None, ge=256)
     fallbacks: list[str] = Field(default_factory=list)
+    persona: str | None = Field(
+        default=None, description="persona used on this route unless a request names one"
+    )
 
 
 class MemorySettings(BaseModel):
@@ -103,6 +110,23 @@ class EmotionSettings(BaseModel):
     deadline_ms: int = Field(default=100, ge=1, description="detection deadline on the request path")
 
 
+class PersonaSettings(BaseModel):
+    """Where personas come from and how requests get one."""
+
+    folder: Path | None = Field(
+        default=None, description="folder of persona YAML files (unset: DATA_DIR/personas)"
+    )
+    examples: bool = Field(default=True, description="also load the shipped example personas")
+    default: str | None = Field(default=None, description="persona for requests that name none on any route")
+    reload_s: float = Field(default=2.0, ge=0, description="seconds between folder checks; 0: only on reload")
+    cards: bool = Field(default=True, description="recognise, store and index client character cards")
+    learn_model: str | None = Field(
+        default=None, description="model that writes profiles (unset: first route)"
+    )
+    learn_tries: int = Field(default=3, ge=1, le=10, description="tries to get a valid JSON profile")
+    learn_max_tokens: int = Field(default=3000, ge=200, description="tokens of sample messages per profile")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="ANIMA_",
@@ -132,6 +156,7 @@ class Settings(BaseSettings):
     )
     memory: MemorySettings = Field(default_factory=MemorySettings, description="ANIMA_MEMORY__*")
     emotion: EmotionSettings = Field(default_factory=EmotionSettings, description="ANIMA_EMOTION__*")
+    personas: PersonaSettings = Field(default_factory=PersonaSettings, description="ANIMA_PERSONAS__*")
 
     @classmethod
     def settings_customise_sources(
@@ -154,6 +179,9 @@ class Settings(BaseSettings):
             if not self.models:
                 self.models = [RouteSettings(name="local/smollm2", backend="local", model="smollm2")]
         return self
+
+    def personas_folder(self) -> Path:
+        return self.personas.folder or self.data_dir / "personas"
 
     @model_validator(mode="after")
     def _routes_name_known_backends(self) -> Settings:

@@ -6,22 +6,30 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from emotion.detector import MiniLMEmotionDetector
 from memory.budget import TokenCounter
 from memory.db import EmbeddedPostgres, make_engine, make_sessionmaker, upgrade_schema
+from memory.embedder import Embedder, load_embedder
 from memory.users import create_key
+from proxy.backends.llamacpp import default_model_path
 from proxy.main import create_app
 from proxy.settings import (
     BackendSettings,
     EmotionSettings,
     MemorySettings,
+    PersonaSettings,
     RouteSettings,
     Settings,
 )
@@ -42,9 +50,13 @@ def closed_port() -> int:
 def make_settings(**values: Any) -> Settings:
     """Settings for a test: only what the test says, never a developer's .env. Memory is off unless
     the test turns it on (the proxy tests check the wire format; tests/memory checks memory); so is
-    emotion."""
+    emotion, and personas come only from a fresh folder (no shipped examples)."""
     values.setdefault("memory", MemorySettings(enabled=False))
     values.setdefault("emotion", EmotionSettings(enabled=False))
+    values.setdefault(
+        "personas",
+        PersonaSettings(examples=False, reload_s=0, folder=Path(tempfile.mkdtemp(prefix="personas-"))),
+    )
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
@@ -134,3 +146,32 @@ def emotion_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def detector(emotion_cache: Path) -> MiniLMEmotionDetector:
     return MiniLMEmotionDetector.load(emotion_cache)
+
+
+@pytest.fixture(scope="session")
+def embedder(tmp_path_factory: pytest.TempPathFactory) -> Embedder:
+    """The real recall embedder (all-MiniLM-L6-v2 through ONNX), exported once per test session."""
+    return load_embedder(tmp_path_factory.mktemp("embedder-models"))
+
+
+@pytest.fixture(scope="session")
+def llama_server() -> Iterator[str]:
+    """A real `python -m llama_cpp.server` running the SmolLM2 GGUF."""
+    port = closed_port()
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(default_model_path())]
+    command += ["--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert process.poll() is None, "llama_cpp.server exited"
+            try:
+                if httpx.get(f"{url}/v1/models", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=15)

@@ -15,10 +15,17 @@ from proxy.settings import BackendSettings
 
 
 class OpenAICompatBackend:
-    def __init__(self, name: str, client: httpx.AsyncClient, *, sampler_extras: bool = True) -> None:
+    def __init__(
+        self,
+        name: str,
+        client: httpx.AsyncClient,
+        *,
+        sampler_extras: bool = True,
+        schema_style: str = "json_schema",
+    ) -> None:
         self.name = name
         self._client = client
-        self._sampler_extras = sampler_extras
+        self._sampler_extras, self._schema_style = sampler_extras, schema_style
         self._context: dict[str, int | None] = {}
 
     @classmethod
@@ -27,7 +34,7 @@ class OpenAICompatBackend:
         timeout = httpx.Timeout(config.timeout_s, connect=config.connect_timeout_s)
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
         client = httpx.AsyncClient(base_url=config.url(), headers=headers, timeout=timeout, limits=limits)
-        return cls(name, client, sampler_extras=config.sampler_extras)
+        return cls(name, client, sampler_extras=config.sampler_extras, schema_style=config.schema_style)
 
     def payload(self, request: BackendRequest) -> dict[str, Any]:
         """The upstream body: OpenAI fields, only those the client set."""
@@ -54,7 +61,9 @@ class OpenAICompatBackend:
             optional |= {"top_k": request.top_k, "min_p": request.min_p}
             optional |= {"repeat_penalty": penalty, "repetition_penalty": penalty}
         body |= {k: v for k, v in optional.items() if v is not None}
-        if request.json_schema is not None:
+        if request.json_schema is not None and self._schema_style == "json_object":
+            body["response_format"] = {"type": "json_object", "schema": request.json_schema.get("schema")}
+        elif request.json_schema is not None:
             body["response_format"] = {"type": "json_schema", "json_schema": request.json_schema}
         elif request.response_format == "json":
             body["response_format"] = {"type": "json_object"}

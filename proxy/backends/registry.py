@@ -40,6 +40,17 @@ class Registry:
                 chain.append(self._route(fallback))
         return chain
 
+    def split_alias(self, name: str) -> tuple[str | None, str]:
+        """`aria@ollama/llama3.1` → ("aria", "ollama/llama3.1"); a name routed as it is has no persona."""
+        if name in self._routes or "@" not in name:
+            return None, name
+        persona, _, route = name.partition("@")
+        return (persona or None), route
+
+    def default_persona(self, name: str) -> str | None:
+        route = self._routes.get(name)
+        return route.persona if route else None
+
     def _fallbacks(self, name: str) -> list[str]:
         route = self._routes.get(name)
         return list(route.fallbacks) if route else []

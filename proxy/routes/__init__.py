@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from proxy.routes import chat, emotion, health, memory, models
+from proxy.routes import chat, emotion, health, memory, models, personas
 
 PREFIXES = ("/v1", "")  # SillyTavern appends /chat/completions to whatever base URL the user typed
 
@@ -16,5 +16,6 @@ def api_router() -> APIRouter:
         router.include_router(models.router, prefix=prefix)
     router.include_router(memory.router, prefix="/v1")
     router.include_router(emotion.router, prefix="/v1")
+    router.include_router(personas.router, prefix="/v1")
     router.include_router(health.router)
     return router

@@ -15,7 +15,7 @@ from proxy.deps import PipelineDep, SettingsDep
 from proxy.errors import AuthenticationFailed
 from proxy.pipeline import ChatPipeline
 from proxy.protocol import ChatCompletionRequest
-from proxy.session import api_key, identify_session
+from proxy.session import api_key, identify_session, requested_persona
 from proxy.settings import Settings
 from proxy.streaming import collect, stream_sse
 
@@ -29,7 +29,7 @@ async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, pipeline: PipelineDep, settings: SettingsDep
 ) -> Response:
     session = await session_for(request, body, pipeline, settings)
-    chat = await pipeline.prepare(body, session)
+    chat = await pipeline.prepare(body, session, persona=requested_persona(request.headers))
     headers = chat.headers()
     if body.stream:
         ping = int(settings.sse_ping_s) or None

@@ -1,16 +1,36 @@
-"""`GET /v1/models`: every routed model, in OpenAI list format."""
+"""`GET /v1/models`: every routed model, then `persona@model` aliases, in OpenAI list format."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import logging
+
+from fastapi import APIRouter, Request
 
 from proxy.deps import PipelineDep, SettingsDep
 from proxy.protocol import ModelCard, ModelList
+from proxy.session import api_key
 
 router = APIRouter()
+log = logging.getLogger("anima.routes.models")
 
 
 @router.get("/models")
-async def list_models(pipeline: PipelineDep, settings: SettingsDep) -> ModelList:
+async def list_models(request: Request, pipeline: PipelineDep, settings: SettingsDep) -> ModelList:
     names = await pipeline.registry.model_names(timeout_s=settings.health_timeout_s)
-    return ModelList(data=[ModelCard(id=name, owned_by=backend) for name, backend in names])
+    cards = [ModelCard(id=name, owned_by=backend) for name, backend in names]
+    for persona in await _personas(request, pipeline):  # pickable in clients' model lists (SillyTavern)
+        cards += [ModelCard(id=f"{persona}@{name}", owned_by=backend) for name, backend in names]
+    return ModelList(data=cards)
+
+
+async def _personas(request: Request, pipeline: PipelineDep) -> list[str]:
+    store = pipeline.personas
+    if store is None:
+        return []
+    try:
+        users = request.app.state.users
+        user = await users.resolve(api_key(request.headers)) if users is not None else None
+        return [p.name for p in await store.listing(user)]
+    except Exception as exc:  # the database is down: the folder's personas are still listed
+        log.warning("persona aliases from the personas folder only: %s", exc)
+        return sorted(store.shared)

@@ -22,9 +22,11 @@ from emotion.service import EmotionConfig, EmotionService
 from memory.archive import Incoming
 from memory.budget import TokenCounter
 from memory.db import make_engine
+from memory.personas import PersonaRecords
 from memory.recall import Fusion, RecallQuery, recall
 from memory.service import MemoryConfig, MemoryService
 from memory.users import Users, create_key
+from personas.store import PersonaStore
 from proxy.backends.registry import Registry, build_backends
 from proxy.main import Services, create_app
 from proxy.settings import BackendSettings, EmotionSettings, MemorySettings, RouteSettings
@@ -61,6 +63,7 @@ def build(
         memory=service,
         emotion=feelings,
         users=Users(sessions),
+        personas=PersonaStore(None, examples=False, records=PersonaRecords(sessions), cache_ttl_s=0),
     )
     return create_app(settings, services), service
 
@@ -182,6 +185,31 @@ async def test_emotion_can_be_switched_off_per_persona(
             conversation = headers["x-anima-conversation"]
             stored = (await client.get(f"/conversations/{conversation}/messages")).json()["data"]
     assert stored[0]["emotion"] is None and stored[0]["importance"] is not None
+
+
+async def test_a_persona_can_opt_out_of_emotion(
+    app: tuple[str, MemoryService], key: str, stub: StubState
+) -> None:
+    url, service = app
+    async with api(url, key) as client:
+        await client.put("/personas/calm", json={"description": "Unmoved.", "emotion": False})
+        await client.put("/personas/warm", json={"description": "Moved."})
+    calm = await say(url, key, [{"role": "user", "content": SAD}], extra_headers={"x-anima-persona": "calm"})
+    assert BLOCK not in sent_text(stub)
+    warm = await say(  # another chat (the same first message would continue the first one)
+        url,
+        key,
+        [{"role": "user", "content": f"{SAD} I miss her."}],
+        extra_headers={"x-anima-persona": "warm"},
+    )
+    assert BLOCK in sent_text(stub)
+    await service.settle()
+    async with api(url, key) as client:
+        stored = {
+            name: (await client.get(f"/conversations/{h['x-anima-conversation']}/messages")).json()["data"][0]
+            for name, h in (("calm", calm), ("warm", warm))
+        }
+    assert stored["calm"]["emotion"] is None and stored["warm"]["emotion"] == "sadness"
 
 
 async def test_boost_lifts_memories_felt_the_same_way(

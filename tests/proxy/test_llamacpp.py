@@ -4,8 +4,6 @@ OpenAI-compatible upstream, and the embedded in-process model (the `make serve` 
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -13,37 +11,13 @@ import httpx
 import openai
 import pytest
 
-from proxy.backends.llamacpp import default_model_path
 from proxy.main import create_app
 from proxy.settings import BackendSettings, RouteSettings
-from tests.conftest import closed_port, make_settings
+from tests.conftest import make_settings
 from tests.servers.runner import serving
 
 pytestmark = pytest.mark.slow
 HELLO = [{"role": "user", "content": "Say hello."}]
-
-
-@pytest.fixture(scope="module")
-def llama_server() -> Iterator[str]:
-    """A real `python -m llama_cpp.server` running the SmolLM2 GGUF."""
-    port = closed_port()
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(default_model_path())]
-    command += ["--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert process.poll() is None, "llama_cpp.server exited"
-            try:
-                if httpx.get(f"{url}/v1/models", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,9 @@ that a client disconnect really cancelled the upstream request. Also the "instan
     hang          accepts, then sends nothing for 60 s
     die           two chunks, then drops the connection
     slow          one chunk every 50 ms for 30 s (cancellation tests)
+    profile-bad-first   a persona profile: prose around broken JSON, then JSON missing `traits`,
+                        then a valid profile in a code fence on a 0-100 scale (the learn tests)
+    profile-never       prose without JSON, every time
 """
 
 from __future__ import annotations
@@ -31,6 +34,40 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 REPLY = ("Hello", " from the", " stub!")
+PROFILE = {
+    "summary": "A cheerful baker who talks about bread and her dog.",
+    "traits": {
+        "openness": 70,
+        "conscientiousness": 40,
+        "extraversion": 85,
+        "agreeableness": 80,
+        "neuroticism": 20,
+        "humor": 90,
+        "empathy": 75,
+        "formality": 10,
+        "directness": 60,
+        "enthusiasm": 95,
+    },
+    "extra_traits": {"playful": 80},
+    "communication_style": "Short bursts, lots of exclamation marks and emoji.",
+    "interests": ["sourdough", "dogs"],
+    "mood_patterns": "Upbeat; grumpy before coffee.",
+}
+PROFILE_TRIES = (
+    "Sure! Here is the profile: {'summary': 'A baker', traits: {openness: 0.7,",
+    '{"summary": "A baker.", "communication_style": "short"}',
+    "```json\n" + json.dumps(PROFILE, indent=1)[:-2] + ",\n}\n```",
+)
+
+
+def scripted_text(model: str, call: int) -> tuple[str, ...]:
+    if model == "profile-bad-first":
+        return (PROFILE_TRIES[min(call, len(PROFILE_TRIES)) - 1],)
+    if model == "profile-never":
+        return ("I would rather not write JSON today.",)
+    return REPLY
+
+
 USAGE = {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}
 
 
@@ -65,13 +102,14 @@ def stub_app(state: StubState | None = None) -> Starlette:
     state = state or StubState()
 
     async def scripted(model: str) -> AsyncIterator[bytes]:
+        reply = scripted_text(model, state.calls[model])
         if model == "reason":
             yield _chunk({"role": "assistant", "reasoning_content": "Let me think."})
         if model == "slow":
             for i in range(600):
                 yield _chunk({"content": f"tick{i} "})
                 await asyncio.sleep(0.05)
-        for i, piece in enumerate(REPLY):
+        for i, piece in enumerate(reply):
             yield _chunk({"content": piece})
             if model == "die" and i == 1:
                 raise ConnectionResetError("stub dropped the connection")
