@@ -25,7 +25,8 @@ from personas.store import Records
 CHUNK_TOKENS = 120
 MIN_CARD_CHARS = 600  # shorter system prompts without a character header are instructions, not cards
 _CARD_MARKERS = re.compile(
-    r"\[Example Chat\]|\[Start a new (group )?chat|<START>|'s personality:|^Scenario:|\{\{char\}\}",
+    r"\[Example Chat\]|\[Start a new (group )?chat|<START>|'s personality:|^Scenario:|\{\{char\}\}"
+    r"|^Write .{1,40}'s next reply",
     re.IGNORECASE | re.MULTILINE,
 )
 EXCERPT_HEADER = (
@@ -77,25 +78,33 @@ def leading_system(messages: Sequence[Message]) -> tuple[Message, ...]:
     return tuple(out)
 
 
-def recognise_card(system: Sequence[Message], character: str | None) -> ClientCard | None:
+def recognise_card(
+    system: Sequence[Message], character: str | None, speaker: str | None = None
+) -> ClientCard | None:
     """The card, if these system messages are one: the client named its character (header), or the
-    text has a card's structure, or it is long enough to be more than a one-line instruction."""
+    text has a card's structure, or it is long enough to be more than a one-line instruction.
+    `speaker`: the `name` on the chat's assistant messages (SillyTavern's "Completion object" names)."""
     text = "\n\n".join(m.content for m in system).strip()
     if not text:
         return None
     if not character and not _CARD_MARKERS.search(text) and len(text) < MIN_CARD_CHARS:
         return None
-    title = character or _guess_title(text) or "character"
+    title = character or speaker or _guess_title(text) or "character"
     digest = hashlib.md5(text.encode()).hexdigest()
     name = slug(title) or f"card-{digest[:8]}"
     return ClientCard(name=f"card-{name}"[:64], title=title, messages=tuple(system), hash=digest)
 
 
+_TITLE = re.compile(
+    r"^(?:Name:\s*)?([A-Z][\w .'-]{0,40}?)'s (?:personality|description)"  # card fields
+    r"|^Write ([A-Z][\w .'-]{0,40}?)'s next reply",  # SillyTavern's default main prompt
+    re.MULTILINE,
+)
+
+
 def _guess_title(text: str) -> str | None:
-    found = re.search(
-        r"^(?:Name:\s*)?([A-Z][\w .'-]{0,40}?)'s (?:personality|description)", text, re.MULTILINE
-    )
-    return found.group(1).strip() if found else None
+    found = _TITLE.search(text)
+    return next((g.strip() for g in found.groups() if g), None) if found else None
 
 
 def split_card(card: ClientCard, counter: TokenCounter, max_tokens: int = CHUNK_TOKENS) -> list[Chunk]:

@@ -134,12 +134,15 @@ class ChatPipeline:
         alias, route_name = self.registry.split_alias(body.model)
         chain = self.registry.resolve(route_name)
         chosen = await self._persona(persona, alias, route_name, session.user_id if session else None)
-        if session is not None and chosen is not None and session.character is None:
+        named = session.character if session is not None else None  # by the client (header)
+        if session is not None and chosen is not None and named is None:
             # the persona is the character: "hi" to aria and "hi" to rex are two chats, not one
             session = dataclasses.replace(session, character=chosen.persona.title)
         messages = tuple(to_message(m) for m in body.messages)
         turn = (
-            await self._remembered(session, messages, chain[0], body, chosen) if session is not None else None
+            await self._remembered(session, messages, chain[0], body, chosen, named)
+            if session is not None
+            else None
         )
         status = (
             "off"
@@ -205,6 +208,7 @@ class ChatPipeline:
         route: Route,
         body: ChatCompletionRequest,
         persona: Resolved | None = None,
+        character: str | None = None,
     ) -> MemoryTurn | None:
         """Recognise, recall and assemble; a memory failure degrades to a plain proxy, never an error."""
         if self.memory is None:
@@ -216,7 +220,8 @@ class ChatPipeline:
             else None
         )
         embedding = self.memory.embed_query(query)  # in a thread, while recognition queries Postgres
-        card = recognise_card(leading_system(messages), session.character) if self.cards else None
+        speaker = next((m.name for m in messages if m.role == "assistant" and m.name), None)
+        card = recognise_card(leading_system(messages), character, speaker) if self.cards else None
         indexing = (
             asyncio.ensure_future(self.cards.index(session.user_id, card)) if self.cards and card else None
         )

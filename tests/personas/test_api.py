@@ -6,6 +6,7 @@ the folder's hot reload, and learning a persona from messages (malformed JSON fi
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -32,6 +33,7 @@ from tests.conftest import make_settings
 from tests.servers.openai_stub import StubState
 
 URL = "http://anima"
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "sillytavern"
 TRANSPORTS: dict[str, httpx.ASGITransport] = {}
 
 
@@ -388,6 +390,32 @@ async def test_an_oversized_client_card_is_stored_chunked_and_recalled_piecewise
     assert len(chunks) > 10 and all(c.embedding is not None for c in chunks)
     assert "".join(c.content for c in chunks).count("Clarabelle") == 1
     assert conversation is not None and conversation.persona_id == ref.id
+
+
+async def test_a_captured_sillytavern_request_carries_a_card_that_is_stored(
+    app: Services, key: str, stub: StubState, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """A real SillyTavern 1.19 request (main prompt, description, examples, greeting named "Bob")."""
+    captured = json.loads((FIXTURES / "st119-requests-postproc.jsonl").read_text().splitlines()[0])["json"]
+    system = [m for m in captured["messages"] if m["role"] == "system"]
+    headers = await chat(key, captured["messages"], model="stub/echo")
+    assert headers["x-anima-persona"] == "card-bob;v=1"
+    forwarded = [m for m in sent(stub) if m["role"] == "system"]
+    assert [m["content"] for m in forwarded] == [m["content"] for m in system]  # it fits: unchanged
+    await app.memory.settle()  # type: ignore[union-attr]
+    async with sessions() as s:
+        ref = await s.scalar(
+            select(PersonaRef)
+            .join(PersonaChunk, PersonaChunk.persona_id == PersonaRef.id)
+            .where(PersonaRef.name == "card-bob")
+            .order_by(PersonaRef.id.desc())
+            .limit(1)
+        )
+        assert ref is not None and ref.source == "card"
+        chunks = (
+            await s.scalars(select(PersonaChunk.content).where(PersonaChunk.persona_id == ref.id))
+        ).all()
+    assert "grumpy dwarven blacksmith" in "\n".join(chunks)
 
 
 async def test_short_system_prompts_are_not_cards(
