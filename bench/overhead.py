@@ -131,6 +131,7 @@ def anima_env(
         settings |= {"MEMORY__RECALL_SCOPE": scope}
     settings |= {"BACKENDS__STUB__KIND": "openai", "BACKENDS__STUB__BASE_URL": stub_url}
     settings |= {"SSE_PING_S": "0", "LOG_LEVEL": "warning", "HOST": "127.0.0.1", "PORT": str(port)}
+    settings |= {"DATA_DIR": data_dir, "PERSONAS__FOLDER": str(Path(data_dir or ".") / "personas")}
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANIMA_")}
     return env | {f"ANIMA_{k}": v for k, v in settings.items()}
 
@@ -298,6 +299,7 @@ def figures(
             "duration_s": args.duration,
             "memory_messages": args.memory,
             "recall_scope": args.scope if args.memory else None,
+            "persona": args.persona,
         },
         "latency_ms": latency,
         "throughput": {str(c): load_row(t[f"direct/c{c}"], t[f"anima/c{c}"], args.duration) for c in LEVELS},
@@ -365,6 +367,7 @@ def parse_args() -> argparse.Namespace:
         "--scope", default="branch", choices=["branch", "persona", "user"], help="recall scope"
     )
     parser.add_argument("--no-emotion", action="store_true", help="with --memory: emotion step off")
+    parser.add_argument("--persona", help="ask Anima for PERSONA@bench/echo (e.g. aria: a shipped example)")
     args = parser.parse_args()
     quick = {"rounds": 6, "per_round": 40, "duration": 2.0} if args.quick else {}
     for key, value in ({"rounds": 20, "per_round": 100, "duration": 8.0} | quick).items():
@@ -396,7 +399,8 @@ def main() -> int:
             )
         )
         direct = Target("direct", stub_url, "echo", stub, psutil.Process(stub.pid))
-        anima = Target("anima", anima_url, "bench/echo", proxy, psutil.Process(proxy.pid))
+        model = f"{args.persona}@bench/echo" if args.persona else "bench/echo"
+        anima = Target("anima", anima_url, model, proxy, psutil.Process(proxy.pid))
         tallies = asyncio.run(measure(args, body, direct, anima))
     fig = figures(tallies, args, body, tokens)
     report(fig)

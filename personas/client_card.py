@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import math
 import re
 import unicodedata
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import numpy as np
 
 from memory.budget import TokenCounter
 from memory.types import Message
@@ -61,6 +62,12 @@ class IndexedCard:
     version: int
     chunks: tuple[Chunk, ...]
     tokens: int  # the whole card's prompt cost, counted once
+    matrix: np.ndarray = field(compare=False, repr=False)  # unit-length chunk embeddings, row per chunk
+
+    def scores(self, query: Sequence[float]) -> list[float]:
+        """Cosine similarity of each chunk to the query (0 for a chunk without an embedding)."""
+        q = np.asarray(query, dtype=np.float32)
+        return [float(x) for x in self.matrix @ (q / (np.linalg.norm(q) or 1.0))]
 
 
 def slug(text: str) -> str:
@@ -137,26 +144,31 @@ def split_card(card: ClientCard, counter: TokenCounter, max_tokens: int = CHUNK_
     return [Chunk(i, text, counter.count(text), None) for i, text in enumerate(merged)]
 
 
-def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
-    dot = sum(x * y for x, y in zip(a, b, strict=True))
-    norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
-    return dot / norm if norm else 0.0
+def embedding_matrix(chunks: Sequence[Chunk]) -> np.ndarray:
+    """Unit-length rows, one per chunk (zeros without an embedding): built once per card."""
+    dim = next((len(c.embedding) for c in chunks if c.embedding), 1)
+    matrix = np.zeros((len(chunks), dim), dtype=np.float32)
+    for i, chunk in enumerate(chunks):
+        if chunk.embedding:
+            matrix[i] = chunk.embedding
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return matrix / np.where(norms == 0, 1.0, norms)
 
 
-def pick_chunks(chunks: Sequence[Chunk], query: Sequence[float] | None, budget: int) -> list[Chunk]:
-    """The opening chunk (who the character is) plus the chunks most similar to the query, within
-    `budget` tokens, back in card order."""
+def pick_chunks(chunks: Sequence[Chunk], scores: Sequence[float] | None, budget: int) -> list[Chunk]:
+    """The opening chunk (who the character is) plus the chunks that score highest (similarity to
+    the query), within `budget` tokens, back in card order."""
     if not chunks:
         return []
     chosen = [chunks[0]] if chunks[0].token_count <= budget else []
     spent = sum(c.token_count + 1 for c in chosen)
-    rest = list(chunks[1:])
-    if query is not None:
-        rest.sort(key=lambda c: _cosine(query, c.embedding) if c.embedding else -1.0, reverse=True)
-    for chunk in rest:
-        if spent + chunk.token_count + 1 <= budget:
-            chosen.append(chunk)
-            spent += chunk.token_count + 1
+    order = range(1, len(chunks))
+    if scores is not None:
+        order = sorted(order, key=lambda i: -scores[i])  # type: ignore[assignment]
+    for i in order:
+        if spent + chunks[i].token_count + 1 <= budget:
+            chosen.append(chunks[i])
+            spent += chunks[i].token_count + 1
     return sorted(chosen, key=lambda c: c.position)
 
 
@@ -230,5 +242,10 @@ class CardIndex:
             await self.store.save_chunks(record.id, user_id, card.hash, chunks)
         tokens = sum(self.counter.message(m.content) for m in card.messages)
         return IndexedCard(
-            card=card, persona_id=record.id, version=record.version, chunks=chunks, tokens=tokens
+            card=card,
+            persona_id=record.id,
+            version=record.version,
+            chunks=chunks,
+            tokens=tokens,
+            matrix=embedding_matrix(chunks),
         )

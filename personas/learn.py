@@ -159,6 +159,7 @@ def _loads(raw: str) -> Any:
     fixed = re.sub(r"\bTrue\b", "true", re.sub(r"\bFalse\b", "false", re.sub(r"\bNone\b", "null", fixed)))
     if '"' not in fixed:  # Python-style single quotes throughout
         fixed = fixed.replace("'", '"')
+    fixed = re.sub(r"([:\[,{]\s*)'([^'\"\\]*)'", r'\1"\2"', fixed)  # single-quoted values among double
     fixed = re.sub(r"([{,]\s*)([A-Za-z_][\w ]*?)\s*:", r'\1"\2":', fixed)  # unquoted keys
     try:
         return json.loads(fixed)

@@ -198,7 +198,7 @@ class PersonaStore:
     async def reload(self) -> ReloadReport:
         """Read the folder again; store changed personas as new versions; report what did not validate."""
         async with self._lock:
-            self._signature = self._stat()
+            signature = self._stat()
             found: dict[str, Persona] = {}
             errors: dict[str, str] = {}
             for path in self._files():
@@ -228,6 +228,7 @@ class PersonaStore:
                 shared[name] = resolved(persona, record, source="file", version=version)
                 changed.append(name)
             self.shared, self.errors = shared, errors
+            self._signature = signature  # only now: a reload that failed is tried again
             self._cache.clear()
             return ReloadReport(loaded=tuple(sorted(shared)), changed=tuple(changed), errors=errors)
 

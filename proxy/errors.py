@@ -93,6 +93,10 @@ class PersonaReadOnly(ProxyError):
     status_code, error_type, code = 409, "invalid_request_error", "persona_read_only"
 
 
+class PersonasDisabled(ProxyError):
+    status_code, code = 503, "personas_disabled"
+
+
 class MemoryDisabled(ProxyError):
     status_code, code = 503, "memory_disabled"
 

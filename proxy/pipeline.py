@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import time
 import uuid
@@ -316,7 +317,7 @@ class ChatPipeline:
             except Exception as exc:
                 log.info("no query embedding for the card's chunks: %s", exc)
         room = max(share - own - self.tokens.message(excerpt(indexed, []).content), share // 4)
-        chosen = pick_chunks(indexed.chunks, query, room)
+        chosen = pick_chunks(indexed.chunks, indexed.scores(query) if query is not None else None, room)
         return (excerpt(indexed, chosen), *messages[len(indexed.card.messages) :])
 
     async def _boost(self, feeling: asyncio.Future[Emotion | None]) -> Boost | None:
@@ -451,7 +452,13 @@ def with_persona(messages: tuple[Message, ...], persona: Resolved | None) -> tup
     if persona is None:
         return messages
     system = leading_system(messages)
-    return (*merge_system(persona.text, system), *messages[len(system) :])
+    return (*_merged(persona.text, system), *messages[len(system) :])
+
+
+@functools.lru_cache(maxsize=256)
+def _merged(persona: str, system: tuple[Message, ...]) -> tuple[Message, ...]:
+    """Clients resend the same system prompt every turn: merge it once per (persona, prompt)."""
+    return tuple(merge_system(persona, system))
 
 
 def to_message(message: ChatMessage) -> Message:

@@ -25,6 +25,7 @@ from proxy.errors import (
     NotFound,
     PersonaInvalid,
     PersonaReadOnly,
+    PersonasDisabled,
 )
 from proxy.errors import PersonaNotFound as PersonaMissing
 from proxy.pipeline import ChatPipeline
@@ -36,7 +37,9 @@ log = logging.getLogger("anima.routes.personas")
 
 
 async def _store(request: Request) -> PersonaStore:
-    store: PersonaStore = request.app.state.personas
+    store: PersonaStore | None = request.app.state.personas
+    if store is None:
+        raise PersonasDisabled("Personas are not set up on this server.")
     return store
 
 
