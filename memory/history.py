@@ -185,16 +185,39 @@ async def append(
     metadata: Sequence[dict[str, Any] | None] | None = None,
     extras: Sequence[dict[str, Any]] | None = None,
     parent_depth: int | None = None,
+    reuse: bool = False,
 ) -> list[StoredMessage]:
     """Store `messages` as a chain under `parent_id`; returns them with their ids.
 
     One INSERT per message (each needs its parent's id); `parent_depth`, when the caller knows it,
-    saves a lookup, and timestamps are set here so nothing is read back.
+    saves a lookup, and timestamps are set here so nothing is read back. `reuse`: a message that is
+    already stored under the same parent (same role and text) is taken instead of stored again; a
+    request recognised before the previous turn's store landed (another worker, a slow store) then
+    adds only what is really new.
     """
     depth = parent_depth if parent_depth is not None else await depth_of(session, parent_id)
     now = datetime.now(UTC)
     stored: list[StoredMessage] = []
     for i, message in enumerate(messages):
+        if reuse:
+            same_parent = (
+                MessageRow.parent_id.is_(None) if parent_id is None else MessageRow.parent_id == parent_id
+            )
+            existing = await session.scalar(
+                select(MessageRow)
+                .where(
+                    MessageRow.conversation_id == conversation_id,
+                    same_parent,
+                    MessageRow.content_hash == content_hash(message),
+                    MessageRow.role == message.role,
+                )
+                .order_by(MessageRow.id)
+                .limit(1)
+            )
+            if existing is not None:
+                stored.append(_stored(existing))
+                parent_id, depth = existing.id, existing.depth
+                continue
         depth += 1
         row = MessageRow(
             conversation_id=conversation_id,

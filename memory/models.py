@@ -64,7 +64,11 @@ class AppUser(Base):
     id: Mapped[int] = _id()
     name: Mapped[str] = mapped_column(String(200))
     key_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    key_prefix: Mapped[str | None] = mapped_column(String(16))  # shown by `anima keys list`
     is_admin: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    revoked: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    requests_per_minute: Mapped[int | None] = mapped_column(Integer)  # None: the server's default
+    tokens_per_minute: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = _created()
 
 
@@ -242,4 +246,5 @@ class TurnContext(Base):
     messages: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
     tokens: Mapped[dict[str, Any]] = mapped_column(JSONB)
     persona: Mapped[dict[str, Any] | None] = mapped_column(JSONB)  # {"name", "version"} that answered
+    turn_id: Mapped[str | None] = mapped_column(String(36), unique=True)  # idempotent journal replays
     created_at: Mapped[datetime] = _created()

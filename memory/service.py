@@ -7,17 +7,24 @@ background task the service owns (`remember`), so storing never delays an answer
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memory import history
 from memory.archive import Archive
 from memory.budget import TokenCounter
+from memory.journal import TurnJournal
 from memory.models import TurnContext
+from memory.privacy import erase_user
 from memory.recall import Boost, Fusion, RecallQuery, Scope, recall
 from memory.summaries import SummaryJob, SummaryWorker, branch_summaries
 from memory.threads import align, choose, content_hash, new_public_id, shape_of
@@ -31,6 +38,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("anima.memory")
 
 
+def unreachable(exc: BaseException) -> bool:
+    """The database cannot be reached (as opposed to a bad statement): worth journaling and retrying."""
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+    return isinstance(exc, OSError | TimeoutError | ConnectionError)
+
+
 @dataclass(frozen=True, slots=True)
 class MemoryConfig:
     window_turns: int = 24
@@ -41,7 +55,7 @@ class MemoryConfig:
     deadline_s: float = 0.25
     summary_min_messages: int = 8
     embed_batch: int = 32
-    store_wait_s: float = 2.0
+    store_wait_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +70,8 @@ class TurnRecord:
     newest: Annotation | None = None  # the emotion step's reading of the newest user message
     persona: dict[str, Any] | None = None  # {"name", "version"} that answered
     persona_id: int | None = None  # the conversation's persona from now on
+    incoming: tuple[Message, ...] = ()  # the request's messages: what the journal re-recognises
+    turn_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # makes a journal replay idempotent
 
 
 class MemoryService:
@@ -68,6 +84,7 @@ class MemoryService:
         *,
         chunker: Any = None,
         annotate: Annotate | None = None,
+        journal: TurnJournal | None = None,
     ) -> None:
         self.sessions, self.counter, self.embedder, self.config = sessions, counter, embedder, config
         self.window = WorkingMemory(turns=config.window_turns, conversations=config.window_conversations)
@@ -86,14 +103,35 @@ class MemoryService:
         self.archive = Archive(
             sessions, counter, self.window, embedder, config.fusion, stored=self._wake_embedder
         )
+        self.journal = journal
+        self._draining = asyncio.Lock()
+        self._public_ids: OrderedDict[tuple[int, str], int] = OrderedDict()  # (user, public id) → row id
         self._stores: set[asyncio.Task[None]] = set()
-        self._stores_by_user: dict[int, set[asyncio.Task[None]]] = {}
+        self._pending: dict[tuple[int, str | None], set[asyncio.Task[None]]] = {}
 
     # -- recognising the conversation -------------------------------------------------------------
 
     async def recognise(self, session: SessionKey, messages: Sequence[Message]) -> Thread:
-        """Which stored conversation and branch this request continues, and what in it is new."""
-        await self._after_stores_of(session.user_id)
+        """Which stored conversation and branch this request continues, and what in it is new.
+
+        Turns journaled during an outage are stored first, so this request sees them (and they are
+        not stored again as part of its history)."""
+        if self.journal is not None and len(self.journal):
+            await self.drain_journal()
+        thread = await self._recognise(session, messages)
+        if thread.conversation_id:
+            self._known(session.user_id, thread.public_id, thread.conversation_id)
+        return thread
+
+    def _known(self, user_id: int, public_id: str, conversation_id: int) -> None:
+        """Which row a public id names, for answering from the RAM window when Postgres is down (LRU)."""
+        self._public_ids[(user_id, public_id)] = conversation_id
+        self._public_ids.move_to_end((user_id, public_id))
+        while len(self._public_ids) > self.config.window_conversations:
+            self._public_ids.popitem(last=False)
+
+    async def _recognise(self, session: SessionKey, messages: Sequence[Message]) -> Thread:
+        await self._after_stores_of(session)
         shape = shape_of(messages)
         chat = shape.history
         hashes = [content_hash(m) for m in chat]
@@ -253,34 +291,131 @@ class MemoryService:
         """Store the turn in the background, right after the reply; the service keeps the task."""
         task = asyncio.get_running_loop().create_task(self._store_logged(session, thread, turn))
         self._stores.add(task)
-        mine = self._stores_by_user.setdefault(session.user_id, set())
-        mine.add(task)
+        # pending stores by user, and by conversation: a request naming its conversation waits for
+        # that conversation's stores only; one recognised by content waits for all of its user's
+        keys: list[tuple[int, str | None]] = [(session.user_id, None), (session.user_id, thread.public_id)]
+        for key in keys:
+            self._pending.setdefault(key, set()).add(task)
 
         def done(finished: asyncio.Task[None]) -> None:
             self._stores.discard(finished)
-            mine.discard(finished)
-            if not mine:
-                self._stores_by_user.pop(session.user_id, None)
+            for key in keys:
+                waiting = self._pending.get(key)
+                if waiting is not None:
+                    waiting.discard(finished)
+                    if not waiting:
+                        del self._pending[key]
 
         task.add_done_callback(done)
 
-    async def _after_stores_of(self, user_id: int) -> None:
+    async def _after_stores_of(self, session: SessionKey) -> None:
         """A client that answers fast can send its next turn before the last one is stored; reading
-        memory before that store lands would see a stale branch (and store the turn twice)."""
-        pending = self._stores_by_user.get(user_id)
+        memory before that store lands would see a stale branch. (If the wait times out, storing
+        still reuses what is already there, so nothing is stored twice.)"""
+        pending = self._pending.get((session.user_id, session.conversation))
         if pending:
             await asyncio.wait(list(pending), timeout=self.config.store_wait_s)
 
     async def _store_logged(self, session: SessionKey, thread: Thread, turn: TurnRecord) -> None:
         try:
             await self.store_turn(session, thread, turn)
-        except Exception:
+        except Exception as exc:
+            if unreachable(exc) and await self._journaled(session, turn):
+                return
             log.exception("could not store a turn of conversation %s", thread.public_id)
 
-    async def store_turn(self, session: SessionKey, thread: Thread, turn: TurnRecord) -> list[StoredMessage]:
+    # -- the journal (Postgres unreachable) ----------------------------------------------------------
+
+    def journal_later(self, session: SessionKey, turn: TurnRecord) -> None:
+        """A turn answered without the database: journal it (durably, in a thread), store it later."""
+
+        async def journal() -> None:
+            await self._journaled(session, turn)
+
+        task = asyncio.get_running_loop().create_task(journal())
+        self._stores.add(task)
+        task.add_done_callback(self._stores.discard)
+
+    async def _journaled(self, session: SessionKey, turn: TurnRecord) -> bool:
+        if self.journal is None or (turn.status == "partial" and not turn.reply):
+            return False
+        entry = {
+            "turn_id": turn.turn_id,
+            "session": dataclasses.asdict(session),
+            "turn": {k: v for k, v in dataclasses.asdict(turn).items() if k not in ("incoming", "newest")}
+            | {"newest": dataclasses.asdict(turn.newest) if turn.newest else None},
+            "messages": [[m.role, m.content, m.name] for m in turn.incoming],
+        }
+        if await asyncio.to_thread(self.journal.append, entry):
+            log.warning("database unreachable: turn journaled (%d waiting)", len(self.journal))
+            return True
+        log.error("database unreachable and the journal is full: a turn of %s is not stored", session.user_id)
+        return False
+
+    async def drain_journal(self) -> int:
+        """Store journaled turns in order; stops at the first that still cannot reach the database."""
+        assert self.journal is not None
+        stored: set[str] = set()
+        async with self._draining:
+            try:
+                for entry in self.journal.entries():
+                    try:
+                        session = SessionKey(**entry["session"])
+                        messages = [Message(r, c, n) for r, c, n in entry["messages"]]
+                        data = dict(entry["turn"])
+                        newest = data.pop("newest", None)
+                        turn = TurnRecord(
+                            **data, newest=Annotation(**newest) if newest else None, incoming=tuple(messages)
+                        )
+                        thread = await self._recognise(session, messages)
+                        await self.store_turn(session, thread, turn, replay=True)
+                    except Exception as exc:
+                        if unreachable(exc):
+                            raise
+                        log.error("a journaled turn cannot be stored and is dropped: %s", exc)
+                    stored.add(entry["turn_id"])
+            finally:
+                if stored:
+                    await asyncio.to_thread(self.journal.remove, stored)
+                    log.info("journal: %d turn(s) stored, %d waiting", len(stored), len(self.journal))
+        return len(stored)
+
+    async def run_journal(self, interval_s: float = 1.0) -> None:
+        """Retry the journal in the background until it is empty (the database is back)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            if self.journal is not None and len(self.journal):
+                try:
+                    await self.drain_journal()
+                except Exception as exc:
+                    log.info("journal: %d turn(s) still waiting (%s)", len(self.journal), type(exc).__name__)
+                    log.debug("journal: store failed", exc_info=exc)
+
+    def recent(self, session: SessionKey) -> tuple[Message, ...]:
+        """What this process still knows of an explicitly named conversation without the database:
+        its RAM window, then its journaled turns (a thin client sends only its newest message)."""
+        if session.conversation is None:
+            return ()
+        conversation_id = self._public_ids.get((session.user_id, session.conversation))
+        window = self.window.latest(conversation_id) if conversation_id else ()
+        known = [Message(m.role, m.content, m.name) for m in window]
+        for entry in self.journal.entries() if self.journal is not None else []:
+            if (
+                entry["session"]["user_id"] == session.user_id
+                and entry["session"]["conversation"] == session.conversation
+            ):
+                known += [Message(r, c, n) for r, c, n in entry["messages"] if r != "system"]
+                known.append(Message("assistant", entry["turn"]["reply"]))
+        return tuple(known)
+
+    async def store_turn(
+        self, session: SessionKey, thread: Thread, turn: TurnRecord, *, replay: bool = False
+    ) -> list[StoredMessage]:
         if not thread.conversation_id and not thread.new and (thread.kind == "quiet" or not turn.reply):
             return []  # nothing to remember (e.g. a bare system prompt): no empty conversation
         async with self.sessions.begin() as s:
+            if replay and await s.scalar(select(TurnContext.id).where(TurnContext.turn_id == turn.turn_id)):
+                return []  # stored before the acknowledgement was lost
             conversation_id = thread.conversation_id or await self._conversation(s, session, thread.public_id)
             known_depth = (
                 thread.path[-1].depth if thread.path and thread.path[-1].id == thread.anchor_id else None
@@ -293,6 +428,7 @@ class MemoryService:
                 parent_depth=-1 if thread.anchor_id is None else known_depth,
                 messages=thread.new,
                 token_counts=[self.counter.count(m.content) for m in thread.new],
+                reuse=True,
                 extras=[
                     turn.newest.columns()
                     if turn.newest and i == len(thread.new) - 1 and m.role == "user"
@@ -335,10 +471,12 @@ class MemoryService:
                     messages=turn.prompt,
                     tokens=turn.tokens,
                     persona=turn.persona,
+                    turn_id=turn.turn_id,
                 )
             )
             if turn.persona_id is not None:
                 await history.set_persona(s, conversation_id=conversation_id, persona_id=turn.persona_id)
+        self._known(session.user_id, thread.public_id, conversation_id)
         if thread.kind == "continue":
             self.window.forget(conversation_id)
         else:
@@ -358,6 +496,15 @@ class MemoryService:
             end_user=session.end_user,
             character=session.character,
         )
+
+    async def erase_user(self, user_id: int) -> None:
+        """Everything of one user, after the turns being stored for them have landed (or they would
+        come back); their conversations leave the RAM window too."""
+        pending = self._pending.get((user_id, None))
+        if pending:
+            await asyncio.gather(*list(pending), return_exceptions=True)
+        for conversation_id in await erase_user(self.sessions, user_id):
+            self.window.forget(conversation_id)
 
     @property
     def stores_in_flight(self) -> int:

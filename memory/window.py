@@ -27,6 +27,10 @@ class WorkingMemory:
         self._entries.move_to_end(conversation_id)
         return entry
 
+    def latest(self, conversation_id: int) -> tuple[StoredMessage, ...]:
+        """The cached branch whatever its anchor (answering without the database)."""
+        return self._entries.get(conversation_id, ())
+
     def put(self, conversation_id: int, messages: Sequence[StoredMessage]) -> None:
         self._entries[conversation_id] = tuple(messages[-self.turns :])
         self._entries.move_to_end(conversation_id)
@@ -36,7 +40,9 @@ class WorkingMemory:
     def extend(self, conversation_id: int, anchor_id: int | None, added: Sequence[StoredMessage]) -> None:
         """Append a stored turn if the entry still ends at the turn's anchor; otherwise drop it."""
         entry = self._entries.get(conversation_id)
-        if entry is not None and (anchor_id is None or (entry and entry[-1].id == anchor_id)):
+        if anchor_id is None:  # a new conversation: the turn is its whole branch
+            self.put(conversation_id, added)
+        elif entry and entry[-1].id == anchor_id:
             self.put(conversation_id, (*entry, *added))
         else:
             self.forget(conversation_id)

@@ -216,6 +216,10 @@ class CardIndex:
             self._known.popitem(last=False)
         return indexed
 
+    def forget_user(self, user_id: int) -> None:
+        for key in [k for k in self._known if k[0] == user_id]:
+            del self._known[key]
+
     async def _index(self, user_id: int, card: ClientCard) -> IndexedCard:
         spec = {
             "name": card.name,

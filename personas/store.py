@@ -338,3 +338,8 @@ class PersonaStore:
 
     def _forget(self, user_id: int | None, name: str) -> None:
         self._cache.pop((user_id, name.casefold()), None)
+
+    def forget_user(self, user_id: int) -> None:
+        """Drop a user's cached personas (their data was erased)."""
+        for key in [k for k in self._cache if k[0] == user_id]:
+            del self._cache[key]

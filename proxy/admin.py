@@ -1,4 +1,4 @@
-"""Operator commands that touch the database directly: schema upgrade and chat import."""
+"""Operator commands that touch the database directly: schema upgrade, chat import, API keys."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from memory.budget import TokenCounter
 from memory.db import EmbeddedPostgres, check_pgvector, make_engine, make_sessionmaker, upgrade_schema
 from memory.importers import read_chat
 from memory.recall import Fusion
-from memory.users import local_user, user_for_key
+from memory.users import create_key, list_keys, local_user, revoke_key, user_for_key
 from memory.window import WorkingMemory
 from proxy.settings import Settings
 
@@ -86,3 +86,30 @@ async def import_file(settings: Settings, args: argparse.Namespace) -> str:
                     await archive.append(user, public_id, batch)
                     bar.update(len(batch))
     return public_id
+
+
+async def keys_command(settings: Settings, args: argparse.Namespace) -> str:
+    """`anima keys create|list|revoke`: straight on the database (the server need not run)."""
+    with database_url(settings) as url:
+        if settings.database_url is None:
+            await anyio.to_thread.run_sync(upgrade_schema, url)
+        async with _sessions(url) as sessions, sessions.begin() as s:
+            if args.action == "create":
+                user_id, key = await create_key(
+                    s, args.name, admin=args.admin, requests_per_minute=args.rpm, tokens_per_minute=args.tpm
+                )
+                role = "admin key" if args.admin else "key"
+                print(f"created {role} {user_id} for {args.name!r}; it is shown only now:", file=sys.stderr)
+                return key
+            if args.action == "revoke":
+                revoked = await revoke_key(s, args.who)
+                if not revoked:
+                    raise LookupError(f"no active key matches {args.who!r}")
+                return f"revoked {revoked} key(s); running servers stop accepting them within 10 s"
+            lines = ["id\tname\tprefix\tadmin\trevoked\trpm\ttpm\tcreated"]
+            for k in await list_keys(s):
+                row = (k.id, k.name, k.prefix, k.admin, k.revoked, k.requests_per_minute, k.tokens_per_minute)
+                lines.append(
+                    "\t".join("-" if v is None else str(v) for v in row) + f"\t{k.created_at:%Y-%m-%d}"
+                )
+            return "\n".join(lines)

@@ -17,7 +17,7 @@ from proxy.settings import Settings, get_settings
 
 def _setting_lines(model: type[BaseModel], prefix: str = "ANIMA_") -> Iterator[str]:
     for name, field in model.model_fields.items():
-        if name in ("memory", "emotion", "personas"):
+        if name in ("memory", "emotion", "personas", "limits"):
             continue  # their own sections below
         env = f"{prefix}{name.upper()}"
         if field.is_required():
@@ -32,6 +32,7 @@ def _epilog() -> str:
     from proxy.settings import (
         BackendSettings,
         EmotionSettings,
+        LimitSettings,
         MemorySettings,
         PersonaSettings,
         RouteSettings,
@@ -44,6 +45,8 @@ def _epilog() -> str:
     lines += list(_setting_lines(MemorySettings, prefix="ANIMA_MEMORY__"))
     lines += ["", "Emotion [emotion] (env ANIMA_EMOTION__KEY):"]
     lines += list(_setting_lines(EmotionSettings, prefix="ANIMA_EMOTION__"))
+    lines += ["", "Limits [limits] (env ANIMA_LIMITS__KEY):"]
+    lines += list(_setting_lines(LimitSettings, prefix="ANIMA_LIMITS__"))
     lines += ["", "Personas [personas] (env ANIMA_PERSONAS__KEY):"]
     lines += list(_setting_lines(PersonaSettings, prefix="ANIMA_PERSONAS__"))
     lines += ["", "Routing table [[models]]:"]
@@ -77,6 +80,20 @@ def _parser() -> argparse.ArgumentParser:
     imports.add_argument("--persona", help="persona name to file it under")
     imports.add_argument("--key", help="API key of the owning user (default: the local user)")
     persona_commands.add_parser(commands)
+    keys = commands.add_parser("keys", help="API keys: create (printed once), list, revoke")
+    key_actions = keys.add_subparsers(dest="action", required=True)
+    create = key_actions.add_parser("create", help="a new key (a new user); only its hash is stored")
+    create.add_argument("name")
+    create.add_argument("--admin", action="store_true", help="may manage keys and other users' data")
+    create.add_argument(
+        "--rpm", type=int, help="requests per minute (default: ANIMA_LIMITS__REQUESTS_PER_MINUTE)"
+    )
+    create.add_argument(
+        "--tpm", type=int, help="tokens per minute (default: ANIMA_LIMITS__TOKENS_PER_MINUTE)"
+    )
+    key_actions.add_parser("list", help="every key: id, name, prefix, admin, revoked, limits")
+    revoke = key_actions.add_parser("revoke", help="revoke a key by id or name (its data stays)")
+    revoke.add_argument("who")
     return parser
 
 
@@ -123,7 +140,8 @@ async def list_models(settings: Settings) -> list[tuple[str, str]]:
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     settings = _apply(args)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+    if args.command != "serve":  # serve() configures logging at ANIMA_LOG_LEVEL, with timestamps
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     if args.command == "serve":
         serve(settings)
     elif args.command == "models":
@@ -141,5 +159,12 @@ def main(argv: list[str] | None = None) -> None:
         except (ValueError, LookupError, OSError) as exc:
             raise SystemExit(f"anima import: {exc}") from exc
         print(public_id)
+    elif args.command == "keys":
+        from proxy.admin import keys_command
+
+        try:
+            print(asyncio.run(keys_command(settings, args)))
+        except (ValueError, LookupError, OSError) as exc:
+            raise SystemExit(f"anima keys {args.action}: {exc}") from exc
     elif args.command == "personas":
         raise SystemExit(persona_commands.run(settings, args))

@@ -7,6 +7,10 @@ ProxyError                      500 api_error
 │   ├── ContentBlocked          400 content_filter
 │   ├── ModelNotFound           404 model_not_found
 │   └── PersonaInvalid          400 invalid_persona (param names the field)
+├── AuthenticationFailed        401 invalid_api_key
+├── PermissionDenied            403 permission_denied
+├── RequestTooLarge             413 request_too_large
+├── RateLimited                 429 rate_limit_exceeded (with Retry-After)
 └── BackendError                502 (the backend failed; always names it)
     ├── BackendUnavailable      502 backend_unavailable   (connect failed: retryable)
     ├── BackendTimeout          504 backend_timeout       (accepted, then too slow: not retried)
@@ -18,6 +22,7 @@ ProxyError                      500 api_error
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any, ClassVar
@@ -45,6 +50,9 @@ class ProxyError(Exception):
     def status(self) -> int:
         return self.status_code
 
+    def headers(self) -> dict[str, str]:
+        return {}
+
     def body(self) -> ErrorBody:
         return error_body(self.message, self.error_type, param=self.param, code=self.code)
 
@@ -71,6 +79,31 @@ class ModelNotFound(InvalidRequest):
 
 class AuthenticationFailed(ProxyError):
     status_code, error_type, code = 401, "invalid_request_error", "invalid_api_key"
+
+
+class PermissionDenied(ProxyError):
+    status_code, error_type, code = 403, "invalid_request_error", "permission_denied"
+
+
+class RequestTooLarge(ProxyError):
+    status_code, error_type, code = 413, "invalid_request_error", "request_too_large"
+
+
+class RateLimited(ProxyError):
+    """This key used its requests or tokens for the minute; `Retry-After` says when to come back."""
+
+    status_code, error_type, code = 429, "rate_limit_error", "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
+
+
+class ServiceUnavailable(ProxyError):
+    status_code, code = 503, "service_unavailable"
 
 
 class NotFound(ProxyError):
@@ -164,7 +197,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 
 async def _proxy_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ProxyError)
-    return error_response(exc.status(), exc.body())
+    return error_response(exc.status(), exc.body(), exc.headers() or None)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

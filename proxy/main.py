@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -12,7 +13,8 @@ from dataclasses import dataclass
 import anyio
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from emotion.service import EmotionConfig, EmotionService
 from memory.budget import Shares, TokenCounter
@@ -25,6 +27,7 @@ from memory.db import (
     make_sessionmaker,
     upgrade_schema,
 )
+from memory.journal import TurnJournal
 from memory.models import EMBEDDING_DIM
 from memory.personas import PersonaRecords
 from memory.recall import Fusion
@@ -33,7 +36,8 @@ from memory.users import Users
 from personas.client_card import CardIndex
 from personas.store import PersonaStore
 from proxy.backends.registry import Registry, build_backends
-from proxy.errors import install_error_handlers
+from proxy.errors import RequestTooLarge, error_response, install_error_handlers
+from proxy.limits import RateLimiter
 from proxy.pipeline import BudgetPolicy, ChatPipeline, RetryPolicy
 from proxy.routes import api_router
 from proxy.settings import Settings, get_settings
@@ -137,6 +141,11 @@ async def open_memory(settings: Settings, services: Services) -> None:
         memory_config(settings),
         chunker=chunk_text,
         annotate=services.emotion.annotate if services.emotion else None,
+        journal=await anyio.to_thread.run_sync(
+            lambda: TurnJournal.open(
+                settings.data_dir / "journal", max_entries=settings.memory.journal_max_turns
+            )
+        ),
     )
     services.users = Users(sessions)
 
@@ -175,6 +184,7 @@ def start_workers(
         return await pipeline.complete_text(settings.memory.summary_model or model, prompt)
 
     tasks.append(loop.create_task(memory.summaries.run(summarize)))
+    tasks.append(loop.create_task(memory.run_journal()))
     return tasks
 
 
@@ -209,6 +219,62 @@ class CollapseSlashes:
         await self.app(scope, receive, send)
 
 
+class BodyLimit:
+    """413 for a request body over `max_bytes`: by its Content-Length at once, else while it streams in."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise RequestTooLarge(self._message(), param=None)
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _message(self) -> str:
+        return f"The request body is larger than this server accepts ({self.max_bytes} bytes)."
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(413, RequestTooLarge(self._message()).body())
+        await response(scope, receive, send)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+async def check_exposure(settings: Settings, services: Services) -> None:
+    """Open mode (no keys) serves anyone who can connect: only on loopback, unless explicitly forced."""
+    if is_loopback(settings.host) or settings.allow_open:
+        return
+    if services.users is not None and not await services.users.open_mode():
+        return
+    raise RuntimeError(
+        f"refusing to serve on {settings.host} without API keys: anyone who can reach it would read and write"
+        " every conversation. Create a key (`anima keys create NAME`), bind to 127.0.0.1, or set"
+        " ANIMA_ALLOW_OPEN=true to accept the risk."
+    )
+
+
 def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -228,9 +294,19 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             personas=built.personas,
             cards=built.cards,
             default_persona=settings.personas.default,
+            log_content=settings.log_content,
         )
         app.state.settings, app.state.pipeline, app.state.users = settings, pipeline, built.users
+        if owned:
+            try:
+                await check_exposure(settings, built)
+            except RuntimeError:
+                await close_services(built)
+                raise
         app.state.services, app.state.personas = built, built.personas
+        app.state.limiter = RateLimiter(
+            settings.limits.requests_per_minute, settings.limits.tokens_per_minute
+        )
         tasks = start_workers(built.memory, pipeline, settings)
         if built.personas is not None and settings.personas.reload_s > 0:
             tasks.append(
@@ -252,6 +328,21 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app = FastAPI(title="Anima", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     app.include_router(api_router())
+    if settings.cors_origins:  # closed by default: no CORS headers, so browsers block other origins
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "X-Api-Key",
+                "X-Anima-Conversation",
+                "X-Anima-Persona",
+            ],
+            expose_headers=["X-Anima-Conversation", "X-Anima-Persona", "X-Anima-Memory", "X-Anima-Backend"],
+        )
+    app.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)
     app.add_middleware(CollapseSlashes)
     return app
 

@@ -13,7 +13,7 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +65,7 @@ class MemoryTurn:
     degraded: tuple[str, ...]
     newest: Annotation | None = None  # importance (and emotion) of the newest user message
     persona: PersonaUse | None = None
+    incoming: tuple[Message, ...] = ()  # the request's messages (the journal re-recognises them)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,8 @@ class PreparedChat:
     memory: MemoryTurn | None = None
     memory_status: str = "off"  # off | ok | degraded
     persona: PersonaUse | None = None
+    after: Callable[[str], None] | None = None  # called with the reply text (the token rate limit)
+    unstored: tuple[SessionKey, tuple[Message, ...]] | None = None  # memory was down: journal the turn
 
     def headers(self) -> dict[str, str]:
         headers = {"X-Anima-Backend": self.backend, "X-Anima-Memory": self.memory_status}
@@ -116,6 +119,7 @@ class ChatPipeline:
         personas: PersonaStore | None = None,
         cards: CardIndex | None = None,
         default_persona: str | None = None,
+        log_content: bool = False,
     ) -> None:
         self.registry = registry
         self.tokens = tokens
@@ -124,6 +128,7 @@ class ChatPipeline:
         self.emotion = emotion
         self.budget = budget or BudgetPolicy()
         self.personas, self.cards, self.default_persona = personas, cards, default_persona
+        self.log_content = log_content
         self._windows: dict[tuple[str, str], int | None] = {}
 
     async def prepare(
@@ -152,10 +157,15 @@ class ChatPipeline:
             if not turn or turn.degraded
             else "ok"
         )
+        unstored = None
         if turn is not None:
             outgoing = turn.prompt.messages
         else:
+            if session is not None and self.memory is not None:  # the database is down
+                unstored = (session, messages)
+                messages = with_recent(messages, self.memory.recent(session))
             outgoing = await self._felt(with_persona(messages, chosen), chosen)
+        self._log_prompt(outgoing)
         route, request, deltas = await self._open(chain, outgoing, body)
         return PreparedChat(
             id=f"chatcmpl-{uuid.uuid4().hex}",
@@ -168,7 +178,17 @@ class ChatPipeline:
             memory=turn,
             memory_status=status,
             persona=(turn.persona if turn is not None else PersonaUse.of(chosen) if chosen else None),
+            unstored=unstored,
         )
+
+    def _log_prompt(self, messages: tuple[Message, ...]) -> None:
+        """At debug level: the prompt's shape; its text only when ANIMA_LOG_CONTENT says so."""
+        if not log.isEnabledFor(logging.DEBUG):
+            return
+        shape = ", ".join(f"{m.role}:{len(m.content)}" for m in messages)
+        log.debug("prompt of %d messages (role:chars) %s", len(messages), shape)
+        if self.log_content:
+            log.debug("prompt text: %r", [(m.role, m.content) for m in messages])
 
     async def _persona(
         self, header: str | None, alias: str | None, route: str, user_id: int | None
@@ -282,6 +302,7 @@ class ChatPipeline:
             degraded=recall.degraded,
             newest=newest,
             persona=used,
+            incoming=messages,
         )
 
     @staticmethod
@@ -366,6 +387,21 @@ class ChatPipeline:
 
     def finish(self, chat: PreparedChat, reply: str, *, complete: bool) -> None:
         """Hand the finished (or broken-off) turn to memory, which stores it in the background."""
+        if chat.after is not None:
+            chat.after(reply)
+        if self.memory is not None and chat.unstored is not None:
+            session, incoming = chat.unstored
+            record = TurnRecord(
+                reply=reply,
+                status="complete" if complete else "partial",
+                model=chat.model,
+                prompt=[{"role": m.role, "content": m.content} for m in chat.request.messages],
+                tokens={},
+                persona=chat.persona.public() if chat.persona else None,
+                persona_id=chat.persona.id if chat.persona else None,
+                incoming=incoming,
+            )
+            self.memory.journal_later(session, record)
         if self.memory is None or chat.memory is None:
             return
         prompt = chat.memory.prompt
@@ -384,6 +420,7 @@ class ChatPipeline:
                 newest=chat.memory.newest,
                 persona=chat.memory.persona.public() if chat.memory.persona else None,
                 persona_id=chat.memory.persona.id if chat.memory.persona else None,
+                incoming=chat.memory.incoming,
             ),
         )
 
@@ -445,6 +482,15 @@ async def _aclose(stream: AsyncIterator[Delta]) -> None:
     aclose = getattr(stream, "aclose", None)
     if aclose is not None:
         await aclose()
+
+
+def with_recent(messages: tuple[Message, ...], recent: tuple[Message, ...]) -> tuple[Message, ...]:
+    """A thin client's request (no assistant message of its own) with what this process remembers
+    of the conversation before it, when the database cannot supply the history."""
+    if not recent or any(m.role == "assistant" for m in messages):
+        return messages
+    system = leading_system(messages)
+    return (*system, *recent, *messages[len(system) :])
 
 
 def with_persona(messages: tuple[Message, ...], persona: Resolved | None) -> tuple[Message, ...]:

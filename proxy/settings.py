@@ -89,6 +89,9 @@ class MemorySettings(BaseModel):
     summary_model: str | None = Field(default=None, description="summariser (default: the chat's model)")
     summary_min_messages: int = Field(default=8, ge=2, description="cut messages needed before summarising")
     embed_batch: int = Field(default=32, ge=1, description="embedding worker batch size")
+    journal_max_turns: int = Field(
+        default=10_000, ge=1, description="turns kept on disk while Postgres is unreachable"
+    )
     character_header: str = Field(default="x-st-char", description="client header naming the character")
     user_header: str = Field(default="x-st-user", description="client header naming the user")
 
@@ -127,6 +130,16 @@ class PersonaSettings(BaseModel):
     learn_max_tokens: int = Field(default=3000, ge=200, description="tokens of sample messages per profile")
 
 
+class LimitSettings(BaseModel):
+    """Per-key rate limits (a key's own limits, set with `anima keys create`, win) and size limits."""
+
+    requests_per_minute: int | None = Field(default=None, ge=1, description="per key; unset: unlimited")
+    tokens_per_minute: int | None = Field(default=None, ge=1, description="prompt+reply tokens per key")
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="larger request bodies: 413")
+    max_message_chars: int = Field(default=500_000, ge=100, description="a longer message: 413")
+    max_messages: int = Field(default=10_000, ge=1, description="more messages in one request: 413")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="ANIMA_",
@@ -157,6 +170,12 @@ class Settings(BaseSettings):
     memory: MemorySettings = Field(default_factory=MemorySettings, description="ANIMA_MEMORY__*")
     emotion: EmotionSettings = Field(default_factory=EmotionSettings, description="ANIMA_EMOTION__*")
     personas: PersonaSettings = Field(default_factory=PersonaSettings, description="ANIMA_PERSONAS__*")
+    limits: LimitSettings = Field(default_factory=LimitSettings, description="ANIMA_LIMITS__*")
+    allow_open: bool = Field(
+        default=False, description="serve without API keys on a non-loopback interface (keys are safer)"
+    )
+    cors_origins: list[str] = Field(default_factory=list, description="browser origins allowed (CORS); none")
+    log_content: bool = Field(default=False, description="let debug logs include message text")
 
     @classmethod
     def settings_customise_sources(

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
-from proxy.routes import chat, emotion, health, memory, models, personas
+from proxy.deps import limited
+from proxy.routes import chat, emotion, health, memory, models, personas, users
 
 PREFIXES = ("/v1", "")  # SillyTavern appends /chat/completions to whatever base URL the user typed
 
 
 def api_router() -> APIRouter:
+    """Every route but /health needs the caller's key (once keys exist) and counts against its limit."""
     router = APIRouter()
+    guarded = [Depends(limited)]
     for prefix in PREFIXES:
-        router.include_router(chat.router, prefix=prefix)
-        router.include_router(models.router, prefix=prefix)
-    router.include_router(memory.router, prefix="/v1")
-    router.include_router(emotion.router, prefix="/v1")
-    router.include_router(personas.router, prefix="/v1")
+        router.include_router(chat.router, prefix=prefix, dependencies=guarded)
+        router.include_router(models.router, prefix=prefix, dependencies=guarded)
+    for module in (memory, emotion, personas, users):
+        router.include_router(module.router, prefix="/v1", dependencies=guarded)
     router.include_router(health.router)
     return router

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Awaitable, MutableMapping
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import anyio
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from sse_starlette import EventSourceResponse
 
 from memory.types import SessionKey
-from proxy.deps import PipelineDep, SettingsDep
-from proxy.errors import AuthenticationFailed
+from memory.users import User
+from proxy.deps import PipelineDep, SettingsDep, limited
+from proxy.errors import RequestTooLarge
+from proxy.limits import RateLimiter
 from proxy.pipeline import ChatPipeline
 from proxy.protocol import ChatCompletionRequest
-from proxy.session import api_key, identify_session, requested_persona
+from proxy.session import identify_session, requested_persona
 from proxy.settings import Settings
 from proxy.streaming import collect, stream_sse
 
@@ -26,10 +29,25 @@ T = TypeVar("T")
 
 @router.post("/chat/completions", response_model=None)
 async def create_chat_completion(
-    body: ChatCompletionRequest, request: Request, pipeline: PipelineDep, settings: SettingsDep
+    body: ChatCompletionRequest,
+    request: Request,
+    pipeline: PipelineDep,
+    settings: SettingsDep,
+    user: Annotated[User | None, Depends(limited)],
 ) -> Response:
-    session = await session_for(request, body, pipeline, settings)
+    check_sizes(body, settings)
+    limiter: RateLimiter = request.app.state.limiter
+    metered = user is not None and bool(user.tokens_per_minute or settings.limits.tokens_per_minute)
+    if metered:
+        prompt = sum(pipeline.tokens.count(m.text()) for m in body.messages)
+        limiter.tokens(user, prompt)
+        limiter.charge(user, prompt)
+    session = session_for(request, body, pipeline, settings, user)
     chat = await pipeline.prepare(body, session, persona=requested_persona(request.headers))
+    if metered:
+        chat = dataclasses.replace(
+            chat, after=lambda reply: limiter.charge(user, pipeline.tokens.count(reply))
+        )
     headers = chat.headers()
     if body.stream:
         ping = int(settings.sse_ping_s) or None
@@ -40,23 +58,36 @@ async def create_chat_completion(
     return Response(completion.model_dump_json(), media_type="application/json", headers=headers)
 
 
-async def session_for(
-    request: Request, body: ChatCompletionRequest, pipeline: ChatPipeline, settings: Settings
+def check_sizes(body: ChatCompletionRequest, settings: Settings) -> None:
+    """413 for a request that is valid but bigger than this server accepts."""
+    limits = settings.limits
+    if len(body.messages) > limits.max_messages:
+        raise RequestTooLarge(
+            f"{len(body.messages)} messages is more than this server accepts ({limits.max_messages}).",
+            param="messages",
+        )
+    for i, message in enumerate(body.messages):
+        if len(message.text()) > limits.max_message_chars:
+            raise RequestTooLarge(
+                f"Message {i} is longer than this server accepts ({limits.max_message_chars} characters).",
+                param=f"messages.{i}.content",
+            )
+
+
+def session_for(
+    request: Request,
+    body: ChatCompletionRequest,
+    pipeline: ChatPipeline,
+    settings: Settings,
+    user: User | None,
 ) -> SessionKey | None:
-    """The memory session of this request; None when memory is off or its user cannot be resolved."""
-    if pipeline.memory is None or request.app.state.users is None:
+    """The memory session of this request; None when memory is off."""
+    if pipeline.memory is None or user is None:
         return None
-    try:
-        user_id = await request.app.state.users.resolve(api_key(request.headers))
-    except Exception as exc:  # the database is down: answer without memory
-        log.warning("cannot resolve the user (%s): memory is skipped for this request", exc)
-        return None
-    if user_id is None:
-        raise AuthenticationFailed("Incorrect API key provided.")
     return identify_session(
         request.headers,
         body,
-        user_id=user_id,
+        user_id=user.id,
         character_header=settings.memory.character_header,
         user_header=settings.memory.user_header,
     )

@@ -47,6 +47,8 @@ def workers(memory: MemoryService | None) -> dict[str, Any]:
         report["embedding"] = {"failures": memory.embeddings.failures if memory.embeddings else None}
         report["summaries"] = {"queued": memory.summaries.queue.qsize(), "written": memory.summaries.written}
         report["stores_in_flight"] = memory.stores_in_flight
+        if memory.journal is not None:
+            report["journal"] = {"waiting": len(memory.journal), "refused": memory.journal.refused}
     return report
 
 

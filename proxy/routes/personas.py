@@ -15,9 +15,8 @@ from memory.personas import VersionConflict
 from personas.learn import ProfileError, learn_profile, profile_persona, sample
 from personas.models import PersonaError, TraitChange, validate_persona
 from personas.store import PersonaNotFound, PersonasReadOnly, PersonaStore
-from proxy.deps import PipelineDep, SettingsDep
+from proxy.deps import AdminDep, CallerDep, PipelineDep, SettingsDep
 from proxy.errors import (
-    AuthenticationFailed,
     BackendError,
     Conflict,
     InvalidRequest,
@@ -30,7 +29,6 @@ from proxy.errors import (
 from proxy.errors import PersonaNotFound as PersonaMissing
 from proxy.pipeline import ChatPipeline
 from proxy.protocol import PersonaLearn
-from proxy.session import api_key
 
 router = APIRouter()
 log = logging.getLogger("anima.routes.personas")
@@ -43,15 +41,9 @@ async def _store(request: Request) -> PersonaStore:
     return store
 
 
-async def _user(request: Request) -> int | None:
-    """The API key's user; None without a database (the folder's personas are everyone's)."""
-    users = request.app.state.users
-    if users is None:
-        return None
-    user_id: int | None = await users.resolve(api_key(request.headers))
-    if user_id is None:
-        raise AuthenticationFailed("Incorrect API key provided.")
-    return user_id
+async def _user(user: CallerDep) -> int | None:
+    """The key's user; None without a database (the folder's personas are everyone's)."""
+    return user.id if user is not None else None
 
 
 StoreDep = Annotated[PersonaStore, Depends(_store)]
@@ -134,7 +126,7 @@ async def delete_persona(name: str, store: StoreDep, user: UserDep) -> dict[str,
 
 
 @router.post("/personas/reload")
-async def reload_personas(store: StoreDep, _: UserDep) -> dict[str, Any]:
+async def reload_personas(store: StoreDep, _: AdminDep) -> dict[str, Any]:
     return (await store.reload()).public()
 
 

@@ -429,10 +429,15 @@ async def test_short_system_prompts_are_not_cards(
 
 
 async def test_folder_reload_adds_changes_and_reports_a_bad_file_naming_the_field(
-    app: Services, key: str, tmp_path: Path, stub: StubState
+    app: Services, key: str, tmp_path: Path, stub: StubState, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
+    async with sessions.begin() as s:
+        _, admin = await create_key(s, "persona-admin", admin=True)
     (tmp_path / "pip.yaml").write_text("name: pip\ndescription: A tiny robot.\ntraits:\n  humor: 0.9\n")
     async with api(key) as client:
+        denied = await client.post("/personas/reload")
+        assert denied.status_code == 403 and denied.json()["error"]["code"] == "permission_denied"
+    async with api(admin) as client:
         report = (await client.post("/personas/reload")).json()
         assert "pip" in report["changed"] and report["errors"] == {}
         await chat(key, HI, model="pip@stub/echo")

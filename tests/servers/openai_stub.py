@@ -16,6 +16,7 @@ that a client disconnect really cancelled the upstream request. Also the "instan
     profile-bad-first   a persona profile: prose around broken JSON, then JSON missing `traits`,
                         then a valid profile in a code fence on a 0-100 scale (the learn tests)
     profile-never       prose without JSON, every time
+    mirror        "You said: " + the last user message (cross-talk tests)
 """
 
 from __future__ import annotations
@@ -101,8 +102,11 @@ def _error(status: int, message: str) -> JSONResponse:
 def stub_app(state: StubState | None = None) -> Starlette:
     state = state or StubState()
 
-    async def scripted(model: str) -> AsyncIterator[bytes]:
+    async def scripted(model: str, body: dict[str, Any]) -> AsyncIterator[bytes]:
         reply = scripted_text(model, state.calls[model])
+        if model == "mirror":
+            said = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
+            reply = ("You said: ", str(said))
         if model == "reason":
             yield _chunk({"role": "assistant", "reasoning_content": "Let me think."})
         if model == "slow":
@@ -116,9 +120,9 @@ def stub_app(state: StubState | None = None) -> Starlette:
         yield _chunk({}, "stop", None if model == "no-usage" else USAGE)
         yield b"data: [DONE]\n\n"
 
-    async def tracked(model: str) -> AsyncIterator[bytes]:
+    async def tracked(model: str, body: dict[str, Any]) -> AsyncIterator[bytes]:
         try:
-            async for piece in scripted(model):
+            async for piece in scripted(model, body):
                 yield piece
         except asyncio.CancelledError:
             state.outcomes.append("cancelled")
@@ -141,7 +145,7 @@ def stub_app(state: StubState | None = None) -> Starlette:
             return _error(503, "stub warming up")
         if model == "hang":
             await asyncio.sleep(60)
-        return StreamingResponse(tracked(model), media_type="text/event-stream")
+        return StreamingResponse(tracked(model, body), media_type="text/event-stream")
 
     async def models(_: Request) -> JSONResponse:
         names = ["echo", "reason", "slow"]

@@ -1,0 +1,121 @@
+"""Everything stored for one user: exported as one JSON document, or erased.
+
+The export streams conversation by conversation (a long-time user's history can be large) and holds
+what Anima keeps about them: conversations with every message (emotion, importance, metadata),
+summaries and the prompts assembled for each turn, and their own personas with every version.
+Embeddings are left out (derived data, 384 floats per chunk); they are rebuilt from the text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from memory.models import (
+    AppUser,
+    ConversationRow,
+    MessageRow,
+    PersonaRef,
+    PersonaVersionRow,
+    SummaryRow,
+    TurnContext,
+)
+from memory.users import delete_user
+
+_MESSAGE = (
+    "id", "parent_id", "depth", "role", "name", "content", "status", "source", "emotion_label",
+    "emotion_confidence", "emotion_scores", "importance", "created_at",
+)  # fmt: skip
+
+
+def _row(row: Any, fields: tuple[str, ...]) -> dict[str, Any]:
+    return {f: getattr(row, f) for f in fields}
+
+
+def _json(value: Any) -> bytes:
+    return orjson.dumps(value, default=lambda v: v.isoformat() if isinstance(v, datetime) else str(v))
+
+
+async def export_user(sessions: async_sessionmaker[AsyncSession], user_id: int) -> AsyncIterator[bytes]:
+    """The user's data as one JSON object, in pieces."""
+    async with sessions() as s:
+        user = await s.get(AppUser, user_id)
+        if user is None:
+            yield b"{}"
+            return
+        head = {"id": user.id, "name": user.name, "admin": user.is_admin, "created_at": user.created_at}
+        yield b'{"user":' + _json(head) + b',"conversations":['
+        conversations = (
+            await s.scalars(
+                select(ConversationRow).where(ConversationRow.user_id == user_id).order_by(ConversationRow.id)
+            )
+        ).all()
+        for i, c in enumerate(conversations):
+            messages = (
+                await s.scalars(
+                    select(MessageRow).where(MessageRow.conversation_id == c.id).order_by(MessageRow.id)
+                )
+            ).all()
+            summaries = (
+                await s.scalars(
+                    select(SummaryRow).where(SummaryRow.conversation_id == c.id).order_by(SummaryRow.id)
+                )
+            ).all()
+            turns = (
+                await s.scalars(
+                    select(TurnContext).where(TurnContext.conversation_id == c.id).order_by(TurnContext.id)
+                )
+            ).all()
+            document: dict[str, Any] = {
+                "id": c.public_id,
+                "title": c.title,
+                "character": c.character,
+                "end_user": c.end_user,
+                "created_at": c.created_at,
+                "updated_at": c.updated_at,
+                "messages": [_row(m, _MESSAGE) | {"metadata": m.meta} for m in messages],
+                "summaries": [
+                    _row(x, ("first_message_id", "last_message_id", "message_count", "content", "created_at"))
+                    for x in summaries
+                ],
+                "turns": [
+                    _row(t, ("reply_message_id", "model", "messages", "tokens", "persona", "created_at"))
+                    for t in turns
+                ],
+            }
+            yield (b"," if i else b"") + _json(document)
+        yield b'],"personas":['
+        refs = (
+            await s.scalars(select(PersonaRef).where(PersonaRef.user_id == user_id).order_by(PersonaRef.id))
+        ).all()
+        for i, ref in enumerate(refs):
+            versions = (
+                await s.scalars(
+                    select(PersonaVersionRow)
+                    .where(PersonaVersionRow.persona_id == ref.id)
+                    .order_by(PersonaVersionRow.version)
+                )
+            ).all()
+            persona: dict[str, Any] = {
+                "name": ref.name,
+                "source": ref.source,
+                "version": ref.version,
+                "versions": [_row(v, ("version", "source", "spec", "note", "created_at")) for v in versions],
+            }
+            yield (b"," if i else b"") + _json(persona)
+        yield b"]}"
+
+
+async def erase_user(sessions: async_sessionmaker[AsyncSession], user_id: int) -> list[int]:
+    """Delete the user and all it owns; returns the erased conversations' ids (to drop from caches)."""
+    async with sessions.begin() as s:
+        ids = list(
+            (await s.scalars(select(ConversationRow.id).where(ConversationRow.user_id == user_id))).all()
+        )
+        await delete_user(s, user_id)
+    return ids
