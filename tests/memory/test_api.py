@@ -38,6 +38,7 @@ def build(
     routes = [
         RouteSettings(name="stub/echo", backend="stub", model="echo", context_window=8192),
         RouteSettings(name="stub/small", backend="stub", model="echo", context_window=1024),
+        RouteSettings(name="stub/die", backend="stub", model="die", context_window=8192),
     ]
     settings = make_settings(backends=backends, models=routes, memory=MemorySettings(enabled=True), retries=0)
     service = MemoryService(
@@ -349,3 +350,26 @@ async def test_restart_keeps_everything_and_the_embedding_worker_catches_up(
                 break
             await asyncio.sleep(0.05)
     assert info["message_count"] == 40 and info["pending_embeddings"] == 0
+
+
+async def test_a_backend_dying_mid_stream_leaves_a_marked_partial_turn(
+    app: tuple[str, MemoryService], key: str, stub: StubState
+) -> None:
+    url, service = app
+    body = {
+        "model": "stub/die",
+        "stream": True,
+        "messages": [{"role": "user", "content": "Tell me a story."}],
+    }
+    async with api(url, key) as client, client.stream("POST", "/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        conversation = response.headers["x-anima-conversation"]
+        lines = [line async for line in response.aiter_lines() if line.startswith("data: ")]
+    assert '"error"' in lines[-1] and "broke off" in lines[-1]  # reported in-band, then the stream ends
+    await service.settle()
+    async with api(url, key) as client:
+        stored = (await client.get(f"/conversations/{conversation}/messages")).json()["data"]
+    assert [(m["role"], m["content"], m["status"]) for m in stored] == [
+        ("user", "Tell me a story.", "complete"),
+        ("assistant", "Hello from the", "partial"),
+    ]

@@ -1,0 +1,455 @@
+"""A bounded load run on loopback: C streaming clients against Anima with memory on, every turn stored.
+
+The stub backend (model "echo"), an embedded Postgres and Anima (`python -m proxy serve`) run as their
+own processes. C clients share one httpx.AsyncClient; each has its own conversation
+(`X-Anima-Conversation: load-<run>-<client>`) and loops for D seconds: a new user message over the last
+10 messages of its history, `stream: true`, the SSE stream read to `[DONE]` and checked (every data
+line JSON with `choices`, non-empty content). Afterwards it waits for Anima's background stores and
+checks in Postgres: one user and one assistant message per successful request, each sent user message
+stored exactly once, no forked branches. Load generator, servers and Postgres share this machine's cores.
+The last line of stdout is the figures as JSON; exit 1 on any error or a count that differs.
+Run: .venv/bin/python bench/load.py [--quick] [--clients N] [--duration S] [--emotion] [--workers N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import httpx
+import orjson
+import psutil
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.overhead import anima_env, free_port, pct, table  # noqa: E402
+from memory.db import EmbeddedPostgres, upgrade_schema  # noqa: E402
+
+HISTORY = 10  # messages of history sent before the new user message (5 turns)
+TIMEOUT_S = 30.0  # per request, whole stream included
+SETTLE_MAX_S = 30.0
+SYSTEM = {"role": "system", "content": "You are a friendly assistant who remembers the conversation."}
+NUMBERS = re.compile(r"[0-9a-f]{6,}|\d+")  # ids and counts, blanked to group log lines
+TOPICS = ("my garden", "a trip to Lisbon", "learning the cello", "my sister's wedding", "a new job")
+
+
+class BadStream(Exception):
+    """A response that is not a complete, well-formed stream (status, JSON, [DONE], content)."""
+
+
+@dataclass(slots=True)
+class Tally:
+    ttft_ms: list[float] = field(default_factory=list)
+    total_ms: list[float] = field(default_factory=list)
+    sent: dict[str, list[str]] = field(default_factory=dict)  # conversation -> user texts answered
+    times: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # text -> start, TTFT, end
+    errors: list[str] = field(default_factory=list)
+
+
+class StreamCheck:
+    """Reads SSE bytes line by line: parses each data line once, keeps the content, notes the first."""
+
+    def __init__(self) -> None:
+        self.start, self.pending, self.ttft, self.done = time.perf_counter(), b"", 0.0, False
+        self.status: int | None = None
+        self.received = 0
+        self.parts: list[str] = []
+
+    def describe(self) -> str:
+        """How far the response got, for an error report."""
+        if self.status is None:
+            return "no response headers yet"
+        return (
+            f"HTTP {self.status}, {self.received} bytes, {len(self.parts)} content deltas, [DONE] {self.done}"
+        )
+
+    def feed(self, chunk: bytes) -> None:
+        self.received += len(chunk)
+        *lines, self.pending = (self.pending + chunk).split(b"\n")
+        for line in lines:
+            if line.startswith(b"data:"):  # comments and other SSE fields carry nothing to check
+                self._data(line[5:].strip())
+
+    def _data(self, data: bytes) -> None:
+        if self.done:
+            raise BadStream(f"data after [DONE]: {data[:200]!r}")
+        if data == b"[DONE]":
+            self.done = True
+            return
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise BadStream(f"a data line is not JSON: {data[:200]!r}") from None
+        if not isinstance(event, dict) or "choices" not in event:
+            raise BadStream(f"a data line without choices: {data[:300]!r}")
+        for choice in event["choices"]:
+            content = (choice.get("delta") or {}).get("content")
+            if content:
+                self.ttft = self.ttft or time.perf_counter() - self.start
+                self.parts.append(content)
+
+    def finish(self) -> tuple[float, float, str]:
+        """(seconds to the first content, seconds to the end, the reply)."""
+        self.feed(b"\n")
+        if not self.done:
+            raise BadStream("the stream ended without [DONE]")
+        if not self.parts:
+            raise BadStream("the stream had no content")
+        return self.ttft, time.perf_counter() - self.start, "".join(self.parts)
+
+
+async def chat(
+    http: httpx.AsyncClient, url: str, conversation: str, messages: list[Any], check: StreamCheck
+) -> tuple[float, float, str]:
+    body = orjson.dumps({"model": "bench/echo", "messages": messages, "stream": True})
+    headers = {"content-type": "application/json", "x-anima-conversation": conversation}
+    async with http.stream("POST", url, content=body, headers=headers) as resp:
+        check.status = resp.status_code
+        if resp.status_code != 200:
+            raise BadStream(f"HTTP {resp.status_code}: {(await resp.aread())[:300]!r}")
+        async for chunk in resp.aiter_bytes():
+            check.feed(chunk)
+        return check.finish()
+
+
+async def client(http: httpx.AsyncClient, url: str, conversation: str, deadline: float, tally: Tally) -> None:
+    """One user: a new message per request, over the last HISTORY messages; a failed turn is dropped."""
+    history: list[dict[str, str]] = []
+    answered = tally.sent.setdefault(conversation, [])
+    turn = 0
+    while time.perf_counter() < deadline:
+        turn += 1
+        text = f"[{conversation} turn {turn}] Let me tell you about {TOPICS[turn % len(TOPICS)]}."
+        user = {"role": "user", "content": text}
+        started, check = time.time(), StreamCheck()
+        try:
+            async with asyncio.timeout(TIMEOUT_S):
+                ttft, total, reply = await chat(
+                    http, url, conversation, [SYSTEM, *history[-HISTORY:], user], check
+                )
+        except Exception as exc:  # any failure of this request counts: status, stream, timeout, bug
+            reason = f"timeout after {TIMEOUT_S:g} s" if isinstance(exc, TimeoutError) else repr(exc)
+            tally.errors.append(  # the clock times find it in Anima's log
+                f"{conversation} turn {turn}, sent {clock(started)}, failed {clock(time.time())}: {reason}"
+                f" ({check.describe()})"
+            )
+            continue
+        tally.ttft_ms.append(1000 * ttft)
+        tally.total_ms.append(1000 * total)
+        answered.append(text)
+        tally.times[text] = (started, ttft, time.time())
+        history += [user, {"role": "assistant", "content": reply}]
+
+
+def cpu_tree(proc: psutil.Process | None, *, descendants: bool = True) -> float:
+    """CPU seconds of a process and its live descendants (reaped children included by the OS)."""
+    if proc is None:
+        return 0.0
+    total = 0.0
+    for p in (proc, *(proc.children(recursive=True) if descendants else ())):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            t = p.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+def cpu_snapshot(procs: dict[str, psutil.Process | None]) -> dict[str, float]:
+    # the load generator's children are the servers: count its own CPU only
+    snap = {name: cpu_tree(proc, descendants=name != "load_generator") for name, proc in procs.items()}
+    machine = psutil.cpu_times()
+    snap["machine"] = sum(machine) - machine.idle - getattr(machine, "iowait", 0.0)
+    snap["other"] = snap["machine"] - sum(v for k, v in snap.items() if k != "machine")  # not this run
+    return snap
+
+
+def postmaster(pgdata: Path) -> psutil.Process | None:
+    for proc in psutil.process_iter(["cmdline"]):
+        if str(pgdata) in " ".join(proc.info["cmdline"] or ()):
+            return proc
+    return None
+
+
+async def drive(args: argparse.Namespace, url: str, run: str, procs: dict[str, Any]) -> dict[str, Any]:
+    limits = httpx.Limits(max_connections=args.clients + 10, max_keepalive_connections=args.clients + 10)
+    async with httpx.AsyncClient(timeout=TIMEOUT_S, limits=limits) as http:
+        await wait_ready(http, url, procs["anima_popen"])
+        warm = f"warmup-{run}"  # outside the run prefix: not counted
+        for turn in range(3):
+            hello = [SYSTEM, {"role": "user", "content": f"hi {turn}"}]
+            await chat(http, f"{url}/chat/completions", warm, hello, StreamCheck())
+        tally, cpu = Tally(), {k: v for k, v in procs.items() if k != "anima_popen"}
+        before, start = cpu_snapshot(cpu), time.perf_counter()
+        deadline = start + args.duration
+        chats = (
+            client(http, f"{url}/chat/completions", f"load-{run}-{i}", deadline, tally)
+            for i in range(args.clients)
+        )
+        await asyncio.gather(*chats)
+        elapsed = time.perf_counter() - start
+        after = cpu_snapshot(cpu)
+    return {"tally": tally, "elapsed": elapsed, "cpu": {k: after[k] - before[k] for k in after}}
+
+
+async def wait_ready(http: httpx.AsyncClient, url: str, server: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 180  # first start exports the ONNX embedder (and the emotion model)
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"Anima exited with {server.returncode}")
+        with contextlib.suppress(httpx.HTTPError):
+            if (await http.get(f"{url}/models")).status_code == 200:
+                return
+        await asyncio.sleep(0.2)
+    raise RuntimeError("Anima did not come up in 180 s")
+
+
+class Row(NamedTuple):
+    public_id: str
+    id: int
+    parent_id: int | None
+    role: str
+    content: str
+    created_at: datetime  # the storing transaction's start (now())
+
+
+ROWS = """SELECT c.public_id, m.id, m.parent_id, m.role, m.content, m.created_at FROM message m
+          JOIN conversation c ON c.id = m.conversation_id WHERE c.public_id LIKE %s ORDER BY m.id"""
+
+
+def stored_rows(dsn: str, prefix: str) -> list[Row]:
+    with psycopg.connect(dsn) as conn:
+        return [Row(*r) for r in conn.execute(ROWS, (prefix + "%",))]
+
+
+def settle(dsn: str, prefix: str) -> tuple[list[Row], float]:
+    """Poll until the stored rows stop changing for 2 s (at most SETTLE_MAX_S); the rows and the wait."""
+    start, last, stable_since = time.monotonic(), -1, time.monotonic()
+    while True:
+        rows = stored_rows(dsn, prefix)
+        now = time.monotonic()
+        if len(rows) != last:
+            last, stable_since = len(rows), now
+        if now - stable_since >= 2 or now - start >= SETTLE_MAX_S:
+            return rows, now - start
+        time.sleep(0.25)
+
+
+def verify(rows: list[Row], tally: Tally) -> dict[str, Any]:
+    """Stored messages against the requests that succeeded: counts, lost/extra turns, duplicates, forks."""
+    users: dict[str, list[str]] = {}
+    copies: dict[str, list[Row]] = {}
+    children: Counter[tuple[str, int | None]] = Counter()
+    assistants = 0
+    for row in rows:
+        children[(row.public_id, row.parent_id)] += 1
+        if row.role == "user":
+            users.setdefault(row.public_id, []).append(row.content)
+            copies.setdefault(row.content, []).append(row)
+        assistants += row.role == "assistant"
+    sent = {(conv, text) for conv, texts in tally.sent.items() for text in texts}
+    stored = {(conv, text) for conv, texts in users.items() for text in texts}
+    twice = [rows for rows in copies.values() if len(rows) > 1]
+    return {
+        "expected": len(sent),
+        "user": sum(len(texts) for texts in users.values()),
+        "assistant": assistants,
+        "duplicates": sum(len(texts) - len(set(texts)) for texts in users.values()),
+        "lost": len(sent - stored),
+        "unexpected": len(stored - sent),
+        "forks": sum(n - 1 for n in children.values() if n > 1),  # a parent (or root) with two children
+        "duplicate_detail": [duplicate(rows, tally) for rows in twice[:10]],
+    }
+
+
+def duplicate(copies: list[Row], tally: Tally) -> str:
+    """A user message stored more than once, with when its turn and the next one ran (client clock)."""
+    text, conv = copies[0].content, copies[0].public_id
+    stored = ", ".join(f"id {r.id} parent {r.parent_id} at {clock(r.created_at.timestamp())}" for r in copies)
+    line = f"{text[1 : text.index(']')]} stored {len(copies)}x ({stored})"
+    answered = tally.sent.get(conv, [])
+    if text in tally.times:
+        start, ttft, end = tally.times[text]
+        line += f"; request {clock(start)}, TTFT {ttft:.2f} s, stream ended {clock(end)}"
+        later = answered[answered.index(text) + 1 :]
+        if later:
+            start, ttft, end = tally.times[later[0]]
+            line += f"; next request {clock(start)}, TTFT {ttft:.2f} s, ended {clock(end)}"
+    return line
+
+
+def clock(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch).strftime("%H:%M:%S.%f")[:-3]
+
+
+def log_summary(path: Path) -> dict[str, Any]:
+    """Anima's warnings and errors, grouped by logger and message with numbers blanked."""
+    found: Counter[str] = Counter()
+    for line in path.read_text(errors="replace").splitlines() if path.exists() else []:
+        match = re.search(r"(?:^| )(WARNING|ERROR|CRITICAL):? +(\S+) (.*)", line)
+        if match:
+            text = NUMBERS.sub("#", match[3])[:120]
+            found[f"{match[1]} {match[2]}: {text}"] += 1
+    return {"lines": sum(found.values()), "top": found.most_common(8), "file": str(path)}
+
+
+@contextlib.contextmanager
+def server(
+    cmd: list[str], env: dict[str, str], cwd: str, log: Path | None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A server process (stderr to `log`), terminated (then killed) however the block ends."""
+    with contextlib.ExitStack() as stack:
+        err = stack.enter_context(log.open("ab")) if log else None
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def figures(
+    args: argparse.Namespace, result: dict[str, Any], stored: dict[str, Any], wait: float
+) -> dict[str, Any]:
+    tally, elapsed, cpu = result["tally"], result["elapsed"], result["cpu"]
+    done = len(tally.total_ms)
+    counts_ok = stored["user"] == stored["assistant"] == stored["expected"]
+    counts_ok = counts_ok and not any(stored[k] for k in ("duplicates", "lost", "unexpected", "forks"))
+    return {
+        "config": {
+            "clients": args.clients,
+            "duration_s": args.duration,
+            "emotion": args.emotion,
+            "workers": args.workers,
+            "history_messages": HISTORY,
+            "cores": os.cpu_count(),
+        },
+        "requests": {
+            "completed": done,
+            "errors": len(tally.errors),
+            "elapsed_s": elapsed,
+            "rps": done / elapsed,
+        },
+        "latency_ms": {
+            "ttft": {"p50": pct(tally.ttft_ms, 50), "p99": pct(tally.ttft_ms, 99)},
+            "stream": {"p50": pct(tally.total_ms, 50), "p99": pct(tally.total_ms, 99)},
+        },
+        "stored": stored | {"settle_s": wait},
+        "cpu_cores": {k: v / elapsed for k, v in cpu.items()},
+        "anima_cpu_ms_per_request": 1000 * cpu["anima"] / max(1, done),
+        "error_sample": tally.errors[:10],
+        "pass": not tally.errors and counts_ok,
+    }
+
+
+def report(fig: dict[str, Any], log: dict[str, Any]) -> None:
+    cfg, req, lat, st, cores = (
+        fig["config"],
+        fig["requests"],
+        fig["latency_ms"],
+        fig["stored"],
+        fig["cpu_cores"],
+    )
+    print(
+        f"\n{cfg['clients']} streaming clients for {cfg['duration_s']:g} s, memory on, emotion "
+        f"{'on' if cfg['emotion'] else 'off'}, {cfg['workers']} Anima worker(s). The load generator, Anima,"
+        f" Postgres and the stub share this machine's {cfg['cores']} cores: the figures are a floor."
+    )
+    rows: list[list[Any]] = [
+        ["requests", "errors", "elapsed s", "req/s", "TTFT p50", "p99", "stream p50", "p99"]
+    ]
+    rows.append([req["completed"], req["errors"], req["elapsed_s"], req["rps"], *lat["ttft"].values()])
+    rows[-1] += list(lat["stream"].values())
+    table("Load (latencies in ms):", rows)
+    rows = [["expected", "user", "assistant", "duplicates", "lost", "unexpected", "forks", "settle s"]]
+    rows.append(
+        [st[k] for k in ("expected", "user", "assistant", "duplicates", "lost", "unexpected", "forks")]
+    )
+    rows[-1].append(st["settle_s"])
+    table("Stored turns (Postgres, this run's conversations):", rows)
+    rows = [list(cores), list(cores.values())]
+    table(f"CPU over the run, in cores (Anima {fig['anima_cpu_ms_per_request']:.1f} ms per request):", rows)
+    for line in fig["error_sample"]:
+        print(f"error: {line}")
+    for line in fig["stored"]["duplicate_detail"]:
+        print(f"duplicate: {line}")
+    print(f"\nAnima warnings/errors in its log: {log['lines']}")
+    for text, n in log["top"]:
+        print(f"  {n:6d} x {text}")
+    print("\nPASS" if fig["pass"] else "\nFAIL")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="20 clients for 10 s")
+    parser.add_argument("--clients", type=int, help="concurrent streaming clients (100; quick 20)")
+    parser.add_argument("--duration", type=float, help="seconds of load (60; quick 10)")
+    parser.add_argument("--emotion", action="store_true", help="emotion step on (off by default)")
+    parser.add_argument("--workers", type=int, default=1, help="Anima uvicorn workers (ANIMA_WORKERS)")
+    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log", type=Path, help="keep Anima's stderr in this file (default: a temp file)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args()
+    args.clients = args.clients or (20 if args.quick else 100)
+    args.duration = args.duration or (10.0 if args.quick else 60.0)
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    run = secrets.token_hex(3)
+    stub_port, anima_port = free_port(), free_port()
+    stub_url, anima_url = f"http://127.0.0.1:{stub_port}/v1", f"http://127.0.0.1:{anima_port}/v1"
+    stub_cmd = [sys.executable, "-m", "uvicorn", "bench.overhead:stub_factory", "--factory", "--app-dir"]
+    stub_cmd += [str(ROOT), "--host", "127.0.0.1", "--port", str(stub_port), "--log-level", "warning"]
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory())  # servers' cwd: no stray anima.toml/.env
+        pg = EmbeddedPostgres(Path(tmp) / "data")
+        db_url = pg.start()
+        stack.callback(pg.stop)  # registered before the servers: stopped after them
+        upgrade_schema(db_url)
+        dsn = db_url.replace("postgresql+psycopg", "postgresql")
+        env = anima_env(stub_url, anima_port, db_url, tmp, no_emotion=not args.emotion)
+        env |= {"ANIMA_WORKERS": str(args.workers), "ANIMA_LOG_LEVEL": args.log_level}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(ROOT), env.get("PYTHONPATH"))))  # this tree
+        log = args.log or Path(tmp) / "anima.log"
+        stub = stack.enter_context(server([*stub_cmd, "--no-access-log"], dict(os.environ), tmp, None))
+        anima = stack.enter_context(server([sys.executable, "-m", "proxy", "serve"], env, tmp, log))
+        procs = {"anima_popen": anima, "load_generator": psutil.Process(), "anima": psutil.Process(anima.pid)}
+        procs |= {"postgres": postmaster(pg.pgdata), "stub": psutil.Process(stub.pid)}
+        print(f"run {run}: {args.clients} clients, {args.duration:g} s; Anima log: {log}", flush=True)
+        result = asyncio.run(drive(args, anima_url, run, procs))
+        rows, wait = settle(dsn, f"load-{run}-")
+        fig = figures(args, result, verify(rows, result["tally"]), wait)
+        summary = log_summary(log)
+    report(fig, summary)
+    fig["anima_log"] = summary
+    if args.json:
+        args.json.write_text(json.dumps(fig, indent=2))
+    print(json.dumps(fig))
+    return 0 if fig["pass"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
