@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from memory.text import unstorable
+
 BIG_FIVE = ("openness", "conscientiousness", "extraversion", "agreeableness", "neuroticism")
 STYLE_TRAITS = ("humor", "empathy", "formality", "directness", "enthusiasm")
 TRAITS = (*BIG_FIVE, *STYLE_TRAITS)
@@ -124,6 +126,9 @@ class PersonaError(ValueError):
 
 def validate_persona(data: object, *, where: str = "") -> Persona:
     """`Persona.model_validate` with one readable error naming the field (and the file, if any)."""
+    problem = unstorable(data)
+    if problem:
+        raise PersonaError(f"{where}: {problem}" if where else problem, field=problem.split(":")[0])
     try:
         return Persona.model_validate(data)
     except ValidationError as exc:

@@ -192,7 +192,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     param = ".".join(loc) or None
     where = f" at '{param}'" if param else ""
     extra = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-    return f"Invalid request{where}: {first.get('msg')}{extra}.", param
+    message = str(first.get("msg", "")).removeprefix("Value error, ")
+    return f"Invalid request{where}: {message}{extra}.", param
 
 
 async def _proxy_error(_: Request, exc: Exception) -> JSONResponse:

@@ -36,7 +36,7 @@ from memory.users import Users
 from personas.client_card import CardIndex
 from personas.store import PersonaStore
 from proxy.backends.registry import Registry, build_backends
-from proxy.errors import RequestTooLarge, error_response, install_error_handlers
+from proxy.errors import RequestTooLarge, error_body, error_response, install_error_handlers
 from proxy.limits import RateLimiter
 from proxy.pipeline import BudgetPolicy, ChatPipeline, RetryPolicy
 from proxy.routes import api_router
@@ -206,7 +206,8 @@ async def close_services(services: Services) -> None:
 
 
 class CollapseSlashes:
-    """Serve `//chat/completions` and `/v1//models` like their single-slash forms (SillyTavern)."""
+    """Serve `//chat/completions` and `/v1//models` like their single-slash forms (SillyTavern); a path
+    with a NUL character is a 400 before routing (Postgres could not look it up)."""
 
     _runs = re.compile(r"/{2,}")
 
@@ -214,6 +215,10 @@ class CollapseSlashes:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and "\x00" in scope["path"]:  # %00: no id or name may hold one
+            body = error_body("The request path contains a NUL character.", "invalid_request_error")
+            await error_response(400, body)(scope, receive, send)
+            return
         if scope["type"] == "http" and "//" in scope["path"]:
             scope = dict(scope, path=self._runs.sub("/", scope["path"]))
         await self.app(scope, receive, send)

@@ -21,7 +21,22 @@ from pydantic import (
     model_validator,
 )
 
+from memory.text import unstorable
+
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+
+
+class Storable(BaseModel):
+    """A request body whose text may end up in Postgres: NUL characters, lone surrogates, NaN and
+    Infinity anywhere in it are a 400 naming where, not a failed write later."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        problem = unstorable(data)
+        if problem:
+            raise ValueError(problem)
+        return data
 
 
 class ContentPart(BaseModel):
@@ -58,7 +73,7 @@ class ResponseFormat(BaseModel):
     json_schema: dict[str, Any] | None = None
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionRequest(Storable):
     """`POST /v1/chat/completions`. Unknown fields are accepted and ignored (SillyTavern sends many)."""
 
     model_config = ConfigDict(extra="allow")
@@ -211,7 +226,7 @@ class MemoryMessage(BaseModel):
         return "".join(part.text or "" for part in self.content if part.type == "text")
 
 
-class ConversationCreate(BaseModel):
+class ConversationCreate(Storable):
     id: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^[\w.:@-]+$")
     persona: str | None = Field(default=None, max_length=200)
     title: str | None = Field(default=None, max_length=500)
@@ -219,7 +234,7 @@ class ConversationCreate(BaseModel):
     messages: list[MemoryMessage] = Field(min_length=1, max_length=100_000)
 
 
-class MessagesAppend(BaseModel):
+class MessagesAppend(Storable):
     messages: list[MemoryMessage] = Field(min_length=1, max_length=100_000)
 
 
@@ -227,7 +242,7 @@ ANALYZE_BATCH = 256
 AnalyzedText = Annotated[str, StringConstraints(min_length=1, max_length=20_000, pattern=r"\S")]
 
 
-class EmotionAnalyze(BaseModel):
+class EmotionAnalyze(Storable):
     """`{"text": "..."}` or `{"texts": ["...", ...]}` (at most 256); blank text is an error."""
 
     text: AnalyzedText | None = None
@@ -243,7 +258,7 @@ class EmotionAnalyze(BaseModel):
         return [self.text] if self.text is not None else list(self.texts or ())
 
 
-class MemorySearch(BaseModel):
+class MemorySearch(Storable):
     query: str = Field(min_length=1, max_length=10_000)
     conversation_id: str | None = None
     scope: Literal["branch", "persona", "user"] | None = None
@@ -276,7 +291,7 @@ class SearchHit(BaseModel):
 LearnText = Annotated[str, StringConstraints(min_length=1, max_length=20_000)]
 
 
-class PersonaLearn(BaseModel):
+class PersonaLearn(Storable):
     """`POST /v1/personas/{name}/learn`: whose messages to profile, from a conversation or given."""
 
     model_config = ConfigDict(extra="forbid")

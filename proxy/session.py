@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from memory.types import SessionKey
+from proxy.errors import InvalidRequest
 from proxy.protocol import ChatCompletionRequest
 
 CONVERSATION_HEADER = "x-anima-conversation"
@@ -26,6 +27,8 @@ def api_key(headers: Mapping[str, str]) -> str | None:
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
     value = headers.get(name.lower(), "").strip()
+    if "\x00" in value:
+        raise InvalidRequest(f"The {name} header contains a NUL character.", param=name)
     if not value or any(marker in value for marker in _UNEXPANDED):
         return None
     return value[:200]
@@ -44,7 +47,7 @@ def identify_session(
     character_header: str = "x-st-char",
     user_header: str = "x-st-user",
 ) -> SessionKey:
-    explicit = headers.get(CONVERSATION_HEADER, "").strip() or None
+    explicit = _header(headers, CONVERSATION_HEADER)
     if explicit is None and body.metadata is not None:
         value = body.metadata.get("conversation_id")
         explicit = str(value).strip() or None if value is not None else None

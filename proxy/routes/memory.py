@@ -23,7 +23,7 @@ from proxy.protocol import (
 router = APIRouter()
 T = TypeVar("T")
 Limit = Annotated[int, Query(ge=1, le=1000)]
-Offset = Annotated[int, Query(ge=0)]
+Offset = Annotated[int, Query(ge=0, le=2**62)]  # Postgres OFFSET is a bigint
 
 
 async def mapped(work: Awaitable[T]) -> T:
@@ -95,7 +95,10 @@ async def delete_conversation(conversation_id: str, archive: ArchiveDep, user: U
 
 @router.get("/conversations/{conversation_id}/context")
 async def get_context(
-    conversation_id: str, archive: ArchiveDep, user: UserDep, turn: Annotated[int | None, Query(ge=1)] = None
+    conversation_id: str,
+    archive: ArchiveDep,
+    user: UserDep,
+    turn: Annotated[int | None, Query(ge=1, le=2**62)] = None,
 ) -> JSONResponse:
     return JSONResponse(await mapped(archive.context(user, conversation_id, turn)))
 

@@ -7,18 +7,19 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from memory.privacy import export_user
 from memory.users import create_key, list_keys, revoke_key
 from proxy.deps import AdminDep, CallerDep, PipelineDep
 from proxy.errors import MemoryDisabled, NotFound
 from proxy.pipeline import ChatPipeline
+from proxy.protocol import Storable
 
 router = APIRouter()
 
 
-class KeyCreate(BaseModel):
+class KeyCreate(Storable):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)

@@ -1,0 +1,41 @@
+"""What Postgres cannot store, found before it gets there: a clear 400 instead of a failed write."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def unstorable(value: Any, path: str = "") -> str | None:
+    """Where `value` (parsed JSON) holds a NUL character, a lone surrogate, NaN or Infinity, or None.
+
+    Postgres text and jsonb refuse NUL (U+0000) and lone surrogates cannot be encoded as UTF-8;
+    jsonb has no NaN or Infinity. Iterative, so deeply nested input cannot exhaust the stack."""
+    stack: list[tuple[str, Any]] = [(path, value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, str):
+            problem = _text_problem(item)
+            if problem:
+                return f"{where or 'value'}: {problem}"
+        elif isinstance(item, float) and not math.isfinite(item):
+            return f"{where or 'value'}: NaN and Infinity are not accepted"
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                problem = _text_problem(str(key))
+                if problem:
+                    return f"{where or 'value'}: a key has {problem}"
+                stack.append((f"{where}.{key}" if where else str(key), child))
+        elif isinstance(item, list | tuple):
+            stack.extend((f"{where}.{i}" if where else str(i), child) for i, child in enumerate(item))
+    return None
+
+
+def _text_problem(text: str) -> str | None:
+    if "\x00" in text:
+        return "NUL characters (U+0000) are not accepted"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "invalid Unicode (a lone surrogate) is not accepted"
+    return None
