@@ -39,7 +39,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.overhead import anima_env, free_port, pct, table  # noqa: E402
+from bench.overhead import anima_env, free_port, pct, process, table  # noqa: E402
 from memory.db import EmbeddedPostgres, upgrade_schema  # noqa: E402
 
 HISTORY = 10  # messages of history sent before the new user message (5 turns)
@@ -313,18 +313,8 @@ def server(
     cmd: list[str], env: dict[str, str], cwd: str, log: Path | None
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A server process (stderr to `log`), terminated (then killed) however the block ends."""
-    with contextlib.ExitStack() as stack:
-        err = stack.enter_context(log.open("ab")) if log else None
-        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err)
-        try:
-            yield proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+    with process(cmd, env, cwd, log, wait_s=20) as proc:
+        yield proc
 
 
 def figures(

@@ -98,18 +98,22 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def process(args: list[str], env: dict[str, str], cwd: str) -> Iterator[subprocess.Popen[bytes]]:
-    """A server process, terminated (then killed) however the block ends."""
-    proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.DEVNULL)
-    try:
-        yield proc
-    finally:
-        proc.terminate()
+def process(
+    args: list[str], env: dict[str, str], cwd: str, log: Path | None = None, wait_s: float = 10
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A server process (stderr to `log`, if given), terminated (then killed) however the block ends."""
+    with contextlib.ExitStack() as stack:
+        err = stack.enter_context(log.open("ab")) if log else None
+        proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err)
         try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(wait_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
 
 
 def anima_env(
