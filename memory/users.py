@@ -182,10 +182,6 @@ class Users:
             )
             return _user(row) if row is not None else None
 
-    async def resolve(self, key: str | None) -> int | None:
-        user = await self.identify(key)
-        return user.id if user is not None else None
-
     async def open_mode(self) -> bool:
         async with self._sessions() as session:
             return not await keys_exist(session)

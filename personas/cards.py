@@ -77,13 +77,17 @@ def card_persona(card: Mapping[str, Any], *, filename: str | None = None) -> Per
         raise CardError(str(exc)) from exc
 
 
+def slug(text: str) -> str:
+    """A persona id from a name ("Bob the Builder" -> "bob-the-builder"); empty if nothing is left."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")[:64].rstrip("-")
+
+
 def persona_slug(name: str, filename: str | None = None) -> str:
-    """A persona id from a card name ("Bob the Builder" -> "bob-the-builder"), else the file stem."""
+    """A persona id from a card name, else the file stem, else "character"."""
     for candidate in (name, PurePath(filename).stem if filename else ""):
-        ascii_text = unicodedata.normalize("NFKD", candidate).encode("ascii", "ignore").decode()
-        slug = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")[:64].rstrip("-")
-        if slug:
-            return slug
+        if found := slug(candidate):
+            return found
     return "character"
 
 

@@ -11,17 +11,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-import unicodedata
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from memory.budget import TokenCounter
 from memory.types import Message
+from personas.cards import slug
 from personas.store import Records
+
+if TYPE_CHECKING:
+    from memory.embedder import Embedder
 
 CHUNK_TOKENS = 120
 MIN_CARD_CHARS = 600  # shorter system prompts without a character header are instructions, not cards
@@ -68,11 +71,6 @@ class IndexedCard:
         """Cosine similarity of each chunk to the query (0 for a chunk without an embedding)."""
         q = np.asarray(query, dtype=np.float32)
         return [float(x) for x in self.matrix @ (q / (np.linalg.norm(q) or 1.0))]
-
-
-def slug(text: str) -> str:
-    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
-    return re.sub(r"[^A-Za-z0-9]+", "-", ascii_text).strip("-").lower()[:64]
 
 
 def leading_system(messages: Sequence[Message]) -> tuple[Message, ...]:
@@ -177,10 +175,6 @@ def excerpt(indexed: IndexedCard, chosen: Sequence[Chunk]) -> Message:
     return Message("system", f"{EXCERPT_HEADER.format(title=indexed.card.title)}\n\n{body}")
 
 
-class Embed(Protocol):
-    async def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
-
-
 class CardStore(Records, Protocol):
     """Persona versions plus the card's chunks (memory.personas.PersonaRecords)."""
 
@@ -194,7 +188,7 @@ class CardIndex:
     """Stores each card version once (persona version + embedded chunks); a RAM LRU makes repeats free."""
 
     def __init__(
-        self, store: CardStore, embedder: Embed | None, counter: TokenCounter, *, size: int = 256
+        self, store: CardStore, embedder: Embedder | None, counter: TokenCounter, *, size: int = 256
     ) -> None:
         self.store, self.embedder, self.counter, self.size = store, embedder, counter, size
         self._known: OrderedDict[tuple[int, str], IndexedCard] = OrderedDict()

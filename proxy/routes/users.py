@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import ConfigDict, Field
 
 from memory.privacy import export_user
+from memory.service import MemoryService
 from memory.users import create_key, list_keys, revoke_key
 from proxy.deps import AdminDep, CallerDep, PipelineDep
 from proxy.errors import MemoryDisabled, NotFound
@@ -28,7 +29,7 @@ class KeyCreate(Storable):
     tokens_per_minute: int | None = Field(default=None, ge=1)
 
 
-def _memory(pipeline: ChatPipeline) -> Any:
+def _memory(pipeline: ChatPipeline) -> MemoryService:
     if pipeline.memory is None:
         raise MemoryDisabled("Nothing is stored: memory is disabled on this server.")
     return pipeline.memory
