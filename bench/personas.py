@@ -37,7 +37,7 @@ from personas.client_card import (  # noqa: E402
 )
 from personas.render import render  # noqa: E402
 from personas.store import PersonaStore  # noqa: E402
-from proxy.pipeline import with_persona  # noqa: E402
+from proxy.turn import with_persona  # noqa: E402
 
 TARGET_US = 500.0  # the persona steps together should stay well under a millisecond
 

@@ -7,6 +7,8 @@ split by shares, and a share a tier does not use passes to the others.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import tiktoken
@@ -18,11 +20,16 @@ MESSAGE_OVERHEAD = 4  # role and separators, as in OpenAI's own accounting
 class TokenCounter:
     """Counts tokens; built once at start-up (loading the BPE ranks takes ~0.3 s)."""
 
-    def __init__(self, encoding: str = ENCODING) -> None:
+    def __init__(self, encoding: str = ENCODING, *, cached: int = 50_000) -> None:
         self._enc = tiktoken.get_encoding(encoding)
+        # clients resend the same history every turn: each text is counted once (LRU by text)
+        self._count: Callable[[str], int] = functools.lru_cache(maxsize=cached)(self._encoded_length)
+
+    def _encoded_length(self, text: str) -> int:
+        return len(self._enc.encode_ordinary(text))
 
     def count(self, text: str) -> int:
-        return len(self._enc.encode_ordinary(text)) if text else 0
+        return self._count(text) if text else 0
 
     def message(self, text: str) -> int:
         return self.count(text) + MESSAGE_OVERHEAD
@@ -48,9 +55,16 @@ class Shares:
 
 
 @dataclass(frozen=True, slots=True)
-class Allocation:
-    history: int
+class Plan:
+    """Tokens per tier once the fixed parts are placed; `spare` is left for summaries of cut history."""
+
+    body: int  # the client's own history
     recall: int
+    earlier: int  # stored history the client did not send
+    spare: int
+
+
+SUMMARY_SHARE = 0.3  # of the history share, at most, for summaries standing in for cut history
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,18 +82,26 @@ class Budget:
     def prompt(self) -> int:
         return self.window - self.reply
 
-    def allocate(self, *, fixed: int, history_need: int, recall_need: int) -> Allocation:
-        """Tokens for history and recall once `fixed` (persona + newest message) is placed."""
-        remaining = self.prompt - fixed
-        if remaining < 0:
+    def plan(
+        self, *, fixed: int, body_need: int, recall_need: int, earlier_need: int, summary_need: int = 0
+    ) -> Plan:
+        """Share the prompt once `fixed` (system, newest message, trailing, emotion) is placed.
+
+        The client's history that fits is kept whole and memory gets what is left (recall, then older
+        stored history, each within its share). When the client's history does not fit, memory keeps
+        its recall share (scaled down if the fixed parts left little) and room for summaries, and the
+        client's history is cut to the rest, oldest first."""
+        available = self.prompt - fixed
+        if available < 0:
             raise BudgetExceeded(fixed, self.prompt)
-        history = min(history_need, int(self.shares.history * self.window))
-        recall = min(recall_need, int(self.shares.recall * self.window))
-        if history + recall > remaining:  # persona took more than its share: shrink both alike
-            scale = remaining / (history + recall)
-            history, recall = int(history * scale), int(recall * scale)
-        spare = remaining - history - recall
-        extra = min(spare, history_need - history)  # unused shares pass on: history first,
-        history, spare = history + extra, spare - extra
-        recall += min(spare, recall_need - recall)  # then recall
-        return Allocation(history=history, recall=recall)
+        recall_cap = int(self.shares.recall * self.window)
+        history_cap = int(self.shares.history * self.window)
+        if body_need <= available:
+            rest = available - body_need
+            recall = min(recall_need, recall_cap, rest)
+            earlier = min(earlier_need, history_cap, rest - recall)
+            return Plan(body_need, recall, earlier, rest - recall - earlier)
+        memory_part = self.shares.recall / max(self.shares.recall + self.shares.history, 1e-9)
+        recall = min(recall_need, recall_cap, int(available * memory_part))
+        summaries = min(summary_need, int(SUMMARY_SHARE * history_cap), available - recall)
+        return Plan(available - recall - summaries, recall, 0, summaries)

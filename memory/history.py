@@ -26,6 +26,20 @@ _PATH = text(
     FROM path ORDER BY up DESC
     """
 )
+_PATH_TOKENS = text(
+    """
+    WITH RECURSIVE path AS (
+        SELECT m.*, 0 AS up, CASE WHEN :skip_first THEN 0 ELSE m.token_count + 4 END AS spent
+        FROM message m WHERE m.id = :anchor AND m.user_id = :user
+        UNION ALL
+        SELECT m.*, p.up + 1, p.spent + m.token_count + 4 FROM message m JOIN path p ON m.id = p.parent_id
+        WHERE p.up + 1 < :limit AND p.spent + m.token_count + 4 <= :tokens
+    )
+    SELECT id, role, content, name, token_count, created_at, parent_id, depth,
+           emotion_label, importance, status, emotion_scores, emotion_confidence
+    FROM path WHERE spent <= :tokens ORDER BY up DESC
+    """
+)
 
 
 def _stored(row: Any) -> StoredMessage:
@@ -49,6 +63,8 @@ def _stored(row: Any) -> StoredMessage:
 async def candidates(
     session: AsyncSession, *, user_id: int, end_user: str, hashes: Sequence[str], conversation_id: int | None
 ) -> list[Candidate]:
+    """Stored messages whose hash occurs in the request, with their parent's role and parent (edits)."""
+    parent = MessageRow.__table__.alias("parent")
     query = (
         select(
             MessageRow.id,
@@ -56,15 +72,51 @@ async def candidates(
             MessageRow.parent_id,
             MessageRow.content_hash,
             MessageRow.role,
+            parent.c.role.label("parent_role"),
+            parent.c.parent_id.label("grandparent_id"),
         )
         .join(ConversationRow, ConversationRow.id == MessageRow.conversation_id)
+        .outerjoin(parent, parent.c.id == MessageRow.parent_id)
         .where(MessageRow.user_id == user_id, MessageRow.content_hash.in_(set(hashes)))
         .where(ConversationRow.end_user == end_user)
     )
     if conversation_id is not None:
         query = query.where(MessageRow.conversation_id == conversation_id)
     rows = (await session.execute(query)).all()
-    return [Candidate(r.id, r.conversation_id, r.parent_id, r.content_hash, r.role) for r in rows]
+    return [
+        Candidate(
+            r.id, r.conversation_id, r.parent_id, r.content_hash, r.role, r.parent_role, r.grandparent_id
+        )
+        for r in rows
+    ]
+
+
+async def grown(session: AsyncSession, anchors: Sequence[int]) -> set[int]:
+    """The anchors whose chat went on past the next reply (they have grandchildren)."""
+    child = MessageRow.__table__.alias("child")
+    grandchild = MessageRow.__table__.alias("grandchild")
+    rows = await session.scalars(
+        select(child.c.parent_id)
+        .join(grandchild, grandchild.c.parent_id == child.c.id)
+        .where(child.c.parent_id.in_(anchors))
+        .distinct()
+    )
+    return {int(r) for r in rows}
+
+
+async def replies(
+    session: AsyncSession, *, user_id: int, parent_id: int | None, conversation_id: int
+) -> list[StoredMessage]:
+    """The assistant replies stored under one message (swipes), newest first."""
+    same_parent = MessageRow.parent_id.is_(None) if parent_id is None else MessageRow.parent_id == parent_id
+    rows = await session.scalars(
+        select(MessageRow)
+        .where(MessageRow.user_id == user_id, MessageRow.conversation_id == conversation_id, same_parent)
+        .where(MessageRow.role == "assistant")
+        .order_by(MessageRow.id.desc())
+        .limit(32)
+    )
+    return [_stored(r) for r in rows]
 
 
 async def tips(session: AsyncSession, anchors: Sequence[int]) -> set[int]:
@@ -158,10 +210,49 @@ async def head(session: AsyncSession, *, conversation_id: int) -> int | None:
     return value
 
 
-async def path(session: AsyncSession, *, user_id: int, anchor_id: int, limit: int) -> list[StoredMessage]:
-    """The branch ending at `anchor_id`, oldest first, at most `limit` messages."""
-    rows = (await session.execute(_PATH, {"anchor": anchor_id, "user": user_id, "limit": limit})).all()
+async def path(
+    session: AsyncSession,
+    *,
+    user_id: int,
+    anchor_id: int,
+    limit: int,
+    max_tokens: int | None = None,
+    skip_first: bool = False,
+) -> list[StoredMessage]:
+    """The branch ending at `anchor_id`, oldest first: at most `limit` messages and, with
+    `max_tokens`, only as many as fit that many tokens, newest first (`skip_first`: the anchor itself
+    is returned but not counted)."""
+    if max_tokens is None:
+        rows = (await session.execute(_PATH, {"anchor": anchor_id, "user": user_id, "limit": limit})).all()
+    else:
+        params = {
+            "anchor": anchor_id,
+            "user": user_id,
+            "limit": limit,
+            "tokens": max_tokens,
+            "skip_first": skip_first,
+        }
+        rows = (await session.execute(_PATH_TOKENS, params)).all()
     return [_stored(r) for r in rows]
+
+
+async def revise(
+    session: AsyncSession, *, user_id: int, message_id: int, message: Message, tokens: int, keep: bool = True
+) -> None:
+    """The client shows a stored message differently (an edit, what it kept after Stop) or a continue
+    grew it: the new text wins and the message is embedded again; with `keep`, the previous text
+    stays in the row's metadata (the last ten versions)."""
+    row = await session.get(MessageRow, message_id)
+    if row is None or row.user_id != user_id or row.content == message.content:
+        return
+    if keep:
+        earlier = list((row.meta or {}).get("revisions", []))[-9:]
+        row.meta = (row.meta or {}) | {"revisions": [*earlier, row.content]}
+    row.content = message.content
+    row.content_hash = content_hash(Message(row.role, message.content))
+    row.token_count = tokens
+    row.embedded = False
+    await session.execute(delete(MessageEmbedding).where(MessageEmbedding.message_id == message_id))
 
 
 async def depth_of(session: AsyncSession, message_id: int | None) -> int:
@@ -243,15 +334,3 @@ async def append(
         update(ConversationRow).where(ConversationRow.id == conversation_id).values(updated_at=func.now())
     )
     return stored
-
-
-async def extend(session: AsyncSession, *, user_id: int, message_id: int, text_: str, tokens: int) -> None:
-    """A continue: the stored reply grows; its hash and embedding are redone."""
-    row = await session.get(MessageRow, message_id)
-    if row is None or row.user_id != user_id:
-        return
-    row.content = row.content + text_
-    row.content_hash = content_hash(Message(row.role, row.content, row.name))
-    row.token_count += tokens
-    row.embedded = False
-    await session.execute(delete(MessageEmbedding).where(MessageEmbedding.message_id == message_id))

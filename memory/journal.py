@@ -9,14 +9,48 @@ bounded: when full, a new turn is refused (logged and counted), never an old one
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from memory.types import Annotation, Message, SessionKey, TurnRecord
+
 log = logging.getLogger("anima.journal")
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """One journaled turn: who, the request's messages (re-recognised when stored) and the turn.
+
+    The only place the journal's line format is written and read."""
+
+    session: SessionKey
+    turn: TurnRecord
+
+    @property
+    def turn_id(self) -> str:
+        return self.turn.turn_id
+
+    def to_json(self) -> dict[str, Any]:
+        turn = {f.name: getattr(self.turn, f.name) for f in dataclasses.fields(self.turn)}
+        turn["newest"] = dataclasses.asdict(self.turn.newest) if self.turn.newest else None
+        turn["incoming"] = [[m.role, m.content, m.name] for m in self.turn.incoming]
+        return {"turn_id": self.turn_id, "session": dataclasses.asdict(self.session), "turn": turn}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JournalEntry:
+        turn = dict(data["turn"])
+        newest = turn.pop("newest", None)
+        incoming = tuple(
+            Message(r, c, n) for r, c, n in turn.pop("incoming", None) or data.get("messages", [])
+        )
+        record = TurnRecord(**turn, newest=Annotation(**newest) if newest else None, incoming=incoming)
+        return cls(SessionKey(**data["session"]), record)
 
 
 class TurnJournal:
@@ -24,9 +58,9 @@ class TurnJournal:
         self.path, self.max_entries = path, max_entries
         self.refused = 0
         self._lock = threading.Lock()
-        self._entries: list[dict[str, Any]] = self._load()
+        self._entries: list[JournalEntry] = self._load()
 
-    def _load(self) -> list[dict[str, Any]]:
+    def _load(self) -> list[JournalEntry]:
         if not self.path.exists():
             return []
         entries = []
@@ -34,8 +68,12 @@ class TurnJournal:
             if not line.strip():
                 continue
             try:
-                entries.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut short by a crash mid-write: the turn was never acked
+                entries.append(JournalEntry.from_json(json.loads(line)))
+            except (
+                json.JSONDecodeError,
+                KeyError,
+                TypeError,
+            ):  # a line cut short by a crash mid-write: the turn was never acked
                 log.warning("journal %s: line %d is incomplete and skipped", self.path, n)
         if entries:
             log.warning(
@@ -62,13 +100,13 @@ class TurnJournal:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def entries(self) -> list[dict[str, Any]]:
+    def entries(self) -> list[JournalEntry]:
         with self._lock:
             return list(self._entries)
 
-    def append(self, entry: dict[str, Any]) -> bool:
+    def append(self, entry: JournalEntry) -> bool:
         """Write one turn durably; False when the journal is full."""
-        line = json.dumps(entry, ensure_ascii=False) + "\n"
+        line = json.dumps(entry.to_json(), ensure_ascii=False) + "\n"
         with self._lock:
             if len(self._entries) >= self.max_entries:
                 self.refused += 1
@@ -84,11 +122,11 @@ class TurnJournal:
     def remove(self, turn_ids: set[str]) -> None:
         """Forget stored entries: the remaining ones are rewritten to a new file that replaces the old."""
         with self._lock:
-            self._entries = [e for e in self._entries if e["turn_id"] not in turn_ids]
+            self._entries = [e for e in self._entries if e.turn_id not in turn_ids]
             temporary = self.path.with_suffix(".tmp")
             with temporary.open("w", encoding="utf-8") as f:
                 for entry in self._entries:
-                    f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+                    f.write(json.dumps(entry.to_json(), ensure_ascii=False) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(temporary, self.path)
@@ -102,3 +140,67 @@ def _running(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+class InFlight:
+    """Write-ahead lines for turns being answered: a SIGKILL mid-stream loses nothing the client saw.
+
+    At request start a turn gets a file holding its journal entry (the request's messages); each
+    streamed piece of the reply is appended; the file is removed once the turn is stored or journaled.
+    Nothing is fsync'd: a write reaches the kernel's page cache in ~12 µs and survives the process's
+    death (fsync costs ~3 ms at p50 here, 16 ms at p95: see docs/faults.md). Files left by a process
+    that is no longer running are turned into journal entries (partial turns) by the next one.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def begin(self, entry: JournalEntry) -> Path:
+        path = self.folder / f"{os.getpid()}-{entry.turn_id}.wal"
+        with path.open("w", encoding="utf-8") as f:
+            f.write(json.dumps(entry.to_json(), ensure_ascii=False) + "\n")
+        return path
+
+    @staticmethod
+    def add(path: Path, text: str) -> None:
+        with path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(text, ensure_ascii=False) + "\n")
+
+    @staticmethod
+    def end(path: Path) -> None:
+        path.unlink(missing_ok=True)
+
+    def recover(self, journal: TurnJournal) -> int:
+        """Turn the files of dead processes into journal entries holding what was streamed."""
+        recovered = 0
+        for path in sorted(self.folder.glob("*.wal")):
+            pid = path.name.split("-", 1)[0]
+            if not pid.isdigit() or int(pid) == os.getpid() or _running(int(pid)):
+                continue
+            lines = path.read_text(encoding="utf-8").splitlines()
+            try:
+                entry = JournalEntry.from_json(json.loads(lines[0]))
+            except (IndexError, json.JSONDecodeError, KeyError, TypeError):
+                log.warning("in-flight turn %s is unreadable and skipped", path.name)
+                path.unlink()
+                continue
+            pieces = _pieces(lines[1:])
+            turn = dataclasses.replace(entry.turn, reply="".join(pieces), status="partial")
+            if journal.append(JournalEntry(entry.session, turn)):
+                recovered += 1
+                path.unlink()
+        if recovered:
+            log.warning("%d turn(s) in flight when a process died are journaled", recovered)
+        return recovered
+
+
+def _pieces(lines: list[str]) -> list[str]:
+    """The streamed pieces, up to a line the crash cut short."""
+    pieces: list[str] = []
+    for line in lines:
+        try:
+            pieces.append(str(json.loads(line)))
+        except json.JSONDecodeError:
+            break
+    return pieces

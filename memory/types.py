@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -48,15 +49,22 @@ class StoredMessage:
     emotion_confidence: float | None = None
 
 
-TurnKind = Literal["turn", "regenerate", "continue", "prefill", "quiet"]
+# turn: a new chat turn (a group member's included); regenerate: a swipe of a stored turn; continue:
+# the reply extends the last stored reply; prefill: the reply follows a new trailing assistant message;
+# impersonate: the model writes the user's line (not stored); quiet: not a chat turn (not stored).
+TurnKind = Literal["turn", "regenerate", "continue", "prefill", "impersonate", "quiet"]
 
 
 @dataclass(frozen=True, slots=True)
 class Thread:
-    """Where an incoming request sits in stored memory (the result of recognising it).
+    """Where an incoming request sits in stored memory: the result of recognising it, decided once.
 
-    `path` is the stored branch from its root to `anchor_id` (oldest first); `new` are the incoming
-    messages not stored yet, to be stored under the anchor; the reply goes after them.
+    `path` is the stored branch's tail ending at `anchor_id` (oldest first); `earlier` holds the stored
+    messages before the client's first chat message (what a trimmed or thin client did not send,
+    newest within a token cap); `matched` the stored id of each client chat message recognised;
+    `new` the incoming messages not stored yet, to be stored under the anchor; the reply goes after
+    them. `revisions` are stored messages the client shows differently (an edit, what it kept after
+    Stop): the client's text wins. `first` is the stored copy of the client's first chat message.
     """
 
     conversation_id: int
@@ -67,6 +75,28 @@ class Thread:
     path: tuple[StoredMessage, ...]
     new: tuple[Message, ...]
     prefill: str = ""
+    earlier: tuple[StoredMessage, ...] = ()
+    matched: tuple[int, ...] = ()
+    revisions: tuple[tuple[int, Message], ...] = ()
+    speaker: str | None = None
+    first: StoredMessage | None = None
+
+    @property
+    def stores_reply(self) -> bool:
+        return self.kind not in ("impersonate", "quiet")
+
+    @property
+    def oldest(self) -> StoredMessage | None:
+        """The oldest stored message the prompt can hold (the earlier history's, else the client's first)."""
+        return self.earlier[0] if self.earlier else self.first
+
+    @property
+    def older(self) -> bool:
+        """The branch holds messages older than anything the prompt can hold."""
+        oldest = self.oldest
+        if oldest is None:
+            return bool(self.path)
+        return oldest.depth > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +131,24 @@ class Recall:
     memories: tuple[Memory, ...] = ()
     summaries: tuple[Summary, ...] = ()
     degraded: tuple[str, ...] = field(default=())  # memory steps that failed or missed their deadline
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRecord:
+    """What happened in one turn, for storing it: the reply text and the prompt that produced it."""
+
+    reply: str
+    status: str  # complete | partial
+    model: str
+    prompt: list[dict[str, Any]]
+    tokens: dict[str, Any]
+    newest: Annotation | None = None  # the emotion step's reading of the newest user message
+    persona: dict[str, Any] | None = None  # {"name", "version"} that answered
+    persona_id: int | None = None  # the conversation's persona from now on
+    incoming: tuple[Message, ...] = ()  # the request's messages: what the journal re-recognises
+    turn_id: str = field(
+        default_factory=lambda: uuid.uuid4().hex
+    )  # one turn is stored once, whatever retries
 
 
 @dataclass(frozen=True, slots=True)

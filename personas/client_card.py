@@ -94,10 +94,15 @@ def recognise_card(
         return None
     if not character and not _CARD_MARKERS.search(text) and len(text) < MIN_CARD_CHARS:
         return None
-    title = character or speaker or _guess_title(text) or "character"
+    title = character or speaker or _guess_title(text)
     digest = hashlib.md5(text.encode()).hexdigest()
-    name = slug(title) or f"card-{digest[:8]}"
-    return ClientCard(name=f"card-{name}"[:64], title=title, messages=tuple(system), hash=digest)
+    name = slug(title) if title else None
+    if not name:  # no name to go by: key the card by its content, never by a placeholder shared by all
+        longest = max((m.content for m in system), key=len)  # the description: world info comes and goes
+        name = hashlib.md5(longest.encode()).hexdigest()[:12]
+    return ClientCard(
+        name=f"card-{name}"[:64], title=title or "character", messages=tuple(system), hash=digest
+    )
 
 
 _TITLE = re.compile(

@@ -33,6 +33,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from proxy.protocol import ErrorBody, ErrorDetail
+from proxy.reason import reason_phrase
 
 log = logging.getLogger("anima.errors")
 
@@ -178,7 +179,10 @@ def error_body(
 
 
 def error_response(status: int, body: ErrorBody, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+    """The error body; its message also becomes the reason phrase (proxy/reason.py): SillyTavern shows
+    only that for a non-streaming error."""
+    phrased = {"X-Anima-Reason": reason_phrase(body.error.message), **(headers or {})}
+    return JSONResponse(body.model_dump(), status_code=status, headers=phrased)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:

@@ -27,7 +27,7 @@ from memory.db import (
     make_sessionmaker,
     upgrade_schema,
 )
-from memory.journal import TurnJournal
+from memory.journal import InFlight, TurnJournal
 from memory.models import EMBEDDING_DIM
 from memory.personas import PersonaRecords
 from memory.recall import Fusion
@@ -39,6 +39,7 @@ from proxy.backends.registry import Registry, build_backends
 from proxy.errors import RequestTooLarge, error_body, error_response, install_error_handlers
 from proxy.limits import RateLimiter
 from proxy.pipeline import BudgetPolicy, ChatPipeline, RetryPolicy
+from proxy.reason import ReasonPhrase
 from proxy.routes import api_router
 from proxy.settings import Settings, get_settings
 
@@ -134,6 +135,7 @@ async def open_memory(settings: Settings, services: Services) -> None:
             f"the embedder makes {embedder.dim}-d vectors; the schema stores {EMBEDDING_DIM}-d"
         )
     sessions = make_sessionmaker(services.engine)
+    journal, inflight = await anyio.to_thread.run_sync(open_journal, settings)
     services.memory = MemoryService(
         sessions,
         services.tokens,
@@ -141,13 +143,20 @@ async def open_memory(settings: Settings, services: Services) -> None:
         memory_config(settings),
         chunker=chunk_text,
         annotate=services.emotion.annotate if services.emotion else None,
-        journal=await anyio.to_thread.run_sync(
-            lambda: TurnJournal.open(
-                settings.data_dir / "journal", max_entries=settings.memory.journal_max_turns
-            )
-        ),
+        journal=journal,
+        inflight=inflight,
     )
     services.users = Users(sessions)
+
+
+def open_journal(settings: Settings) -> tuple[TurnJournal, InFlight]:
+    """This process's journal (adopting dead processes' files) and its write-ahead folder, whose files
+    left by a dead process become journal entries."""
+    folder = settings.data_dir / "journal"
+    journal = TurnJournal.open(folder, max_entries=settings.memory.journal_max_turns)
+    inflight = InFlight(folder / "inflight")
+    inflight.recover(journal)
+    return journal, inflight
 
 
 def memory_config(settings: Settings) -> MemoryConfig:
@@ -164,6 +173,7 @@ def memory_config(settings: Settings) -> MemoryConfig:
             min_similarity=m.min_similarity,
         ),
         deadline_s=m.deadline_ms / 1000,
+        summaries=m.summaries,
         summary_min_messages=m.summary_min_messages,
         embed_batch=m.embed_batch,
     )
@@ -349,6 +359,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         )
     app.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)
     app.add_middleware(CollapseSlashes)
+    app.add_middleware(ReasonPhrase)
     return app
 
 

@@ -9,63 +9,31 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
 
-from emotion.detector import Emotion
 from emotion.service import EmotionService
-from memory.budget import Budget, BudgetExceeded, Shares, TokenCounter
-from memory.recall import Boost
-from memory.service import MemoryService, TurnRecord
-from memory.types import Annotation, Message, SessionKey, Thread
-from personas.client_card import CardIndex, IndexedCard, excerpt, leading_system, pick_chunks, recognise_card
-from personas.prompt import Prompt, assemble_prompt, parts_for
-from personas.render import merge_system
+from memory.budget import Budget, Shares, TokenCounter
+from memory.service import MemoryService
+from memory.types import Message, SessionKey, TurnRecord
+from personas.client_card import CardIndex
 from personas.store import PersonaStore, Resolved
 from proxy.backends.base import BackendRequest, Delta
 from proxy.backends.registry import Registry, Route
-from proxy.errors import BackendError, ContextTooLong, PersonaNotFound, ProxyError, UnsupportedParameter
+from proxy.errors import BackendError, PersonaNotFound, ProxyError, UnsupportedParameter
 from proxy.protocol import ChatCompletionRequest, ChatMessage, ResponseFormat
+from proxy.turn import MemoryTurn, PersonaUse, TurnBuilder, TurnRequest
 
 log = logging.getLogger("anima.pipeline")
 
 _ROLES = {"developer": "system", "function": "tool"}
-
-
-@dataclass(frozen=True, slots=True)
-class PersonaUse:
-    """Which persona version answered a turn (stored with the reply, shown in headers)."""
-
-    name: str
-    version: int
-    id: int | None = None  # database row: the conversation's persona
-
-    def public(self) -> dict[str, str | int]:
-        return {"name": self.name, "version": self.version}
-
-    @classmethod
-    def of(cls, resolved: Resolved) -> PersonaUse:
-        return cls(resolved.name, resolved.version, resolved.id)
-
-
-@dataclass(frozen=True, slots=True)
-class MemoryTurn:
-    """What memory contributed to a turn, kept to store the turn once the reply is in."""
-
-    session: SessionKey
-    thread: Thread
-    prompt: Prompt
-    degraded: tuple[str, ...]
-    newest: Annotation | None = None  # importance (and emotion) of the newest user message
-    persona: PersonaUse | None = None
-    incoming: tuple[Message, ...] = ()  # the request's messages (the journal re-recognises them)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,11 +51,13 @@ class PreparedChat:
     memory_status: str = "off"  # off | ok | degraded
     persona: PersonaUse | None = None
     after: Callable[[str], None] | None = None  # called with the reply text (the token rate limit)
-    unstored: tuple[SessionKey, tuple[Message, ...]] | None = None  # memory was down: journal the turn
+    stream: bool = True  # the client sees the reply as it comes (a partial reply was seen)
+    turn_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # the turn is stored once by this id
+    wal: Path | None = None  # the turn's write-ahead file (memory/journal.py `InFlight`)
 
     def headers(self) -> dict[str, str]:
         headers = {"X-Anima-Backend": self.backend, "X-Anima-Memory": self.memory_status}
-        if self.memory is not None:
+        if self.memory is not None and self.memory.thread is not None:
             headers["X-Anima-Conversation"] = self.memory.thread.public_id
         if self.persona is not None:
             headers["X-Anima-Persona"] = f"{self.persona.name};v={self.persona.version}"
@@ -130,43 +100,24 @@ class ChatPipeline:
         self.personas, self.cards, self.default_persona = personas, cards, default_persona
         self.log_content = log_content
         self._windows: dict[tuple[str, str], int | None] = {}
+        self.turns = TurnBuilder(tokens, self.budget.shares, memory=memory, emotion=emotion, cards=cards)
 
     async def prepare(
         self, body: ChatCompletionRequest, session: SessionKey | None = None, *, persona: str | None = None
     ) -> PreparedChat:
         """`persona`: the `X-Anima-Persona` header, which beats a `persona@route` model alias."""
-        if body.n is not None and body.n > 1:
-            raise UnsupportedParameter("n > 1 is not supported: ask for one choice per request.", param="n")
+        check_supported(body)
         alias, route_name = self.registry.split_alias(body.model)
         chain = self.registry.resolve(route_name)
         chosen = await self._persona(persona, alias, route_name, session.user_id if session else None)
         named = session.character if session is not None else None  # by the client (header)
-        if session is not None and chosen is not None and named is None:
-            # the persona is the character: "hi" to aria and "hi" to rex are two chats, not one
-            session = dataclasses.replace(session, character=chosen.persona.title)
+        session = as_character(session, chosen)
+        budget = Budget.for_model(await self._context_window(chain[0]), body.reply_limit, self.budget.shares)
         messages = tuple(to_message(m) for m in body.messages)
-        turn = (
-            await self._remembered(session, messages, chain[0], body, chosen, named)
-            if session is not None
-            else None
-        )
-        status = (
-            "off"
-            if self.memory is None or session is None
-            else "degraded"
-            if not turn or turn.degraded
-            else "ok"
-        )
-        unstored = None
-        if turn is not None:
-            outgoing = turn.prompt.messages
-        else:
-            if session is not None and self.memory is not None:  # the database is down
-                unstored = (session, messages)
-                messages = with_recent(messages, self.memory.recent(session))
-            outgoing = await self._felt(with_persona(messages, chosen), chosen)
-        self._log_prompt(outgoing)
-        route, request, deltas = await self._open(chain, outgoing, body)
+        turn = await self.turns.build(TurnRequest(session, messages, budget, body.model, chosen, named))
+        self._log_prompt(turn.prompt.messages)
+        route, request, deltas = await self._open(chain, turn.prompt.messages, body)
+        turn_id = uuid.uuid4().hex
         return PreparedChat(
             id=f"chatcmpl-{uuid.uuid4().hex}",
             created=int(time.time()),
@@ -176,10 +127,24 @@ class ChatPipeline:
             deltas=deltas,
             include_usage=body.include_usage,
             memory=turn,
-            memory_status=status,
-            persona=(turn.persona if turn is not None else PersonaUse.of(chosen) if chosen else None),
-            unstored=unstored,
+            memory_status=self._memory_status(session, turn),
+            persona=turn.persona,
+            stream=body.stream,
+            turn_id=turn_id,
+            wal=self._begin(turn, body.model, turn_id),
         )
+
+    def _begin(self, turn: MemoryTurn, model: str, turn_id: str) -> Path | None:
+        """A write-ahead file for a turn memory will store: what the client sees survives a SIGKILL."""
+        if self.memory is None or turn.session is None or (turn.thread is None and not turn.unstored):
+            return None
+        record = TurnRecord("", "partial", model, [], {}, incoming=turn.incoming, turn_id=turn_id)
+        return self.memory.begin(turn.session, record)
+
+    def _memory_status(self, session: SessionKey | None, turn: MemoryTurn) -> str:
+        if self.memory is None or session is None:
+            return "off"
+        return "degraded" if turn.thread is None or turn.degraded else "ok"
 
     def _log_prompt(self, messages: tuple[Message, ...]) -> None:
         """At debug level: the prompt's shape; its text only when ANIMA_LOG_CONTENT says so."""
@@ -217,144 +182,6 @@ class ChatPipeline:
             log.warning("persona lookup failed (%s): using the personas folder only", exc)
             return await self.personas.get(None, name)
 
-    def _emotion_for(self, persona: Resolved | None, character: str | None) -> bool:
-        if self.emotion is None or (persona is not None and not persona.persona.emotion):
-            return False
-        return self.emotion.active_for(persona.name if persona else character)
-
-    async def _remembered(
-        self,
-        session: SessionKey,
-        messages: tuple[Message, ...],
-        route: Route,
-        body: ChatCompletionRequest,
-        persona: Resolved | None = None,
-        character: str | None = None,
-    ) -> MemoryTurn | None:
-        """Recognise, recall and assemble; a memory failure degrades to a plain proxy, never an error."""
-        if self.memory is None:
-            return None
-        query = next((m.content for m in reversed(messages) if m.role == "user"), "")
-        feeling = (
-            self.emotion.read(query)
-            if self.emotion is not None and self._emotion_for(persona, session.character)
-            else None
-        )
-        embedding = self.memory.embed_query(query)  # in a thread, while recognition queries Postgres
-        speaker = next((m.name for m in messages if m.role == "assistant" and m.name), None)
-        card = recognise_card(leading_system(messages), character, speaker) if self.cards else None
-        indexing = (
-            asyncio.ensure_future(self.cards.index(session.user_id, card)) if self.cards and card else None
-        )
-        try:
-            thread = await self.memory.recognise(session, messages)
-        except Exception as exc:
-            embedding.cancel()
-            if feeling is not None:
-                feeling.cancel()
-            if indexing is not None:
-                indexing.cancel()
-            log.warning("memory unavailable, answering from the client's messages: %s", exc)
-            return None
-        if thread.kind == "quiet" and feeling is not None:  # not the user speaking: nothing to read
-            feeling.cancel()
-            feeling = None
-        boost = asyncio.ensure_future(self._boost(feeling)) if feeling is not None else None
-        recall = await self.memory.recall(
-            session,
-            thread,
-            query,
-            embedding=embedding,
-            boost=boost,
-            persona_id=persona.id if persona else None,
-        )
-        emotion = await self.emotion.reading(feeling) if self.emotion and feeling is not None else None
-        block = self.emotion.block(emotion, thread.path, recall.memories) if self.emotion else None
-        window = await self._context_window(route)
-        budget = Budget.for_model(window, body.reply_limit, self.budget.shares)
-        indexed = await self._indexed(indexing)
-        outgoing = with_persona(await self._fit_card(messages, indexed, persona, budget, embedding), persona)
-        embedding.cancel()  # unless recall or the card used it
-        try:
-            prompt = assemble_prompt(
-                parts_for(outgoing, recall, volatile=[block] if block else ()), budget, self.tokens
-            )
-        except BudgetExceeded as exc:
-            raise ContextTooLong(str(exc), param="messages") from exc
-        if prompt.last_cut_id is not None:
-            self.memory.summarise_later(session, thread, prompt.last_cut_id, prompt.cut_count, body.model)
-        newest = (
-            self.emotion.annotation(thread.new[-1].content, emotion)
-            if self.emotion and thread.new and thread.new[-1].role == "user"
-            else None
-        )
-        used = (
-            PersonaUse.of(persona)
-            if persona
-            else PersonaUse(indexed.card.name, indexed.version, indexed.persona_id)
-            if indexed
-            else None
-        )
-        return MemoryTurn(
-            session=session,
-            thread=thread,
-            prompt=prompt,
-            degraded=recall.degraded,
-            newest=newest,
-            persona=used,
-            incoming=messages,
-        )
-
-    @staticmethod
-    async def _indexed(indexing: asyncio.Future[IndexedCard] | None) -> IndexedCard | None:
-        """The stored, chunked card (instant once this process has seen it); failing it is not fatal."""
-        if indexing is None:
-            return None
-        try:
-            return await indexing
-        except Exception as exc:
-            log.warning("could not index the client's character card: %s", exc)
-            return None
-
-    async def _fit_card(
-        self,
-        messages: tuple[Message, ...],
-        indexed: IndexedCard | None,
-        persona: Resolved | None,
-        budget: Budget,
-        embedding: asyncio.Future[list[float] | None],
-    ) -> tuple[Message, ...]:
-        """A card over its share of the budget gives way to its chunks most relevant to this turn."""
-        if indexed is None:
-            return messages
-        share = int(budget.prompt * self.budget.shares.persona)
-        own = self.tokens.message(persona.text) if persona else 0
-        if own + indexed.tokens <= share:
-            return messages
-        query = None  # without a query vector: the card's opening chunks
-        if not embedding.cancelled():
-            try:
-                query = await embedding
-            except Exception as exc:
-                log.info("no query embedding for the card's chunks: %s", exc)
-        room = max(share - own - self.tokens.message(excerpt(indexed, []).content), share // 4)
-        chosen = pick_chunks(indexed.chunks, indexed.scores(query) if query is not None else None, room)
-        return (excerpt(indexed, chosen), *messages[len(indexed.card.messages) :])
-
-    async def _boost(self, feeling: asyncio.Future[Emotion | None]) -> Boost | None:
-        assert self.emotion is not None
-        return self.emotion.boost(await self.emotion.reading(feeling))
-
-    async def _felt(self, messages: tuple[Message, ...], persona: Resolved | None) -> tuple[Message, ...]:
-        """Without memory: the emotional-context block as a system message before the newest user one."""
-        if self.emotion is None or not self._emotion_for(persona, None):
-            return messages
-        if not messages or messages[-1].role != "user":
-            return messages
-        emotion = await self.emotion.reading(self.emotion.read(messages[-1].content))
-        block = self.emotion.block(emotion, (), ())
-        return (*messages[:-1], Message("system", block), messages[-1]) if block else messages
-
     async def _context_window(self, route: Route) -> int:
         """The route's configured window, else what the backend reports (cached), else the default."""
         if route.context_window:
@@ -386,43 +213,35 @@ class ChatPipeline:
         return "".join([delta.text async for delta in deltas])
 
     def finish(self, chat: PreparedChat, reply: str, *, complete: bool) -> None:
-        """Hand the finished (or broken-off) turn to memory, which stores it in the background."""
+        """Hand the finished (or broken-off) turn to memory, which stores it in the background. A
+        non-streaming request that failed stores no reply: its client saw none."""
         if chat.after is not None:
             chat.after(reply)
-        if self.memory is not None and chat.unstored is not None:
-            session, incoming = chat.unstored
-            record = TurnRecord(
-                reply=reply,
-                status="complete" if complete else "partial",
-                model=chat.model,
-                prompt=[{"role": m.role, "content": m.content} for m in chat.request.messages],
-                tokens={},
-                persona=chat.persona.public() if chat.persona else None,
-                persona_id=chat.persona.id if chat.persona else None,
-                incoming=incoming,
-            )
-            self.memory.journal_later(session, record)
-        if self.memory is None or chat.memory is None:
+        turn = chat.memory
+        if self.memory is None or turn is None or turn.session is None:
             return
-        prompt = chat.memory.prompt
-        self.memory.remember(
-            chat.memory.session,
-            chat.memory.thread,
-            TurnRecord(
-                reply=reply,
-                status="complete" if complete else "partial",
-                model=chat.model,
-                prompt=[
-                    {"role": m.role, "content": m.content} | ({"name": m.name} if m.name else {})
-                    for m in prompt.messages
-                ],
-                tokens=dict(prompt.tokens) | {"cut_messages": prompt.cut_count},
-                newest=chat.memory.newest,
-                persona=chat.memory.persona.public() if chat.memory.persona else None,
-                persona_id=chat.memory.persona.id if chat.memory.persona else None,
-                incoming=chat.memory.incoming,
-            ),
+        if not complete and not chat.stream:
+            reply = ""
+        record = TurnRecord(
+            reply=reply,
+            status="complete" if complete else "partial",
+            model=chat.model,
+            prompt=[
+                {"role": m.role, "content": m.content} | ({"name": m.name} if m.name else {})
+                for m in turn.prompt.messages
+            ],
+            tokens=dict(turn.prompt.tokens) | {"cut_messages": turn.prompt.cut_count},
+            newest=turn.newest,
+            persona=turn.persona.public() if turn.persona else None,
+            persona_id=turn.persona.id if turn.persona else None,
+            incoming=turn.incoming,
+            turn_id=chat.turn_id,
         )
+        if turn.thread is None:
+            if turn.unstored:
+                self.memory.journal_later(turn.session, record, wal=chat.wal)
+            return
+        self.memory.remember(turn.session, turn.thread, record, wal=chat.wal)
 
     async def _open(
         self, chain: list[Route], messages: tuple[Message, ...], body: ChatCompletionRequest
@@ -484,27 +303,17 @@ async def _aclose(stream: AsyncIterator[Delta]) -> None:
         await aclose()
 
 
-def with_recent(messages: tuple[Message, ...], recent: tuple[Message, ...]) -> tuple[Message, ...]:
-    """A thin client's request (no assistant message of its own) with what this process remembers
-    of the conversation before it, when the database cannot supply the history."""
-    if not recent or any(m.role == "assistant" for m in messages):
-        return messages
-    system = leading_system(messages)
-    return (*system, *recent, *messages[len(system) :])
+def as_character(session: SessionKey | None, persona: Resolved | None) -> SessionKey | None:
+    """The persona is the conversation's character unless the client named one: "hi" to aria and "hi"
+    to rex are two chats, not one."""
+    if session is not None and persona is not None and session.character is None:
+        return dataclasses.replace(session, character=persona.persona.title)
+    return session
 
 
-def with_persona(messages: tuple[Message, ...], persona: Resolved | None) -> tuple[Message, ...]:
-    """The rendered persona first, then the client's own leading system messages minus what repeats it."""
-    if persona is None:
-        return messages
-    system = leading_system(messages)
-    return (*_merged(persona.text, system), *messages[len(system) :])
-
-
-@functools.lru_cache(maxsize=256)
-def _merged(persona: str, system: tuple[Message, ...]) -> tuple[Message, ...]:
-    """Clients resend the same system prompt every turn: merge it once per (persona, prompt)."""
-    return tuple(merge_system(persona, system))
+def check_supported(body: ChatCompletionRequest) -> None:
+    if body.n is not None and body.n > 1:
+        raise UnsupportedParameter("n > 1 is not supported: ask for one choice per request.", param="n")
 
 
 def to_message(message: ChatMessage) -> Message:

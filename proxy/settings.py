@@ -70,7 +70,9 @@ class MemorySettings(BaseModel):
     """How Anima remembers: the RAM window, recall ranking, the token budget and the workers."""
 
     enabled: bool = Field(default=True, description="remember conversations (off: a plain proxy)")
-    window_turns: int = Field(default=24, ge=1, description="messages kept in RAM per conversation")
+    window_turns: int = Field(
+        default=64, ge=1, description="messages of each conversation cached in RAM (a cache, never a limit)"
+    )
     window_conversations: int = Field(default=1000, ge=1, description="conversations kept in RAM (LRU)")
     recall_k: int = Field(default=8, ge=0, le=100, description="memories recalled per turn at most")
     recall_scope: Literal["branch", "persona", "user"] = Field(
@@ -86,6 +88,7 @@ class MemorySettings(BaseModel):
     share_recall: float = Field(default=0.25, ge=0, le=1, description="budget share: recalled memories")
     share_history: float = Field(default=0.35, ge=0, le=1, description="budget share: recent history")
     share_reply: float = Field(default=0.20, ge=0, le=1, description="budget share: reply reserve")
+    summaries: bool = Field(default=True, description="summarise history cut from the prompt (off: never)")
     summary_model: str | None = Field(default=None, description="summariser (default: the chat's model)")
     summary_min_messages: int = Field(default=8, ge=2, description="cut messages needed before summarising")
     embed_batch: int = Field(default=32, ge=1, description="embedding worker batch size")
@@ -123,6 +126,11 @@ class PersonaSettings(BaseModel):
     default: str | None = Field(default=None, description="persona for requests that name none on any route")
     reload_s: float = Field(default=2.0, ge=0, description="seconds between folder checks; 0: only on reload")
     cards: bool = Field(default=True, description="recognise, store and index client character cards")
+    model_aliases: list[str] | None = Field(
+        default=None,
+        description="personas listed as persona@model in /v1/models, for the routing table's models"
+        " (unset: every persona but client cards; [] for none)",
+    )
     learn_model: str | None = Field(
         default=None, description="model that writes profiles (unset: first route)"
     )

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from sse_starlette import ServerSentEvent
 
+from memory.journal import InFlight
 from proxy.errors import ProxyError
 from proxy.pipeline import ChatPipeline, PreparedChat
 from proxy.protocol import (
@@ -39,6 +40,8 @@ class ReplyBuffer:
                 self.reported_usage = (delta.usage.prompt_tokens, delta.usage.completion_tokens)
             if delta.finish_reason is not None:
                 self.finish_reason = delta.finish_reason
+            if delta.text and chat.wal is not None:
+                InFlight.add(chat.wal, delta.text)  # before the client sees it
             if delta.text or delta.reasoning:
                 self.text.append(delta.text)
                 self.reasoning.append(delta.reasoning)

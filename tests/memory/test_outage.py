@@ -17,9 +17,10 @@ from sqlalchemy import select
 
 from memory.budget import TokenCounter
 from memory.db import EmbeddedPostgres, make_engine, make_sessionmaker, upgrade_schema
-from memory.journal import TurnJournal
+from memory.journal import JournalEntry, TurnJournal
 from memory.models import ConversationRow, MessageRow
 from memory.service import MemoryConfig, MemoryService
+from memory.types import Message, SessionKey, TurnRecord
 from memory.users import Users
 from proxy.backends.registry import Registry, build_backends
 from proxy.main import Services, create_app
@@ -98,7 +99,7 @@ async def test_postgres_outage_answers_journals_and_flushes_once(
             assert health["status"] == "degraded" and health["database"]["status"] == "down"
             assert health["workers"]["journal"] == {"waiting": 3, "refused": 0}
             lines = journal.path.read_text().splitlines()
-            assert json.loads(lines[0])["messages"][-1][1] == "What is my name?"
+            assert json.loads(lines[0])["turn"]["incoming"][-1][1] == "What is my name?"
 
             await anyio.to_thread.run_sync(server.start)  # back; the journal worker stores the turns
             await drained(journal)
@@ -139,14 +140,22 @@ async def test_postgres_outage_answers_journals_and_flushes_once(
 def test_a_dead_processs_journal_is_adopted(tmp_path: Path) -> None:
     folder = tmp_path / "journal"
     dead = TurnJournal(folder / "turns-999999999.jsonl")  # no process has this pid
-    entry = {"turn_id": "t1", "session": {}, "turn": {}, "messages": []}
-    assert dead.append(entry) and dead.append(entry | {"turn_id": "t2"})
+    session = SessionKey(user_id=1, conversation="c")
+
+    def entry(turn_id: str) -> JournalEntry:
+        turn = TurnRecord(
+            "reply", "complete", "m", [], {}, incoming=(Message("user", "hi"),), turn_id=turn_id
+        )
+        return JournalEntry(session, turn)
+
+    assert dead.append(entry("t1")) and dead.append(entry("t2"))
     with (folder / "turns-999999999.jsonl").open("a") as f:
         f.write('{"turn_id": "t3", "sess')  # a write cut short by the crash
     mine = TurnJournal.open(folder)
-    assert [e["turn_id"] for e in mine.entries()] == ["t1", "t2"]
+    assert [e.turn_id for e in mine.entries()] == ["t1", "t2"]
+    assert mine.entries()[0] == entry("t1")  # the typed entry survives its line format
     assert mine.path.name == f"turns-{os.getpid()}.jsonl" and not (folder / "turns-999999999.jsonl").exists()
     mine.remove({"t1"})
-    assert [e["turn_id"] for e in TurnJournal(mine.path).entries()] == ["t2"]
+    assert [e.turn_id for e in TurnJournal(mine.path).entries()] == ["t2"]
     full = TurnJournal(folder / "small.jsonl", max_entries=1)
-    assert full.append(entry) and not full.append(entry) and full.refused == 1
+    assert full.append(entry("t4")) and not full.append(entry("t5")) and full.refused == 1

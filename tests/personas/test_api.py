@@ -541,3 +541,15 @@ async def test_learning_from_a_stored_conversation(app: Services, key: str, stub
     assert learned.status_code == 201 and learned.json()["messages_used"] == 1
     assert "sourdough finally rose" in stub.requests[0]["messages"][0]["content"]
     assert "Hello from the stub" not in stub.requests[0]["messages"][0]["content"]  # only the user's side
+
+
+async def test_the_model_list_stays_short(app: Services, key: str, stub: StubState) -> None:
+    """Issue 11 item 8: every persona x every model was listed, auto-created card personas included."""
+    card = [{"role": "system", "content": "Bob's personality: gruff.\n" + "He forges axes. " * 60}, *HI]
+    await chat(key, card, model="stub/echo", extra_headers={"X-ST-Char": "Bob"})
+    await app.memory.settle()  # type: ignore[union-attr]
+    async with api(key) as client:
+        ids = [m["id"] for m in (await client.get("/models")).json()["data"]]
+    assert "stub/reason" in ids and "aria@stub/echo" in ids  # discovered models, aliases for routed ones
+    assert "aria@stub/reason" not in ids  # no aliases for everything a backend lists
+    assert not [i for i in ids if i.startswith("card-")]  # the client's own cards are not pickable

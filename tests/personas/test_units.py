@@ -37,6 +37,13 @@ def test_recognising_a_card() -> None:
     assert recognise_card(st, None, speaker="Robert").title == "Robert"  # type: ignore[union-attr]
     long = recognise_card([Message("system", "x" * 700)], None)
     assert long is not None and long.title == "character"
+    other = recognise_card([Message("system", "y" * 700)], None)
+    # issue 11 item 7: untitled cards were all "card-character" and overwrote each other's versions
+    assert other is not None and long.name != other.name and "character" not in long.name
+    with_world_info = recognise_card(
+        [Message("system", "x" * 700), Message("system", "[World: it rains]")], None
+    )
+    assert with_world_info is not None and with_world_info.name == long.name  # world info comes and goes
     assert recognise_card([], "Bob") is None
     same = recognise_card(st, None)
     assert same is not None and same.hash == card.hash  # the same text, the same version

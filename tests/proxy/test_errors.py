@@ -164,3 +164,21 @@ async def test_unknown_route_and_method_are_openai_errors(anima_url: str) -> Non
         wrong = await http.get(f"{anima_url}/v1/chat/completions")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
     assert wrong.status_code == 405 and wrong.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+def test_a_non_streaming_error_says_why_in_its_reason_phrase(stub_url: str, http: str) -> None:
+    """Issue 11 item 9: SillyTavern 1.19 shows a non-streaming error as its reason phrase only, and it
+    was the bare "Bad Gateway"."""
+    settings = make_settings(
+        backends={"stub": BackendSettings(kind="openai", base_url=f"{stub_url}/v1")},
+        models=[RouteSettings(name="stub/fail-500", backend="stub", model="fail-500")],
+        retries=0,
+    )
+    with serving(create_app(settings), http=http) as url:
+        body = {"model": "stub/fail-500", "messages": HELLO}
+        response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+        ok = httpx.get(f"{url}/v1/models", timeout=60)
+    assert response.status_code == 502 and "stub exploded" in response.reason_phrase
+    assert "x-anima-reason" not in response.headers
+    assert ok.reason_phrase == "OK"

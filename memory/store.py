@@ -1,0 +1,316 @@
+"""Storing turns: after the reply, in a background task; exactly once; any failure journals the turn.
+
+Idempotent by turn: each turn carries a `turn_id` stored with its prompt snapshot, and every store of
+one conversation takes a Postgres advisory lock first, so a retry, a store that outlived the wait of
+the next request, or a journal replay finds what is already there (messages are reused by parent
+and content) and adds nothing twice. Any exception while storing an answered turn journals it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from memory import history
+from memory.budget import TokenCounter
+from memory.journal import InFlight, JournalEntry, TurnJournal
+from memory.models import TurnContext
+from memory.recognition import Recognizer
+from memory.types import Message, SessionKey, StoredMessage, Thread, TurnRecord
+from memory.window import WorkingMemory
+
+log = logging.getLogger("anima.memory.store")
+
+RETRY_FAILED_S = 60.0  # a journaled turn that failed for another reason than an outage waits this long
+
+
+def unreachable(exc: BaseException) -> bool:
+    """The database cannot be reached (as opposed to a bad statement): stop draining and retry later."""
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+    return isinstance(exc, OSError | TimeoutError | ConnectionError)
+
+
+def lock_key(user_id: int, public_id: str) -> int:
+    """A signed 64-bit advisory-lock key for one conversation."""
+    digest = hashlib.blake2b(f"{user_id}\x1f{public_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+class TurnStore:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        counter: TokenCounter,
+        window: WorkingMemory,
+        recognizer: Recognizer,
+        *,
+        journal: TurnJournal | None = None,
+        store_wait_s: float = 10.0,
+        stored: Callable[[], None] = lambda: None,
+        known: Callable[[int, str, int], None] = lambda u, p, c: None,
+    ) -> None:
+        self.sessions, self.counter, self.window, self.recognizer = sessions, counter, window, recognizer
+        self.journal, self.store_wait_s = journal, store_wait_s
+        self._stored, self._known = stored, known
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pending: dict[tuple[int, str | None], set[asyncio.Task[None]]] = {}
+        self._draining = asyncio.Lock()
+        self._retry_at: dict[str, float] = {}
+        self.failures = 0  # stores that failed and were journaled
+        self.lost = 0  # stores that failed and could not be journaled either
+
+    # -- scheduling ------------------------------------------------------------------------------
+
+    def remember(
+        self, session: SessionKey, thread: Thread, turn: TurnRecord, *, wal: Path | None = None
+    ) -> None:
+        """Store the turn in the background, right after the reply; the store keeps the task. The turn's
+        write-ahead file (`wal`) goes once the turn is stored or journaled."""
+        task = asyncio.get_running_loop().create_task(self._store_or_journal(session, thread, turn, wal))
+        self._track(task, [(session.user_id, None), (session.user_id, thread.public_id)])
+
+    def _track(self, task: asyncio.Task[None], keys: list[tuple[int, str | None]]) -> None:
+        """Pending stores by user and by conversation: a request naming its conversation waits for that
+        conversation's stores only; one recognised by content waits for all of its user's."""
+        self._tasks.add(task)
+        for key in keys:
+            self._pending.setdefault(key, set()).add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._tasks.discard(finished)
+            for key in keys:
+                waiting = self._pending.get(key)
+                if waiting is not None:
+                    waiting.discard(finished)
+                    if not waiting:
+                        del self._pending[key]
+
+        task.add_done_callback(done)
+
+    async def after_stores_of(self, session: SessionKey) -> None:
+        """A fast client can send its next turn before the last one is stored; recognising it before
+        that store lands would see a stale branch. The wait is bounded: storing is idempotent anyway."""
+        pending = self._pending.get((session.user_id, session.conversation))
+        if pending:
+            await asyncio.wait(list(pending), timeout=self.store_wait_s)
+
+    async def stores_of_user(self, user_id: int) -> None:
+        pending = self._pending.get((user_id, None))
+        if pending:
+            await asyncio.gather(*list(pending), return_exceptions=True)
+
+    async def _store_or_journal(
+        self, session: SessionKey, thread: Thread, turn: TurnRecord, wal: Path | None
+    ) -> None:
+        try:
+            await self.store_turn(session, thread, turn)
+        except Exception as exc:  # any failure: pool exhausted, outage, a bad statement; nothing is dropped
+            self.failures += 1
+            log.warning(
+                "could not store a turn of %s (%s): journaling it", thread.public_id, type(exc).__name__
+            )
+            log.debug("store failed", exc_info=exc)
+            if not await self.journaled(session, turn):
+                self.lost += 1
+                log.error("a turn of %s could not be stored nor journaled", thread.public_id)
+                return  # its write-ahead file stays: the next start journals it
+        if wal is not None:
+            InFlight.end(wal)
+
+    def journal_later(self, session: SessionKey, turn: TurnRecord, *, wal: Path | None = None) -> None:
+        """A turn answered without the database: journal it (durably, in a thread), store it later."""
+        task = asyncio.get_running_loop().create_task(self._journal_only(session, turn, wal))
+        self._track(task, [(session.user_id, None)])
+
+    async def _journal_only(self, session: SessionKey, turn: TurnRecord, wal: Path | None) -> None:
+        if not await self.journaled(session, turn):
+            self.lost += 1
+        elif wal is not None:
+            InFlight.end(wal)
+
+    async def journaled(self, session: SessionKey, turn: TurnRecord) -> bool:
+        if self.journal is None:
+            return False
+        if turn.status == "partial" and not turn.reply and not turn.incoming:
+            return True  # nothing was said: nothing to keep
+        if await asyncio.to_thread(self.journal.append, JournalEntry(session, turn)):
+            log.warning("turn journaled (%d waiting)", len(self.journal))
+            return True
+        log.error("the journal is full: a turn of user %s is not stored", session.user_id)
+        return False
+
+    # -- storing ---------------------------------------------------------------------------------
+
+    async def store_turn(self, session: SessionKey, thread: Thread, turn: TurnRecord) -> list[StoredMessage]:
+        """Store what is new, the reply as its kind says, and the prompt snapshot; once per turn id."""
+        reply = thread.prefill + turn.reply
+        if not thread.conversation_id and not thread.new and not (thread.stores_reply and reply):
+            return []  # nothing to remember (e.g. a bare system prompt): no empty conversation
+        async with self.sessions.begin() as s:
+            await s.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"),
+                {"key": lock_key(session.user_id, thread.public_id)},
+            )
+            if await s.scalar(select(TurnContext.id).where(TurnContext.turn_id == turn.turn_id)):
+                return []  # stored already: a retry, a replay whose acknowledgement was lost
+            conversation_id = thread.conversation_id or await history.ensure_conversation(
+                s,
+                user_id=session.user_id,
+                public_id=thread.public_id,
+                end_user=session.end_user,
+                character=session.character,
+            )
+            added = await self._messages(s, session, thread, turn, conversation_id)
+            reply_id = await self._reply(s, session, thread, turn, conversation_id, added)
+            added += [r for r in reply_id if r not in added]
+            s.add(
+                TurnContext(
+                    conversation_id=conversation_id,
+                    user_id=session.user_id,
+                    reply_message_id=reply_id[0].id if reply_id else None,
+                    model=turn.model,
+                    messages=turn.prompt,
+                    tokens=turn.tokens,
+                    persona=turn.persona,
+                    turn_id=turn.turn_id,
+                )
+            )
+            if turn.persona_id is not None:
+                await history.set_persona(s, conversation_id=conversation_id, persona_id=turn.persona_id)
+        self._known(session.user_id, thread.public_id, conversation_id)
+        if thread.revisions or thread.kind == "continue":
+            self.window.forget(conversation_id)
+        else:
+            self.window.extend(conversation_id, thread.anchor_id, added)
+        self._stored()
+        return added
+
+    async def _messages(
+        self, s: AsyncSession, session: SessionKey, thread: Thread, turn: TurnRecord, conversation_id: int
+    ) -> list[StoredMessage]:
+        """The client's edits and trimmed replies reconcile stored messages; new messages are appended."""
+        for message_id, message in thread.revisions:
+            await history.revise(
+                s,
+                user_id=session.user_id,
+                message_id=message_id,
+                message=message,
+                tokens=self.counter.count(message.content),
+            )
+        known_depth = (
+            thread.path[-1].depth if thread.path and thread.path[-1].id == thread.anchor_id else None
+        )
+        return await history.append(
+            s,
+            user_id=session.user_id,
+            conversation_id=conversation_id,
+            parent_id=thread.anchor_id,
+            parent_depth=-1 if thread.anchor_id is None else known_depth,
+            messages=thread.new,
+            token_counts=[self.counter.count(m.content) for m in thread.new],
+            reuse=True,
+            extras=[
+                turn.newest.columns() if turn.newest and i == len(thread.new) - 1 and m.role == "user" else {}
+                for i, m in enumerate(thread.new)
+            ],
+        )
+
+    async def _reply(
+        self,
+        s: AsyncSession,
+        session: SessionKey,
+        thread: Thread,
+        turn: TurnRecord,
+        conversation_id: int,
+        added: list[StoredMessage],
+    ) -> list[StoredMessage]:
+        """The reply by kind: a continue grows the message it continues (the client's text of it plus
+        the reply); a turn, swipe or prefill adds one reply (reused if that exact reply is there)."""
+        content = thread.prefill + turn.reply
+        if not thread.stores_reply or not turn.reply.strip():
+            return []
+        if thread.kind == "continue" and thread.anchor_id is not None:
+            await history.revise(
+                s,
+                user_id=session.user_id,
+                message_id=thread.anchor_id,
+                message=Message("assistant", content),
+                tokens=self.counter.count(content),
+                keep=False,
+            )
+            return []
+        parent = added[-1].id if added else thread.anchor_id
+        depth = added[-1].depth if added else None
+        return await history.append(
+            s,
+            user_id=session.user_id,
+            conversation_id=conversation_id,
+            parent_id=parent,
+            parent_depth=depth if depth is not None else (-1 if parent is None else None),
+            messages=[Message("assistant", content, thread.speaker)],
+            token_counts=[self.counter.count(content)],
+            status=turn.status,
+            metadata=[{"persona": turn.persona}] if turn.persona else None,
+            reuse=True,
+        )
+
+    # -- the journal -----------------------------------------------------------------------------
+
+    async def drain_journal(self) -> int:
+        """Store journaled turns in order, each once; stops at the first that still cannot reach the
+        database. An entry that fails for another reason stays journaled and is retried later."""
+        assert self.journal is not None
+        stored: set[str] = set()
+        async with self._draining:
+            try:
+                for entry in self.journal.entries():
+                    if self._retry_at.get(entry.turn_id, 0.0) > time.monotonic():
+                        continue
+                    if await self._replay(entry):
+                        stored.add(entry.turn_id)
+            finally:
+                if stored:
+                    await asyncio.to_thread(self.journal.remove, stored)
+                    log.info("journal: %d turn(s) stored, %d waiting", len(stored), len(self.journal))
+        return len(stored)
+
+    async def _replay(self, entry: JournalEntry) -> bool:
+        """True once stored; an outage propagates (the drain stops), any other failure keeps it."""
+        try:
+            thread = await self.recognizer.recognise(entry.session, entry.turn.incoming, earlier_tokens=0)
+            await self.store_turn(entry.session, thread, entry.turn)
+        except Exception as exc:
+            if unreachable(exc):
+                raise
+            self._retry_at[entry.turn_id] = time.monotonic() + RETRY_FAILED_S
+            log.error("journal: turn %s cannot be stored yet (%s); kept", entry.turn_id, type(exc).__name__)
+            return False
+        return True
+
+    async def run_journal(self, interval_s: float = 1.0) -> None:
+        """Retry the journal in the background until it is empty (the database is back)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            if self.journal is not None and len(self.journal):
+                try:
+                    await self.drain_journal()
+                except Exception as exc:
+                    log.info("journal: %d turn(s) still waiting (%s)", len(self.journal), type(exc).__name__)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def settle(self) -> None:
+        """Wait until every scheduled store has finished (shutdown, tests)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)

@@ -1,0 +1,273 @@
+"""The turn step of the pipeline: emotion, memory (recognise, recall), the client's card and the budgeted
+prompt — one assembly path whether memory is on, off or down.
+
+Memory on: the stored branch supplies history the client did not send, recall and summaries. Memory off
+or down: the same assembly with what this process still knows (its RAM window and journal, for a thin
+client), and the turn is journaled to be stored when the database is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from emotion.detector import Emotion
+from emotion.service import EmotionService
+from memory.budget import Budget, BudgetExceeded, Shares, TokenCounter
+from memory.recall import Boost
+from memory.service import MemoryService
+from memory.types import Annotation, Memory, Message, SessionKey, StoredMessage, Summary, Thread
+from personas.client_card import CardIndex, IndexedCard, excerpt, leading_system, pick_chunks, recognise_card
+from personas.prompt import Prompt, assemble_prompt, parts_for
+from personas.render import merge_system
+from personas.store import Resolved
+from proxy.errors import ContextTooLong
+
+log = logging.getLogger("anima.turn")
+
+
+@dataclass(frozen=True, slots=True)
+class PersonaUse:
+    """Which persona version answered a turn (stored with the reply, shown in headers)."""
+
+    name: str
+    version: int
+    id: int | None = None  # database row: the conversation's persona
+
+    def public(self) -> dict[str, str | int]:
+        return {"name": self.name, "version": self.version}
+
+    @classmethod
+    def of(cls, resolved: Resolved) -> PersonaUse:
+        return cls(resolved.name, resolved.version, resolved.id)
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryTurn:
+    """What a turn's prompt was built from, kept to store the turn once the reply is in.
+
+    `thread` is None when memory is off or down; `unstored` then says the turn must be journaled."""
+
+    session: SessionKey | None
+    thread: Thread | None
+    prompt: Prompt
+    degraded: tuple[str, ...] = ()
+    newest: Annotation | None = None  # importance (and emotion) of the newest user message
+    persona: PersonaUse | None = None
+    incoming: tuple[Message, ...] = ()  # the request's messages (the journal re-recognises them)
+    unstored: bool = False  # memory is on but was down: journal the turn
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRequest:
+    session: SessionKey | None
+    messages: tuple[Message, ...]
+    budget: Budget
+    model: str
+    persona: Resolved | None = None
+    character: str | None = None  # the character the client named (header), if any
+
+
+class TurnBuilder:
+    def __init__(
+        self,
+        tokens: TokenCounter,
+        shares: Shares,
+        *,
+        memory: MemoryService | None = None,
+        emotion: EmotionService | None = None,
+        cards: CardIndex | None = None,
+    ) -> None:
+        self.tokens, self.shares = tokens, shares
+        self.memory, self.emotion, self.cards = memory, emotion, cards
+
+    async def build(self, turn: TurnRequest) -> MemoryTurn:
+        """The prompt for this turn and what memory made of the request."""
+        if self.memory is not None and turn.session is not None:
+            remembered = await self._remembered(turn, turn.session, self.memory)
+            if remembered is not None:
+                return remembered
+        return await self._plain(turn)
+
+    async def _plain(self, turn: TurnRequest) -> MemoryTurn:
+        """Memory off or down: the client's messages (plus, for a thin client, what this process still
+        remembers), the emotional context, the same budget."""
+        down = self.memory is not None and turn.session is not None
+        earlier: Sequence[Message] = ()
+        if down and not any(m.role == "assistant" for m in turn.messages):
+            assert self.memory is not None and turn.session is not None
+            earlier = self.memory.recent(turn.session)
+        block = await self._felt(turn)
+        outgoing = with_persona(turn.messages, turn.persona)
+        prompt = self._assemble(
+            outgoing, turn.budget, None, earlier=earlier, volatile=[block] if block else ()
+        )
+        persona = PersonaUse.of(turn.persona) if turn.persona else None
+        return MemoryTurn(turn.session, None, prompt, persona=persona, incoming=turn.messages, unstored=down)
+
+    async def _felt(self, turn: TurnRequest) -> str | None:
+        chat = [m for m in turn.messages if m.role in ("user", "assistant")]
+        if self.emotion is None or not chat or chat[-1].role != "user":
+            return None
+        if not self._emotion_for(turn.persona, turn.session.character if turn.session else None):
+            return None
+        emotion = await self.emotion.reading(self.emotion.read(chat[-1].content))
+        return self.emotion.block(emotion, (), ())
+
+    def _emotion_for(self, persona: Resolved | None, character: str | None) -> bool:
+        if self.emotion is None or (persona is not None and not persona.persona.emotion):
+            return False
+        return self.emotion.active_for(persona.name if persona else character)
+
+    async def _remembered(
+        self, turn: TurnRequest, session: SessionKey, memory: MemoryService
+    ) -> MemoryTurn | None:
+        """Recognise, recall and assemble; a memory failure degrades to the plain path, never an error."""
+        messages = turn.messages
+        query = next((m.content for m in reversed(messages) if m.role == "user"), "")
+        feeling = (
+            self.emotion.read(query)
+            if self.emotion and self._emotion_for(turn.persona, session.character)
+            else None
+        )
+        embedding = memory.embed_query(query)  # in a thread, while recognition queries Postgres
+        indexing = self._index_card(session, messages, turn.character)
+        try:
+            thread = await memory.recognise(
+                session, messages, earlier_tokens=int(self.shares.history * turn.budget.window)
+            )
+        except Exception as exc:
+            for pending in (embedding, feeling, indexing):
+                if pending is not None:
+                    pending.cancel()
+            log.warning("memory unavailable, answering from the client's messages: %s", exc)
+            return None
+        if thread.kind in ("quiet", "impersonate") and feeling is not None:  # not the user speaking
+            feeling.cancel()
+            feeling = None
+        boost = asyncio.ensure_future(self._boost(feeling)) if feeling is not None else None
+        persona_id = turn.persona.id if turn.persona else None
+        recall = await memory.recall(
+            session, thread, query, embedding=embedding, boost=boost, persona_id=persona_id
+        )
+        emotion = await self.emotion.reading(feeling) if self.emotion and feeling is not None else None
+        block = self.emotion.block(emotion, thread.path, recall.memories) if self.emotion else None
+        indexed = await _indexed(indexing)
+        outgoing = await self._fit_card(messages, indexed, turn, embedding)
+        embedding.cancel()  # unless recall or the card used it
+        prompt = self._assemble(
+            with_persona(outgoing, turn.persona),
+            turn.budget,
+            thread,
+            memories=recall.memories,
+            summaries=recall.summaries,
+            volatile=[block] if block else (),
+        )
+        if prompt.last_cut_id is not None:
+            memory.summarise_later(session, thread, prompt.last_cut_id, prompt.cut_count, turn.model)
+        return MemoryTurn(
+            session=session,
+            thread=thread,
+            prompt=prompt,
+            degraded=recall.degraded,
+            newest=self._annotation(thread, emotion),
+            persona=self._used(turn.persona, indexed),
+            incoming=messages,
+        )
+
+    def _assemble(
+        self,
+        messages: Sequence[Message],
+        budget: Budget,
+        thread: Thread | None,
+        *,
+        earlier: Sequence[StoredMessage | Message] | None = None,
+        memories: Sequence[Memory] = (),
+        summaries: Sequence[Summary] = (),
+        volatile: Sequence[str] = (),
+    ) -> Prompt:
+        parts = parts_for(
+            messages, thread, earlier=earlier, memories=memories, summaries=summaries, volatile=volatile
+        )
+        try:
+            return assemble_prompt(parts, budget, self.tokens)
+        except BudgetExceeded as exc:
+            raise ContextTooLong(str(exc), param="messages") from exc
+
+    def _annotation(self, thread: Thread, emotion: Emotion | None) -> Annotation | None:
+        if self.emotion and thread.new and thread.new[-1].role == "user":
+            return self.emotion.annotation(thread.new[-1].content, emotion)
+        return None
+
+    @staticmethod
+    def _used(persona: Resolved | None, indexed: IndexedCard | None) -> PersonaUse | None:
+        if persona is not None:
+            return PersonaUse.of(persona)
+        return PersonaUse(indexed.card.name, indexed.version, indexed.persona_id) if indexed else None
+
+    def _index_card(
+        self, session: SessionKey, messages: tuple[Message, ...], character: str | None
+    ) -> asyncio.Future[IndexedCard] | None:
+        """Recognise the client's character card and start storing/indexing it (instant once seen)."""
+        if self.cards is None:
+            return None
+        speaker = next((m.name for m in messages if m.role == "assistant" and m.name), None)
+        card = recognise_card(leading_system(messages), character, speaker)
+        return asyncio.ensure_future(self.cards.index(session.user_id, card)) if card else None
+
+    async def _fit_card(
+        self,
+        messages: tuple[Message, ...],
+        indexed: IndexedCard | None,
+        turn: TurnRequest,
+        embedding: asyncio.Future[list[float] | None],
+    ) -> tuple[Message, ...]:
+        """A card gives way to its chunks most relevant to this turn only when the client's whole request
+        does not fit the model (the client's own text is otherwise sent verbatim)."""
+        if indexed is None:
+            return messages
+        own = self.tokens.message(turn.persona.text) if turn.persona else 0
+        if own + sum(self.tokens.message(m.content) for m in messages) <= turn.budget.prompt:
+            return messages
+        share = int(turn.budget.prompt * self.shares.persona)
+        query = None  # without a query vector: the card's opening chunks
+        if not embedding.cancelled():
+            try:
+                query = await embedding
+            except Exception as exc:
+                log.info("no query embedding for the card's chunks: %s", exc)
+        room = max(share - own - self.tokens.message(excerpt(indexed, []).content), share // 4)
+        chosen = pick_chunks(indexed.chunks, indexed.scores(query) if query is not None else None, room)
+        return (excerpt(indexed, chosen), *messages[len(indexed.card.messages) :])
+
+    async def _boost(self, feeling: asyncio.Future[Emotion | None]) -> Boost | None:
+        assert self.emotion is not None
+        return self.emotion.boost(await self.emotion.reading(feeling))
+
+
+async def _indexed(indexing: asyncio.Future[IndexedCard] | None) -> IndexedCard | None:
+    """The stored, chunked card (instant once this process has seen it); failing it is not fatal."""
+    if indexing is None:
+        return None
+    try:
+        return await indexing
+    except Exception as exc:
+        log.warning("could not index the client's character card: %s", exc)
+        return None
+
+
+def with_persona(messages: Sequence[Message], persona: Resolved | None) -> tuple[Message, ...]:
+    """The rendered persona first, then the client's own leading system messages minus what repeats it."""
+    if persona is None:
+        return tuple(messages)
+    system = leading_system(messages)
+    return (*_merged(persona.text, system), *messages[len(system) :])
+
+
+@functools.lru_cache(maxsize=256)
+def _merged(persona: str, system: tuple[Message, ...]) -> tuple[Message, ...]:
+    """Clients resend the same system prompt every turn: merge it once per (persona, prompt)."""
+    return tuple(merge_system(persona, system))

@@ -1,0 +1,134 @@
+"""Storing answered turns (issue 12 items 1, 2 and 5): any failure journals the turn, the journal never
+holds a request up, and a store that stalls past the next request's wait is still stored once."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from memory.budget import TokenCounter
+from memory.db import make_engine, make_sessionmaker
+from memory.journal import InFlight, JournalEntry, TurnJournal
+from memory.models import MessageRow
+from memory.service import MemoryConfig, MemoryService
+from memory.types import Message, SessionKey, TurnRecord
+from tests.fakes import FakeEmbedder
+
+
+def record(reply: str, *incoming: Message) -> TurnRecord:
+    return TurnRecord(reply=reply, status="complete", model="m", prompt=[], tokens={}, incoming=incoming)
+
+
+async def rows(sessions: async_sessionmaker[AsyncSession], user: int) -> list[tuple[str, str, int | None]]:
+    async with sessions() as s:
+        found = await s.execute(
+            select(MessageRow.role, MessageRow.content, MessageRow.parent_id)
+            .where(MessageRow.user_id == user)
+            .order_by(MessageRow.id)
+        )
+    return [(r.role, r.content, r.parent_id) for r in found]
+
+
+async def test_a_store_that_fails_for_any_reason_is_journaled_then_stored_once(
+    pg_url: str, user: int, counter: TokenCounter, sessions: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    """Item 1: with the pool exhausted the store failed with QueuePool's TimeoutError, which was not
+    counted as an outage, so the answered turn was logged and dropped."""
+    engine = make_engine(pg_url, pool_size=1, max_overflow=0, pool_timeout=0.2)
+    tiny = make_sessionmaker(engine)
+    journal = TurnJournal(tmp_path / "turns.jsonl")
+    memory = MemoryService(tiny, counter, FakeEmbedder(), MemoryConfig(deadline_s=30), journal=journal)
+    session = SessionKey(user_id=user, conversation="pool-1")
+    question = Message("user", "Will this survive?")
+    thread = await memory.recognise(session, [question])
+    try:
+        async with tiny() as holder:  # the pool's only connection is taken
+            await holder.execute(text("SELECT 1"))
+            memory.remember(session, thread, record("Yes.", question))
+            await memory.settle()
+            assert [e.turn.reply for e in journal.entries()] == ["Yes."]
+        assert await memory.drain_journal() == 1
+        assert await memory.drain_journal() == 0 and len(journal) == 0
+    finally:
+        await engine.dispose()
+    stored = await rows(sessions, user)
+    assert [(r, c) for r, c, _ in stored] == [("user", "Will this survive?"), ("assistant", "Yes.")]
+
+
+async def test_recognition_never_waits_on_the_journal(
+    user: int, counter: TokenCounter, sessions: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    """Item 2: after an outage, `recognise()` drained the whole journal under a lock before every
+    request; requests hung for minutes. The journal drains in the background only."""
+    journal = TurnJournal(tmp_path / "turns.jsonl")
+    memory = MemoryService(sessions, counter, FakeEmbedder(), MemoryConfig(deadline_s=30), journal=journal)
+    waiting = SessionKey(user_id=user, conversation="journaled")
+    journal.append(JournalEntry(waiting, record("Later.", Message("user", "Journaled question"))))
+    async with memory.store._draining:  # a drain in progress (or stuck on a slow database)
+        thread = await asyncio.wait_for(
+            memory.recognise(SessionKey(user_id=user, conversation="other"), [Message("user", "Hi")]), 60
+        )
+    assert thread.created and len(journal) == 1
+    assert await memory.drain_journal() == 1
+
+
+async def test_a_store_stalled_past_the_next_requests_wait_is_stored_once(
+    user: int, counter: TokenCounter, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """Item 5: the first store was blocked by a row lock, the next request's wait (`store_wait_s`)
+    expired, it recognised a stale branch and stored the turn again under the same parent."""
+    memory = MemoryService(sessions, counter, FakeEmbedder(), MemoryConfig(deadline_s=30, store_wait_s=0.2))
+    session = SessionKey(user_id=user, conversation="stall-1")
+    first = [Message("user", "first question")]
+    await memory.store_turn(session, await memory.recognise(session, first), record("first answer"))
+    second = [*first, Message("assistant", "first answer"), Message("user", "second question")]
+    thread2 = await memory.recognise(session, second)
+    async with sessions.begin() as blocker:  # like the embedding worker's long-held row locks
+        await blocker.execute(text("SELECT id FROM message WHERE user_id = :u FOR UPDATE"), {"u": user})
+        memory.remember(session, thread2, record("second answer"))
+        third = [*second, Message("assistant", "second answer"), Message("user", "third question")]
+        thread3 = await memory.recognise(session, third)  # the wait expires: a stale branch
+        assert thread3.new[0] == Message("user", "second question")
+        memory.remember(session, thread3, record("third answer"))
+        await asyncio.sleep(0.5)
+    await memory.settle()
+    stored = await rows(sessions, user)
+    assert [c for _, c, _ in stored] == [
+        "first question",
+        "first answer",
+        "second question",
+        "second answer",
+        "third question",
+        "third answer",
+    ]
+
+
+async def test_a_turn_in_flight_when_its_process_was_killed_is_stored(
+    user: int, counter: TokenCounter, sessions: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    """Item 6: a SIGKILL mid-stream lost the turn in flight. Its write-ahead file (the request's
+    messages, then each streamed piece) becomes a journal entry at the next start, stored once."""
+    inflight = InFlight(tmp_path / "inflight")
+    session = SessionKey(user_id=user, conversation="killed-1")
+    question = Message("user", "Tell me everything.")
+    turn = TurnRecord("", "partial", "m", [], {}, incoming=(question,), turn_id="t-killed")
+    path = inflight.begin(JournalEntry(session, turn))
+    InFlight.add(path, "Once upon")
+    InFlight.add(path, " a time")
+    dead = path.with_name("999999999-t-killed.wal")  # as left by a process that no longer runs
+    path.rename(dead)
+    with dead.open("a") as f:
+        f.write('"cut sh')  # the piece being written when the process died
+    journal = TurnJournal(tmp_path / "turns.jsonl")
+    assert inflight.recover(journal) == 1 and not dead.exists()
+    (entry,) = journal.entries()
+    assert (entry.turn.reply, entry.turn.status, entry.turn_id) == ("Once upon a time", "partial", "t-killed")
+    memory = MemoryService(sessions, counter, FakeEmbedder(), MemoryConfig(deadline_s=30), journal=journal)
+    assert await memory.drain_journal() == 1
+    assert [(r, c) for r, c, _ in await rows(sessions, user)] == [
+        ("user", "Tell me everything."),
+        ("assistant", "Once upon a time"),
+    ]
