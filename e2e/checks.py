@@ -1,0 +1,142 @@
+"""The assertions: what Anima stored and what reached the backend, against what SillyTavern sent and
+shows. Each check returns readable failure reasons; an empty list is a pass."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from e2e.recorder import Recording
+
+Line = tuple[str, str]  # (role, normalised text)
+
+
+@dataclass
+class Stored:
+    """One conversation as Anima's memory API returns it."""
+
+    id: str
+    messages: list[dict[str, Any]]
+
+    def branch(self) -> list[dict[str, Any]]:
+        """The path from the newest message back to the root, oldest first."""
+        by_id = {m["id"]: m for m in self.messages}
+        if not by_id:
+            return []
+        path, node = [], by_id[max(by_id)]
+        while node is not None:
+            path.append(node)
+            node = by_id.get(node["parent_id"])
+        return path[::-1]
+
+
+def normalise(text: str, names: set[str]) -> str:
+    """Presentation does not change a turn: a leading "Name: " of a known speaker and outer whitespace."""
+    text = text.strip()
+    for name in names:
+        if text.startswith(f"{name}:"):
+            return text[len(name) + 1 :].strip()
+    return text
+
+
+def displayed(chat: list[dict[str, Any]], names: set[str]) -> list[Line]:
+    return [
+        ("user" if m["is_user"] else "assistant", normalise(m["mes"], names))
+        for m in chat
+        if not m["is_system"]
+    ]
+
+
+def stored_lines(messages: list[dict[str, Any]], names: set[str]) -> list[Line]:
+    return [
+        (m["role"], normalise(m["content"], names)) for m in messages if m["role"] in ("user", "assistant")
+    ]
+
+
+def duplicates(conv: Stored, names: set[str]) -> list[str]:
+    """Two stored siblings (same parent) that are the same turn."""
+    seen: dict[tuple[Any, str, str], int] = {}
+    found = []
+    for m in conv.messages:
+        key = (m["parent_id"], m["role"], normalise(m["content"], names))
+        if key in seen:
+            found.append(f"{conv.id}: message {m['id']} duplicates {seen[key]} ({m['role']}: {_short(key[2])})")
+        seen.setdefault(key, m["id"])
+    return found
+
+
+def branch_matches(conv: Stored, chat: list[dict[str, Any]], names: set[str]) -> list[str]:
+    """The stored branch is exactly what SillyTavern shows, message by message."""
+    want, got = displayed(chat, names), stored_lines(conv.branch(), names)
+    if want == got:
+        return []
+    for i, (w, g) in enumerate(zip(want, got, strict=False)):
+        if w != g:
+            return [f"{conv.id}: stored branch differs at #{i}: ST shows {_line(w)}, Anima has {_line(g)}"]
+    return [f"{conv.id}: ST shows {len(want)} messages, the stored branch has {len(got)}"
+            + (f" (first extra: {_line(got[len(want)])})" if len(got) > len(want) else
+               f" (first missing: {_line(want[len(got)])})")]
+
+
+def speakers(conv: Stored, chat: list[dict[str, Any]], names: set[str]) -> list[str]:
+    """Group chats: every stored reply carries the speaker SillyTavern shows for it."""
+    shown = [m for m in chat if not m["is_user"] and not m["is_system"]]
+    kept = [m for m in conv.branch() if m["role"] == "assistant"]
+    out = []
+    for s, k in zip(shown, kept, strict=False):
+        prefixed = k["content"].strip().startswith(f"{s['name']}:")
+        if k.get("name") != s["name"] and not prefixed:
+            out.append(f"{conv.id}: reply {_short(k['content'])!r} stored with speaker {k.get('name')!r}, ST shows {s['name']!r}")
+    return out[:3]
+
+
+def forwarded(sent: list[Recording], upstream: list[tuple[float, dict[str, Any]]]) -> list[str]:
+    """Every chat request reached the backend with all of SillyTavern's user/assistant messages,
+    verbatim and in order (all of our chats fit the 8192-token window)."""
+    posts = [r for r in sent if r.method == "POST" and r.path.endswith("/chat/completions")]
+    out = []
+    for k, post in enumerate(posts):
+        end = posts[k + 1].at if k + 1 < len(posts) else float("inf")
+        candidates = [body for at, body in upstream if post.at <= at < end]
+        chat = [(m["role"], _text(m)) for m in post.body["messages"] if m["role"] in ("user", "assistant")]
+        if not candidates:
+            out.append(f"request {k + 1}: never reached the backend (status {post.status})")
+            continue
+        best = max(candidates, key=lambda b: _kept(chat, b))
+        kept = _kept(chat, best)
+        if kept < len(chat):
+            missing = _first_missing(chat, best)
+            out.append(f"request {k + 1}: backend got {kept} of the {len(chat)} chat messages ST sent"
+                       f" in order (first missing: {_line(missing)})")
+    return out
+
+
+def _kept(chat: list[tuple[str, str]], body: dict[str, Any]) -> int:
+    """How many of `chat` appear, verbatim and in order, in the backend's messages."""
+    upstream = [(m["role"], _text(m)) for m in body.get("messages", [])]
+    i = 0
+    for line in upstream:
+        if i < len(chat) and line == chat[i]:
+            i += 1
+    return i
+
+
+def _first_missing(chat: list[tuple[str, str]], body: dict[str, Any]) -> tuple[str, str]:
+    return chat[_kept(chat, body)]
+
+
+def _text(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return str(content or "")
+
+
+def _short(text: str, n: int = 60) -> str:
+    text = re.sub(r"\s+", " ", text)
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _line(line: tuple[str, str]) -> str:
+    return f"{line[0]} {_short(line[1])!r}"
