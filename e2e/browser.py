@@ -54,6 +54,7 @@ class Tavern:
     def __init__(self, page: Page, requests: Callable[[], int]) -> None:
         self.page = page
         self.requests = requests
+        self.seen: list[list[dict[str, Any]]] = []  # the chat after every action, for the stray check
 
     # --- state -------------------------------------------------------------------------------
     def js(self, script: str, arg: Any = None) -> Any:
@@ -79,7 +80,7 @@ class Tavern:
             self.js(
                 """() => SillyTavern.getContext().chat.map((m, i) => ({
                     name: m.name, is_user: !!m.is_user, is_system: !!m.is_system, mes: m.mes,
-                    swipe_id: m.swipe_id ?? null, swipes: m.swipes?.length ?? null,
+                    swipe_id: m.swipe_id ?? null, swipe_texts: m.swipes ?? null,
                     shown: $(`#chat .mes[mesid="${i}"] .mes_text`).text()}))"""
             )
         )
@@ -94,9 +95,10 @@ class Tavern:
         self.settle()
 
     def settle(self) -> None:
-        """Give SillyTavern's debounced chat save a moment; results are read from its live chat
-        array and the recorder, so nothing depends on this pause."""
+        """Give SillyTavern's debounced chat save a moment (results are read from its live chat
+        array and the recorder, so nothing depends on this pause), and note what it shows."""
         self.page.wait_for_timeout(500)
+        self.seen.append(self.chat())
 
     # --- navigation --------------------------------------------------------------------------
     def open_character(self, avatar: str) -> None:

@@ -54,16 +54,51 @@ def stored_lines(messages: list[dict[str, Any]], names: set[str]) -> list[Line]:
     ]
 
 
+def squash(text: str, names: set[str]) -> str:
+    return re.sub(r"\s+", "", normalise(text, names))
+
+
 def duplicates(conv: Stored, names: set[str]) -> list[str]:
-    """Two stored siblings (same parent) that are the same turn."""
-    seen: dict[tuple[Any, str, str], int] = {}
+    """Two stored siblings (same parent, same role) that are one turn: equal up to presentation, or one
+    a prefix of the other (a continued reply stored again, a Stop partial stored next to ST's copy)."""
     found = []
-    for m in conv.messages:
-        key = (m["parent_id"], m["role"], normalise(m["content"], names))
-        if key in seen:
-            found.append(f"{conv.id}: message {m['id']} duplicates {seen[key]} ({m['role']}: {_short(key[2])})")
-        seen.setdefault(key, m["id"])
+    for i, a in enumerate(conv.messages):
+        for b in conv.messages[i + 1 :]:
+            if (a["parent_id"], a["role"]) != (b["parent_id"], b["role"]):
+                continue
+            x, y = squash(a["content"], names), squash(b["content"], names)
+            if x.startswith(y) or y.startswith(x):
+                found.append(
+                    f"{conv.id}: {a['role']} stored twice: {a['id']} {_short(a['content'])!r}"
+                    f" and {b['id']} {_short(b['content'])!r}"
+                )
     return found
+
+
+def strays(conv: Stored, chats: list[list[dict[str, Any]]], sent: list[Recording], names: set[str]) -> list[str]:
+    """Stored messages SillyTavern never sent nor showed (with that role): a quiet or impersonate
+    answer stored as a reply, a Stop partial longer than what ST kept, a role rewritten."""
+    known = {(role, squash(text, names)) for role, text in _sent_lines(sent)}
+    for chat in chats:
+        for m in chat:
+            role = "user" if m["is_user"] else "assistant"
+            for text in [m["mes"], *(m.get("swipe_texts") or [])]:
+                known.add((role, squash(text, names)))
+    return [
+        f"{conv.id}: stored {m['role']} {m['id']} {_short(m['content'])!r} was never sent or shown by ST"
+        for m in conv.messages
+        if m["role"] in ("user", "assistant") and (m["role"], squash(m["content"], names)) not in known
+    ]
+
+
+def _sent_lines(sent: list[Recording]) -> list[tuple[str, str]]:
+    return [
+        (m["role"], _text(m))
+        for r in sent
+        if r.method == "POST" and isinstance(r.body, dict)
+        for m in r.body.get("messages", [])
+        if m.get("role") in ("user", "assistant")
+    ]
 
 
 def branch_matches(conv: Stored, chat: list[dict[str, Any]], names: set[str]) -> list[str]:

@@ -93,13 +93,15 @@ def settled(memory: MemoryApi, known: set[str]) -> dict[str, checks.Stored]:
     return {cid: checks.Stored(cid, msgs) for cid, msgs in last}
 
 
-def evaluate(flow: Flow, chats: list[list[dict[str, Any]]], stored: dict[str, checks.Stored],
-             stack: Stack, since: float, names: set[str]) -> list[str]:
+def evaluate(flow: Flow, chats: list[list[dict[str, Any]]], seen: list[list[dict[str, Any]]],
+             stored: dict[str, checks.Stored], stack: Stack, since: float, names: set[str]) -> list[str]:
     failures: list[str] = []
     if len(stored) != flow.conversations:
         failures.append(f"{len(stored)} new conversation(s) in Anima, expected {flow.conversations}")
+    sent = stack.recorder.of(flow.name)
     for conv in stored.values():
         failures += checks.duplicates(conv, names)
+        failures += checks.strays(conv, chats + seen, sent, names)
     for chat in chats:
         if not stored:
             break
@@ -109,7 +111,7 @@ def evaluate(flow: Flow, chats: list[list[dict[str, Any]]], stored: dict[str, ch
             failures += checks.speakers(conv, chat, names)
     upstream = [(at, body) for at, body in zip(stack.backend.received, stack.backend.requests, strict=True)
                 if at >= since]
-    failures += checks.forwarded(stack.recorder.of(flow.name), upstream)
+    failures += checks.forwarded(sent, upstream)
     return failures
 
 
@@ -124,6 +126,7 @@ def run_flow(flow: Flow, tavern: Tavern, stack: Stack, ctx: Ctx, args: argparse.
     since = time.time()
     stack.recorder.flow = flow.name
     chats: list[list[dict[str, Any]]] = []
+    tavern.seen = []
     try:
         tavern.reset_settings()
         if not flow.group:
@@ -138,10 +141,12 @@ def run_flow(flow: Flow, tavern: Tavern, stack: Stack, ctx: Ctx, args: argparse.
     names = {USER, ctx.card.name, *(m.name for m in ctx.members)}
     stored = settled(stack.memory, known)
     if chats:
-        outcome.failures = evaluate(flow, chats, stored, stack, since, names)
+        outcome.failures = evaluate(flow, chats, tavern.seen, stored, stack, since, names)
         save_fixture(args.fixtures, flow.name, stack.recorder.of(flow.name), chats)
     save_result(args.work / "results", flow.name, {
-        "outcome": outcome.__dict__, "chats": chats,
+        "outcome": outcome.__dict__, "chats": chats, "seen": tavern.seen,
+        "sent_at": [r.at for r in stack.recorder.of(flow.name)],
+        "upstream_at": [at for at in stack.backend.received if at >= since],
         "stored": {k: v.messages for k, v in stored.items()},
         "upstream": [b for at, b in zip(stack.backend.received, stack.backend.requests, strict=True) if at >= since],
     })
