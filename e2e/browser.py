@@ -102,9 +102,7 @@ class Tavern:
 
     # --- navigation --------------------------------------------------------------------------
     def open_character(self, avatar: str) -> None:
-        chid = self.js(
-            "(a) => SillyTavern.getContext().characters.findIndex(c => c.avatar === a)", avatar
-        )
+        chid = self.js("(a) => SillyTavern.getContext().characters.findIndex(c => c.avatar === a)", avatar)
         if chid < 0:
             raise RuntimeError(f"SillyTavern has no character {avatar}")
         self.js("(id) => SillyTavern.getContext().selectCharacterById(id)", chid)
@@ -119,7 +117,8 @@ class Tavern:
         self.page.locator(f'.group_select[data-grid="{group_id}"]').first.dispatch_event("click")
         self.page.wait_for_function(
             """([g, n]) => { const c = SillyTavern.getContext();
-                return c.groupId === g && c.chat.length >= n && $('#chat .mes').length === c.chat.length; }""",
+                return c.groupId === g && c.chat.length >= n
+                    && $('#chat .mes').length === c.chat.length; }""",
             arg=[group_id, members],
         )
 
@@ -178,9 +177,7 @@ class Tavern:
         self.menu("option_delete_mes")
         self.page.locator("#chat .mes").last.click()
         self.page.click("#dialogue_del_mes_ok")
-        self.page.wait_for_function(
-            "(n) => SillyTavern.getContext().chat.length === n - 1", arg=before
-        )
+        self.page.wait_for_function("(n) => SillyTavern.getContext().chat.length === n - 1", arg=before)
         self.settle()
 
     def new_chat(self) -> None:
@@ -195,9 +192,7 @@ class Tavern:
     def quiet(self, prompt: str) -> str:
         """A quiet generation (what extensions and /gen do): not shown in the chat."""
         start = self.requests()
-        result = self.js(
-            "(p) => SillyTavern.getContext().generateQuietPrompt({ quietPrompt: p })", prompt
-        )
+        result = self.js("(p) => SillyTavern.getContext().generateQuietPrompt({ quietPrompt: p })", prompt)
         wait_until(lambda: self.requests() > start, TIMEOUT_S, "the quiet request")
         return str(result)
 

@@ -24,7 +24,8 @@ class Stored:
         by_id = {m["id"]: m for m in self.messages}
         if not by_id:
             return []
-        path, node = [], by_id[max(by_id)]
+        path: list[dict[str, Any]] = []
+        node: dict[str, Any] | None = by_id[max(by_id)]
         while node is not None:
             path.append(node)
             node = by_id.get(node["parent_id"])
@@ -75,7 +76,9 @@ def duplicates(conv: Stored, names: set[str]) -> list[str]:
     return found
 
 
-def strays(conv: Stored, chats: list[list[dict[str, Any]]], sent: list[Recording], names: set[str]) -> list[str]:
+def strays(
+    conv: Stored, chats: list[list[dict[str, Any]]], sent: list[Recording], names: set[str]
+) -> list[str]:
     """Stored messages SillyTavern never sent nor showed (with that role): a quiet or impersonate
     answer stored as a reply, a Stop partial longer than what ST kept, a role rewritten."""
     known = {(role, squash(text, names)) for role, text in _sent_lines(sent)}
@@ -109,20 +112,27 @@ def branch_matches(conv: Stored, chat: list[dict[str, Any]], names: set[str]) ->
     for i, (w, g) in enumerate(zip(want, got, strict=False)):
         if w != g:
             return [f"{conv.id}: stored branch differs at #{i}: ST shows {_line(w)}, Anima has {_line(g)}"]
-    return [f"{conv.id}: ST shows {len(want)} messages, the stored branch has {len(got)}"
-            + (f" (first extra: {_line(got[len(want)])})" if len(got) > len(want) else
-               f" (first missing: {_line(want[len(got)])})")]
+    return [
+        f"{conv.id}: ST shows {len(want)} messages, the stored branch has {len(got)}"
+        + (
+            f" (first extra: {_line(got[len(want)])})"
+            if len(got) > len(want)
+            else f" (first missing: {_line(want[len(got)])})"
+        )
+    ]
 
 
 def speakers(conv: Stored, chat: list[dict[str, Any]], names: set[str]) -> list[str]:
-    """Group chats: every stored reply carries the speaker SillyTavern shows for it."""
+    """Group chats: every stored reply carries, in its `name`, the speaker SillyTavern shows for it."""
     shown = [m for m in chat if not m["is_user"] and not m["is_system"]]
     kept = [m for m in conv.branch() if m["role"] == "assistant"]
     out = []
     for s, k in zip(shown, kept, strict=False):
-        prefixed = k["content"].strip().startswith(f"{s['name']}:")
-        if k.get("name") != s["name"] and not prefixed:
-            out.append(f"{conv.id}: reply {_short(k['content'])!r} stored with speaker {k.get('name')!r}, ST shows {s['name']!r}")
+        if k.get("name") != s["name"]:
+            out.append(
+                f"{conv.id}: reply {_short(k['content'])!r} stored with speaker {k.get('name')!r},"
+                f" ST shows {s['name']!r}"
+            )
     return out[:3]
 
 
@@ -142,23 +152,32 @@ def forwarded(sent: list[Recording], upstream: list[tuple[float, dict[str, Any]]
         kept = _kept(chat, best)
         if kept < len(chat):
             missing = _first_missing(chat, best)
-            out.append(f"request {k + 1}: backend got {kept} of the {len(chat)} chat messages ST sent"
-                       f" in order (first missing: {_line(missing)})")
+            out.append(
+                f"request {k + 1}: backend got {kept} of the {len(chat)} chat messages ST sent"
+                f" in order (first missing: {_line(missing)})"
+            )
     return out
 
 
 def _kept(chat: list[tuple[str, str]], body: dict[str, Any]) -> int:
     """How many of `chat` appear, verbatim and in order, in the backend's messages."""
+    return len(chat) - len(_missing(chat, body))
+
+
+def _missing(chat: list[tuple[str, str]], body: dict[str, Any]) -> list[tuple[str, str]]:
+    """`chat` messages not found, in order, among the backend's messages (greedy, in order)."""
     upstream = [(m["role"], _text(m)) for m in body.get("messages", [])]
-    i = 0
-    for line in upstream:
-        if i < len(chat) and line == chat[i]:
-            i += 1
-    return i
+    missing, j = [], 0
+    for line in chat:
+        try:
+            j = upstream.index(line, j) + 1
+        except ValueError:
+            missing.append(line)
+    return missing
 
 
 def _first_missing(chat: list[tuple[str, str]], body: dict[str, Any]) -> tuple[str, str]:
-    return chat[_kept(chat, body)]
+    return _missing(chat, body)[0]
 
 
 def _text(message: dict[str, Any]) -> str:

@@ -4,7 +4,7 @@ chat as shown at the end, once per chat it used (in the order the chats were mad
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from e2e.browser import Tavern

@@ -46,9 +46,7 @@ class RecorderState:
 
 
 def _kept(request: Request) -> dict[str, str]:
-    return {
-        k: v for k, v in request.headers.items() if k in KEPT_HEADERS or k.startswith("x-")
-    }
+    return {k: v for k, v in request.headers.items() if k in KEPT_HEADERS or k.startswith("x-")}
 
 
 def recorder_app(state: RecorderState) -> Starlette:

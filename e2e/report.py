@@ -24,7 +24,9 @@ class Outcome:
     def reason(self) -> str:
         if self.error:
             return f"error: {self.error}"
-        return "; ".join(self.failures[:3]) + (f" (+{len(self.failures) - 3} more)" if len(self.failures) > 3 else "")
+        return "; ".join(self.failures[:3]) + (
+            f" (+{len(self.failures) - 3} more)" if len(self.failures) > 3 else ""
+        )
 
 
 def save_fixture(folder: Path, flow: str, sent: list[Recording], chats: list[list[dict[str, Any]]]) -> None:

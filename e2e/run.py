@@ -27,7 +27,23 @@ from tests.servers.openai_stub import StubState, stub_app
 from tests.servers.runner import ServerThread
 
 REPO = Path(__file__).resolve().parent.parent
-NAMES = ["Ada", "Bea", "Cyd", "Dov", "Eli", "Fay", "Gus", "Hal", "Ira", "Kit", "Lou", "Max", "Ned", "Oda", "Pia"]
+NAMES = [
+    "Ada",
+    "Bea",
+    "Cyd",
+    "Dov",
+    "Eli",
+    "Fay",
+    "Gus",
+    "Hal",
+    "Ira",
+    "Kit",
+    "Lou",
+    "Max",
+    "Ned",
+    "Oda",
+    "Pia",
+]
 GROUP = ("e2e-group", "Reading Club", ["Ivy", "Jon"])
 
 
@@ -93,8 +109,15 @@ def settled(memory: MemoryApi, known: set[str]) -> dict[str, checks.Stored]:
     return {cid: checks.Stored(cid, msgs) for cid, msgs in last}
 
 
-def evaluate(flow: Flow, chats: list[list[dict[str, Any]]], seen: list[list[dict[str, Any]]],
-             stored: dict[str, checks.Stored], stack: Stack, since: float, names: set[str]) -> list[str]:
+def evaluate(
+    flow: Flow,
+    chats: list[list[dict[str, Any]]],
+    seen: list[list[dict[str, Any]]],
+    stored: dict[str, checks.Stored],
+    stack: Stack,
+    since: float,
+    names: set[str],
+) -> list[str]:
     failures: list[str] = []
     if len(stored) != flow.conversations:
         failures.append(f"{len(stored)} new conversation(s) in Anima, expected {flow.conversations}")
@@ -109,8 +132,11 @@ def evaluate(flow: Flow, chats: list[list[dict[str, Any]]], seen: list[list[dict
         failures += checks.branch_matches(conv, chat, names)
         if flow.group:
             failures += checks.speakers(conv, chat, names)
-    upstream = [(at, body) for at, body in zip(stack.backend.received, stack.backend.requests, strict=True)
-                if at >= since]
+    upstream = [
+        (at, body)
+        for at, body in zip(stack.backend.received, stack.backend.requests, strict=True)
+        if at >= since
+    ]
     failures += checks.forwarded(sent, upstream)
     return failures
 
@@ -143,13 +169,21 @@ def run_flow(flow: Flow, tavern: Tavern, stack: Stack, ctx: Ctx, args: argparse.
     if chats:
         outcome.failures = evaluate(flow, chats, tavern.seen, stored, stack, since, names)
         save_fixture(args.fixtures, flow.name, stack.recorder.of(flow.name), chats)
-    save_result(args.work / "results", flow.name, {
-        "outcome": outcome.__dict__, "chats": chats, "seen": tavern.seen,
-        "sent_at": [r.at for r in stack.recorder.of(flow.name)],
-        "upstream_at": [at for at in stack.backend.received if at >= since],
-        "stored": {k: v.messages for k, v in stored.items()},
-        "upstream": [b for at, b in zip(stack.backend.received, stack.backend.requests, strict=True) if at >= since],
-    })
+    save_result(
+        args.work / "results",
+        flow.name,
+        {
+            "outcome": outcome.__dict__,
+            "chats": chats,
+            "seen": tavern.seen,
+            "sent_at": [r.at for r in stack.recorder.of(flow.name)],
+            "upstream_at": [at for at in stack.backend.received if at >= since],
+            "stored": {k: v.messages for k, v in stored.items()},
+            "upstream": [
+                b for at, b in zip(stack.backend.received, stack.backend.requests, strict=True) if at >= since
+            ],
+        },
+    )
     if outcome.error:
         tavern.page.reload(wait_until="domcontentloaded")
         tavern.ready()
@@ -176,11 +210,17 @@ def main(argv: list[str] | None = None) -> int:
             tavern = Tavern(page, chats)
             tavern.ready()
             for flow in flows:
-                ctx = Ctx(per_flow.get(flow.name, members[0]), members if flow.group else [],
-                          GROUP[0] if flow.group else None, stack.backend)
+                ctx = Ctx(
+                    per_flow.get(flow.name, members[0]),
+                    members if flow.group else [],
+                    GROUP[0] if flow.group else None,
+                    stack.backend,
+                )
                 print(f"--- {flow.name}: {flow.what}", flush=True)
                 outcomes.append(run_flow(flow, tavern, stack, ctx, args))
-                print(f"    {'pass' if outcomes[-1].passed else 'FAIL: ' + outcomes[-1].reason()}", flush=True)
+                print(
+                    f"    {'pass' if outcomes[-1].passed else 'FAIL: ' + outcomes[-1].reason()}", flush=True
+                )
     print(table(outcomes))
     (args.work / "table.md").write_text(table(outcomes) + "\n")
     return 0 if all(o.passed for o in outcomes) else 1
