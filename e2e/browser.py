@@ -214,7 +214,16 @@ class Tavern:
         if int(got) != tokens:
             raise RuntimeError(f"SillyTavern kept context size {got}, not {tokens}")
 
+    def set_headers(self, yaml: str) -> None:
+        """Custom headers sent with every request (the "Additional Parameters" dialog's field)."""
+        self.js(
+            """(y) => { const c = SillyTavern.getContext();
+                c.chatCompletionSettings.custom_include_headers = y; c.saveSettingsDebounced(); }""",
+            yaml,
+        )
+
     def reset_settings(self) -> None:
+        self.set_headers("")
         self.set_names("default")
         self.set_continue_prefill(False)
         self.set_context(8192)

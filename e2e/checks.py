@@ -194,3 +194,42 @@ def _short(text: str, n: int = 60) -> str:
 
 def _line(line: tuple[str, str]) -> str:
     return f"{line[0]} {_short(line[1])!r}"
+
+
+def best_match(stored: dict[str, Stored], chat: list[dict[str, Any]], names: set[str]) -> Stored:
+    """The conversation whose branch agrees with `chat` on the most messages."""
+
+    def overlap(conv: Stored) -> int:
+        want, got = displayed(chat, names), stored_lines(conv.branch(), names)
+        return sum(1 for w, g in zip(want, got, strict=False) if w == g)
+
+    return max(stored.values(), key=overlap)
+
+
+@dataclass
+class Evidence:
+    """Everything one flow left behind: what ST showed (at the end, and after every action), what it
+    sent, what Anima stored (the flow's new conversations) and what the backend received."""
+
+    chats: list[list[dict[str, Any]]]
+    seen: list[list[dict[str, Any]]]
+    sent: list[Recording]
+    stored: dict[str, Stored]
+    upstream: list[tuple[float, dict[str, Any]]]
+    names: set[str]
+
+
+def flow_failures(ev: Evidence, *, conversations: int, group: bool = False) -> list[str]:
+    """All checks for one flow; `conversations`: how many chats the flow made (each its own)."""
+    failures: list[str] = []
+    if len(ev.stored) != conversations:
+        failures.append(f"{len(ev.stored)} new conversation(s) in Anima, expected {conversations}")
+    for conv in ev.stored.values():
+        failures += duplicates(conv, ev.names)
+        failures += strays(conv, ev.chats + ev.seen, ev.sent, ev.names)
+    for chat in ev.chats if ev.stored else []:
+        conv = best_match(ev.stored, chat, ev.names)
+        failures += branch_matches(conv, chat, ev.names)
+        if group:
+            failures += speakers(conv, chat, ev.names)
+    return failures + forwarded(ev.sent, ev.upstream)

@@ -147,6 +147,11 @@ def same_opening(t: Tavern, ctx: Ctx) -> list[Chat]:
     return [first, t.chat()]
 
 
+def same_opening_headers(t: Tavern, ctx: Ctx) -> list[Chat]:
+    t.set_headers('X-ST-Char: "{{char}}"\nX-ST-User: "{{user}}"')
+    return same_opening(t, ctx)
+
+
 def quiet(t: Tavern, ctx: Ctx) -> list[Chat]:
     turns(t, ctx, 2)
     t.quiet("Summarise the chat so far in one line.")
@@ -169,5 +174,11 @@ FLOWS: list[Flow] = [
     Flow("names-switch", "names: Completion Object, then Default, Message Content, Completion", names_switch),
     Flow("group", "group of two (activation: list), 3 user turns, 2 replies each", group, group=True),
     Flow("same-opening", "chat 'Hi!', then a new chat with the same greeting and 'Hi!'", same_opening, 2),
+    Flow(
+        "same-opening-headers",
+        "same-opening with X-ST-Char/X-ST-User headers ({{char}}, {{user}} macros)",
+        same_opening_headers,
+        2,
+    ),
     Flow("quiet", "2 turns, a quiet generation (generateQuietPrompt), 1 turn", quiet),
 ]

@@ -30,9 +30,19 @@ class Recording:
     headers: dict[str, str]
     body: Any
     status: int | None = None
+    reply: str | None = None  # the text Anima answered (streamed or not), as far as the client read it
+    completed: bool = False  # False: the client hung up first (Stop)
 
     def fixture(self) -> dict[str, Any]:
-        return {"method": self.method, "path": self.path, "headers": self.headers, "body": self.body}
+        return {
+            "method": self.method,
+            "path": self.path,
+            "headers": self.headers,
+            "body": self.body,
+            "status": self.status,
+            "reply": self.reply,
+            "completed": self.completed,
+        }
 
 
 @dataclass
@@ -47,6 +57,24 @@ class RecorderState:
 
 def _kept(request: Request) -> dict[str, str]:
     return {k: v for k, v in request.headers.items() if k in KEPT_HEADERS or k.startswith("x-")}
+
+
+def answer_text(raw: bytes, content_type: str) -> str | None:
+    """The assistant text in a chat-completion answer: SSE deltas joined, or the JSON message."""
+    try:
+        if "text/event-stream" in content_type:
+            parts = []
+            for line in raw.decode(errors="replace").splitlines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    choices = json.loads(line[6:]).get("choices") or [{}]
+                    parts.append(choices[0].get("delta", {}).get("content") or "")
+            return "".join(parts)
+        if "json" in content_type:
+            choices = json.loads(raw).get("choices")
+            return str(choices[0]["message"].get("content") or "") if choices else None
+    except (ValueError, KeyError, IndexError, AttributeError):
+        return None
+    return None
 
 
 def recorder_app(state: RecorderState) -> Starlette:
@@ -68,10 +96,14 @@ def recorder_app(state: RecorderState) -> Starlette:
         record.status = reply.status_code
 
         async def relay() -> AsyncIterator[bytes]:
+            seen = bytearray()
             try:  # a client that hangs up (Stop) cancels this, which closes the upstream request
                 async for chunk in reply.aiter_raw():
+                    seen += chunk
                     yield chunk
+                record.completed = True
             finally:
+                record.reply = answer_text(bytes(seen), reply.headers.get("content-type", ""))
                 await reply.aclose()
 
         passed = {k: v for k, v in reply.headers.items() if k not in HOP_HEADERS | {"content-encoding"}}

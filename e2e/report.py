@@ -29,14 +29,21 @@ class Outcome:
         )
 
 
-def save_fixture(folder: Path, flow: str, sent: list[Recording], chats: list[list[dict[str, Any]]]) -> None:
-    """`<flow>.jsonl`: one request per line (method, path, headers, body), in the order sent;
-    `<flow>.display.json`: SillyTavern's chat(s) as shown at the end of the flow."""
+def save_fixture(
+    folder: Path,
+    flow: str,
+    sent: list[Recording],
+    chats: list[list[dict[str, Any]]],
+    seen: list[list[dict[str, Any]]],
+) -> None:
+    """`<flow>.jsonl`: one request per line (method, path, headers, body, status, reply, completed), in
+    the order sent; `<flow>.display.json`: SillyTavern's chat(s) as shown at the end of the flow
+    (`chats`, one per chat the flow made) and after each action (`seen`)."""
     folder.mkdir(parents=True, exist_ok=True)
     lines = [json.dumps(r.fixture(), ensure_ascii=False) for r in sent]
     (folder / f"{flow}.jsonl").write_text("\n".join(lines) + "\n")
     (folder / f"{flow}.display.json").write_text(
-        json.dumps({"flow": flow, "chats": chats}, ensure_ascii=False, indent=1) + "\n"
+        json.dumps({"flow": flow, "chats": chats, "seen": seen}, ensure_ascii=False, indent=1) + "\n"
     )
 
 

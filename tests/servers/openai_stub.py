@@ -18,13 +18,16 @@ that a client disconnect really cancelled the upstream request. Also the "instan
     profile-never       prose without JSON, every time
     mirror        "You said: " + the last user message (cross-talk tests)
     numbered      "Reply N:" then `words` words " wK", one chunk each, `delay_s` apart (N counts its
-                  calls; the SillyTavern end-to-end check sets words/delay_s for its Stop flow)
+                  calls; the SillyTavern end-to-end check sets words/delay_s for its Stop flow);
+                  while `script` holds texts, it streams the next one instead, word by word (replaying
+                  a recorded SillyTavern flow: tests/fixtures/sillytavern/flows)
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -83,6 +86,7 @@ class StubState:
     received: list[float] = field(default_factory=list)  # time.time() of each request, in order
     words: int = 4  # `numbered`: words after "Reply N:"
     delay_s: float = 0.0  # `numbered`: pause between chunks
+    script: list[str] = field(default_factory=list)  # `numbered`: replies to give, in order
 
 
 def _chunk(delta: dict[str, Any], finish: str | None = None, usage: dict[str, int] | None = None) -> bytes:
@@ -115,10 +119,12 @@ def stub_app(state: StubState | None = None) -> Starlette:
         if model == "reason":
             yield _chunk({"role": "assistant", "reasoning_content": "Let me think."})
         if model == "numbered":
-            yield _chunk({"role": "assistant", "content": f"Reply {state.calls[model]}:"})
-            for i in range(state.words):
-                await asyncio.sleep(state.delay_s)
-                yield _chunk({"content": f" w{i}"})
+            words = [f"Reply {state.calls[model]}:", *(f" w{i}" for i in range(state.words))]
+            if state.script:
+                words = re.split(r"(?=\s)", state.script.pop(0))
+            for i, word in enumerate(words):
+                await asyncio.sleep(state.delay_s if i else 0)
+                yield _chunk({"content": word})
             reply = ()
         if model == "slow":
             for i in range(600):
