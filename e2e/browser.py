@@ -129,11 +129,25 @@ class Tavern:
 
     # --- chat actions ------------------------------------------------------------------------
     def send(self, text: str, replies: int = 1) -> None:
-        def act() -> None:
-            self.page.fill("#send_textarea", text)
-            self.page.click("#send_but")
+        self.generating(lambda: self.submit(text), replies)
 
-        self.generating(act, replies)
+    def submit(self, text: str, tries: int = 5) -> None:
+        """Type and press Send. SillyTavern ignores Send while it is still finishing the previous
+        generation (saving, events), though the button already shows: press again until it takes
+        the text (the box empties) or a request goes out."""
+        start = self.requests()
+        self.page.fill("#send_textarea", text)
+        for attempt in range(tries):
+            self.page.click("#send_but")
+            try:
+                wait_until(lambda: self.taken(start), 30, "SillyTavern to take the message")
+                return
+            except TimeoutError:
+                if attempt == tries - 1:
+                    raise
+
+    def taken(self, start: int) -> bool:
+        return self.requests() > start or not self.page.input_value("#send_textarea")
 
     def swipe(self) -> None:
         self.generating(lambda: self.page.locator("#chat .last_mes .swipe_right").first.click())
@@ -151,8 +165,7 @@ class Tavern:
     def send_and_stop(self, text: str, stop_after_chars: int) -> None:
         """Send, wait until some streamed text is on screen, then press Stop."""
         start = self.requests()
-        self.page.fill("#send_textarea", text)
-        self.page.click("#send_but")
+        self.submit(text)
         wait_until(lambda: self.requests() > start, TIMEOUT_S, "the request")
         self.page.wait_for_function(
             "(n) => $('#chat .last_mes .mes_text').text().length >= n", arg=stop_after_chars
