@@ -14,7 +14,7 @@ export TRANSFORMERS_OFFLINE := 1
 # llama-cpp-python builds from source; pip caches the wheel, so this happens once per machine.
 export CMAKE_BUILD_PARALLEL_LEVEL := $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install serve test lint bench clean
+.PHONY: install serve test lint bench clean e2e
 
 $(STAMP): pyproject.toml Makefile scripts/portable_pgvector.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,26 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/overhead.py
+
+# The real-SillyTavern end-to-end check (not part of `make test`; docs/e2e-sillytavern.md).
+# ANIMA_SRC: the checkout under test (default: this one); E2E_ARGS: e.g. --only plain stop
+ANIMA_SRC ?= $(CURDIR)
+E2E_ARGS  ?=
+E2E_DIR   := .e2e
+ST_VERSION := 1.19.0
+
+$(E2E_DIR)/st/node_modules/sillytavern/package.json:
+	mkdir -p $(E2E_DIR)/st
+	cd $(E2E_DIR)/st && (test -f package.json || npm init -y >/dev/null) && \
+	  npm install --no-audit --no-fund --loglevel=error sillytavern@$(ST_VERSION)
+
+# Uses an existing venv as is (VENV=/work/main/.venv from a worktree); builds one only if missing.
+e2e: $(E2E_DIR)/st/node_modules/sillytavern/package.json
+	test -x $(BIN)/python || $(MAKE) install
+	command -v chromium-headless-shell >/dev/null || command -v chromium >/dev/null || \
+	  (apt-get update -q && (apt-get install -y -q chromium-headless-shell || apt-get install -y -q chromium))
+	$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/python -m pip install -q playwright
+	PYTHONPATH=$(CURDIR) $(BIN)/python -m e2e.run --anima-src $(ANIMA_SRC) $(E2E_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

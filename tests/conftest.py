@@ -78,6 +78,7 @@ def stub(stub_state: StubState) -> StubState:
     stub_state.headers.clear()
     stub_state.calls.clear()
     stub_state.outcomes.clear()
+    stub_state.received.clear()
     return stub_state
 
 

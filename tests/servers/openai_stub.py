@@ -17,12 +17,17 @@ that a client disconnect really cancelled the upstream request. Also the "instan
                         then a valid profile in a code fence on a 0-100 scale (the learn tests)
     profile-never       prose without JSON, every time
     mirror        "You said: " + the last user message (cross-talk tests)
+    numbered      "Reply N:" then `words` words " wK", one chunk each, `delay_s` apart (N counts its
+                  calls; the SillyTavern end-to-end check sets words/delay_s for its Stop flow);
+                  while `script` holds texts, it streams the next one instead, word by word (replaying
+                  a recorded SillyTavern flow: tests/fixtures/sillytavern/flows)
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -78,6 +83,10 @@ class StubState:
     headers: list[dict[str, str]] = field(default_factory=list)
     calls: Counter[str] = field(default_factory=Counter)
     outcomes: list[str] = field(default_factory=list)  # "completed" | "cancelled", per stream
+    received: list[float] = field(default_factory=list)  # time.time() of each request, in order
+    words: int = 4  # `numbered`: words after "Reply N:"
+    delay_s: float = 0.0  # `numbered`: pause between chunks
+    script: list[str] = field(default_factory=list)  # `numbered`: replies to give, in order
 
 
 def _chunk(delta: dict[str, Any], finish: str | None = None, usage: dict[str, int] | None = None) -> bytes:
@@ -109,6 +118,14 @@ def stub_app(state: StubState | None = None) -> Starlette:
             reply = ("You said: ", str(said))
         if model == "reason":
             yield _chunk({"role": "assistant", "reasoning_content": "Let me think."})
+        if model == "numbered":
+            words = [f"Reply {state.calls[model]}:", *(f" w{i}" for i in range(state.words))]
+            if state.script:
+                words = re.split(r"(?=\s)", state.script.pop(0))
+            for i, word in enumerate(words):
+                await asyncio.sleep(state.delay_s if i else 0)
+                yield _chunk({"content": word})
+            reply = ()
         if model == "slow":
             for i in range(600):
                 yield _chunk({"content": f"tick{i} "})
@@ -132,6 +149,7 @@ def stub_app(state: StubState | None = None) -> Starlette:
     async def chat(request: Request) -> Response:
         body = await request.json()
         state.requests.append(body)
+        state.received.append(time.time())
         state.headers.append(dict(request.headers))
         model = str(body.get("model"))
         state.calls[model] += 1
@@ -148,7 +166,7 @@ def stub_app(state: StubState | None = None) -> Starlette:
         return StreamingResponse(tracked(model, body), media_type="text/event-stream")
 
     async def models(_: Request) -> JSONResponse:
-        names = ["echo", "reason", "slow"]
+        names = ["echo", "reason", "slow", "numbered"]
         return JSONResponse(
             {"object": "list", "data": [{"id": n, "object": "model", "owned_by": "stub"} for n in names]}
         )
