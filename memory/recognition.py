@@ -183,9 +183,9 @@ def _thread(
     chat = shape.history
     matched = located.matched
     new, kind, prefill = chat[matched:], shape.kind, ""
-    if kind == "continue" and new:  # the message the reply extends is not stored: store it with the reply
-        kind, prefill, new = "prefill", new[-1].content, new[:-1]
-    elif kind == "continue":  # the reply grows the stored message: the client's text of it, then the reply
+    if kind == "continue" and new and not shape.nudged:  # a trailing assistant message not stored yet:
+        kind, prefill, new = "prefill", new[-1].content, new[:-1]  # stored with the reply as one message
+    elif kind == "continue":  # the reply grows the last chat message: the client's text of it, then the reply
         prefill = chat[-1].content
     elif kind == "turn" and not new and chat and chat[-1].role == "user":
         kind = "regenerate"  # the whole request is stored already: a swipe

@@ -39,6 +39,14 @@ def unreachable(exc: BaseException) -> bool:
     return isinstance(exc, OSError | TimeoutError | ConnectionError)
 
 
+def continued(text: str, more: str) -> str:
+    """A continued message: SillyTavern puts a space between the text and its continuation unless
+    one of them already has whitespace there."""
+    if not text or not more or text[-1].isspace() or more[0].isspace():
+        return text + more
+    return f"{text} {more}"
+
+
 def lock_key(user_id: int, public_id: str) -> int:
     """A signed 64-bit advisory-lock key for one conversation."""
     digest = hashlib.blake2b(f"{user_id}\x1f{public_id}".encode(), digest_size=8).digest()
@@ -233,21 +241,26 @@ class TurnStore:
         conversation_id: int,
         added: list[StoredMessage],
     ) -> list[StoredMessage]:
-        """The reply by kind: a continue grows the message it continues (the client's text of it plus
-        the reply); a turn, swipe or prefill adds one reply (reused if that exact reply is there)."""
-        content = thread.prefill + turn.reply
+        """The reply by kind: a continue grows the message it continues (the client's text of it, then
+        the reply, joined by a space as SillyTavern joins them); a turn, swipe or prefill adds one reply
+        (reused if that exact reply is there)."""
         if not thread.stores_reply or not turn.reply.strip():
             return []
-        if thread.kind == "continue" and thread.anchor_id is not None:
+        if thread.kind == "continue":
+            target = added[-1].id if added else thread.anchor_id
+            if target is None:
+                return []
+            content = continued(thread.prefill, turn.reply)
             await history.revise(
                 s,
                 user_id=session.user_id,
-                message_id=thread.anchor_id,
+                message_id=target,
                 message=Message("assistant", content),
                 tokens=self.counter.count(content),
                 keep=False,
             )
             return []
+        content = thread.prefill + turn.reply
         parent = added[-1].id if added else thread.anchor_id
         depth = added[-1].depth if added else None
         return await history.append(

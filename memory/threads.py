@@ -69,13 +69,15 @@ class Shape:
     kind: TurnKind  # before alignment: turn | continue | impersonate | quiet
     history: tuple[Message, ...]  # chat messages, to align and store
     speaker: str | None = None  # who the reply speaks as (a group chat's member)
+    nudged: bool = False  # a continue asked by a trailing instruction (not a trailing assistant message)
 
 
 def classify(messages: Sequence[Message]) -> Shape:
     """The request's kind, from what its tail asks:
 
     - last message assistant: a continue (or, if that message is not stored, a reply prefill);
-    - a trailing system instruction: SillyTavern's continue nudge (continue), its impersonation prompt
+    - a trailing system instruction: SillyTavern's continue nudge (a continue of the last chat message,
+      the user's included: SillyTavern appends to it), its impersonation prompt
       (the model writes the user's line: nothing stored), a group nudge (a turn spoken by that member),
       a quiet extension prompt, or any other instruction after an assistant message (quiet);
     - otherwise a normal turn (post-history instructions after the user's message included).
@@ -91,10 +93,9 @@ def classify(messages: Sequence[Message]) -> Shape:
             return Shape("impersonate", chat)
         if _QUIET.search(instruction):
             return Shape("quiet", chat)
-    if chat[-1].role == "assistant":
-        for instruction in trailing:
-            if _CONTINUE.search(instruction):
-                return Shape("continue", chat)
+    for instruction in trailing:
+        if _CONTINUE.search(instruction):
+            return Shape("continue", chat, nudged=True)
     for instruction in trailing:
         group = _GROUP.match(instruction)
         if group:

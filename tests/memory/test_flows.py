@@ -148,11 +148,18 @@ async def test_continue_extends_the_stored_reply_in_both_modes(
     )
     await service.settle()
     (conversation,) = await stored(url, key)
-    assert len(conversation) == 3 and conversation[2]["content"] == REPLY + REPLY
-    await say(url, key, [CARD, GREETING, user("Tell me a story"), bot(REPLY + REPLY + " ")])  # prefill mode
+    assert (
+        len(conversation) == 3 and conversation[2]["content"] == f"{REPLY} {REPLY}"
+    )  # ST joins with a space
+    await say(url, key, [CARD, GREETING, user("Tell me a story"), bot(f"{REPLY} {REPLY} ")])  # prefill mode
     await service.settle()
     (conversation,) = await stored(url, key)
-    assert len(conversation) == 3 and conversation[2]["content"] == REPLY + REPLY + " " + REPLY
+    assert len(conversation) == 3 and conversation[2]["content"] == f"{REPLY} {REPLY} {REPLY}"
+    chat = [CARD, GREETING, user("Tell me a story"), bot(f"{REPLY} {REPLY} {REPLY}"), user("And the")]
+    await say(url, key, [*chat, {"role": "system", "content": CONTINUE}])  # continue of the user's line
+    await service.settle()
+    (conversation,) = await stored(url, key)
+    assert [(m["role"], m["content"]) for m in conversation[3:]] == [("user", f"And the {REPLY}")]
 
 
 async def test_after_stop_the_clients_shorter_copy_reconciles_the_stored_reply(
