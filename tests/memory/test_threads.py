@@ -151,8 +151,8 @@ async def test_continue_extends_the_stored_reply_and_prefill_is_kept(
             )
         ).all()
     assert sorted(replies) == sorted(
-        [GREETING.content, "Once upon a time, a dwarf forged a ring.", "*Bob grunts* Fine."]
-    )
+        [GREETING.content, "Once upon a time , a dwarf forged a ring.", "*Bob grunts* Fine."]
+    )  # a continue is joined with a space, as SillyTavern joins it (its `continue_postfix`)
     follow = await memory.recognise(
         key, [CARD, *chat, Message(A, "Once upon a time, a dwarf forged a ring."), Message(U, "More!")]
     )
