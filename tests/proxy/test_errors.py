@@ -164,3 +164,23 @@ async def test_unknown_route_and_method_are_openai_errors(anima_url: str) -> Non
         wrong = await http.get(f"{anima_url}/v1/chat/completions")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
     assert wrong.status_code == 405 and wrong.json()["error"]["type"] == "invalid_request_error"
+
+
+def _error_event(text: str) -> dict[str, str]:
+    events = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+    error: dict[str, str] = json.loads(events[-1])["error"]
+    return error
+
+
+async def test_stall_after_the_first_byte_is_an_in_band_504_event(anima_url: str, stub: StubState) -> None:
+    """The upstream sends one chunk, then nothing: the documented `backend_timeout` event, with a
+    message saying so (issue 12, item 10), not a `backend_error` with an empty message."""
+    body = {"model": "stub/stall", "messages": HELLO, "stream": True}
+    async with httpx.AsyncClient(timeout=30) as http:
+        resp = await http.post(f"{anima_url}/v1/chat/completions", json=body)
+        plain = await http.post(f"{anima_url}/v1/chat/completions", json=body | {"stream": False})
+    assert resp.status_code == 200
+    error = _error_event(resp.text)
+    assert error["code"] == "backend_timeout" and "backend 'stub'" in error["message"]
+    assert "stopped sending" in error["message"]
+    assert plain.status_code == 504 and plain.json()["error"]["code"] == "backend_timeout"
