@@ -7,8 +7,9 @@ import contextlib
 import ipaddress
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 from fastapi import FastAPI
@@ -225,7 +226,9 @@ class CollapseSlashes:
 
 
 class BodyLimit:
-    """413 for a request body over `max_bytes`: by its Content-Length at once, else while it streams in."""
+    """413 for a request body over `max_bytes`: by its Content-Length at once; a body without one
+    (chunked) is read here, up to the limit, and handed on whole. Raising from inside `receive`
+    would not do: FastAPI turns any error while it reads the body into a 400."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
@@ -235,20 +238,32 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         length = dict(scope["headers"]).get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.max_bytes:
+        if length.isdigit():
+            if int(length) > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            return
+        body = await self._read(receive)
+        if body is None:
             await self._refuse(scope, receive, send)
             return
+        await self.app(scope, _replay(body, receive), send)
+
+    async def _read(self, receive: Receive) -> bytes | None:
+        """The whole body, or None once it passes the limit (or the client leaves while sending)."""
+        parts: list[bytes] = []
         seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            seen += len(message.get("body", b""))
+            if message["type"] != "http.request":
+                return None
+            parts.append(message.get("body", b""))
+            seen += len(parts[-1])
             if seen > self.max_bytes:
-                raise RequestTooLarge(self._message(), param=None)
-            return message
-
-        await self.app(scope, counted, send)
+                return None
+            if not message.get("more_body", False):
+                return b"".join(parts)
 
     def _message(self) -> str:
         return f"The request body is larger than this server accepts ({self.max_bytes} bytes)."
@@ -256,6 +271,20 @@ class BodyLimit:
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = error_response(413, RequestTooLarge(self._message()).body())
         await response(scope, receive, send)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that gives the buffered body once, then whatever the client sends next."""
+    sent = False
+
+    async def replayed() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replayed
 
 
 def is_loopback(host: str) -> bool:
@@ -331,6 +360,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
                 await close_services(built)
 
     app = FastAPI(title="Anima", version="0.1.0", lifespan=lifespan)
+    app.openapi = _openapi_without_422(app)  # type: ignore[method-assign]
     install_error_handlers(app)
     app.include_router(api_router())
     if settings.cors_origins:  # closed by default: no CORS headers, so browsers block other origins
@@ -350,6 +380,25 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)
     app.add_middleware(CollapseSlashes)
     return app
+
+
+def _openapi_without_422(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """FastAPI documents a 422 on every route; Anima answers validation errors with a 400 (as OpenAI
+    does), listed with the other errors, so the 422 and its schemas leave the document."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        return schema
+
+    return openapi
 
 
 def app_factory() -> FastAPI:

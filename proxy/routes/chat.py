@@ -14,8 +14,7 @@ from sse_starlette import EventSourceResponse
 from memory.types import SessionKey
 from memory.users import User
 from proxy.deps import PipelineDep, SettingsDep, limited
-from proxy.errors import RequestTooLarge
-from proxy.limits import RateLimiter
+from proxy.limits import RateLimiter, check_sizes
 from proxy.pipeline import ChatPipeline
 from proxy.protocol import ChatCompletionRequest
 from proxy.session import identify_session, requested_persona
@@ -35,7 +34,7 @@ async def create_chat_completion(
     settings: SettingsDep,
     user: Annotated[User | None, Depends(limited)],
 ) -> Response:
-    check_sizes(body, settings)
+    check_sizes([m.text() for m in body.messages], settings.limits)
     limiter: RateLimiter = request.app.state.limiter
     metered = user is not None and bool(user.tokens_per_minute or settings.limits.tokens_per_minute)
     if metered:
@@ -56,22 +55,6 @@ async def create_chat_completion(
     if completion is None:
         return Response(status_code=499)  # nobody is listening any more
     return Response(completion.model_dump_json(), media_type="application/json", headers=headers)
-
-
-def check_sizes(body: ChatCompletionRequest, settings: Settings) -> None:
-    """413 for a request that is valid but bigger than this server accepts."""
-    limits = settings.limits
-    if len(body.messages) > limits.max_messages:
-        raise RequestTooLarge(
-            f"{len(body.messages)} messages is more than this server accepts ({limits.max_messages}).",
-            param="messages",
-        )
-    for i, message in enumerate(body.messages):
-        if len(message.text()) > limits.max_message_chars:
-            raise RequestTooLarge(
-                f"Message {i} is longer than this server accepts ({limits.max_message_chars} characters).",
-                param=f"messages.{i}.content",
-            )
 
 
 def session_for(

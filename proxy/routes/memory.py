@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from memory.archive import ConversationExists, ConversationNotFound, Incoming
 from proxy.deps import ArchiveDep, SettingsDep, UserDep
 from proxy.errors import Conflict, NotFound
+from proxy.limits import check_sizes
 from proxy.protocol import (
     Conversation,
     ConversationCreate,
@@ -41,7 +42,10 @@ def incoming(messages: list[MemoryMessage]) -> list[Incoming]:
 
 
 @router.post("/conversations", status_code=201)
-async def create_conversation(body: ConversationCreate, archive: ArchiveDep, user: UserDep) -> Conversation:
+async def create_conversation(
+    body: ConversationCreate, archive: ArchiveDep, user: UserDep, settings: SettingsDep
+) -> Conversation:
+    check_sizes([m.text() for m in body.messages], settings.limits)
     public_id = await mapped(
         archive.create(
             user,
@@ -57,8 +61,9 @@ async def create_conversation(body: ConversationCreate, archive: ArchiveDep, use
 
 @router.post("/conversations/{conversation_id}/messages", status_code=201)
 async def append_messages(
-    conversation_id: str, body: MessagesAppend, archive: ArchiveDep, user: UserDep
+    conversation_id: str, body: MessagesAppend, archive: ArchiveDep, user: UserDep, settings: SettingsDep
 ) -> Conversation:
+    check_sizes([m.text() for m in body.messages], settings.limits)
     await mapped(archive.append(user, conversation_id, incoming(body.messages)))
     return Conversation.model_validate(await archive.info(user, conversation_id), from_attributes=True)
 
