@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +14,6 @@ import anyio
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.middleware.cors import CORSMiddleware
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from emotion.service import EmotionConfig, EmotionService
 from memory.budget import Shares, TokenCounter
@@ -37,8 +35,9 @@ from memory.users import Users
 from personas.client_card import CardIndex
 from personas.store import PersonaStore
 from proxy.backends.registry import Registry, build_backends
-from proxy.errors import RequestTooLarge, error_body, error_response, install_error_handlers
+from proxy.errors import install_error_handlers
 from proxy.limits import RateLimiter
+from proxy.middleware import BodyLimit, CollapseSlashes
 from proxy.pipeline import BudgetPolicy, ChatPipeline, RetryPolicy
 from proxy.routes import api_router
 from proxy.settings import Settings, get_settings
@@ -206,87 +205,6 @@ async def close_services(services: Services) -> None:
         await anyio.to_thread.run_sync(services.embedded.stop)
 
 
-class CollapseSlashes:
-    """Serve `//chat/completions` and `/v1//models` like their single-slash forms (SillyTavern); a path
-    with a NUL character is a 400 before routing (Postgres could not look it up)."""
-
-    _runs = re.compile(r"/{2,}")
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and "\x00" in scope["path"]:  # %00: no id or name may hold one
-            body = error_body("The request path contains a NUL character.", "invalid_request_error")
-            await error_response(400, body)(scope, receive, send)
-            return
-        if scope["type"] == "http" and "//" in scope["path"]:
-            scope = dict(scope, path=self._runs.sub("/", scope["path"]))
-        await self.app(scope, receive, send)
-
-
-class BodyLimit:
-    """413 for a request body over `max_bytes`: by its Content-Length at once; a body without one
-    (chunked) is read here, up to the limit, and handed on whole. Raising from inside `receive`
-    would not do: FastAPI turns any error while it reads the body into a 400."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        length = dict(scope["headers"]).get(b"content-length", b"")
-        if length.isdigit():
-            if int(length) > self.max_bytes:
-                await self._refuse(scope, receive, send)
-                return
-            await self.app(scope, receive, send)
-            return
-        body = await self._read(receive)
-        if body is None:
-            await self._refuse(scope, receive, send)
-            return
-        await self.app(scope, _replay(body, receive), send)
-
-    async def _read(self, receive: Receive) -> bytes | None:
-        """The whole body, or None once it passes the limit (or the client leaves while sending)."""
-        parts: list[bytes] = []
-        seen = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return None
-            parts.append(message.get("body", b""))
-            seen += len(parts[-1])
-            if seen > self.max_bytes:
-                return None
-            if not message.get("more_body", False):
-                return b"".join(parts)
-
-    def _message(self) -> str:
-        return f"The request body is larger than this server accepts ({self.max_bytes} bytes)."
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(413, RequestTooLarge(self._message()).body())
-        await response(scope, receive, send)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A `receive` that gives the buffered body once, then whatever the client sends next."""
-    sent = False
-
-    async def replayed() -> Message:
-        nonlocal sent
-        if sent:
-            return await receive()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return replayed
-
-
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -307,6 +225,17 @@ async def check_exposure(settings: Settings, services: Services) -> None:
         " every conversation. Create a key (`anima keys create NAME`), bind to 127.0.0.1, or set"
         " ANIMA_ALLOW_OPEN=true to accept the risk."
     )
+
+
+# Libraries that log request or reply text at debug/info level: sse_starlette logs every streamed
+# chunk, SQLAlchemy's engine logs statement parameters (message text) when its logger is enabled.
+CONTENT_LOGGERS = ("sse_starlette", "sqlalchemy.engine")
+
+
+def quiet_content_loggers(log_content: bool) -> None:
+    """Unless ANIMA_LOG_CONTENT is set, those loggers say nothing below WARNING, whatever the log level."""
+    for name in CONTENT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if log_content else logging.WARNING)
 
 
 def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
@@ -359,6 +288,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             if owned:
                 await close_services(built)
 
+    quiet_content_loggers(settings.log_content)
     app = FastAPI(title="Anima", version="0.1.0", lifespan=lifespan)
     app.openapi = _openapi_without_422(app)  # type: ignore[method-assign]
     install_error_handlers(app)
