@@ -214,11 +214,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-async def check_exposure(settings: Settings, services: Services) -> None:
+def open_allowed(settings: Settings) -> bool:
     """Open mode (no keys) serves anyone who can connect: only on loopback, unless explicitly forced."""
-    if is_loopback(settings.host) or settings.allow_open:
+    return is_loopback(settings.host) or settings.allow_open
+
+
+async def check_exposure(settings: Settings, services: Services) -> None:
+    """Refuse to start where open mode is not allowed and no key exists: nobody could get in."""
+    if open_allowed(settings):
         return
-    if services.users is not None and not await services.users.open_mode():
+    if services.users is not None and await services.users.keys_exist():
         return
     raise RuntimeError(
         f"refusing to serve on {settings.host} without API keys: anyone who can reach it would read and write"
@@ -266,6 +271,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             except RuntimeError:
                 await close_services(built)
                 raise
+        if built.users is not None:  # open mode is decided now, once: it can end at run time, never begin
+            await built.users.start(open_allowed=open_allowed(settings))
         app.state.services, app.state.personas = built, built.personas
         app.state.limiter = RateLimiter(
             settings.limits.requests_per_minute, settings.limits.tokens_per_minute
