@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Awaitable, MutableMapping
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
-import anyio
 from fastapi import APIRouter, Depends, Request, Response
 from sse_starlette import EventSourceResponse
 
 from memory.types import SessionKey
 from memory.users import User
 from proxy.deps import PipelineDep, SettingsDep, limited
+from proxy.disconnect import cancel_on_disconnect
 from proxy.limits import RateLimiter, check_sizes
 from proxy.pipeline import ChatPipeline
 from proxy.protocol import ChatCompletionRequest
@@ -23,7 +22,6 @@ from proxy.streaming import collect, stream_sse
 
 router = APIRouter()
 log = logging.getLogger("anima.routes.chat")
-T = TypeVar("T")
 
 
 @router.post("/chat/completions", response_model=None)
@@ -74,29 +72,3 @@ def session_for(
         character_header=settings.memory.character_header,
         user_header=settings.memory.user_header,
     )
-
-
-async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T | None:
-    """Await `work`, cancelling it (and so the upstream request) if the client goes away first."""
-    result: list[T] = []
-    failure: list[Exception] = []
-
-    async def run(scope: anyio.CancelScope) -> None:
-        try:
-            result.append(await work)
-        except Exception as exc:  # re-raised below as itself, not wrapped in an ExceptionGroup
-            failure.append(exc)
-        scope.cancel()
-
-    async def watch(scope: anyio.CancelScope) -> None:
-        message: MutableMapping[str, Any] = {}
-        while message.get("type") != "http.disconnect":
-            message = await request.receive()
-        scope.cancel()
-
-    async with anyio.create_task_group() as group:
-        group.start_soon(run, group.cancel_scope)
-        group.start_soon(watch, group.cancel_scope)
-    if failure:
-        raise failure[0]
-    return result[0] if result else None
