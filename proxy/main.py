@@ -122,7 +122,8 @@ async def open_memory(settings: Settings, services: Services) -> None:
         url = await anyio.to_thread.run_sync(services.embedded.start)
     else:
         url = settings.database_url.get_secret_value()
-    services.engine = make_engine(url)
+    m = settings.memory
+    services.engine = make_engine(url, pool_size=m.db_pool_size, max_overflow=m.db_max_overflow)
     await check_pgvector(services.engine)
     if services.embedded is not None:
         await anyio.to_thread.run_sync(upgrade_schema, url)  # the two-command experience

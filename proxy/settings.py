@@ -39,7 +39,7 @@ def toml_source(settings_cls: type[BaseSettings]) -> TomlConfigSettingsSource:
     (falling back to defaults, such as the embedded model, would hide the mistake)."""
     named = os.environ.get("ANIMA_CONFIG")
     path = Path(named or "anima.toml")
-    if named and not path.is_file():
+    if named and not path.exists():  # (/dev/null is fine: no file, on purpose)
         raise ConfigError(f"the config file {path} (ANIMA_CONFIG / --config) does not exist")
     try:
         return TomlConfigSettingsSource(settings_cls, toml_file=path)
@@ -112,6 +112,8 @@ class MemorySettings(BaseModel):
     journal_max_turns: int = Field(
         default=10_000, ge=1, description="turns kept on disk while Postgres is unreachable"
     )
+    db_pool_size: int = Field(default=10, ge=1, description="Postgres connections kept per worker process")
+    db_max_overflow: int = Field(default=20, ge=0, description="extra connections per process under load")
     character_header: str = Field(default="x-st-char", description="client header naming the character")
     user_header: str = Field(default="x-st-user", description="client header naming the user")
 
