@@ -8,7 +8,15 @@ line JSON with `choices`, non-empty content). Afterwards it waits for Anima's ba
 checks in Postgres: one user and one assistant message per successful request, each sent user message
 stored exactly once, no forked branches. Load generator, servers and Postgres share this machine's cores.
 The last line of stdout is the figures as JSON; exit 1 on any error or a count that differs.
+
+`--faults pool,postgres,backend,anima` (or `--matrix`: all of them and a clean run) repeats the run once
+per fault, injected a third of the way in: `pool` starts Anima with a database pool smaller than the
+load (2 connections, no overflow), `postgres` stops Postgres and starts it again, `backend` kills the
+stub backend and restarts it, `anima` SIGKILLs Anima and restarts it on the same data folder. Requests
+that fail during a fault are expected; what must hold is that every answered turn is stored once. The
+report is the fault matrix: clients, requests, answered, stored, duplicated, lost, per fault.
 Run: .venv/bin/python bench/load.py [--quick] [--clients N] [--duration S] [--emotion] [--workers N]
+                                    [--faults F,...] [--matrix]
 """
 
 from __future__ import annotations
@@ -16,16 +24,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import re
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -39,7 +49,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.overhead import anima_env, free_port, pct, process, table  # noqa: E402
+from bench.overhead import anima_env, free_port, pct, table  # noqa: E402
 from memory.db import EmbeddedPostgres, upgrade_schema  # noqa: E402
 
 HISTORY = 10  # messages of history sent before the new user message (5 turns)
@@ -61,6 +71,7 @@ class Tally:
     sent: dict[str, list[str]] = field(default_factory=dict)  # conversation -> user texts answered
     times: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # text -> start, TTFT, end
     errors: list[str] = field(default_factory=list)
+    attempts: int = 0
 
 
 class StreamCheck:
@@ -124,8 +135,12 @@ async def chat(
         check.status = resp.status_code
         if resp.status_code != 200:
             raise BadStream(f"HTTP {resp.status_code}: {(await resp.aread())[:300]!r}")
-        async for chunk in resp.aiter_bytes():
-            check.feed(chunk)
+        try:
+            async for chunk in resp.aiter_bytes():
+                check.feed(chunk)
+        except httpx.HTTPError:
+            if not check.done:  # cut off after [DONE] (Anima killed): the client saw the whole reply
+                raise
         return check.finish()
 
 
@@ -139,6 +154,7 @@ async def client(http: httpx.AsyncClient, url: str, conversation: str, deadline:
         text = f"[{conversation} turn {turn}] Let me tell you about {TOPICS[turn % len(TOPICS)]}."
         user = {"role": "user", "content": text}
         started, check = time.time(), StreamCheck()
+        tally.attempts += 1
         try:
             async with asyncio.timeout(TIMEOUT_S):
                 ttft, total, reply = await chat(
@@ -150,6 +166,7 @@ async def client(http: httpx.AsyncClient, url: str, conversation: str, deadline:
                 f"{conversation} turn {turn}, sent {clock(started)}, failed {clock(time.time())}: {reason}"
                 f" ({check.describe()})"
             )
+            await asyncio.sleep(0.2)  # a server that is down is not hammered
             continue
         tally.ttft_ms.append(1000 * ttft)
         tally.total_ms.append(1000 * total)
@@ -163,7 +180,11 @@ def cpu_tree(proc: psutil.Process | None, *, descendants: bool = True) -> float:
     if proc is None:
         return 0.0
     total = 0.0
-    for p in (proc, *(proc.children(recursive=True) if descendants else ())):
+    try:  # a process killed by a fault run counts nothing
+        children = proc.children(recursive=True) if descendants else []
+    except psutil.NoSuchProcess:
+        return 0.0
+    for p in (proc, *children):
         with contextlib.suppress(psutil.NoSuchProcess):
             t = p.cpu_times()
             total += t.user + t.system + t.children_user + t.children_system
@@ -186,7 +207,13 @@ def postmaster(pgdata: Path) -> psutil.Process | None:
     return None
 
 
-async def drive(args: argparse.Namespace, url: str, run: str, procs: dict[str, Any]) -> dict[str, Any]:
+async def drive(
+    args: argparse.Namespace,
+    url: str,
+    run: str,
+    procs: dict[str, Any],
+    inject: Callable[[], Awaitable[None]],
+) -> dict[str, Any]:
     limits = httpx.Limits(max_connections=args.clients + 10, max_keepalive_connections=args.clients + 10)
     async with httpx.AsyncClient(timeout=TIMEOUT_S, limits=limits) as http:
         await wait_ready(http, url, procs["anima_popen"])
@@ -201,7 +228,7 @@ async def drive(args: argparse.Namespace, url: str, run: str, procs: dict[str, A
             client(http, f"{url}/chat/completions", f"load-{run}-{i}", deadline, tally)
             for i in range(args.clients)
         )
-        await asyncio.gather(*chats)
+        await asyncio.gather(inject(), *chats)
         elapsed = time.perf_counter() - start
         after = cpu_snapshot(cpu)
     return {"tally": tally, "elapsed": elapsed, "cpu": {k: after[k] - before[k] for k in after}}
@@ -308,23 +335,113 @@ def log_summary(path: Path) -> dict[str, Any]:
     return {"lines": sum(found.values()), "top": found.most_common(8), "file": str(path)}
 
 
-@contextlib.contextmanager
-def server(
-    cmd: list[str], env: dict[str, str], cwd: str, log: Path | None
-) -> Iterator[subprocess.Popen[bytes]]:
-    """A server process (stderr to `log`), terminated (then killed) however the block ends."""
-    with process(cmd, env, cwd, log, wait_s=20) as proc:
-        yield proc
+FAULTS = ("pool", "postgres", "backend", "anima")
+SMALL_POOL = {"ANIMA_MEMORY__DB_POOL_SIZE": "2", "ANIMA_MEMORY__DB_MAX_OVERFLOW": "0"}
+
+
+class Lab:
+    """The servers of the runs, each of which a fault can stop and start again: the embedded Postgres,
+    the stub backend and Anima (in its own process group, so a SIGKILL takes its workers too)."""
+
+    def __init__(self, stack: contextlib.ExitStack, tmp: str, args: argparse.Namespace) -> None:
+        self.tmp, self.log = tmp, args.log or Path(tmp) / "anima.log"
+        stub_port, anima_port = free_port(), free_port()
+        self.stub_cmd = [sys.executable, "-m", "uvicorn", "bench.overhead:stub_factory", "--factory"]
+        self.stub_cmd += ["--app-dir", str(ROOT), "--host", "127.0.0.1", "--port", str(stub_port)]
+        self.stub_cmd += ["--log-level", "warning", "--no-access-log"]
+        self.url = f"http://127.0.0.1:{anima_port}/v1"
+        self.pg = EmbeddedPostgres(Path(tmp) / "data")
+        db_url = self.pg.start()
+        stack.callback(self.pg.stop)  # registered first: stopped after the servers
+        upgrade_schema(db_url)
+        self.dsn = db_url.replace("postgresql+psycopg", "postgresql")
+        stub_url = f"http://127.0.0.1:{stub_port}/v1"
+        env = anima_env(stub_url, anima_port, db_url, tmp, no_emotion=not args.emotion)
+        env |= {"ANIMA_WORKERS": str(args.workers), "ANIMA_LOG_LEVEL": args.log_level}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(ROOT), env.get("PYTHONPATH"))))  # this tree
+        self.env, self.extra = env, dict[str, str]()
+        self.stub: subprocess.Popen[bytes] | None = None
+        self.anima: subprocess.Popen[bytes] | None = None
+        stack.callback(self.stop_servers)
+        self.start_stub()
+
+    def _spawn(self, cmd: list[str], env: dict[str, str], log: Path | None) -> subprocess.Popen[bytes]:
+        with contextlib.ExitStack() as files:
+            err = files.enter_context(log.open("ab")) if log else subprocess.DEVNULL
+            return subprocess.Popen(
+                cmd, env=env, cwd=self.tmp, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True
+            )
+
+    def start_stub(self) -> None:
+        self.stub = self._spawn(self.stub_cmd, dict(os.environ), None)
+
+    def start_anima(self, **extra: str) -> None:
+        self.extra = extra or self.extra
+        self.anima = self._spawn([sys.executable, "-m", "proxy", "serve"], self.env | self.extra, self.log)
+
+    @staticmethod
+    def kill(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGKILL) -> None:
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)  # the process group this lab started: the server and its workers
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+    def stop_anima(self) -> None:
+        self.kill(self.anima, signal.SIGTERM)
+
+    def stop_servers(self) -> None:
+        self.stop_anima()
+        self.kill(self.stub, signal.SIGTERM)
+
+    def procs(self) -> dict[str, Any]:
+        assert self.anima is not None and self.stub is not None
+        return {
+            "anima_popen": self.anima,
+            "load_generator": psutil.Process(),
+            "anima": psutil.Process(self.anima.pid),
+            "postgres": postmaster(self.pg.pgdata),
+            "stub": psutil.Process(self.stub.pid),
+        }
+
+
+async def inject(fault: str, lab: Lab, duration: float) -> None:
+    """The fault, a third of the way into the run; the outage lasts a fifth of it (Anima: its restart)."""
+    if fault not in FAULTS or fault == "pool":  # the small pool is set when Anima starts
+        return
+    await asyncio.sleep(duration * 0.3)
+    print(f"  {clock(time.time())} fault {fault}: injected", flush=True)
+    if fault == "postgres":
+        await asyncio.to_thread(lab.pg.stop)
+        await asyncio.sleep(duration * 0.2)
+        await asyncio.to_thread(lab.pg.start)
+    elif fault == "backend":
+        lab.kill(lab.stub)
+        await asyncio.sleep(duration * 0.2)
+        lab.start_stub()
+    elif fault == "anima":
+        lab.kill(lab.anima)  # SIGKILL: no shutdown, no settle; the journal is all that survives
+        lab.start_anima()  # the same data folder: it adopts the dead process's journal
+        async with httpx.AsyncClient(timeout=10) as http:
+            assert lab.anima is not None
+            await wait_ready(http, lab.url, lab.anima)
+    print(f"  {clock(time.time())} fault {fault}: recovered", flush=True)
 
 
 def figures(
-    args: argparse.Namespace, result: dict[str, Any], stored: dict[str, Any], wait: float
+    args: argparse.Namespace, result: dict[str, Any], stored: dict[str, Any], wait: float, fault: str
 ) -> dict[str, Any]:
     tally, elapsed, cpu = result["tally"], result["elapsed"], result["cpu"]
     done = len(tally.total_ms)
-    counts_ok = stored["user"] == stored["assistant"] == stored["expected"]
-    counts_ok = counts_ok and not any(stored[k] for k in ("duplicates", "lost", "unexpected", "forks"))
+    kept = not any(stored[k] for k in ("duplicates", "lost", "forks"))  # every answered turn stored once
+    clean = kept and stored["user"] == stored["assistant"] == stored["expected"] and not stored["unexpected"]
     return {
+        "fault": fault,
         "config": {
             "clients": args.clients,
             "duration_s": args.duration,
@@ -334,6 +451,7 @@ def figures(
             "cores": os.cpu_count(),
         },
         "requests": {
+            "attempted": tally.attempts,
             "completed": done,
             "errors": len(tally.errors),
             "elapsed_s": elapsed,
@@ -347,7 +465,8 @@ def figures(
         "cpu_cores": {k: v / elapsed for k, v in cpu.items()},
         "anima_cpu_ms_per_request": 1000 * cpu["anima"] / max(1, done),
         "error_sample": tally.errors[:10],
-        "pass": not tally.errors and counts_ok,
+        # a fault may fail requests (and leave partial turns of them); never lose or repeat an answered one
+        "pass": (not tally.errors and clean) if fault == "none" else kept,
     }
 
 
@@ -360,9 +479,10 @@ def report(fig: dict[str, Any], log: dict[str, Any]) -> None:
         fig["cpu_cores"],
     )
     print(
-        f"\n{cfg['clients']} streaming clients for {cfg['duration_s']:g} s, memory on, emotion "
-        f"{'on' if cfg['emotion'] else 'off'}, {cfg['workers']} Anima worker(s). The load generator, Anima,"
-        f" Postgres and the stub share this machine's {cfg['cores']} cores: the figures are a floor."
+        f"\n[{fig['fault']}] {cfg['clients']} streaming clients for {cfg['duration_s']:g} s, memory on,"
+        f" emotion {'on' if cfg['emotion'] else 'off'}, {cfg['workers']} Anima worker(s). The load"
+        f" generator, Anima, Postgres and the stub share this machine's {cfg['cores']} cores:"
+        " the figures are a floor."
     )
     rows: list[list[Any]] = [
         ["requests", "errors", "elapsed s", "req/s", "TTFT p50", "p99", "stream p50", "p99"]
@@ -388,6 +508,29 @@ def report(fig: dict[str, Any], log: dict[str, Any]) -> None:
     print("\nPASS" if fig["pass"] else "\nFAIL")
 
 
+def matrix(figs: list[dict[str, Any]]) -> None:
+    """The fault matrix: what each fault cost in requests, and whether every answered turn was kept."""
+    rows: list[list[Any]] = [
+        ["fault", "clients", "requests", "answered", "stored", "duplicated", "lost", "forks", "pass"]
+    ]
+    for fig in figs:
+        st = fig["stored"]
+        rows.append(
+            [
+                fig["fault"],
+                fig["config"]["clients"],
+                fig["requests"]["attempted"],
+                fig["requests"]["completed"],
+                st["expected"] - st["lost"],
+                st["duplicates"],
+                st["lost"],
+                st["forks"],
+                "PASS" if fig["pass"] else "FAIL",
+            ]
+        )
+    table("Fault matrix (stored: answered turns found stored; lost: answered, not stored):", rows)
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -400,7 +543,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--log", type=Path, help="keep Anima's stderr in this file (default: a temp file)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument(
+        "--faults", type=lambda v: v.split(","), default=["none"], help=f"none,{','.join(FAULTS)} (none)"
+    )
+    parser.add_argument("--matrix", action="store_true", help="a clean run, then one per fault")
     args = parser.parse_args()
+    args.faults = ["none", *FAULTS] if args.matrix else args.faults
+    unknown = set(args.faults) - {"none", *FAULTS}
+    if unknown:
+        parser.error(f"unknown fault(s): {', '.join(sorted(unknown))}")
     args.clients = args.clients or (20 if args.quick else 100)
     args.duration = args.duration or (10.0 if args.quick else 60.0)
     return args
@@ -408,37 +559,34 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    run = secrets.token_hex(3)
-    stub_port, anima_port = free_port(), free_port()
-    stub_url, anima_url = f"http://127.0.0.1:{stub_port}/v1", f"http://127.0.0.1:{anima_port}/v1"
-    stub_cmd = [sys.executable, "-m", "uvicorn", "bench.overhead:stub_factory", "--factory", "--app-dir"]
-    stub_cmd += [str(ROOT), "--host", "127.0.0.1", "--port", str(stub_port), "--log-level", "warning"]
+    figs: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory())  # servers' cwd: no stray anima.toml/.env
-        pg = EmbeddedPostgres(Path(tmp) / "data")
-        db_url = pg.start()
-        stack.callback(pg.stop)  # registered before the servers: stopped after them
-        upgrade_schema(db_url)
-        dsn = db_url.replace("postgresql+psycopg", "postgresql")
-        env = anima_env(stub_url, anima_port, db_url, tmp, no_emotion=not args.emotion)
-        env |= {"ANIMA_WORKERS": str(args.workers), "ANIMA_LOG_LEVEL": args.log_level}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(ROOT), env.get("PYTHONPATH"))))  # this tree
-        log = args.log or Path(tmp) / "anima.log"
-        stub = stack.enter_context(server([*stub_cmd, "--no-access-log"], dict(os.environ), tmp, None))
-        anima = stack.enter_context(server([sys.executable, "-m", "proxy", "serve"], env, tmp, log))
-        procs = {"anima_popen": anima, "load_generator": psutil.Process(), "anima": psutil.Process(anima.pid)}
-        procs |= {"postgres": postmaster(pg.pgdata), "stub": psutil.Process(stub.pid)}
-        print(f"run {run}: {args.clients} clients, {args.duration:g} s; Anima log: {log}", flush=True)
-        result = asyncio.run(drive(args, anima_url, run, procs))
-        rows, wait = settle(dsn, f"load-{run}-")
-        fig = figures(args, result, verify(rows, result["tally"]), wait)
-        summary = log_summary(log)
-    report(fig, summary)
-    fig["anima_log"] = summary
+        lab = Lab(stack, tmp, args)
+        for fault in args.faults:
+            run = secrets.token_hex(3)
+            lab.start_anima(**(SMALL_POOL if fault == "pool" else {"ANIMA_MEMORY__DB_POOL_SIZE": "10"}))
+            print(
+                f"run {run} [{fault}]: {args.clients} clients, {args.duration:g} s; log: {lab.log}",
+                flush=True,
+            )
+            result = asyncio.run(
+                drive(args, lab.url, run, lab.procs(), functools.partial(inject, fault, lab, args.duration))
+            )
+            rows, wait = settle(lab.dsn, f"load-{run}-")
+            figs.append(figures(args, result, verify(rows, result["tally"]), wait, fault))
+            lab.stop_anima()
+        summary = log_summary(lab.log)
+    for fig in figs:
+        report(fig, summary)
+    if len(figs) > 1:
+        matrix(figs)
+    out: dict[str, Any] = figs[0] if len(figs) == 1 else {"runs": figs, "pass": all(f["pass"] for f in figs)}
+    out["anima_log"] = summary
     if args.json:
-        args.json.write_text(json.dumps(fig, indent=2))
-    print(json.dumps(fig))
-    return 0 if fig["pass"] else 1
+        args.json.write_text(json.dumps(out, indent=2))
+    print(json.dumps(out))
+    return 0 if out["pass"] else 1
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from memory import history
 from memory.budget import TokenCounter
 from memory.models import ConversationRow, MessageRow, PersonaRef, TurnContext
+from memory.privacy import redact_recalled
 from memory.recall import Fusion, RecallQuery, Scope, recall
 from memory.threads import new_public_id
 from memory.types import Memory, Message, StoredMessage
@@ -226,9 +227,11 @@ class Archive:
             return await history.path(s, user_id=user_id, anchor_id=tip, limit=limit)
 
     async def delete(self, user_id: int, public_id: str) -> None:
-        """Remove every trace: messages, embeddings, summaries, contexts (cascades), and the RAM window."""
+        """Remove every trace: messages, embeddings, summaries, contexts (cascades), the RAM window, and
+        its text where recall quoted it in the prompts recorded for other conversations."""
         async with self._sessions.begin() as s:
             row = await self._row(s, user_id, public_id)
+            await redact_recalled(s, user_id=user_id, conversation=row)  # its text quoted elsewhere
             await s.delete(row)
         self._window.forget(row.id)
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, exists, func, select, text, update
+from sqlalchemy import delete, exists, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -280,57 +280,98 @@ async def append(
 ) -> list[StoredMessage]:
     """Store `messages` as a chain under `parent_id`; returns them with their ids.
 
-    One INSERT per message (each needs its parent's id); `parent_depth`, when the caller knows it,
-    saves a lookup, and timestamps are set here so nothing is read back. `reuse`: a message that is
-    already stored under the same parent (same role and text) is taken instead of stored again; a
-    request recognised before the previous turn's store landed (another worker, a slow store) then
-    adds only what is really new.
+    One bulk INSERT (executemany) for the whole chain: the ids are drawn from the table's sequence
+    first, so each row's parent id is known before anything is written. `parent_depth`, when the
+    caller knows it, saves a lookup, and timestamps are set here so nothing is read back. `reuse`:
+    a message that is already stored under the same parent (same role and text) is taken instead of
+    stored again; a request recognised before the previous turn's store landed (another worker, a
+    slow store) then adds only what is really new. Only a leading run can be reused: the first new
+    message has no children yet, so nothing after it can exist.
     """
     depth = parent_depth if parent_depth is not None else await depth_of(session, parent_id)
-    now = datetime.now(UTC)
     stored: list[StoredMessage] = []
-    for i, message in enumerate(messages):
-        if reuse:
-            same_parent = (
-                MessageRow.parent_id.is_(None) if parent_id is None else MessageRow.parent_id == parent_id
+    start = 0
+    while reuse and start < len(messages):
+        existing = await _stored_child(session, conversation_id, parent_id, messages[start])
+        if existing is None:
+            break
+        stored.append(existing)
+        parent_id, depth, start = existing.id, existing.depth, start + 1
+    if start < len(messages):
+        now = datetime.now(UTC)
+        ids = await _new_ids(session, len(messages) - start)
+        rows: list[dict[str, Any]] = []
+        for offset, i in enumerate(range(start, len(messages))):
+            message, depth = messages[i], depth + 1
+            rows.append(
+                {
+                    "id": ids[offset],
+                    "conversation_id": conversation_id,
+                    "user_id": user_id,
+                    "parent_id": parent_id,
+                    "depth": depth,
+                    "role": message.role,
+                    "name": message.name,
+                    "content": message.content,
+                    "content_hash": content_hash(message),
+                    "token_count": token_counts[i],
+                    "source": source,
+                    "status": status,
+                    "meta": metadata[i] if metadata else None,
+                    "created_at": created_at[i] if created_at and created_at[i] is not None else now,
+                }
+                | (extras[i] if extras else {})
             )
-            existing = await session.scalar(
-                select(MessageRow)
-                .where(
-                    MessageRow.conversation_id == conversation_id,
-                    same_parent,
-                    MessageRow.content_hash == content_hash(message),
-                    MessageRow.role == message.role,
-                )
-                .order_by(MessageRow.id)
-                .limit(1)
-            )
-            if existing is not None:
-                stored.append(_stored(existing))
-                parent_id, depth = existing.id, existing.depth
-                continue
-        depth += 1
-        row = MessageRow(
-            conversation_id=conversation_id,
-            user_id=user_id,
-            parent_id=parent_id,
-            depth=depth,
-            role=message.role,
-            name=message.name,
-            content=message.content,
-            content_hash=content_hash(message),
-            token_count=token_counts[i],
-            source=source,
-            status=status,
-            meta=metadata[i] if metadata else None,
-            **(extras[i] if extras else {}),
-        )
-        row.created_at = created_at[i] if created_at and created_at[i] is not None else now  # type: ignore[assignment]
-        session.add(row)
-        await session.flush()
-        stored.append(_stored(row))
-        parent_id = row.id
+            parent_id = ids[offset]
+        await session.execute(insert(MessageRow), rows)
+        stored += [_stored_row(row) for row in rows]
     await session.execute(
         update(ConversationRow).where(ConversationRow.id == conversation_id).values(updated_at=func.now())
     )
     return stored
+
+
+async def _new_ids(session: AsyncSession, count: int) -> list[int]:
+    """`count` fresh message ids, ascending (storage order is id order)."""
+    rows = await session.scalars(
+        text("SELECT nextval(pg_get_serial_sequence('message', 'id')) FROM generate_series(1, :n)"),
+        {"n": count},
+    )
+    return sorted(int(i) for i in rows)
+
+
+async def _stored_child(
+    session: AsyncSession, conversation_id: int, parent_id: int | None, message: Message
+) -> StoredMessage | None:
+    """The message with this role and text already stored under `parent_id`, if any."""
+    same_parent = MessageRow.parent_id.is_(None) if parent_id is None else MessageRow.parent_id == parent_id
+    existing = await session.scalar(
+        select(MessageRow)
+        .where(
+            MessageRow.conversation_id == conversation_id,
+            same_parent,
+            MessageRow.content_hash == content_hash(message),
+            MessageRow.role == message.role,
+        )
+        .order_by(MessageRow.id)
+        .limit(1)
+    )
+    return _stored(existing) if existing is not None else None
+
+
+def _stored_row(row: dict[str, Any]) -> StoredMessage:
+    return StoredMessage(
+        id=row["id"],
+        role=row["role"],
+        content=row["content"],
+        name=row["name"],
+        token_count=row["token_count"],
+        created_at=row["created_at"],
+        parent_id=row["parent_id"],
+        depth=row["depth"],
+        emotion_label=row.get("emotion_label"),
+        importance=row.get("importance"),
+        status=row["status"],
+        emotion_scores=row.get("emotion_scores"),
+        emotion_confidence=row.get("emotion_confidence"),
+    )

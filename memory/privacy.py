@@ -25,6 +25,7 @@ from memory.models import (
     SummaryRow,
     TurnContext,
 )
+from memory.quoting import redact_messages
 from memory.users import delete_user
 
 _MESSAGE = (
@@ -119,3 +120,41 @@ async def erase_user(sessions: async_sessionmaker[AsyncSession], user_id: int) -
         )
         await delete_user(s, user_id)
     return ids
+
+
+async def redact_recalled(session: AsyncSession, *, user_id: int, conversation: ConversationRow) -> int:
+    """Before a conversation is deleted: its text leaves the prompts recorded for the user's other
+    conversations (recall quoted it there), unless that conversation holds the same text itself.
+    Only prompts recorded since the conversation was created can quote it. Returns prompts changed."""
+    texts = set(
+        await session.scalars(select(MessageRow.content).where(MessageRow.conversation_id == conversation.id))
+    )
+    texts |= set(
+        await session.scalars(select(SummaryRow.content).where(SummaryRow.conversation_id == conversation.id))
+    )
+    if not texts:
+        return 0
+    snapshots = await session.scalars(
+        select(TurnContext)
+        .where(
+            TurnContext.user_id == user_id,
+            TurnContext.conversation_id != conversation.id,
+            TurnContext.created_at >= conversation.created_at,
+        )
+        .order_by(TurnContext.id)
+    )
+    own: dict[int, set[str]] = {}
+    changed = 0
+    for snapshot in snapshots:
+        if redact_messages(snapshot.messages, texts) is None:
+            continue
+        if snapshot.conversation_id not in own:
+            own[snapshot.conversation_id] = set(
+                await session.scalars(
+                    select(MessageRow.content).where(MessageRow.conversation_id == snapshot.conversation_id)
+                )
+            )
+        redacted = redact_messages(snapshot.messages, texts - own[snapshot.conversation_id])
+        if redacted is not None:
+            snapshot.messages, changed = redacted, changed + 1
+    return changed

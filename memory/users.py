@@ -145,6 +145,10 @@ async def delete_user(session: AsyncSession, user_id: int) -> None:
 class Users:
     """Resolves API keys to users, with a short-lived cache so a request costs no query.
 
+    Open mode (no keys: everyone is the local user) is decided once, by `start()`, and can only end:
+    a server that started with keys, or on an interface where open mode is not allowed, never opens,
+    even when its last key is revoked; an open server closes for good when its first key appears.
+
     When the database is unreachable, a key seen before keeps resolving to its last known user
     (stale-if-error), so a Postgres outage does not lock out the clients it should keep serving.
     """
@@ -152,9 +156,21 @@ class Users:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], *, ttl_s: float = 10.0) -> None:
         self._sessions, self._ttl = sessions, ttl_s
         self._cache: dict[str | None, tuple[float, User | None]] = {}
+        self._open = False  # closed until start() decides otherwise
+
+    async def start(self, *, open_allowed: bool) -> bool:
+        """Decide open mode for this process's lifetime: allowed here (loopback, or forced) and no keys."""
+        async with self._sessions() as session:
+            self._open = open_allowed and not await keys_exist(session)
+        self.forget()
+        return self._open
+
+    @property
+    def is_open(self) -> bool:
+        return self._open
 
     async def identify(self, key: str | None) -> User | None:
-        """The user of `key`; in open mode (no keys exist) everyone is the local user. None: unknown key."""
+        """The user of `key`; in open mode everyone is the local user. None: unknown or missing key."""
         now = time.monotonic()
         cached = self._cache.get(key)
         if cached is not None and now - cached[0] < self._ttl:
@@ -171,7 +187,11 @@ class Users:
 
     async def _lookup(self, key: str | None) -> User | None:
         async with self._sessions.begin() as session:
-            if not await keys_exist(session):
+            if self._open and await keys_exist(session):
+                self._open = False  # the first key closes an open server, for good
+                self._cache.clear()
+                log.warning("an API key exists now: open mode is over, every request needs a key")
+            if self._open:
                 local = await session.get(AppUser, await local_user(session))
                 assert local is not None
                 return _user(local, local=True)
@@ -182,9 +202,9 @@ class Users:
             )
             return _user(row) if row is not None else None
 
-    async def open_mode(self) -> bool:
+    async def keys_exist(self) -> bool:
         async with self._sessions() as session:
-            return not await keys_exist(session)
+            return await keys_exist(session)
 
     def forget(self) -> None:
         self._cache.clear()

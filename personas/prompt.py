@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from memory.budget import MESSAGE_OVERHEAD, Budget, TokenCounter
+from memory.quoting import memory_line
 from memory.types import Memory, Message, StoredMessage, Summary, Thread
 
 MEMORY_PREAMBLE = (
@@ -89,9 +90,9 @@ def parts_for(
 
 
 def quote_memory(memory: Memory) -> str:
-    """One memory as a quoted, escaped line: role markers and instructions stay inert inside a string."""
-    speaker = memory.name or memory.role
-    return f"- {memory.created_at:%Y-%m-%d}, {speaker} said: {json.dumps(memory.content, ensure_ascii=False)}"
+    """One memory as a quoted, escaped line: role markers and instructions stay inert inside a string
+    (memory.quoting owns the format: erasure reads these lines back)."""
+    return memory_line(memory)
 
 
 def cost(message: StoredMessage | Message, counter: TokenCounter) -> int:

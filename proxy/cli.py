@@ -6,13 +6,14 @@ import argparse
 import asyncio
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from proxy import persona_commands
-from proxy.settings import Settings, get_settings
+from proxy.settings import ConfigError, Settings, get_settings
 
 
 def _setting_lines(model: type[BaseModel], prefix: str = "ANIMA_") -> Iterator[str]:
@@ -109,6 +110,61 @@ def _apply(args: argparse.Namespace) -> Settings:
     return get_settings()
 
 
+def _problem(exc: ConfigError | ValidationError) -> str:
+    """A settings error as one line: the file or setting, and what is wrong with it."""
+    if isinstance(exc, ConfigError):
+        return str(exc)
+    where = os.environ.get("ANIMA_CONFIG", "anima.toml")
+    problems = [
+        f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {str(e['msg']).removeprefix('Value error, ')}"
+        for e in exc.errors()
+    ]
+    return f"invalid settings (environment, .env or {where}): " + "; ".join(problems)
+
+
+def check_port(host: str, port: int) -> None:
+    """A port in use is found now, not after the slow start-up (models, embedded Postgres)."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            sock.bind((host.strip("[]"), port))
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise ConfigError(f"cannot listen on {host}:{port} (ANIMA_HOST/ANIMA_PORT): {reason}") from exc
+
+
+def check_database(raw_url: str, timeout_s: int = 10) -> None:
+    """A wrong ANIMA_DATABASE_URL is one line, found before the slow start-up."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from memory.db import async_url
+
+    try:
+        url = make_url(async_url(raw_url))
+    except (ArgumentError, ValueError) as exc:
+        raise ConfigError(f"ANIMA_DATABASE_URL is not a database URL: {exc}") from exc
+    shown = url.render_as_string(hide_password=True)
+    conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    try:
+        with psycopg.connect(conninfo, connect_timeout=timeout_s):
+            pass
+    except psycopg.Error as exc:
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise ConfigError(f"cannot connect to the database {shown} (ANIMA_DATABASE_URL): {reason}") from exc
+
+
+def preflight(settings: Settings) -> None:
+    """What would otherwise fail only after the models load: the port, and the database."""
+    check_port(settings.host, settings.port)
+    if settings.memory.enabled and settings.database_url is not None:
+        check_database(settings.database_url.get_secret_value())
+
+
 def serve(settings: Settings) -> None:
     import uvicorn
 
@@ -123,6 +179,10 @@ def serve(settings: Settings) -> None:
         workers=settings.workers,
         log_level=settings.log_level,
         timeout_graceful_shutdown=10,
+        # uvicorn kills a worker that does not answer its health check in time (5 s by default); a
+        # worker loading models on a busy machine can hold the GIL longer than that, and was killed
+        # and restarted forever.
+        timeout_worker_healthcheck=settings.worker_healthcheck_s,
     )
 
 
@@ -139,7 +199,12 @@ async def list_models(settings: Settings) -> list[tuple[str, str]]:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    settings = _apply(args)
+    try:
+        settings = _apply(args)
+        if args.command == "serve":
+            preflight(settings)
+    except (ConfigError, ValidationError) as exc:
+        raise SystemExit(f"anima {args.command}: {_problem(exc)}") from None
     if args.command != "serve":  # serve() configures logging at ANIMA_LOG_LEVEL, with timestamps
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     if args.command == "serve":

@@ -172,6 +172,28 @@ class BackendRejected(BackendError):
         return self._status
 
 
+_DOCUMENTED = {
+    400: "Invalid request (bad JSON, a wrong type, a value out of range)",
+    401: "Missing or unknown API key",
+    403: "The key may not do this (admin routes)",
+    404: "No such model, conversation, persona or route",
+    405: "Method not allowed",
+    409: "Conflict (the id exists, or the version changed)",
+    413: "The body, a message or the message count is larger than this server accepts",
+    429: "Rate limit of this key (or of the backend) reached; see Retry-After",
+    500: "Internal error",
+    502: "The backend failed",
+    503: "A part the route needs is off or unreachable (memory, emotion, database)",
+    504: "The backend accepted the request, then stalled",
+}
+
+
+def error_responses() -> dict[int | str, dict[str, Any]]:
+    """The error statuses every route may answer, as OpenAPI responses with the OpenAI error body, so
+    the schema says what the API really returns (clients and Schemathesis read it)."""
+    return {status: {"model": ErrorBody, "description": text} for status, text in _DOCUMENTED.items()}
+
+
 def error_body(
     message: str, error_type: str, *, param: str | None = None, code: str | None = None
 ) -> ErrorBody:

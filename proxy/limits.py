@@ -1,4 +1,5 @@
-"""Per-key rate limits: a token bucket per key for requests and one for tokens, in this process.
+"""Per-key rate limits (a token bucket per key for requests and one for tokens, in this process) and
+the one size check every write route applies to the messages it is given.
 
 Each worker process keeps its own buckets, so with `--workers N` a key can reach up to N times its
 limit in the worst case (documented; a shared limiter would put Postgres on every request's path).
@@ -7,10 +8,28 @@ limit in the worst case (documented; a shared limiter would put Postgres on ever
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from memory.users import User
-from proxy.errors import RateLimited
+from proxy.errors import RateLimited, RequestTooLarge
+from proxy.settings import LimitSettings
+
+
+def check_sizes(texts: Sequence[str], limits: LimitSettings) -> None:
+    """413 for messages that are valid but more or longer than this server accepts: chat, import and
+    append share these limits, so no route stores what another refuses."""
+    if len(texts) > limits.max_messages:
+        raise RequestTooLarge(
+            f"{len(texts)} messages is more than this server accepts ({limits.max_messages}).",
+            param="messages",
+        )
+    for i, text in enumerate(texts):
+        if len(text) > limits.max_message_chars:
+            raise RequestTooLarge(
+                f"Message {i} is longer than this server accepts ({limits.max_message_chars} characters).",
+                param=f"messages.{i}.content",
+            )
 
 
 @dataclass(slots=True)

@@ -6,15 +6,14 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.middleware.cors import CORSMiddleware
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from emotion.service import EmotionConfig, EmotionService
 from memory.budget import Shares, TokenCounter
@@ -36,8 +35,9 @@ from memory.users import Users
 from personas.client_card import CardIndex
 from personas.store import PersonaStore
 from proxy.backends.registry import Registry, build_backends
-from proxy.errors import RequestTooLarge, error_body, error_response, install_error_handlers
+from proxy.errors import install_error_handlers
 from proxy.limits import RateLimiter
+from proxy.middleware import BodyLimit, CollapseSlashes
 from proxy.pipeline import BudgetPolicy, ChatPipeline, RetryPolicy
 from proxy.reason import ReasonPhrase
 from proxy.routes import api_router
@@ -123,7 +123,8 @@ async def open_memory(settings: Settings, services: Services) -> None:
         url = await anyio.to_thread.run_sync(services.embedded.start)
     else:
         url = settings.database_url.get_secret_value()
-    services.engine = make_engine(url)
+    m = settings.memory
+    services.engine = make_engine(url, pool_size=m.db_pool_size, max_overflow=m.db_max_overflow)
     await check_pgvector(services.engine)
     if services.embedded is not None:
         await anyio.to_thread.run_sync(upgrade_schema, url)  # the two-command experience
@@ -215,59 +216,6 @@ async def close_services(services: Services) -> None:
         await anyio.to_thread.run_sync(services.embedded.stop)
 
 
-class CollapseSlashes:
-    """Serve `//chat/completions` and `/v1//models` like their single-slash forms (SillyTavern); a path
-    with a NUL character is a 400 before routing (Postgres could not look it up)."""
-
-    _runs = re.compile(r"/{2,}")
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and "\x00" in scope["path"]:  # %00: no id or name may hold one
-            body = error_body("The request path contains a NUL character.", "invalid_request_error")
-            await error_response(400, body)(scope, receive, send)
-            return
-        if scope["type"] == "http" and "//" in scope["path"]:
-            scope = dict(scope, path=self._runs.sub("/", scope["path"]))
-        await self.app(scope, receive, send)
-
-
-class BodyLimit:
-    """413 for a request body over `max_bytes`: by its Content-Length at once, else while it streams in."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        length = dict(scope["headers"]).get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.max_bytes:
-            await self._refuse(scope, receive, send)
-            return
-        seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise RequestTooLarge(self._message(), param=None)
-            return message
-
-        await self.app(scope, counted, send)
-
-    def _message(self) -> str:
-        return f"The request body is larger than this server accepts ({self.max_bytes} bytes)."
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(413, RequestTooLarge(self._message()).body())
-        await response(scope, receive, send)
-
-
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -277,17 +225,33 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-async def check_exposure(settings: Settings, services: Services) -> None:
+def open_allowed(settings: Settings) -> bool:
     """Open mode (no keys) serves anyone who can connect: only on loopback, unless explicitly forced."""
-    if is_loopback(settings.host) or settings.allow_open:
+    return is_loopback(settings.host) or settings.allow_open
+
+
+async def check_exposure(settings: Settings, services: Services) -> None:
+    """Refuse to start where open mode is not allowed and no key exists: nobody could get in."""
+    if open_allowed(settings):
         return
-    if services.users is not None and not await services.users.open_mode():
+    if services.users is not None and await services.users.keys_exist():
         return
     raise RuntimeError(
         f"refusing to serve on {settings.host} without API keys: anyone who can reach it would read and write"
         " every conversation. Create a key (`anima keys create NAME`), bind to 127.0.0.1, or set"
         " ANIMA_ALLOW_OPEN=true to accept the risk."
     )
+
+
+# Libraries that log request or reply text at debug/info level: sse_starlette logs every streamed
+# chunk, SQLAlchemy's engine logs statement parameters (message text) when its logger is enabled.
+CONTENT_LOGGERS = ("sse_starlette", "sqlalchemy.engine")
+
+
+def quiet_content_loggers(log_content: bool) -> None:
+    """Unless ANIMA_LOG_CONTENT is set, those loggers say nothing below WARNING, whatever the log level."""
+    for name in CONTENT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if log_content else logging.WARNING)
 
 
 def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
@@ -318,6 +282,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             except RuntimeError:
                 await close_services(built)
                 raise
+        if built.users is not None:  # open mode is decided now, once: it can end at run time, never begin
+            await built.users.start(open_allowed=open_allowed(settings))
         app.state.services, app.state.personas = built, built.personas
         app.state.limiter = RateLimiter(
             settings.limits.requests_per_minute, settings.limits.tokens_per_minute
@@ -340,7 +306,9 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             if owned:
                 await close_services(built)
 
+    quiet_content_loggers(settings.log_content)
     app = FastAPI(title="Anima", version="0.1.0", lifespan=lifespan)
+    app.openapi = _openapi_without_422(app)  # type: ignore[method-assign]
     install_error_handlers(app)
     app.include_router(api_router())
     if settings.cors_origins:  # closed by default: no CORS headers, so browsers block other origins
@@ -361,6 +329,25 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.add_middleware(CollapseSlashes)
     app.add_middleware(ReasonPhrase)
     return app
+
+
+def _openapi_without_422(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """FastAPI documents a 422 on every route; Anima answers validation errors with a 400 (as OpenAI
+    does), listed with the other errors, so the 422 and its schemas leave the document."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        return schema
+
+    return openapi
 
 
 def app_factory() -> FastAPI:

@@ -12,9 +12,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    StrictBool,
     StringConstraints,
     field_validator,
     model_serializer,
@@ -64,7 +66,22 @@ class ChatMessage(BaseModel):
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow")
-    include_usage: bool = False
+    include_usage: StrictBool = False
+
+
+def _conversation_ref(value: Any) -> Any:
+    """A conversation id is a string (a number is taken as its digits); anything else is a client bug
+    that would otherwise become an id like "{'a': 1}"."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError("expected a string conversation id")
+    return str(value)
+
+
+class RequestMetadata(BaseModel):
+    """`metadata`: free-form, except `conversation_id`, which names the chat to remember into."""
+
+    model_config = ConfigDict(extra="allow")
+    conversation_id: Annotated[str, BeforeValidator(_conversation_ref)] | None = None
 
 
 class ResponseFormat(BaseModel):
@@ -79,7 +96,7 @@ class ChatCompletionRequest(Storable):
     model_config = ConfigDict(extra="allow")
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
-    stream: bool = False
+    stream: StrictBool = False  # "yes" or 1 is a client bug, not a request to stream
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
@@ -92,7 +109,7 @@ class ChatCompletionRequest(Storable):
     response_format: ResponseFormat | None = None
     n: int | None = Field(default=None, ge=1)
     user: str | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: RequestMetadata | None = None
     # Not OpenAI, but common in local-model clients; backends that know them use them.
     top_k: int | None = Field(default=None, ge=0)
     min_p: float | None = Field(default=None, ge=0, le=1)

@@ -48,9 +48,8 @@ def identify_session(
     user_header: str = "x-st-user",
 ) -> SessionKey:
     explicit = _header(headers, CONVERSATION_HEADER)
-    if explicit is None and body.metadata is not None:
-        value = body.metadata.get("conversation_id")
-        explicit = str(value).strip() or None if value is not None else None
+    if explicit is None and body.metadata is not None and body.metadata.conversation_id is not None:
+        explicit = body.metadata.conversation_id.strip() or None
     return SessionKey(
         user_id=user_id,
         end_user=(body.user or "")[:200],

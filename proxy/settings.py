@@ -7,6 +7,7 @@ Precedence, highest first: constructor arguments, environment, `.env`, the TOML 
 from __future__ import annotations
 
 import os
+import tomllib
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -27,6 +28,25 @@ DEFAULT_BASE_URLS: dict[str, str] = {
     "gemini": "https://generativelanguage.googleapis.com",
     "openai": "http://127.0.0.1:8080/v1",
 }
+
+
+class ConfigError(ValueError):
+    """A configuration mistake the operator must fix: said in one line naming the file or setting."""
+
+
+def toml_source(settings_cls: type[BaseSettings]) -> TomlConfigSettingsSource:
+    """The TOML file: `./anima.toml` if present; a file named by ANIMA_CONFIG (or `--config`) must exist
+    (falling back to defaults, such as the embedded model, would hide the mistake)."""
+    named = os.environ.get("ANIMA_CONFIG")
+    path = Path(named or "anima.toml")
+    if named and not path.exists():  # (/dev/null is fine: no file, on purpose)
+        raise ConfigError(f"the config file {path} (ANIMA_CONFIG / --config) does not exist")
+    try:
+        return TomlConfigSettingsSource(settings_cls, toml_file=path)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"the config file {path} is not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"the config file {path} cannot be read: {exc.strerror or exc}") from exc
 
 
 class BackendSettings(BaseModel):
@@ -95,6 +115,8 @@ class MemorySettings(BaseModel):
     journal_max_turns: int = Field(
         default=10_000, ge=1, description="turns kept on disk while Postgres is unreachable"
     )
+    db_pool_size: int = Field(default=10, ge=1, description="Postgres connections kept per worker process")
+    db_max_overflow: int = Field(default=20, ge=0, description="extra connections per process under load")
     character_header: str = Field(default="x-st-char", description="client header naming the character")
     user_header: str = Field(default="x-st-user", description="client header naming the user")
 
@@ -160,6 +182,9 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="interface to bind")
     port: int = Field(default=8000, ge=0, le=65535, description="port to bind")
     workers: int = Field(default=1, ge=1, description="uvicorn worker processes")
+    worker_healthcheck_s: int = Field(
+        default=120, ge=1, description="seconds a worker may take to answer a health check (slow starts)"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="log level")
     config: Path = Field(default=Path("anima.toml"), description="TOML file with [backends.*] and [[models]]")
     backends: dict[str, BackendSettings] = Field(default_factory=dict, description="model servers by name")
@@ -194,8 +219,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml_file = Path(os.environ.get("ANIMA_CONFIG", "anima.toml"))
-        toml = TomlConfigSettingsSource(settings_cls, toml_file=toml_file)
+        toml = toml_source(settings_cls)
         return init_settings, env_settings, dotenv_settings, toml, file_secret_settings
 
     @model_validator(mode="after")

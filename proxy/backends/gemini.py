@@ -18,7 +18,14 @@ from google.genai import types
 
 from memory.types import Message
 from proxy.backends.base import BackendRequest, Delta, TokenUsage, mapped_httpx_errors, status_error
-from proxy.errors import BackendError, BackendRateLimited, BackendRejected, BackendServerError, ContentBlocked
+from proxy.errors import (
+    BackendError,
+    BackendRateLimited,
+    BackendRejected,
+    BackendServerError,
+    BackendTimeout,
+    ContentBlocked,
+)
 from proxy.settings import BackendSettings
 
 _FINISH_REASONS = {
@@ -90,10 +97,18 @@ class GeminiBackend:
                         finish = reason or finish
                         if text or reasoning:
                             yield Delta(text=text, reasoning=reasoning)
-                except httpx.HTTPError as exc:
-                    if not received or isinstance(exc, httpx.TimeoutException):
+                except httpx.TimeoutException as exc:  # its message is empty: name what happened
+                    if not received:
                         raise
-                    raise BackendServerError(f"backend '{self.name}' broke off the reply: {exc}") from exc
+                    raise BackendTimeout(
+                        f"backend '{self.name}' stopped sending mid-reply ({type(exc).__name__})"
+                    ) from exc
+                except httpx.HTTPError as exc:
+                    if not received:
+                        raise
+                    raise BackendServerError(
+                        f"backend '{self.name}' broke off the reply: {exc or type(exc).__name__}"
+                    ) from exc
         if finish is None:
             raise BackendServerError(f"backend '{self.name}' ended the reply without finishing it")
         yield Delta(finish_reason=finish, usage=usage)

@@ -10,7 +10,7 @@ import httpx
 import orjson
 
 from proxy.backends.base import BackendRequest, Delta, TokenUsage, mapped_httpx_errors, status_error
-from proxy.errors import BackendServerError
+from proxy.errors import BackendServerError, BackendTimeout
 from proxy.settings import BackendSettings
 
 
@@ -87,8 +87,14 @@ class OpenAICompatBackend:
                         if delta is not None:
                             finished = finished or delta.finish_reason is not None
                             yield delta
+                except httpx.TimeoutException as exc:  # its message is empty: name what happened
+                    raise BackendTimeout(
+                        f"backend '{self.name}' stopped sending mid-reply ({type(exc).__name__})"
+                    ) from exc
                 except httpx.HTTPError as exc:
-                    raise BackendServerError(f"backend '{self.name}' broke off the reply: {exc}") from exc
+                    raise BackendServerError(
+                        f"backend '{self.name}' broke off the reply: {exc or type(exc).__name__}"
+                    ) from exc
                 if not finished:  # e.g. llama_cpp.server on a prompt beyond n_ctx: 200, then nothing
                     raise BackendServerError(f"backend '{self.name}' ended the reply without finishing it")
 

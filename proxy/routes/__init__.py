@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from proxy.deps import limited
+from proxy.errors import error_responses
 from proxy.routes import chat, emotion, health, memory, models, personas, users
 
 PREFIXES = ("/v1", "")  # SillyTavern appends /chat/completions to whatever base URL the user typed
@@ -13,11 +14,11 @@ PREFIXES = ("/v1", "")  # SillyTavern appends /chat/completions to whatever base
 def api_router() -> APIRouter:
     """Every route but /health needs the caller's key (once keys exist) and counts against its limit."""
     router = APIRouter()
-    guarded = [Depends(limited)]
+    guarded, errors = [Depends(limited)], error_responses()
     for prefix in PREFIXES:
-        router.include_router(chat.router, prefix=prefix, dependencies=guarded)
-        router.include_router(models.router, prefix=prefix, dependencies=guarded)
+        router.include_router(chat.router, prefix=prefix, dependencies=guarded, responses=errors)
+        router.include_router(models.router, prefix=prefix, dependencies=guarded, responses=errors)
     for module in (memory, emotion, personas, users):
-        router.include_router(module.router, prefix="/v1", dependencies=guarded)
+        router.include_router(module.router, prefix="/v1", dependencies=guarded, responses=errors)
     router.include_router(health.router)
     return router

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Awaitable, MutableMapping
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
-import anyio
 from fastapi import APIRouter, Depends, Request, Response
 from sse_starlette import EventSourceResponse
 
 from memory.types import SessionKey
 from memory.users import User
 from proxy.deps import PipelineDep, SettingsDep, limited
-from proxy.errors import RequestTooLarge
-from proxy.limits import RateLimiter
+from proxy.disconnect import cancel_on_disconnect
+from proxy.limits import RateLimiter, check_sizes
 from proxy.pipeline import ChatPipeline
 from proxy.protocol import ChatCompletionRequest
 from proxy.session import identify_session, requested_persona
@@ -24,7 +22,6 @@ from proxy.streaming import collect, stream_sse
 
 router = APIRouter()
 log = logging.getLogger("anima.routes.chat")
-T = TypeVar("T")
 
 
 @router.post("/chat/completions", response_model=None)
@@ -35,7 +32,7 @@ async def create_chat_completion(
     settings: SettingsDep,
     user: Annotated[User | None, Depends(limited)],
 ) -> Response:
-    check_sizes(body, settings)
+    check_sizes([m.text() for m in body.messages], settings.limits)
     limiter: RateLimiter = request.app.state.limiter
     metered = user is not None and bool(user.tokens_per_minute or settings.limits.tokens_per_minute)
     if metered:
@@ -58,22 +55,6 @@ async def create_chat_completion(
     return Response(completion.model_dump_json(), media_type="application/json", headers=headers)
 
 
-def check_sizes(body: ChatCompletionRequest, settings: Settings) -> None:
-    """413 for a request that is valid but bigger than this server accepts."""
-    limits = settings.limits
-    if len(body.messages) > limits.max_messages:
-        raise RequestTooLarge(
-            f"{len(body.messages)} messages is more than this server accepts ({limits.max_messages}).",
-            param="messages",
-        )
-    for i, message in enumerate(body.messages):
-        if len(message.text()) > limits.max_message_chars:
-            raise RequestTooLarge(
-                f"Message {i} is longer than this server accepts ({limits.max_message_chars} characters).",
-                param=f"messages.{i}.content",
-            )
-
-
 def session_for(
     request: Request,
     body: ChatCompletionRequest,
@@ -91,29 +72,3 @@ def session_for(
         character_header=settings.memory.character_header,
         user_header=settings.memory.user_header,
     )
-
-
-async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T | None:
-    """Await `work`, cancelling it (and so the upstream request) if the client goes away first."""
-    result: list[T] = []
-    failure: list[Exception] = []
-
-    async def run(scope: anyio.CancelScope) -> None:
-        try:
-            result.append(await work)
-        except Exception as exc:  # re-raised below as itself, not wrapped in an ExceptionGroup
-            failure.append(exc)
-        scope.cancel()
-
-    async def watch(scope: anyio.CancelScope) -> None:
-        message: MutableMapping[str, Any] = {}
-        while message.get("type") != "http.disconnect":
-            message = await request.receive()
-        scope.cancel()
-
-    async with anyio.create_task_group() as group:
-        group.start_soon(run, group.cancel_scope)
-        group.start_soon(watch, group.cancel_scope)
-    if failure:
-        raise failure[0]
-    return result[0] if result else None

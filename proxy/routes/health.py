@@ -58,7 +58,14 @@ def emotion(service: EmotionService | None) -> dict[str, Any]:
     return {"status": "ok", "failures": service.failures}
 
 
-@router.get("/health")
+@router.get(
+    "/health",
+    responses={
+        200: {"description": "ok, or degraded: Anima can answer"},
+        503: {"description": "unavailable: no backend answers (same body, status `unavailable`)"},
+        500: {"description": "Internal error"},
+    },
+)
 async def health(pipeline: PipelineDep, settings: SettingsDep) -> JSONResponse:
     """`ok`; `degraded` (200) when a backend or the database is down but Anima can still answer;
     `unavailable` (503) when no backend answers."""

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from memory.archive import ConversationExists, ConversationNotFound, Incoming
 from proxy.deps import ArchiveDep, SettingsDep, UserDep
+from proxy.disconnect import cancel_on_disconnect
 from proxy.errors import Conflict, NotFound
+from proxy.limits import check_sizes
 from proxy.protocol import (
     Conversation,
     ConversationCreate,
@@ -40,26 +42,39 @@ def incoming(messages: list[MemoryMessage]) -> list[Incoming]:
     return [Incoming(m.role, m.text(), m.name, m.created_at, m.metadata) for m in messages]
 
 
-@router.post("/conversations", status_code=201)
-async def create_conversation(body: ConversationCreate, archive: ArchiveDep, user: UserDep) -> Conversation:
-    public_id = await mapped(
-        archive.create(
-            user,
-            incoming(body.messages),
-            public_id=body.id,
-            title=body.title,
-            persona=body.persona,
-            end_user=body.user or "",
-        )
+@router.post("/conversations", status_code=201, response_model=Conversation)
+async def create_conversation(
+    body: ConversationCreate, request: Request, archive: ArchiveDep, user: UserDep, settings: SettingsDep
+) -> Conversation | Response:
+    """Import: one transaction, abandoned (rolled back) if the client leaves before it commits."""
+    check_sizes([m.text() for m in body.messages], settings.limits)
+    created = archive.create(
+        user,
+        incoming(body.messages),
+        public_id=body.id,
+        title=body.title,
+        persona=body.persona,
+        end_user=body.user or "",
     )
+    public_id = await cancel_on_disconnect(request, mapped(created))
+    if public_id is None:
+        return Response(status_code=499)  # nobody is listening any more; nothing was stored
     return Conversation.model_validate(await archive.info(user, public_id), from_attributes=True)
 
 
-@router.post("/conversations/{conversation_id}/messages", status_code=201)
+@router.post("/conversations/{conversation_id}/messages", status_code=201, response_model=Conversation)
 async def append_messages(
-    conversation_id: str, body: MessagesAppend, archive: ArchiveDep, user: UserDep
-) -> Conversation:
-    await mapped(archive.append(user, conversation_id, incoming(body.messages)))
+    conversation_id: str,
+    body: MessagesAppend,
+    request: Request,
+    archive: ArchiveDep,
+    user: UserDep,
+    settings: SettingsDep,
+) -> Conversation | Response:
+    check_sizes([m.text() for m in body.messages], settings.limits)
+    stored = archive.append(user, conversation_id, incoming(body.messages))
+    if await cancel_on_disconnect(request, mapped(stored)) is None:
+        return Response(status_code=499)
     return Conversation.model_validate(await archive.info(user, conversation_id), from_attributes=True)
 
 

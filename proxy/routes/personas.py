@@ -84,7 +84,10 @@ async def persona_versions(name: str, store: StoreDep, user: UserDep) -> dict[st
     return {"object": "list", "data": [v.public() for v in versions]}
 
 
-@router.put("/personas/{name}")
+@router.put(
+    "/personas/{name}",
+    responses={200: {"description": "replaced"}, 201: {"description": "created (the user's own copy)"}},
+)
 async def put_persona(
     name: str,
     store: StoreDep,

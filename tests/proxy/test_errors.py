@@ -182,3 +182,23 @@ def test_a_non_streaming_error_says_why_in_its_reason_phrase(stub_url: str, http
     assert response.status_code == 502 and "stub exploded" in response.reason_phrase
     assert "x-anima-reason" not in response.headers
     assert ok.reason_phrase == "OK"
+
+
+def _error_event(text: str) -> dict[str, str]:
+    events = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+    error: dict[str, str] = json.loads(events[-1])["error"]
+    return error
+
+
+async def test_stall_after_the_first_byte_is_an_in_band_504_event(anima_url: str, stub: StubState) -> None:
+    """The upstream sends one chunk, then nothing: the documented `backend_timeout` event, with a
+    message saying so (issue 12, item 10), not a `backend_error` with an empty message."""
+    body = {"model": "stub/stall", "messages": HELLO, "stream": True}
+    async with httpx.AsyncClient(timeout=30) as http:
+        resp = await http.post(f"{anima_url}/v1/chat/completions", json=body)
+        plain = await http.post(f"{anima_url}/v1/chat/completions", json=body | {"stream": False})
+    assert resp.status_code == 200
+    error = _error_event(resp.text)
+    assert error["code"] == "backend_timeout" and "backend 'stub'" in error["message"]
+    assert "stopped sending" in error["message"]
+    assert plain.status_code == 504 and plain.json()["error"]["code"] == "backend_timeout"

@@ -27,7 +27,7 @@ import schemathesis
 from fastapi import FastAPI
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import Case, CheckFunction, GenerationMode
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import not_a_server_error, status_code_conformance
 from schemathesis.core.result import Ok
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -233,9 +233,9 @@ async def send_case(anima: Anima, case: Case[Any], key: str, user: int, last: li
     with anyio.fail_after(REQUEST_TIMEOUT_S):
         async with anima.client(key) as client:
             response = await client.send(transport_request(case, key))
-    checks: list[CheckFunction] = [not_a_server_error, openai_error_shape]
+    checks: list[CheckFunction] = [not_a_server_error, openai_error_shape, status_code_conformance]
     if "emotion" in case.operation.path and response.status_code == 503:
-        checks = [openai_error_shape, emotion_disabled]
+        checks = [openai_error_shape, emotion_disabled, status_code_conformance]
     case.validate_response(response, checks=checks)
     if writes and 400 <= response.status_code < 500:
         after = await snapshot(anima, user)

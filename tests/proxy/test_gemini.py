@@ -4,9 +4,11 @@ then Anima in front of it driven by the official `openai` SDK. Real HTTP everywh
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
@@ -392,3 +394,23 @@ async def test_gemini_e2e_sync_and_async_clients_together(anima_url: str) -> Non
         return "".join([c.choices[0].delta.content or "" async for c in chunks if c.choices])
 
     assert list(await asyncio.gather(asyncio.to_thread(ask), stream())) == [REPLY_TEXT, REPLY_TEXT]
+
+
+async def test_gemini_stall_after_the_first_byte_is_an_in_band_504_event(gemini_url: str) -> None:
+    """Gemini sends one chunk, then nothing: the `backend_timeout` event naming the backend."""
+    settings = make_settings(
+        backends={"gemini": settings_for(gemini_url, timeout_s=1.0)},
+        models=[RouteSettings(name="gemini/x", backend="gemini", model="x")],
+        retries=0,
+        sse_ping_s=0,
+    )
+    body = {"model": "gemini/stall", "messages": CHAT, "stream": True}
+    with serving(create_app(settings)) as url:
+        async with httpx.AsyncClient(timeout=30) as http:
+            resp = await http.post(f"{url}/v1/chat/completions", json=body)
+            plain = await http.post(f"{url}/v1/chat/completions", json=body | {"stream": False})
+    assert resp.status_code == 200
+    events = [line[6:] for line in resp.text.splitlines() if line.startswith("data: ")]
+    error = json.loads(events[-1])["error"]
+    assert error["code"] == "backend_timeout" and "backend 'gemini' stopped sending" in error["message"]
+    assert plain.status_code == 504 and plain.json()["error"]["code"] == "backend_timeout"

@@ -10,6 +10,7 @@ exactly what Anima sent (systemInstruction, contents, generationConfig).
                    thinkingConfig.includeThoughts is set, unlike the real API)
     cut            two chunks, then finishReason SAFETY with no content
     slow           waits 2 s before answering (timeout tests)
+    stall          one chunk, then nothing for 60 s (a stall after the first byte)
 
 Paths: `POST /{version}/models/{model}:streamGenerateContent?alt=sse` and `:generateContent`,
 `GET /{version}/models/{model}`, `GET /{version}/models` (paged by `pageSize`/`pageToken`).
@@ -235,7 +236,9 @@ async def _generate(model: str, action: str, body: dict[str, Any], request: Requ
         return _not_found(model)
 
     async def events() -> AsyncIterator[bytes]:
-        for chunk in chunks:
+        for i, chunk in enumerate(chunks):
             yield b"data: " + json.dumps(chunk).encode() + b"\r\n\r\n"
+            if model == "stall" and i == 0:
+                await asyncio.sleep(60)
 
     return StreamingResponse(events(), media_type="text/event-stream")

@@ -11,6 +11,7 @@ that a client disconnect really cancelled the upstream request. Also the "instan
     flaky-N       500 for the first N calls, then like echo
     rate-limited  429
     hang          accepts, then sends nothing for 60 s
+    stall         one chunk, then nothing for 60 s (a stall after the first byte)
     die           two chunks, then drops the connection
     slow          one chunk every 50 ms for 30 s (cancellation tests)
     profile-bad-first   a persona profile: prose around broken JSON, then JSON missing `traits`,
@@ -132,6 +133,8 @@ def stub_app(state: StubState | None = None) -> Starlette:
                 await asyncio.sleep(0.05)
         for i, piece in enumerate(reply):
             yield _chunk({"content": piece})
+            if model == "stall":
+                await asyncio.sleep(60)
             if model == "die" and i == 1:
                 raise ConnectionResetError("stub dropped the connection")
         yield _chunk({}, "stop", None if model == "no-usage" else USAGE)
