@@ -203,7 +203,10 @@ def error_body(
 def error_response(status: int, body: ErrorBody, headers: Mapping[str, str] | None = None) -> JSONResponse:
     """The error body; its message also becomes the reason phrase (proxy/reason.py): SillyTavern shows
     only that for a non-streaming error."""
-    phrased = {"X-Anima-Reason": reason_phrase(body.error.message), **(headers or {})}
+    phrased = {
+        "X-Anima-Reason": reason_phrase(f"{HTTPStatus(status).phrase}: {body.error.message}"),
+        **(headers or {}),
+    }
     return JSONResponse(body.model_dump(), status_code=status, headers=phrased)
 
 
