@@ -175,7 +175,7 @@ def _layout(
         text = "\n".join([SUMMARY_PREAMBLE, *(json.dumps(s.content, ensure_ascii=False) for s in summaries)])
         messages.append(Message("system", text))
         tokens["summaries"] = counter.message(text)
-    messages += [Message(m.role, m.content, m.name) for m in kept]
+    messages += [m if isinstance(m, Message) else _as_message(m) for m in kept]  # keeps tool calls, parts
     volatile = [*([MEMORY_PREAMBLE, *(line for _, line in memories)] if memories else []), *parts.volatile]
     if volatile:
         block = "\n".join(volatile)

@@ -24,15 +24,15 @@ from emotion.service import EmotionService
 from memory.budget import Budget, BudgetExceeded, Shares, TokenCounter
 from memory.recall import Boost
 from memory.service import MemoryService, TurnRecord
-from memory.types import Annotation, Message, SessionKey, Thread
+from memory.types import Annotation, Message, Part, SessionKey, Thread, ToolCall
 from personas.client_card import CardIndex, IndexedCard, excerpt, leading_system, pick_chunks, recognise_card
 from personas.prompt import Prompt, assemble_prompt, parts_for
 from personas.render import merge_system
 from personas.store import PersonaStore, Resolved
-from proxy.backends.base import BackendRequest, Delta
+from proxy.backends.base import BackendRequest, Delta, Tool
 from proxy.backends.registry import Registry, Route
-from proxy.errors import BackendError, ContextTooLong, PersonaNotFound, ProxyError, UnsupportedParameter
-from proxy.protocol import ChatCompletionRequest, ChatMessage, ResponseFormat
+from proxy.errors import BackendError, ContextTooLong, PersonaNotFound, ProxyError
+from proxy.protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice, ResponseFormat
 
 log = logging.getLogger("anima.pipeline")
 
@@ -135,8 +135,6 @@ class ChatPipeline:
         self, body: ChatCompletionRequest, session: SessionKey | None = None, *, persona: str | None = None
     ) -> PreparedChat:
         """`persona`: the `X-Anima-Persona` header, which beats a `persona@route` model alias."""
-        if body.n is not None and body.n > 1:
-            raise UnsupportedParameter("n > 1 is not supported: ask for one choice per request.", param="n")
         alias, route_name = self.registry.split_alias(body.model)
         chain = self.registry.resolve(route_name)
         chosen = await self._persona(persona, alias, route_name, session.user_id if session else None)
@@ -385,7 +383,9 @@ class ChatPipeline:
         _, _, deltas = await self._open(self.registry.resolve(model), (Message("user", prompt),), body)
         return "".join([delta.text async for delta in deltas])
 
-    def finish(self, chat: PreparedChat, reply: str, *, complete: bool) -> None:
+    def finish(
+        self, chat: PreparedChat, reply: str, *, complete: bool, tool_calls: tuple[ToolCall, ...] = ()
+    ) -> None:
         """Hand the finished (or broken-off) turn to memory, which stores it in the background."""
         if chat.after is not None:
             chat.after(reply)
@@ -508,7 +508,37 @@ def _merged(persona: str, system: tuple[Message, ...]) -> tuple[Message, ...]:
 
 
 def to_message(message: ChatMessage) -> Message:
-    return Message(role=_ROLES.get(message.role, message.role), content=message.text(), name=message.name)
+    """The internal message: its text, plus tool calls, the answered call id and (only when some part is
+    not text) every content part in order, for backends that take images."""
+    parts = message.content if isinstance(message.content, list) else []
+    keep = any(p.type != "text" for p in parts)
+    return Message(
+        role=_ROLES.get(message.role, message.role),
+        content=message.text(),
+        name=message.name,
+        tool_calls=tuple(
+            ToolCall(call.id, call.function.name, call.function.arguments)
+            for call in message.tool_calls or ()
+        ),
+        tool_call_id=message.tool_call_id,
+        parts=tuple(Part(p.type, p.model_dump_json(exclude_none=True)) for p in parts) if keep else (),
+    )
+
+
+def tools_of(body: ChatCompletionRequest) -> dict[str, Any]:
+    """The request's tool fields as BackendRequest arguments."""
+    choice = body.tool_choice
+    named = choice.function.get("name") if isinstance(choice, NamedToolChoice) else None
+    tools = tuple(
+        Tool(t.function.name, t.function.description, t.function.parameters, t.function.strict)
+        for t in body.tools or ()
+    )
+    return {
+        "tools": tools,
+        "tool_choice": "required" if named else choice if isinstance(choice, str) else None,
+        "forced_tool": named,
+        "parallel_tool_calls": body.parallel_tool_calls,
+    }
 
 
 def backend_request(model: str, messages: tuple[Message, ...], body: ChatCompletionRequest) -> BackendRequest:
@@ -528,4 +558,8 @@ def backend_request(model: str, messages: tuple[Message, ...], body: ChatComplet
         repetition_penalty=body.repetition_penalty,
         response_format="json" if fmt is not None and fmt.type != "text" else "text",
         json_schema=fmt.json_schema if fmt is not None and fmt.type == "json_schema" else None,
+        logprobs=body.logprobs,
+        top_logprobs=body.top_logprobs,
+        n=body.n,
+        **tools_of(body),
     )

@@ -31,13 +31,43 @@ class TokenUsage:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A fragment of the `index`-th tool call of a reply: id and name come once, `arguments` in pieces
+    (a backend that returns whole calls sends each as one fragment)."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Delta:
-    """A piece of the reply. The last one a backend yields carries `finish_reason` (and usage if known)."""
+    """A piece of the reply. The last one a backend yields carries `finish_reason` (and usage if known).
+
+    `choice` is the OpenAI choice index (n > 1); `logprobs` is the OpenAI `logprobs` object of this
+    piece, passed through untouched."""
 
     text: str = ""
     reasoning: str = ""
     finish_reason: str | None = None
     usage: TokenUsage | None = None
+    tool_calls: tuple[ToolCallDelta, ...] = ()
+    choice: int = 0
+    logprobs: dict[str, Any] | None = field(default=None, hash=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    """A function the model may call; `parameters` is its JSON Schema."""
+
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = field(default=None, hash=False, compare=False)
+    strict: bool | None = None
+
+
+ToolChoice = Literal["auto", "none", "required"] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +88,23 @@ class BackendRequest:
     repetition_penalty: float | None = None
     response_format: Literal["text", "json"] = "text"
     json_schema: dict[str, Any] | None = field(default=None, hash=False)
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = None
+    forced_tool: str | None = None  # tool_choice naming one function: the model must call it
+    parallel_tool_calls: bool | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    n: int | None = None
+
+
+class BackendCannot(BackendRejected):
+    """The request asks for something this backend kind cannot do (images to a text-only adapter,
+    logprobs from Gemini): a 400 naming the backend, the model and the parameter, before any I/O."""
+
+    code = "unsupported_parameter"
+
+    def __init__(self, backend: str, model: str, what: str, *, param: str) -> None:
+        super().__init__(f"backend '{backend}' (model '{model}') cannot {what}.", status=400, param=param)
 
 
 class Backend(Protocol):

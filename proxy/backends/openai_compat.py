@@ -9,7 +9,16 @@ from typing import Any
 import httpx
 import orjson
 
-from proxy.backends.base import BackendRequest, Delta, TokenUsage, mapped_httpx_errors, status_error
+from memory.types import Message
+from proxy.backends.base import (
+    BackendRequest,
+    Delta,
+    TokenUsage,
+    Tool,
+    ToolCallDelta,
+    mapped_httpx_errors,
+    status_error,
+)
 from proxy.errors import BackendServerError
 from proxy.settings import BackendSettings
 
@@ -40,12 +49,10 @@ class OpenAICompatBackend:
         """The upstream body: OpenAI fields, only those the client set."""
         body: dict[str, Any] = {
             "model": request.model,
-            "messages": [
-                {"role": m.role, "content": m.content} | ({"name": m.name} if m.name else {})
-                for m in request.messages
-            ],
+            "messages": [wire_message(m) for m in request.messages],
             "stream": True,
         }
+        body |= tool_fields(request)
         optional = {
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
@@ -54,6 +61,9 @@ class OpenAICompatBackend:
             "presence_penalty": request.presence_penalty,
             "frequency_penalty": request.frequency_penalty,
             "stop": list(request.stop) or None,
+            "logprobs": request.logprobs,
+            "top_logprobs": request.top_logprobs,
+            "n": request.n,
         }
         if self._sampler_extras:
             # llama.cpp calls it repeat_penalty, vLLM repetition_penalty; each ignores the other.
@@ -103,12 +113,18 @@ class OpenAICompatBackend:
             raise BackendServerError(f"backend '{self.name}' failed mid-reply: {_message_of(chunk['error'])}")
         usage = chunk.get("usage")
         choices = chunk.get("choices") or [{}]
-        delta = choices[0].get("delta") or {}
+        if len(choices) > 1:  # n > 1: some servers batch the choices of one step into one chunk
+            raise BackendServerError(f"backend '{self.name}' sent several choices in one chunk")
+        choice = choices[0]
+        delta = choice.get("delta") or {}
         return Delta(
             text=delta.get("content") or "",
             reasoning=delta.get("reasoning_content") or delta.get("reasoning") or "",
-            finish_reason=choices[0].get("finish_reason"),
+            finish_reason=choice.get("finish_reason"),
             usage=TokenUsage(usage["prompt_tokens"], usage["completion_tokens"]) if usage else None,
+            tool_calls=tuple(_tool_call_delta(c) for c in delta.get("tool_calls") or ()),
+            choice=int(choice.get("index") or 0),
+            logprobs=choice.get("logprobs") or None,
         )
 
     async def models(self) -> list[str]:
@@ -133,6 +149,58 @@ class OpenAICompatBackend:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def wire_message(m: Message) -> dict[str, Any]:
+    """A message as OpenAI sends it: content parts as the client sent them, tool calls and ids."""
+    content: Any = [orjson.loads(p.raw) for p in m.parts] if m.parts else m.content
+    if m.role == "assistant" and m.tool_calls and not m.content:
+        content = None  # OpenAI's own shape for a message that only calls tools
+    message: dict[str, Any] = {"role": m.role, "content": content}
+    if m.name:
+        message["name"] = m.name
+    if m.tool_calls:
+        message["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in m.tool_calls
+        ]
+    if m.tool_call_id is not None:
+        message["tool_call_id"] = m.tool_call_id
+    return message
+
+
+def tool_fields(request: BackendRequest) -> dict[str, Any]:
+    """`tools`, `tool_choice` and `parallel_tool_calls` in OpenAI's shape, only those the client set."""
+    fields: dict[str, Any] = {}
+    if request.tools:
+        fields["tools"] = [_tool(t) for t in request.tools]
+    if request.forced_tool is not None:
+        fields["tool_choice"] = {"type": "function", "function": {"name": request.forced_tool}}
+    elif request.tool_choice is not None:
+        fields["tool_choice"] = request.tool_choice
+    if request.parallel_tool_calls is not None:
+        fields["parallel_tool_calls"] = request.parallel_tool_calls
+    return fields
+
+
+def _tool(tool: Tool) -> dict[str, Any]:
+    spec = {
+        "name": tool.name,
+        "description": tool.description,
+        "parameters": tool.parameters,
+        "strict": tool.strict,
+    }
+    return {"type": "function", "function": {k: v for k, v in spec.items() if v is not None}}
+
+
+def _tool_call_delta(fragment: dict[str, Any]) -> ToolCallDelta:
+    function = fragment.get("function") or {}
+    return ToolCallDelta(
+        index=int(fragment.get("index") or 0),
+        id=fragment.get("id") or None,
+        name=function.get("name") or None,
+        arguments=function.get("arguments") or "",
+    )
 
 
 def _error_text(resp: httpx.Response) -> str:
