@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import (
     BaseModel,
@@ -377,3 +377,66 @@ class PersonaLearn(Storable):
         if (self.conversation_id is None) == (self.messages is None):
             raise ValueError("give either conversation_id or messages")
         return self
+
+
+EMBED_BATCH = 2048  # OpenAI's own limit of inputs per request
+
+
+class EmbeddingRequest(Storable):
+    """`POST /v1/embeddings`: text(s), or token arrays (only an OpenAI-compatible backend takes those)."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(min_length=1)
+    input: str | list[str] | list[list[int]] | list[int]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _some_input(
+        cls, value: str | list[str] | list[list[int]] | list[int]
+    ) -> str | list[str] | list[list[int]] | list[int]:
+        items = [value] if isinstance(value, str) else value
+        if not items or len(items) > EMBED_BATCH:
+            raise ValueError(f"give 1 to {EMBED_BATCH} inputs")
+        if any(item == "" or item == [] for item in items):
+            raise ValueError("an input is empty")
+        return value
+
+    def inputs(self) -> list[str] | list[list[int]]:
+        """Always a list: one text, a list of texts, or a list of token arrays."""
+        value = self.input
+        if isinstance(value, str):
+            return [value]
+        if all(isinstance(v, int) for v in value):
+            return [[v for v in value if isinstance(v, int)]]  # one token array
+        return cast("list[str] | list[list[int]]", value)
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str  # str: little-endian float32, base64 (encoding_format=base64)
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+
+
+class CompletionRequest(Storable):
+    """`POST /v1/completions` (legacy text completion): checked only as far as routing needs, then
+    passed through as sent."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(min_length=1)
+    prompt: str | list[str] | list[int] | list[list[int]]
+    stream: bool = False

@@ -121,6 +121,25 @@ class Backend(Protocol):
     async def aclose(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Embeddings:
+    """One vector per input, in input order; `prompt_tokens` if the backend counted them."""
+
+    vectors: list[list[float]]
+    prompt_tokens: int | None = None
+
+
+class Embeds(Protocol):
+    """A backend with an embeddings API (OpenAI-compatible, Ollama, Gemini). Token-array inputs
+    (`list[list[int]]`) only make sense to an OpenAI-compatible server; the others refuse them."""
+
+    name: str
+
+    async def embed(
+        self, model: str, inputs: list[str] | list[list[int]], dimensions: int | None
+    ) -> Embeddings: ...
+
+
 def status_error(backend: str, status: int, detail: str) -> BackendError:
     """Map an upstream HTTP status to the error the client should see."""
     message = f"backend '{backend}' answered {status}: {detail}".strip()
