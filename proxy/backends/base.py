@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import httpx
+import orjson
 
-from memory.types import Message
+from memory.types import Message, Part
 from proxy.errors import (
     BackendError,
     BackendRateLimited,
@@ -169,3 +170,14 @@ def mapped_httpx_errors(backend: str) -> Iterator[None]:
         raise BackendTimeout(f"backend '{backend}' did not answer in time ({type(exc).__name__})") from exc
     except httpx.HTTPError as exc:
         raise BackendUnavailable(f"backend '{backend}' is unreachable: {exc or type(exc).__name__}") from exc
+
+
+def data_url(part: Part) -> tuple[str, str] | None:
+    """(mime type, base64 data) of an `image_url` part holding a base64 `data:` URL."""
+    if part.type != "image_url":
+        return None
+    url = str((orjson.loads(part.raw).get("image_url") or {}).get("url") or "")
+    head, sep, data = url.partition(",")
+    if not (sep and head.startswith("data:") and head.endswith(";base64")):
+        return None
+    return head[5:-7] or "application/octet-stream", data

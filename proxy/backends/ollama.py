@@ -22,6 +22,7 @@ from proxy.backends.base import (
     TokenUsage,
     Tool,
     ToolCallDelta,
+    data_url,
     mapped_httpx_errors,
     status_error,
 )
@@ -197,17 +198,6 @@ def _image(backend: str, model: str, part: Part) -> str:
             param="messages",
         )
     return url[1]
-
-
-def data_url(part: Part) -> tuple[str, str] | None:
-    """(mime type, base64 data) of an `image_url` part holding a base64 `data:` URL."""
-    if part.type != "image_url":
-        return None
-    url = str((orjson.loads(part.raw).get("image_url") or {}).get("url") or "")
-    head, sep, data = url.partition(",")
-    if not (sep and head.startswith("data:") and head.endswith(";base64")):
-        return None
-    return head[5:-7] or "application/octet-stream", data
 
 
 def _arguments(text: str) -> dict[str, Any]:

@@ -76,7 +76,7 @@ def ollama_app(state: OllamaState | None = None) -> Starlette:
                 yield _line(model, calls=[{"function": {"name": name, "arguments": TOOL_ARGS}}])
             yield _line(model, done=True)
             return
-        reply = REPLY
+        reply: tuple[str, ...] = REPLY
         if messages[-1].get("role") == "tool":
             reply = (TOOL_REPLY, "; ".join(str(m["content"]) for m in messages if m.get("role") == "tool"))
         if model == "thinker":
