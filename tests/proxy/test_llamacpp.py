@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import openai
@@ -124,3 +125,33 @@ def test_llamacpp_server_prompt_beyond_context_is_a_clear_error(via_server: str)
         sync_client(via_server).chat.completions.create(model="llamacpp/smollm2", messages=huge, max_tokens=4)
     assert 400 <= info.value.status_code < 600
     assert info.value.body is not None and "message" in info.value.body  # type: ignore[operator]
+
+
+TOOL: list[Any] = [
+    {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+]
+IMAGE: list[Any] = [
+    {"type": "text", "text": "What is this?"},
+    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+]
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"tools": TOOL}, "tools"),
+        ({"messages": [{"role": "user", "content": IMAGE}]}, "messages"),
+        ({"logprobs": True}, "logprobs"),
+        ({"n": 2}, "n"),
+    ],
+)
+def test_embedded_refuses_what_it_cannot_do_naming_the_model(
+    embedded: str, extra: dict[str, Any], param: str
+) -> None:
+    client = openai.OpenAI(base_url=f"{embedded}/v1", api_key="x", max_retries=0)
+    body: dict[str, Any] = {"model": "local/smollm2", "messages": HELLO} | extra
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(**body)
+    assert info.value.code == "unsupported_parameter"
+    assert "backend 'local' (model 'smollm2') cannot" in info.value.message
+    assert info.value.param == param
