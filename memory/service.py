@@ -28,7 +28,7 @@ from memory.privacy import erase_user
 from memory.recall import Boost, Fusion, RecallQuery, Scope, recall
 from memory.summaries import SummaryJob, SummaryWorker, branch_summaries
 from memory.threads import align, choose, content_hash, new_public_id, shape_of
-from memory.types import Annotation, Message, Recall, SessionKey, StoredMessage, Thread
+from memory.types import Annotation, Message, Recall, SessionKey, StoredMessage, Thread, ToolCall
 from memory.window import WorkingMemory
 from memory.workers import Annotate, EmbeddingWorker
 
@@ -71,6 +71,7 @@ class TurnRecord:
     persona: dict[str, Any] | None = None  # {"name", "version"} that answered
     persona_id: int | None = None  # the conversation's persona from now on
     incoming: tuple[Message, ...] = ()  # the request's messages: what the journal re-recognises
+    reply_tool_calls: tuple[ToolCall, ...] = ()  # the reply's function calls (stored with it)
     turn_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # makes a journal replay idempotent
 
 
@@ -411,7 +412,8 @@ class MemoryService:
     async def store_turn(
         self, session: SessionKey, thread: Thread, turn: TurnRecord, *, replay: bool = False
     ) -> list[StoredMessage]:
-        if not thread.conversation_id and not thread.new and (thread.kind == "quiet" or not turn.reply):
+        replied = bool(turn.reply or turn.reply_tool_calls)
+        if not thread.conversation_id and not thread.new and (thread.kind == "quiet" or not replied):
             return []  # nothing to remember (e.g. a bare system prompt): no empty conversation
         async with self.sessions.begin() as s:
             if replay and await s.scalar(select(TurnContext.id).where(TurnContext.turn_id == turn.turn_id)):
@@ -447,7 +449,7 @@ class MemoryService:
                     tokens=self.counter.count(turn.reply),
                 )
                 reply_id = thread.anchor_id
-            elif thread.kind != "quiet" and (thread.prefill + turn.reply):
+            elif thread.kind != "quiet" and (thread.prefill + turn.reply or turn.reply_tool_calls):
                 content = thread.prefill + turn.reply
                 reply = await history.append(
                     s,
@@ -455,7 +457,7 @@ class MemoryService:
                     conversation_id=conversation_id,
                     parent_id=parent,
                     parent_depth=added[-1].depth if added else (-1 if parent is None else known_depth),
-                    messages=[Message("assistant", content)],
+                    messages=[Message("assistant", content, tool_calls=turn.reply_tool_calls)],
                     token_counts=[self.counter.count(content)],
                     status=turn.status,
                     metadata=[{"persona": turn.persona}] if turn.persona else None,

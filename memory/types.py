@@ -71,6 +71,8 @@ class StoredMessage:
     status: str = "complete"
     emotion_scores: dict[str, float] | None = None
     emotion_confidence: float | None = None
+    tool_calls: tuple[ToolCall, ...] = ()  # kept in the row's metadata (see memory.history.tool_meta)
+    tool_call_id: str | None = None
 
 
 TurnKind = Literal["turn", "regenerate", "continue", "prefill", "quiet"]

@@ -46,7 +46,7 @@ class PromptParts:
 
 
 def _as_message(stored: StoredMessage) -> Message:
-    return Message(stored.role, stored.content, stored.name)
+    return Message(stored.role, stored.content, stored.name, stored.tool_calls, stored.tool_call_id)
 
 
 def parts_for(messages: Sequence[Message], recall: Recall, volatile: Sequence[str] = ()) -> PromptParts:

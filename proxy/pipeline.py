@@ -157,7 +157,7 @@ class ChatPipeline:
         )
         unstored = None
         if turn is not None:
-            outgoing = turn.prompt.messages
+            outgoing = with_client_media(turn.prompt.messages, messages)
         else:
             if session is not None and self.memory is not None:  # the database is down
                 unstored = (session, messages)
@@ -421,6 +421,7 @@ class ChatPipeline:
                 persona=chat.memory.persona.public() if chat.memory.persona else None,
                 persona_id=chat.memory.persona.id if chat.memory.persona else None,
                 incoming=chat.memory.incoming,
+                reply_tool_calls=tool_calls,
             ),
         )
 
@@ -491,6 +492,15 @@ def with_recent(messages: tuple[Message, ...], recent: tuple[Message, ...]) -> t
         return messages
     system = leading_system(messages)
     return (*system, *recent, *messages[len(system) :])
+
+
+def with_client_media(prompt: tuple[Message, ...], incoming: tuple[Message, ...]) -> tuple[Message, ...]:
+    """Memory stores an image as a marker, so a message recalled from the store has lost it: where
+    the client sent that message itself, its own copy (with its images) goes to the model."""
+    sent = {(m.role, m.content, m.name): m for m in incoming if m.parts}
+    if not sent:
+        return prompt
+    return tuple(sent.get((m.role, m.content, m.name), m) if not m.parts else m for m in prompt)
 
 
 def with_persona(messages: tuple[Message, ...], persona: Resolved | None) -> tuple[Message, ...]:
