@@ -75,6 +75,21 @@ class TurnRecord:
     turn_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # makes a journal replay idempotent
 
 
+def journal_row(m: Message) -> list[Any]:
+    """A message as a journal entry: [role, content, name], plus its tool fields when it has any."""
+    row: list[Any] = [m.role, m.content, m.name]
+    if m.tool_calls or m.tool_call_id is not None:
+        calls = [dataclasses.asdict(c) for c in m.tool_calls]
+        row.append({"tool_calls": calls, "tool_call_id": m.tool_call_id})
+    return row
+
+
+def from_journal(row: list[Any]) -> Message:
+    extra = row[3] if len(row) > 3 else {}
+    calls = tuple(ToolCall(**c) for c in extra.get("tool_calls") or ())
+    return Message(row[0], row[1], row[2], tool_calls=calls, tool_call_id=extra.get("tool_call_id"))
+
+
 class MemoryService:
     def __init__(
         self,
@@ -345,7 +360,7 @@ class MemoryService:
             "session": dataclasses.asdict(session),
             "turn": {k: v for k, v in dataclasses.asdict(turn).items() if k not in ("incoming", "newest")}
             | {"newest": dataclasses.asdict(turn.newest) if turn.newest else None},
-            "messages": [[m.role, m.content, m.name] for m in turn.incoming],
+            "messages": [journal_row(m) for m in turn.incoming],
         }
         if await asyncio.to_thread(self.journal.append, entry):
             log.warning("database unreachable: turn journaled (%d waiting)", len(self.journal))
@@ -362,8 +377,11 @@ class MemoryService:
                 for entry in self.journal.entries():
                     try:
                         session = SessionKey(**entry["session"])
-                        messages = [Message(r, c, n) for r, c, n in entry["messages"]]
+                        messages = [from_journal(row) for row in entry["messages"]]
                         data = dict(entry["turn"])
+                        data["reply_tool_calls"] = tuple(
+                            ToolCall(**c) for c in data.get("reply_tool_calls") or ()
+                        )
                         newest = data.pop("newest", None)
                         turn = TurnRecord(
                             **data, newest=Annotation(**newest) if newest else None, incoming=tuple(messages)
@@ -405,7 +423,7 @@ class MemoryService:
                 entry["session"]["user_id"] == session.user_id
                 and entry["session"]["conversation"] == session.conversation
             ):
-                known += [Message(r, c, n) for r, c, n in entry["messages"] if r != "system"]
+                known += [from_journal(row) for row in entry["messages"] if row[0] != "system"]
                 known.append(Message("assistant", entry["turn"]["reply"]))
         return tuple(known)
 

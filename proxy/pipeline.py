@@ -400,6 +400,7 @@ class ChatPipeline:
                 persona=chat.persona.public() if chat.persona else None,
                 persona_id=chat.persona.id if chat.persona else None,
                 incoming=incoming,
+                reply_tool_calls=tool_calls,
             )
             self.memory.journal_later(session, record)
         if self.memory is None or chat.memory is None:

@@ -63,16 +63,19 @@ class ChoiceBuffer:
         )
 
     def _call(self, fragment: ToolCallDelta) -> ToolCallChunk:
+        """The fragment as OpenAI streams it: id, type and name once per call, then only arguments.
+        (llama-cpp-python repeats the name in every chunk; the OpenAI SDK would concatenate them.)"""
         first = fragment.index not in self.calls
         call = self.calls.setdefault(fragment.index, CallBuffer())
-        call.id = call.id or fragment.id or ""
-        call.name = call.name or fragment.name or ""
+        new_id = fragment.id if fragment.id and not call.id else None
+        new_name = fragment.name if fragment.name and not call.name else None
+        call.id, call.name = call.id or new_id or "", call.name or new_name or ""
         call.arguments.append(fragment.arguments)
         return ToolCallChunk(
             index=fragment.index,
-            id=fragment.id,
-            type="function" if first or fragment.id else None,
-            function=FunctionChunk(name=fragment.name, arguments=fragment.arguments),
+            id=new_id,
+            type="function" if first or new_id else None,
+            function=FunctionChunk(name=new_name, arguments=fragment.arguments),
         )
 
     def tool_calls(self) -> list[ToolCall] | None:

@@ -14,6 +14,8 @@ import openai
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from memory.service import from_journal, journal_row
+from memory.types import Message, ToolCall
 from memory.users import create_key
 from proxy.main import create_app
 from proxy.settings import BackendSettings, MemorySettings, RouteSettings
@@ -138,3 +140,14 @@ def test_images_are_stored_as_markers_and_resent_from_the_client(
     sent = [m for m in stub.requests[-1]["messages"] if m["role"] != "system"]
     assert sent[0] == {"role": "user", "content": content}  # the client's copy, image and all
     assert len(stored(anima, key, "photo", 4)) == 4
+
+
+def test_journal_rows_keep_tool_fields_and_read_old_entries() -> None:
+    call = ToolCall("call_0", "get_weather", ARGS)
+    for message in (
+        Message("assistant", "", tool_calls=(call,)),
+        Message("tool", "21 C", tool_call_id="call_0"),
+        Message("user", "hi", "Ann"),
+    ):
+        assert from_journal(json.loads(json.dumps(journal_row(message)))) == message
+    assert from_journal(["user", "hi", None]) == Message("user", "hi")  # written before tool fields
