@@ -61,10 +61,25 @@ def _parts(m: Message, names: dict[str, str]) -> list[types.Part]:
     return parts + calls
 
 
+_AUDIO = {"wav": "audio/wav", "mp3": "audio/mp3"}
+
+
 def _part(part: Part) -> types.Part:
+    """Text, or inline data: an image as a data: URL, OpenAI `input_audio` (base64 wav/mp3), or a
+    `file` part holding a data: URL (PDFs)."""
+    body = orjson.loads(part.raw)
     if part.type == "text":
-        return types.Part(text=str(orjson.loads(part.raw).get("text") or ""))
+        return types.Part(text=str(body.get("text") or ""))
     found = data_url(part)
+    if part.type == "input_audio":
+        audio = body.get("input_audio") or {}
+        if audio.get("format") in _AUDIO and audio.get("data"):
+            found = _AUDIO[audio["format"]], str(audio["data"])
+    elif part.type == "file":
+        file_data = str((body.get("file") or {}).get("file_data") or "")
+        head, _, data = file_data.partition(",")
+        if head.startswith("data:") and head.endswith(";base64") and data:
+            found = head[5:-7], data
     if found is None:
         raise UnsupportedPart(part.type)
     mime, data = found

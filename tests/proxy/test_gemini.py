@@ -544,3 +544,18 @@ def test_gemini_e2e_embeddings(anima_url: str, gemini: GeminiState) -> None:
         "content": {"parts": [{"text": "alpha"}], "role": "user"},
         "outputDimensionality": 4,
     }
+
+
+def test_gemini_e2e_audio_and_pdf_parts_are_inline_data(anima_url: str, gemini: GeminiState) -> None:
+    content: list[Any] = [
+        {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+        {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0="}},
+    ]
+    sdk(anima_url).chat.completions.create(
+        model="gemini/gemini-2.0-flash", messages=[{"role": "user", "content": content}]
+    )
+    [body] = gemini.bodies()
+    assert body["contents"][0]["parts"] == [
+        {"inlineData": {"mime_type": "audio/wav", "data": "UklGRg=="}},
+        {"inlineData": {"mime_type": "application/pdf", "data": "JVBERi0="}},
+    ]
