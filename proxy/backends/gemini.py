@@ -85,8 +85,6 @@ class GeminiBackend:
         """The request as Gemini contents; what Gemini cannot take is a 400 before anything is sent."""
         if request.n is not None and request.n > 1:
             raise BackendCannot(self.name, request.model, "give more than one choice (n > 1)", param="n")
-        if request.logprobs:
-            raise BackendCannot(self.name, request.model, "return logprobs", param="logprobs")
         try:
             return to_contents(request.messages)
         except UnsupportedPart as exc:
@@ -114,8 +112,11 @@ class GeminiBackend:
                         finish = reason or finish
                         fragments = _call_deltas(found, calls)
                         calls += len(fragments)
-                        if text or reasoning or fragments:
-                            yield Delta(text=text, reasoning=reasoning, tool_calls=fragments)
+                        logprobs = _logprobs(chunk)
+                        if text or reasoning or fragments or logprobs:
+                            yield Delta(
+                                text=text, reasoning=reasoning, tool_calls=fragments, logprobs=logprobs
+                            )
                 except httpx.HTTPError as exc:
                     if not received or isinstance(exc, httpx.TimeoutException):
                         raise
@@ -216,6 +217,8 @@ def generation_config(request: BackendRequest, system: str | None) -> types.Gene
         frequency_penalty=request.frequency_penalty,
         response_mime_type="application/json" if wants_json else None,
         response_json_schema=schema,
+        response_logprobs=request.logprobs or None,
+        logprobs=request.top_logprobs if request.logprobs and request.top_logprobs else None,
     )
 
 
@@ -231,6 +234,25 @@ def _read(chunk: types.GenerateContentResponse) -> tuple[str, str, str | None, l
     calls = [p.function_call for p in parts if p.function_call is not None]
     reason = candidate.finish_reason
     return text, reasoning, _FINISH_REASONS.get(reason.value, "stop") if reason is not None else None, calls
+
+
+def _logprobs(chunk: types.GenerateContentResponse) -> dict[str, Any] | None:
+    """Gemini's `logprobsResult` (chosen token and top candidates per step) in OpenAI's shape."""
+    result = chunk.candidates[0].logprobs_result if chunk.candidates else None
+    if result is None or not result.chosen_candidates:
+        return None
+    tops = result.top_candidates or []
+
+    def entry(c: types.LogprobsResultCandidate) -> dict[str, Any]:
+        token = c.token or ""
+        return {"token": token, "logprob": c.log_probability or 0.0, "bytes": list(token.encode())}
+
+    content = [
+        entry(chosen)
+        | {"top_logprobs": [entry(t) for t in (tops[i].candidates or [] if i < len(tops) else [])]}
+        for i, chosen in enumerate(result.chosen_candidates)
+    ]
+    return {"content": content, "refusal": None}
 
 
 def _call_deltas(calls: list[types.FunctionCall], start: int) -> tuple[ToolCallDelta, ...]:

@@ -521,11 +521,36 @@ def test_gemini_e2e_images_are_inline_data(anima_url: str, gemini: GeminiState) 
     assert info.value.code == "unsupported_parameter" and "data: URL" in info.value.message
 
 
-def test_gemini_e2e_logprobs_and_n_are_clear_400s(anima_url: str, gemini: GeminiState) -> None:
-    for extra in ({"logprobs": True}, {"n": 2}):
-        with pytest.raises(openai.BadRequestError) as info:
-            sdk(anima_url).chat.completions.create(model="gemini/gemini-2.0-flash", messages=ASK, **extra)
-        assert info.value.code == "unsupported_parameter" and "'gemini'" in info.value.message
+@pytest.mark.parametrize("stream", [False, True])
+def test_gemini_e2e_logprobs_in_openai_shape(anima_url: str, gemini: GeminiState, stream: bool) -> None:
+    client = sdk(anima_url)
+    if stream:
+        chunks = list(
+            client.chat.completions.create(
+                model="gemini/gemini-2.0-flash", messages=ASK, logprobs=True, top_logprobs=2, stream=True
+            )
+        )
+        entries = [
+            e
+            for c in chunks
+            if c.choices and c.choices[0].logprobs
+            for e in c.choices[0].logprobs.content or []
+        ]
+    else:
+        completion = client.chat.completions.create(
+            model="gemini/gemini-2.0-flash", messages=ASK, logprobs=True, top_logprobs=2
+        )
+        entries = list((completion.choices[0].logprobs and completion.choices[0].logprobs.content) or [])
+    assert [e.token for e in entries] == ["Hello", " from", " Gemini!"]
+    assert [len(e.top_logprobs) for e in entries] == [2, 2, 2] and entries[0].logprob == -0.25
+    [body] = gemini.bodies()
+    assert body["generationConfig"]["responseLogprobs"] is True and body["generationConfig"]["logprobs"] == 2
+
+
+def test_gemini_e2e_n_is_a_clear_400(anima_url: str, gemini: GeminiState) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        sdk(anima_url).chat.completions.create(model="gemini/gemini-2.0-flash", messages=ASK, n=2)
+    assert info.value.code == "unsupported_parameter" and "'gemini'" in info.value.message
     assert gemini.requests == []
 
 

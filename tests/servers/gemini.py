@@ -14,8 +14,10 @@ exactly what Anima sent (systemInstruction, contents, generationConfig).
 Any model given `tools[].functionDeclarations` (and a last turn that is not a functionResponse)
 answers two whole `functionCall` parts for the first function, args TOOL_ARGS, without ids (as the
 Developer API does), the first carrying a `thoughtSignature`; finishReason STOP. After function
-responses it answers TOOL_REPLY + their `response` objects as JSON. `:batchEmbedContents` answers one
-`{"values": [...]}` per request (8 dims, or `outputDimensionality`, `vector_of` the text).
+responses it answers TOOL_REPLY + their `response` objects as JSON.
+`generationConfig.responseLogprobs` adds a `logprobsResult` (chosen token + `logprobs` top
+candidates) to each text chunk. `:batchEmbedContents` answers one `{"values": [...]}` per request
+(8 dims, or `outputDimensionality`, `vector_of` the text).
 
 Paths: `POST /{version}/models/{model}:streamGenerateContent?alt=sse` and `:generateContent`,
 `GET /{version}/models/{model}`, `GET /{version}/models` (paged by `pageSize`/`pageToken`).
@@ -128,9 +130,14 @@ def scripted(model: str, body: dict[str, Any]) -> list[dict[str, Any]]:
         chunks.append(_response([{"text": THOUGHT, "thought": True}], None, running))
     if model == "cut":
         pieces, finish = REPLY[:2], "SAFETY"
+    config = body.get("generationConfig") or {}
     for i, piece in enumerate(pieces):
         last = i == len(pieces) - 1 and model != "cut"
         chunks.append(_response([{"text": piece}], finish if last else None, running))
+        if config.get("responseLogprobs"):
+            chunks[-1]["candidates"][0]["logprobsResult"] = _logprobs_result(
+                piece, config.get("logprobs") or 0
+            )
     if model == "cut":
         chunks.append(_response([], "SAFETY", running))
     usage = {"promptTokenCount": PROMPT_TOKENS, "candidatesTokenCount": len(pieces)}
@@ -139,6 +146,17 @@ def scripted(model: str, body: dict[str, Any]) -> list[dict[str, Any]]:
     usage["totalTokenCount"] = sum(usage.values())
     chunks[-1]["usageMetadata"] = usage
     return chunks
+
+
+def _logprobs_result(piece: str, top: int) -> dict[str, Any]:
+    """Gemini's per-step logprobs: the chosen token and `top` candidates."""
+    chosen = {"token": piece, "tokenId": 7, "logProbability": -0.25}
+    alternatives = [{"token": piece, "tokenId": 7, "logProbability": -0.5}] * top
+    return {
+        "chosenCandidates": [chosen],
+        "topCandidates": [{"candidates": alternatives}],
+        "logProbabilitySum": -0.25,
+    }
 
 
 def _merged(chunks: list[dict[str, Any]]) -> dict[str, Any]:
