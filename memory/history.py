@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import delete, exists, func, insert, select, text, update
@@ -12,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from memory.models import ConversationRow, MessageEmbedding, MessageRow
 from memory.threads import Candidate, content_hash
-from memory.types import Message, StoredMessage
+from memory.types import Message, StoredMessage, ToolCall
 
 _PATH = text(
     """
@@ -22,7 +24,7 @@ _PATH = text(
         SELECT m.*, p.up + 1 FROM message m JOIN path p ON m.id = p.parent_id WHERE p.up + 1 < :limit
     )
     SELECT id, role, content, name, token_count, created_at, parent_id, depth,
-           emotion_label, importance, status, emotion_scores, emotion_confidence
+           emotion_label, importance, status, emotion_scores, emotion_confidence, metadata
     FROM path ORDER BY up DESC
     """
 )
@@ -36,13 +38,43 @@ _PATH_TOKENS = text(
         WHERE p.up + 1 < :limit AND p.spent + m.token_count + 4 <= :tokens
     )
     SELECT id, role, content, name, token_count, created_at, parent_id, depth,
-           emotion_label, importance, status, emotion_scores, emotion_confidence
+           emotion_label, importance, status, emotion_scores, emotion_confidence, metadata
     FROM path WHERE spent <= :tokens ORDER BY up DESC
     """
 )
 
 
+def tool_meta(message: Message) -> dict[str, Any]:
+    """What a message carries besides its text, for the row's metadata: its tool calls, the call it
+    answers, and a marker per image/media part (type, sha256 and size of the data, never the data)."""
+    meta: dict[str, Any] = {}
+    if message.tool_calls:
+        meta["tool_calls"] = [
+            {"id": c.id, "name": c.name, "arguments": c.arguments} for c in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        meta["tool_call_id"] = message.tool_call_id
+    media = [p for p in message.parts if p.type != "text"]
+    if media:
+        meta["parts"] = [
+            {
+                "type": p.type,
+                "ref": "sha256:" + hashlib.sha256(p.raw.encode()).hexdigest(),
+                "chars": len(p.raw),
+            }
+            for p in media
+        ]
+    return meta
+
+
+def _with_tool_meta(meta: dict[str, Any] | None, message: Message) -> dict[str, Any] | None:
+    extra = tool_meta(message)
+    return (meta or {}) | extra if extra else meta
+
+
 def _stored(row: Any) -> StoredMessage:
+    meta = getattr(row, "meta", None) if isinstance(row, MessageRow) else getattr(row, "metadata", None)
+    meta = meta if isinstance(meta, dict) else {}
     return StoredMessage(
         id=row.id,
         role=row.role,
@@ -57,6 +89,11 @@ def _stored(row: Any) -> StoredMessage:
         status=row.status,
         emotion_scores=row.emotion_scores,
         emotion_confidence=row.emotion_confidence,
+        tool_calls=tuple(
+            ToolCall(str(c.get("id")), str(c.get("name")), str(c.get("arguments") or ""))
+            for c in meta.get("tool_calls") or ()
+        ),
+        tool_call_id=meta.get("tool_call_id"),
     )
 
 
@@ -317,7 +354,7 @@ async def append(
                     "token_count": token_counts[i],
                     "source": source,
                     "status": status,
-                    "meta": metadata[i] if metadata else None,
+                    "meta": _with_tool_meta(metadata[i] if metadata else None, message),
                     "created_at": created_at[i] if created_at and created_at[i] is not None else now,
                 }
                 | (extras[i] if extras else {})
@@ -360,18 +397,6 @@ async def _stored_child(
 
 
 def _stored_row(row: dict[str, Any]) -> StoredMessage:
-    return StoredMessage(
-        id=row["id"],
-        role=row["role"],
-        content=row["content"],
-        name=row["name"],
-        token_count=row["token_count"],
-        created_at=row["created_at"],
-        parent_id=row["parent_id"],
-        depth=row["depth"],
-        emotion_label=row.get("emotion_label"),
-        importance=row.get("importance"),
-        status=row["status"],
-        emotion_scores=row.get("emotion_scores"),
-        emotion_confidence=row.get("emotion_confidence"),
-    )
+    """A row just inserted in bulk, as `_stored` reads rows (emotion columns default to unset)."""
+    unset = {"emotion_label": None, "importance": None, "emotion_scores": None, "emotion_confidence": None}
+    return _stored(SimpleNamespace(**(unset | row), metadata=row.get("meta")))

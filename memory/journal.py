@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from memory.types import Annotation, Message, SessionKey, TurnRecord
+from memory.types import Annotation, Message, SessionKey, ToolCall, TurnRecord
 
 log = logging.getLogger("anima.journal")
 
@@ -39,18 +39,35 @@ class JournalEntry:
     def to_json(self) -> dict[str, Any]:
         turn = {f.name: getattr(self.turn, f.name) for f in dataclasses.fields(self.turn)}
         turn["newest"] = dataclasses.asdict(self.turn.newest) if self.turn.newest else None
-        turn["incoming"] = [[m.role, m.content, m.name] for m in self.turn.incoming]
+        turn["incoming"] = [journal_row(m) for m in self.turn.incoming]
+        turn["reply_tool_calls"] = [dataclasses.asdict(c) for c in self.turn.reply_tool_calls]
         return {"turn_id": self.turn_id, "session": dataclasses.asdict(self.session), "turn": turn}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> JournalEntry:
         turn = dict(data["turn"])
         newest = turn.pop("newest", None)
-        incoming = tuple(
-            Message(r, c, n) for r, c, n in turn.pop("incoming", None) or data.get("messages", [])
+        incoming = tuple(from_journal(row) for row in turn.pop("incoming", None) or data.get("messages", []))
+        calls = tuple(ToolCall(**c) for c in turn.pop("reply_tool_calls", None) or ())
+        record = TurnRecord(
+            **turn, newest=Annotation(**newest) if newest else None, incoming=incoming, reply_tool_calls=calls
         )
-        record = TurnRecord(**turn, newest=Annotation(**newest) if newest else None, incoming=incoming)
         return cls(SessionKey(**data["session"]), record)
+
+
+def journal_row(m: Message) -> list[Any]:
+    """A message as a journal entry: [role, content, name], plus its tool fields when it has any."""
+    row: list[Any] = [m.role, m.content, m.name]
+    if m.tool_calls or m.tool_call_id is not None:
+        calls = [dataclasses.asdict(c) for c in m.tool_calls]
+        row.append({"tool_calls": calls, "tool_call_id": m.tool_call_id})
+    return row
+
+
+def from_journal(row: list[Any]) -> Message:
+    extra = row[3] if len(row) > 3 else {}
+    calls = tuple(ToolCall(**c) for c in extra.get("tool_calls") or ())
+    return Message(row[0], row[1], row[2], tool_calls=calls, tool_call_id=extra.get("tool_call_id"))
 
 
 class TurnJournal:

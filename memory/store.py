@@ -160,8 +160,8 @@ class TurnStore:
 
     async def store_turn(self, session: SessionKey, thread: Thread, turn: TurnRecord) -> list[StoredMessage]:
         """Store what is new, the reply as its kind says, and the prompt snapshot; once per turn id."""
-        reply = thread.prefill + turn.reply
-        if not thread.conversation_id and not thread.new and not (thread.stores_reply and reply):
+        replied = bool(thread.prefill + turn.reply or turn.reply_tool_calls)
+        if not thread.conversation_id and not thread.new and not (thread.stores_reply and replied):
             return []  # nothing to remember (e.g. a bare system prompt): no empty conversation
         async with self.sessions.begin() as s:
             await s.execute(
@@ -244,7 +244,7 @@ class TurnStore:
         """The reply by kind: a continue grows the message it continues (the client's text of it, then
         the reply, joined by a space as SillyTavern joins them); a turn, swipe or prefill adds one reply
         (reused if that exact reply is there)."""
-        if not thread.stores_reply or not turn.reply.strip():
+        if not thread.stores_reply or not (turn.reply.strip() or turn.reply_tool_calls):
             return []
         if thread.kind == "continue":
             target = added[-1].id if added else thread.anchor_id
@@ -269,7 +269,7 @@ class TurnStore:
             conversation_id=conversation_id,
             parent_id=parent,
             parent_depth=depth if depth is not None else (-1 if parent is None else None),
-            messages=[Message("assistant", content, thread.speaker)],
+            messages=[Message("assistant", content, thread.speaker, tool_calls=turn.reply_tool_calls)],
             token_counts=[self.counter.count(content)],
             status=turn.status,
             metadata=[{"persona": turn.persona}] if turn.persona else None,

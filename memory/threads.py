@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from memory.types import Message, TurnKind
 
-CHAT_ROLES = ("user", "assistant")
+CHAT_ROLES = ("user", "assistant", "tool")  # tool results are part of the conversation
 
 # SillyTavern's default utility prompts (continue nudge, impersonation, group nudge) and its quiet
 # extension prompts: a trailing system message is classified by what it asks, not by its position.
@@ -49,6 +49,9 @@ def canonical(text: str) -> str:
 
 def content_hash(message: Message) -> str:
     key = f"{message.role}\x1f{canonical(message.content)}"
+    if message.tool_calls or message.tool_call_id:  # a call-only message has no text to tell it apart
+        calls = "\x1e".join(f"{c.id}\x1d{c.name}\x1d{c.arguments}" for c in message.tool_calls)
+        key += f"\x1f{calls}\x1f{message.tool_call_id or ''}"
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 

@@ -9,12 +9,37 @@ from typing import Any, Literal
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A function call an assistant message made; `arguments` is the JSON text the model wrote."""
+
+    id: str
+    name: str
+    arguments: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One element of array-of-parts content as the client sent it (JSON text, so Message stays
+    hashable). Only messages with a non-text part keep their parts; `content` is always their text."""
+
+    type: str  # "text" | "image_url" | "input_audio" | "file" | ...
+    raw: str
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
-    """One chat message as Anima handles it internally: text only, role normalised."""
+    """One chat message as Anima handles it internally: text, role normalised, plus what a tool-using or
+    multimodal client sent with it (empty for plain chat, so text-only code paths are unaffected)."""
 
     role: str  # "system" | "user" | "assistant" | "tool"
     content: str
     name: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant message's function calls
+    tool_call_id: str | None = None  # a tool message: the call it answers
+    parts: tuple[Part, ...] = ()  # every part, in order, when any is not text (images)
+
+    def has_media(self) -> bool:
+        return any(p.type != "text" for p in self.parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +72,8 @@ class StoredMessage:
     status: str = "complete"
     emotion_scores: dict[str, float] | None = None
     emotion_confidence: float | None = None
+    tool_calls: tuple[ToolCall, ...] = ()  # kept in the row's metadata (see memory.history.tool_meta)
+    tool_call_id: str | None = None
 
 
 # turn: a new chat turn (a group member's included); regenerate: a swipe of a stored turn; continue:
@@ -146,6 +173,7 @@ class TurnRecord:
     persona: dict[str, Any] | None = None  # {"name", "version"} that answered
     persona_id: int | None = None  # the conversation's persona from now on
     incoming: tuple[Message, ...] = ()  # the request's messages: what the journal re-recognises
+    reply_tool_calls: tuple[ToolCall, ...] = ()  # the reply's function calls (stored with it)
     turn_id: str = field(
         default_factory=lambda: uuid.uuid4().hex
     )  # one turn is stored once, whatever retries

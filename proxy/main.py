@@ -37,7 +37,7 @@ from personas.store import PersonaStore
 from proxy.backends.registry import Registry, build_backends
 from proxy.errors import install_error_handlers
 from proxy.limits import RateLimiter
-from proxy.middleware import BodyLimit, CollapseSlashes
+from proxy.middleware import BodyLimit, CollapseSlashes, JsonBodies
 from proxy.pipeline import BudgetPolicy, ChatPipeline, RetryPolicy
 from proxy.reason import ReasonPhrase
 from proxy.routes import api_router
@@ -325,6 +325,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             ],
             expose_headers=["X-Anima-Conversation", "X-Anima-Persona", "X-Anima-Memory", "X-Anima-Backend"],
         )
+    app.add_middleware(JsonBodies)
     app.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)
     app.add_middleware(CollapseSlashes)
     app.add_middleware(ReasonPhrase)

@@ -88,3 +88,23 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return {"type": "http.request", "body": body, "more_body": False}
 
     return replayed
+
+
+class JsonBodies:
+    """Read every request body as JSON whatever its `content-type`, as OpenAI's own API does: curl's
+    `-d` sends `application/x-www-form-urlencoded`, some clients `text/plain` or nothing at all. Anima
+    takes no urlencoded forms, so that header is only ever a wrong label on a JSON body. Multipart
+    bodies (uploads to a passthrough route) keep theirs."""
+
+    _json = (b"content-type", b"application/json")
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
+            kind = dict(scope["headers"]).get(b"content-type", b"")
+            if not kind.lower().startswith(b"multipart/"):
+                headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+                scope = dict(scope, headers=[*headers, self._json])
+        await self.app(scope, receive, send)

@@ -22,13 +22,13 @@ import anyio
 from emotion.service import EmotionService
 from memory.budget import Budget, Shares, TokenCounter
 from memory.service import MemoryService
-from memory.types import Message, SessionKey, TurnRecord
+from memory.types import Message, Part, SessionKey, ToolCall, TurnRecord
 from personas.client_card import CardIndex
 from personas.store import PersonaStore, Resolved
-from proxy.backends.base import BackendRequest, Delta
+from proxy.backends.base import BackendRequest, Delta, Tool
 from proxy.backends.registry import Registry, Route
-from proxy.errors import BackendError, PersonaNotFound, ProxyError, UnsupportedParameter
-from proxy.protocol import ChatCompletionRequest, ChatMessage, ResponseFormat
+from proxy.errors import BackendError, PersonaNotFound, ProxyError
+from proxy.protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice, ResponseFormat
 from proxy.turn import MemoryTurn, PersonaUse, TurnBuilder, TurnRequest
 
 log = logging.getLogger("anima.pipeline")
@@ -106,7 +106,6 @@ class ChatPipeline:
         self, body: ChatCompletionRequest, session: SessionKey | None = None, *, persona: str | None = None
     ) -> PreparedChat:
         """`persona`: the `X-Anima-Persona` header, which beats a `persona@route` model alias."""
-        check_supported(body)
         alias, route_name = self.registry.split_alias(body.model)
         chain = self.registry.resolve(route_name)
         chosen = await self._persona(persona, alias, route_name, session.user_id if session else None)
@@ -212,7 +211,9 @@ class ChatPipeline:
         _, _, deltas = await self._open(self.registry.resolve(model), (Message("user", prompt),), body)
         return "".join([delta.text async for delta in deltas])
 
-    def finish(self, chat: PreparedChat, reply: str, *, complete: bool) -> None:
+    def finish(
+        self, chat: PreparedChat, reply: str, *, complete: bool, tool_calls: tuple[ToolCall, ...] = ()
+    ) -> None:
         """Hand the finished (or broken-off) turn to memory, which stores it in the background. A
         non-streaming request that failed stores no reply: its client saw none."""
         if chat.after is not None:
@@ -235,6 +236,7 @@ class ChatPipeline:
             persona=turn.persona.public() if turn.persona else None,
             persona_id=turn.persona.id if turn.persona else None,
             incoming=turn.incoming,
+            reply_tool_calls=tool_calls,
             turn_id=chat.turn_id,
         )
         if turn.thread is None:
@@ -311,13 +313,38 @@ def as_character(session: SessionKey | None, persona: Resolved | None) -> Sessio
     return session
 
 
-def check_supported(body: ChatCompletionRequest) -> None:
-    if body.n is not None and body.n > 1:
-        raise UnsupportedParameter("n > 1 is not supported: ask for one choice per request.", param="n")
-
-
 def to_message(message: ChatMessage) -> Message:
-    return Message(role=_ROLES.get(message.role, message.role), content=message.text(), name=message.name)
+    """The internal message: its text, plus tool calls, the answered call id and (only when some part is
+    not text) every content part in order, for backends that take images."""
+    parts = message.content if isinstance(message.content, list) else []
+    keep = any(p.type != "text" for p in parts)
+    return Message(
+        role=_ROLES.get(message.role, message.role),
+        content=message.text(),
+        name=message.name,
+        tool_calls=tuple(
+            ToolCall(call.id, call.function.name, call.function.arguments)
+            for call in message.tool_calls or ()
+        ),
+        tool_call_id=message.tool_call_id,
+        parts=tuple(Part(p.type, p.model_dump_json(exclude_none=True)) for p in parts) if keep else (),
+    )
+
+
+def tools_of(body: ChatCompletionRequest) -> dict[str, Any]:
+    """The request's tool fields as BackendRequest arguments."""
+    choice = body.tool_choice
+    named = choice.function.get("name") if isinstance(choice, NamedToolChoice) else None
+    tools = tuple(
+        Tool(t.function.name, t.function.description, t.function.parameters, t.function.strict)
+        for t in body.tools or ()
+    )
+    return {
+        "tools": tools,
+        "tool_choice": "required" if named else choice if isinstance(choice, str) else None,
+        "forced_tool": named,
+        "parallel_tool_calls": body.parallel_tool_calls,
+    }
 
 
 def backend_request(model: str, messages: tuple[Message, ...], body: ChatCompletionRequest) -> BackendRequest:
@@ -337,4 +364,8 @@ def backend_request(model: str, messages: tuple[Message, ...], body: ChatComplet
         repetition_penalty=body.repetition_penalty,
         response_format="json" if fmt is not None and fmt.type != "text" else "text",
         json_schema=fmt.json_schema if fmt is not None and fmt.type == "json_schema" else None,
+        logprobs=body.logprobs,
+        top_logprobs=body.top_logprobs,
+        n=body.n,
+        **tools_of(body),
     )

@@ -209,6 +209,13 @@ class Settings(BaseSettings):
     )
     cors_origins: list[str] = Field(default_factory=list, description="browser origins allowed (CORS); none")
     log_content: bool = Field(default=False, description="let debug logs include message text")
+    passthrough: str | None = Field(
+        default=None,
+        description="OpenAI-compatible backend that gets /v1/* routes Anima does not serve (unset: 404)",
+    )
+    embedding_model: str = Field(
+        default="anima/all-minilm-l6-v2", description="name of the built-in MiniLM in /v1/embeddings"
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -236,6 +243,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _routes_name_known_backends(self) -> Settings:
+        passthrough = self.backends.get(self.passthrough or "")
+        if self.passthrough is not None and (passthrough is None or passthrough.kind != "openai"):
+            raise ValueError(f"passthrough '{self.passthrough}' is not a configured backend of kind openai")
         names = {route.name for route in self.models}
         for route in self.models:
             if route.backend not in self.backends:

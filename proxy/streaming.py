@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from sse_starlette import ServerSentEvent
 
 from memory.journal import InFlight
+from memory.types import ToolCall as StoredCall
+from proxy.backends.base import Delta, ToolCallDelta
 from proxy.errors import ProxyError
 from proxy.pipeline import ChatPipeline, PreparedChat
 from proxy.protocol import (
@@ -18,6 +21,10 @@ from proxy.protocol import (
     Choice,
     ChunkChoice,
     DeltaMessage,
+    FunctionCall,
+    FunctionChunk,
+    ToolCall,
+    ToolCallChunk,
     Usage,
 )
 
@@ -25,30 +32,112 @@ log = logging.getLogger("anima.streaming")
 
 
 @dataclass(slots=True)
-class ReplyBuffer:
-    """What the backend has said so far; what `collect()` returns and what memory will store."""
+class CallBuffer:
+    id: str = ""
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ChoiceBuffer:
+    """One choice of the reply (there are several only for n > 1)."""
 
     text: list[str] = field(default_factory=list)
     reasoning: list[str] = field(default_factory=list)
+    calls: dict[int, CallBuffer] = field(default_factory=dict)
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
     finish_reason: str | None = None
+
+    def add(self, delta: Delta) -> DeltaMessage | None:
+        """Record the delta; the client-visible part of it, if any."""
+        if delta.finish_reason is not None:
+            self.finish_reason = delta.finish_reason
+        if delta.logprobs:
+            self.logprobs.append(delta.logprobs)
+        chunks = [self._call(c) for c in delta.tool_calls]
+        if not (delta.text or delta.reasoning or chunks):
+            return None
+        self.text.append(delta.text)
+        self.reasoning.append(delta.reasoning)
+        return DeltaMessage(
+            content=delta.text or None, reasoning_content=delta.reasoning or None, tool_calls=chunks or None
+        )
+
+    def _call(self, fragment: ToolCallDelta) -> ToolCallChunk:
+        """The fragment as OpenAI streams it: id, type and name once per call, then only arguments.
+        (llama-cpp-python repeats the name in every chunk; the OpenAI SDK would concatenate them.)"""
+        first = fragment.index not in self.calls
+        call = self.calls.setdefault(fragment.index, CallBuffer())
+        new_id = fragment.id if fragment.id and not call.id else None
+        new_name = fragment.name if fragment.name and not call.name else None
+        call.id, call.name = call.id or new_id or "", call.name or new_name or ""
+        call.arguments.append(fragment.arguments)
+        return ToolCallChunk(
+            index=fragment.index,
+            id=new_id,
+            type="function" if first or new_id else None,
+            function=FunctionChunk(name=new_name, arguments=fragment.arguments),
+        )
+
+    def tool_calls(self) -> list[ToolCall] | None:
+        calls = [self.calls[i] for i in sorted(self.calls)]
+        return [
+            ToolCall(id=c.id, function=FunctionCall(name=c.name, arguments="".join(c.arguments)))
+            for c in calls
+        ] or None
+
+    def stored_calls(self) -> tuple[StoredCall, ...]:
+        return tuple(StoredCall(c.id, c.name, "".join(c.arguments)) for _, c in sorted(self.calls.items()))
+
+    def logprob_object(self) -> dict[str, Any] | None:
+        """The chunks' logprobs as one object: each list field (`content`, `refusal`) concatenated."""
+        if not self.logprobs:
+            return None
+        merged: dict[str, Any] = {}
+        for piece in self.logprobs:
+            for key, value in piece.items():
+                if isinstance(value, list):
+                    merged[key] = [*(merged.get(key) or []), *value]
+                else:
+                    merged.setdefault(key, value)
+        return merged
+
+    def finish(self) -> str:
+        return self.finish_reason or ("tool_calls" if self.calls else "stop")
+
+
+@dataclass(slots=True)
+class ReplyBuffer:
+    """What the backend has said so far; what `collect()` returns and what memory will store."""
+
+    choices: dict[int, ChoiceBuffer] = field(default_factory=lambda: {0: ChoiceBuffer()})
     reported_usage: tuple[int, int] | None = None
 
-    async def drain(self, chat: PreparedChat) -> AsyncIterator[DeltaMessage]:
+    @property
+    def first(self) -> ChoiceBuffer:
+        return self.choices[0]
+
+    @property
+    def text(self) -> str:
+        """The first choice's text: the reply memory stores."""
+        return "".join(self.first.text)
+
+    async def drain(self, chat: PreparedChat) -> AsyncIterator[ChunkChoice]:
         """Consume the backend stream, yielding the client-visible part of each delta."""
         async for delta in chat.deltas:
             if delta.usage is not None:
                 self.reported_usage = (delta.usage.prompt_tokens, delta.usage.completion_tokens)
-            if delta.finish_reason is not None:
-                self.finish_reason = delta.finish_reason
-            if delta.text and chat.wal is not None:
+            if delta.text and delta.choice == 0 and chat.wal is not None:
                 InFlight.add(chat.wal, delta.text)  # before the client sees it
-            if delta.text or delta.reasoning:
-                self.text.append(delta.text)
-                self.reasoning.append(delta.reasoning)
-                yield DeltaMessage(content=delta.text or None, reasoning_content=delta.reasoning or None)
+            choice = self.choices.setdefault(delta.choice, ChoiceBuffer())
+            visible = choice.add(delta)
+            if visible is not None or delta.logprobs:
+                yield ChunkChoice(
+                    index=delta.choice, delta=visible or DeltaMessage(), logprobs=delta.logprobs
+                )
 
     def usage(self, pipeline: ChatPipeline, chat: PreparedChat) -> Usage:
-        prompt, completion = pipeline.usage(chat, "".join(self.text), self.reported_usage)
+        prompt, completion = pipeline.usage(chat, self.text, self.reported_usage)
         return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
@@ -72,21 +161,25 @@ async def stream_sse(chat: PreparedChat, pipeline: ChatPipeline) -> AsyncIterato
     """
     reply, complete = ReplyBuffer(), False
     try:
-        yield _chunk(chat, [ChunkChoice(delta=DeltaMessage(role="assistant", content=""))])
+        for index in range(chat.request.n or 1):
+            yield _chunk(chat, [ChunkChoice(index=index, delta=DeltaMessage(role="assistant", content=""))])
         try:
-            async for delta in reply.drain(chat):
-                yield _chunk(chat, [ChunkChoice(delta=delta)])
+            async for choice in reply.drain(chat):
+                yield _chunk(chat, [choice])
         except ProxyError as exc:
             log.warning("stream %s failed after the first byte: %s", chat.id, exc.message)
             yield _event(exc.body().model_dump_json())
             return
         complete = True
-        yield _chunk(chat, [ChunkChoice(delta=DeltaMessage(), finish_reason=reply.finish_reason or "stop")])
+        for index, buffer in sorted(reply.choices.items()):
+            yield _chunk(
+                chat, [ChunkChoice(index=index, delta=DeltaMessage(), finish_reason=buffer.finish())]
+            )
         if chat.include_usage:
             yield _chunk(chat, [], reply.usage(pipeline, chat))
         yield _event("[DONE]")
     finally:
-        pipeline.finish(chat, "".join(reply.text), complete=complete)
+        pipeline.finish(chat, reply.text, complete=complete, tool_calls=reply.first.stored_calls())
 
 
 async def collect(chat: PreparedChat, pipeline: ChatPipeline) -> ChatCompletion:
@@ -97,13 +190,21 @@ async def collect(chat: PreparedChat, pipeline: ChatPipeline) -> ChatCompletion:
             pass
         complete = True
     finally:
-        pipeline.finish(chat, "".join(reply.text), complete=complete)
-    reasoning = "".join(reply.reasoning)
-    message = AssistantMessage(content="".join(reply.text), reasoning_content=reasoning or None)
+        pipeline.finish(chat, reply.text, complete=complete, tool_calls=reply.first.stored_calls())
     return ChatCompletion(
         id=chat.id,
         created=chat.created,
         model=chat.model,
-        choices=[Choice(message=message, finish_reason=reply.finish_reason or "stop")],
+        choices=[_choice(index, choice) for index, choice in sorted(reply.choices.items())],
         usage=reply.usage(pipeline, chat),
+    )
+
+
+def _choice(index: int, choice: ChoiceBuffer) -> Choice:
+    text, reasoning, calls = "".join(choice.text), "".join(choice.reasoning), choice.tool_calls()
+    message = AssistantMessage(
+        content=None if calls and not text else text, reasoning_content=reasoning or None, tool_calls=calls
+    )
+    return Choice(
+        index=index, message=message, finish_reason=choice.finish(), logprobs=choice.logprob_object()
     )

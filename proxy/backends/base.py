@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import httpx
+import orjson
 
-from memory.types import Message
+from memory.types import Message, Part
 from proxy.errors import (
     BackendError,
     BackendRateLimited,
@@ -31,13 +32,43 @@ class TokenUsage:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A fragment of the `index`-th tool call of a reply: id and name come once, `arguments` in pieces
+    (a backend that returns whole calls sends each as one fragment)."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Delta:
-    """A piece of the reply. The last one a backend yields carries `finish_reason` (and usage if known)."""
+    """A piece of the reply. The last one a backend yields carries `finish_reason` (and usage if known).
+
+    `choice` is the OpenAI choice index (n > 1); `logprobs` is the OpenAI `logprobs` object of this
+    piece, passed through untouched."""
 
     text: str = ""
     reasoning: str = ""
     finish_reason: str | None = None
     usage: TokenUsage | None = None
+    tool_calls: tuple[ToolCallDelta, ...] = ()
+    choice: int = 0
+    logprobs: dict[str, Any] | None = field(default=None, hash=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    """A function the model may call; `parameters` is its JSON Schema."""
+
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = field(default=None, hash=False, compare=False)
+    strict: bool | None = None
+
+
+ToolChoice = Literal["auto", "none", "required"] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +89,23 @@ class BackendRequest:
     repetition_penalty: float | None = None
     response_format: Literal["text", "json"] = "text"
     json_schema: dict[str, Any] | None = field(default=None, hash=False)
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = None
+    forced_tool: str | None = None  # tool_choice naming one function: the model must call it
+    parallel_tool_calls: bool | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    n: int | None = None
+
+
+class BackendCannot(BackendRejected):
+    """The request asks for something this backend kind cannot do (images to a text-only adapter,
+    logprobs from Gemini): a 400 naming the backend, the model and the parameter, before any I/O."""
+
+    code = "unsupported_parameter"
+
+    def __init__(self, backend: str, model: str, what: str, *, param: str) -> None:
+        super().__init__(f"backend '{backend}' (model '{model}') cannot {what}.", status=400, param=param)
 
 
 class Backend(Protocol):
@@ -72,6 +120,25 @@ class Backend(Protocol):
     async def context_window(self, model: str) -> int | None: ...
 
     async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Embeddings:
+    """One vector per input, in input order; `prompt_tokens` if the backend counted them."""
+
+    vectors: list[list[float]]
+    prompt_tokens: int | None = None
+
+
+class Embeds(Protocol):
+    """A backend with an embeddings API (OpenAI-compatible, Ollama, Gemini). Token-array inputs
+    (`list[list[int]]`) only make sense to an OpenAI-compatible server; the others refuse them."""
+
+    name: str
+
+    async def embed(
+        self, model: str, inputs: list[str] | list[list[int]], dimensions: int | None
+    ) -> Embeddings: ...
 
 
 def status_error(backend: str, status: int, detail: str) -> BackendError:
@@ -103,3 +170,14 @@ def mapped_httpx_errors(backend: str) -> Iterator[None]:
         raise BackendTimeout(f"backend '{backend}' did not answer in time ({type(exc).__name__})") from exc
     except httpx.HTTPError as exc:
         raise BackendUnavailable(f"backend '{backend}' is unreachable: {exc or type(exc).__name__}") from exc
+
+
+def data_url(part: Part) -> tuple[str, str] | None:
+    """(mime type, base64 data) of an `image_url` part holding a base64 `data:` URL."""
+    if part.type != "image_url":
+        return None
+    url = str((orjson.loads(part.raw).get("image_url") or {}).get("url") or "")
+    head, sep, data = url.partition(",")
+    if not (sep and head.startswith("data:") and head.endswith(";base64")):
+        return None
+    return head[5:-7] or "application/octet-stream", data

@@ -8,16 +8,27 @@ merged when consecutive because Gemini wants the roles to alternate. Gemini has 
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any, cast
 
 import httpx
+import orjson
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from memory.types import Message
-from proxy.backends.base import BackendRequest, Delta, TokenUsage, mapped_httpx_errors, status_error
+from proxy.backends.base import (
+    BackendCannot,
+    BackendRequest,
+    Delta,
+    Embeddings,
+    TokenUsage,
+    ToolCallDelta,
+    mapped_httpx_errors,
+    status_error,
+)
+from proxy.backends.gemini_contents import UnsupportedPart, to_contents, tool_config
 from proxy.errors import (
     BackendError,
     BackendRateLimited,
@@ -77,10 +88,21 @@ class GeminiBackend:
         client = genai.Client(api_key=key, vertexai=False, http_options=options)
         return cls(name, client, models=config.models, http_client=http_client)
 
+    def _contents(self, request: BackendRequest) -> tuple[list[types.Content], str | None]:
+        """The request as Gemini contents; what Gemini cannot take is a 400 before anything is sent."""
+        if request.n is not None and request.n > 1:
+            raise BackendCannot(self.name, request.model, "give more than one choice (n > 1)", param="n")
+        try:
+            return to_contents(request.messages)
+        except UnsupportedPart as exc:
+            what = f"take '{exc}' parts or images by URL: send images as data: URLs"
+            raise BackendCannot(self.name, request.model, what, param="messages") from exc
+
     async def stream(self, request: BackendRequest) -> AsyncIterator[Delta]:
-        contents, system = to_contents(request.messages)
+        contents, system = self._contents(request)
         finish: str | None = None
         usage: TokenUsage | None = None
+        calls = 0
         with self._mapped_errors():
             opened = await self._client.aio.models.generate_content_stream(
                 model=request.model, contents=contents, config=generation_config(request, system)
@@ -93,10 +115,15 @@ class GeminiBackend:
                         received = True
                         self._raise_if_blocked(chunk)
                         usage = _usage(chunk) or usage
-                        text, reasoning, reason = _read(chunk)
+                        text, reasoning, reason, found = _read(chunk)
                         finish = reason or finish
-                        if text or reasoning:
-                            yield Delta(text=text, reasoning=reasoning)
+                        fragments = _call_deltas(found, calls)
+                        calls += len(fragments)
+                        logprobs = _logprobs(chunk)
+                        if text or reasoning or fragments or logprobs:
+                            yield Delta(
+                                text=text, reasoning=reasoning, tool_calls=fragments, logprobs=logprobs
+                            )
                 except httpx.TimeoutException as exc:  # its message is empty: name what happened
                     if not received:
                         raise
@@ -111,7 +138,21 @@ class GeminiBackend:
                     ) from exc
         if finish is None:
             raise BackendServerError(f"backend '{self.name}' ended the reply without finishing it")
-        yield Delta(finish_reason=finish, usage=usage)
+        yield Delta(finish_reason="tool_calls" if calls and finish == "stop" else finish, usage=usage)
+
+    async def embed(
+        self, model: str, inputs: list[str] | list[list[int]], dimensions: int | None
+    ) -> Embeddings:
+        """`batchEmbedContents` through the SDK: one vector per input, in order."""
+        texts = [t for t in inputs if isinstance(t, str)]
+        if len(texts) != len(inputs):
+            raise BackendCannot(self.name, model, "embed token arrays, only text", param="input")
+        config = types.EmbedContentConfig(output_dimensionality=dimensions)
+        with self._mapped_errors():
+            answer = await self._client.aio.models.embed_content(
+                model=model, contents=cast(types.ContentListUnion, texts), config=config
+            )
+        return Embeddings([list(e.values or []) for e in answer.embeddings or []])
 
     def _raise_if_blocked(self, chunk: types.GenerateContentResponse) -> None:
         """A blocked prompt arrives as a 200 with `promptFeedback.blockReason` and no candidates."""
@@ -172,31 +213,15 @@ class GeminiBackend:
             await self._http_client.aclose()
 
 
-def to_contents(messages: tuple[Message, ...]) -> tuple[list[types.Content], str | None]:
-    """(contents, system instruction): system messages joined in order, other roles merged by turn."""
-    system = "\n\n".join(m.content for m in messages if m.role == "system" and m.content) or None
-    turns: list[tuple[str, list[str]]] = []
-    for m in messages:
-        if m.role == "system" or not m.content:  # Gemini refuses empty text parts
-            continue
-        role = "model" if m.role == "assistant" else "user"  # tool results are text for the user turn
-        text = f"{m.name}: {m.content}" if m.name else m.content
-        if turns and turns[-1][0] == role:
-            turns[-1][1].append(text)
-        else:
-            turns.append((role, [text]))
-    if not turns and system:  # Gemini needs at least one content: a system-only prompt is the question
-        return [types.Content(role="user", parts=[types.Part(text=system)])], None
-    contents = [types.Content(role=role, parts=[types.Part(text=t) for t in texts]) for role, texts in turns]
-    return contents, system
-
-
 def generation_config(request: BackendRequest, system: str | None) -> types.GenerateContentConfig:
     """Only what the client set. OpenAI wraps a schema in {"name", "schema"}; Gemini gets the schema."""
     schema = request.json_schema.get("schema") if request.json_schema else None
     wants_json = request.response_format == "json" or request.json_schema is not None
+    tools, tool_choice = tool_config(request)  # declarations, never callables: no automatic calling
     return types.GenerateContentConfig(
         system_instruction=system,
+        tools=cast("list[types.Tool | Any] | None", tools),
+        tool_config=tool_choice,
         temperature=request.temperature,
         top_p=request.top_p,
         top_k=request.top_k,
@@ -207,19 +232,55 @@ def generation_config(request: BackendRequest, system: str | None) -> types.Gene
         frequency_penalty=request.frequency_penalty,
         response_mime_type="application/json" if wants_json else None,
         response_json_schema=schema,
+        response_logprobs=request.logprobs or None,
+        logprobs=request.top_logprobs if request.logprobs and request.top_logprobs else None,
     )
 
 
-def _read(chunk: types.GenerateContentResponse) -> tuple[str, str, str | None]:
-    """(text, reasoning, finish reason) of the first candidate; `thought` parts are reasoning."""
+def _read(chunk: types.GenerateContentResponse) -> tuple[str, str, str | None, list[types.FunctionCall]]:
+    """(text, reasoning, finish reason, function calls) of the first candidate; `thought` parts are
+    reasoning."""
     if not chunk.candidates:
-        return "", "", None
+        return "", "", None, []
     candidate = chunk.candidates[0]
     parts = candidate.content.parts if candidate.content and candidate.content.parts else []
     text = "".join(p.text for p in parts if p.text and not p.thought)
     reasoning = "".join(p.text for p in parts if p.text and p.thought)
+    calls = [p.function_call for p in parts if p.function_call is not None]
     reason = candidate.finish_reason
-    return text, reasoning, _FINISH_REASONS.get(reason.value, "stop") if reason is not None else None
+    return text, reasoning, _FINISH_REASONS.get(reason.value, "stop") if reason is not None else None, calls
+
+
+def _logprobs(chunk: types.GenerateContentResponse) -> dict[str, Any] | None:
+    """Gemini's `logprobsResult` (chosen token and top candidates per step) in OpenAI's shape."""
+    result = chunk.candidates[0].logprobs_result if chunk.candidates else None
+    if result is None or not result.chosen_candidates:
+        return None
+    tops = result.top_candidates or []
+
+    def entry(c: types.LogprobsResultCandidate) -> dict[str, Any]:
+        token = c.token or ""
+        return {"token": token, "logprob": c.log_probability or 0.0, "bytes": list(token.encode())}
+
+    content = [
+        entry(chosen)
+        | {"top_logprobs": [entry(t) for t in (tops[i].candidates or [] if i < len(tops) else [])]}
+        for i, chosen in enumerate(result.chosen_candidates)
+    ]
+    return {"content": content, "refusal": None}
+
+
+def _call_deltas(calls: list[types.FunctionCall], start: int) -> tuple[ToolCallDelta, ...]:
+    """Gemini sends each call whole; the Developer API often without an id, so one is made up."""
+    return tuple(
+        ToolCallDelta(
+            index=start + i,
+            id=call.id or f"call_{uuid.uuid4().hex[:24]}",
+            name=call.name or "",
+            arguments=orjson.dumps(call.args or {}).decode(),
+        )
+        for i, call in enumerate(calls)
+    )
 
 
 def _usage(chunk: types.GenerateContentResponse) -> TokenUsage | None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import anyio
 
-from proxy.backends.base import BackendRequest, Delta
+from proxy.backends.base import BackendCannot, BackendRequest, Delta
 from proxy.errors import BackendRejected, BackendServerError, BackendUnavailable
 from proxy.settings import BackendSettings
 
@@ -73,7 +73,22 @@ class EmbeddedLlamaBackend:
             log.info("embedded model %s loaded (n_ctx=%d)", self._path.name, self._n_ctx)
         return self._llama
 
+    def _refuse_unsupported(self, request: BackendRequest) -> None:
+        """The embedded model is a small text-only chat model run with its own chat template: asking it
+        for tools, images, logprobs or several choices is a 400 naming it, never a silent ignore."""
+        refused = [
+            (bool(request.tools), "call tools", "tools"),
+            (any(m.tool_calls or m.role == "tool" for m in request.messages), "take tool calls", "messages"),
+            (any(m.has_media() for m in request.messages), "take images or other media", "messages"),
+            (bool(request.logprobs), "return logprobs", "logprobs"),
+            (request.n is not None and request.n > 1, "give more than one choice (n > 1)", "n"),
+        ]
+        for hit, what, param in refused:
+            if hit:
+                raise BackendCannot(self.name, request.model, what, param=param)
+
     async def stream(self, request: BackendRequest) -> AsyncIterator[Delta]:
+        self._refuse_unsupported(request)
         async with self._lock:  # one generation at a time: concurrent requests wait their turn
             llama = await anyio.to_thread.run_sync(self._load)
             loop = asyncio.get_running_loop()

@@ -9,9 +9,21 @@ from typing import Any
 import httpx
 import orjson
 
-from proxy.backends.base import BackendRequest, Delta, TokenUsage, mapped_httpx_errors, status_error
+from memory.types import Message
+from proxy.backends.base import (
+    BackendRequest,
+    Delta,
+    Embeddings,
+    TokenUsage,
+    Tool,
+    ToolCallDelta,
+    mapped_httpx_errors,
+    status_error,
+)
 from proxy.errors import BackendServerError, BackendTimeout
 from proxy.settings import BackendSettings
+
+_JSON = {"content-type": "application/json"}
 
 
 class OpenAICompatBackend:
@@ -40,12 +52,10 @@ class OpenAICompatBackend:
         """The upstream body: OpenAI fields, only those the client set."""
         body: dict[str, Any] = {
             "model": request.model,
-            "messages": [
-                {"role": m.role, "content": m.content} | ({"name": m.name} if m.name else {})
-                for m in request.messages
-            ],
+            "messages": [wire_message(m) for m in request.messages],
             "stream": True,
         }
+        body |= tool_fields(request)
         optional = {
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
@@ -54,6 +64,9 @@ class OpenAICompatBackend:
             "presence_penalty": request.presence_penalty,
             "frequency_penalty": request.frequency_penalty,
             "stop": list(request.stop) or None,
+            "logprobs": request.logprobs,
+            "top_logprobs": request.top_logprobs,
+            "n": request.n,
         }
         if self._sampler_extras:
             # llama.cpp calls it repeat_penalty, vLLM repetition_penalty; each ignores the other.
@@ -72,13 +85,10 @@ class OpenAICompatBackend:
     async def stream(self, request: BackendRequest) -> AsyncIterator[Delta]:
         with mapped_httpx_errors(self.name):
             body = orjson.dumps(self.payload(request))  # 20x faster than json= on a 15 kB prompt
-            headers = {"content-type": "application/json"}
-            async with self._client.stream(
-                "POST", "/chat/completions", content=body, headers=headers
-            ) as resp:
+            async with self._client.stream("POST", "/chat/completions", content=body, headers=_JSON) as resp:
                 if resp.status_code >= 400:
                     await resp.aread()
-                    raise status_error(self.name, resp.status_code, _error_text(resp))
+                    raise status_error(self.name, resp.status_code, error_text(resp))
                 finished = False
                 try:
                     async for line in resp.aiter_lines():
@@ -109,19 +119,51 @@ class OpenAICompatBackend:
             raise BackendServerError(f"backend '{self.name}' failed mid-reply: {_message_of(chunk['error'])}")
         usage = chunk.get("usage")
         choices = chunk.get("choices") or [{}]
-        delta = choices[0].get("delta") or {}
+        if len(choices) > 1:  # n > 1: some servers batch the choices of one step into one chunk
+            raise BackendServerError(f"backend '{self.name}' sent several choices in one chunk")
+        choice = choices[0]
+        delta = choice.get("delta") or {}
         return Delta(
             text=delta.get("content") or "",
             reasoning=delta.get("reasoning_content") or delta.get("reasoning") or "",
-            finish_reason=choices[0].get("finish_reason"),
+            finish_reason=choice.get("finish_reason"),
             usage=TokenUsage(usage["prompt_tokens"], usage["completion_tokens"]) if usage else None,
+            tool_calls=tuple(_tool_call_delta(c) for c in delta.get("tool_calls") or ()),
+            choice=int(choice.get("index") or 0),
+            logprobs=choice.get("logprobs") or None,
         )
+
+    async def embed(
+        self, model: str, inputs: list[str] | list[list[int]], dimensions: int | None
+    ) -> Embeddings:
+        """`POST /embeddings`, always as floats (the route encodes base64 itself, for every backend)."""
+        body: dict[str, Any] = {"model": model, "input": inputs, "encoding_format": "float"}
+        if dimensions is not None:
+            body["dimensions"] = dimensions
+        with mapped_httpx_errors(self.name):
+            resp = await self._client.post("/embeddings", content=orjson.dumps(body), headers=_JSON)
+        if resp.status_code >= 400:
+            raise status_error(self.name, resp.status_code, error_text(resp))
+        data = resp.json()
+        entries = sorted(data.get("data") or [], key=lambda e: int(e.get("index") or 0))
+        if len(entries) != len(inputs):
+            raise BackendServerError(
+                f"backend '{self.name}' returned {len(entries)} embeddings for {len(inputs)}"
+            )
+        usage = data.get("usage") or {}
+        return Embeddings([e["embedding"] for e in entries], usage.get("prompt_tokens"))
+
+    async def forward(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+        """Send a request as it came (passthrough routes); the response is streamed, the caller closes it."""
+        with mapped_httpx_errors(self.name):
+            request = self._client.build_request(method, path, content=body, headers=headers)
+            return await self._client.send(request, stream=True)
 
     async def models(self) -> list[str]:
         with mapped_httpx_errors(self.name):
             resp = await self._client.get("/models")
         if resp.status_code >= 400:
-            raise status_error(self.name, resp.status_code, _error_text(resp))
+            raise status_error(self.name, resp.status_code, error_text(resp))
         entries = resp.json().get("data", [])
         for entry in entries:  # vLLM: max_model_len; llama-server: meta.n_ctx_train
             window = (
@@ -141,7 +183,59 @@ class OpenAICompatBackend:
         await self._client.aclose()
 
 
-def _error_text(resp: httpx.Response) -> str:
+def wire_message(m: Message) -> dict[str, Any]:
+    """A message as OpenAI sends it: content parts as the client sent them, tool calls and ids."""
+    content: Any = [orjson.loads(p.raw) for p in m.parts] if m.parts else m.content
+    if m.role == "assistant" and m.tool_calls and not m.content:
+        content = None  # OpenAI's own shape for a message that only calls tools
+    message: dict[str, Any] = {"role": m.role, "content": content}
+    if m.name:
+        message["name"] = m.name
+    if m.tool_calls:
+        message["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in m.tool_calls
+        ]
+    if m.tool_call_id is not None:
+        message["tool_call_id"] = m.tool_call_id
+    return message
+
+
+def tool_fields(request: BackendRequest) -> dict[str, Any]:
+    """`tools`, `tool_choice` and `parallel_tool_calls` in OpenAI's shape, only those the client set."""
+    fields: dict[str, Any] = {}
+    if request.tools:
+        fields["tools"] = [_tool(t) for t in request.tools]
+    if request.forced_tool is not None:
+        fields["tool_choice"] = {"type": "function", "function": {"name": request.forced_tool}}
+    elif request.tool_choice is not None:
+        fields["tool_choice"] = request.tool_choice
+    if request.parallel_tool_calls is not None:
+        fields["parallel_tool_calls"] = request.parallel_tool_calls
+    return fields
+
+
+def _tool(tool: Tool) -> dict[str, Any]:
+    spec = {
+        "name": tool.name,
+        "description": tool.description,
+        "parameters": tool.parameters,
+        "strict": tool.strict,
+    }
+    return {"type": "function", "function": {k: v for k, v in spec.items() if v is not None}}
+
+
+def _tool_call_delta(fragment: dict[str, Any]) -> ToolCallDelta:
+    function = fragment.get("function") or {}
+    return ToolCallDelta(
+        index=int(fragment.get("index") or 0),
+        id=fragment.get("id") or None,
+        name=function.get("name") or None,
+        arguments=function.get("arguments") or "",
+    )
+
+
+def error_text(resp: httpx.Response) -> str:
     try:
         return _message_of(resp.json().get("error", resp.text))
     except ValueError:

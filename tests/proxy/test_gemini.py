@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from openai.types.chat import ChatCompletionMessageParam
+from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
 from memory.types import Message
 from proxy.backends.base import BackendRequest, Delta, TokenUsage
@@ -28,6 +28,7 @@ from proxy.main import create_app
 from proxy.settings import BackendSettings, RouteSettings
 from tests.conftest import closed_port, make_settings
 from tests.servers.gemini import API_KEY, PROMPT_TOKENS, THOUGHT, GeminiState, gemini_app
+from tests.servers.openai_stub import vector_of
 from tests.servers.runner import serving
 
 HELLO = (Message("user", "Hi"),)
@@ -414,3 +415,193 @@ async def test_gemini_stall_after_the_first_byte_is_an_in_band_504_event(gemini_
     error = json.loads(events[-1])["error"]
     assert error["code"] == "backend_timeout" and "backend 'gemini' stopped sending" in error["message"]
     assert plain.status_code == 504 and plain.json()["error"]["code"] == "backend_timeout"
+
+
+WEATHER: list[Any] = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather at a place.",
+            "parameters": {"type": "object", "properties": {"location": {"type": "string"}}},
+        },
+    }
+]
+ASK: list[Any] = [{"role": "user", "content": "Weather in Paris?"}]
+PIXEL = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+
+
+def sdk(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_gemini_e2e_function_calls_as_tool_calls(anima_url: str, gemini: GeminiState, stream: bool) -> None:
+    client = sdk(anima_url)
+    completion: ChatCompletion
+    if stream:
+        with client.chat.completions.stream(
+            model="gemini/gemini-2.0-flash", messages=ASK, tools=WEATHER, tool_choice="required"
+        ) as events:
+            for _ in events:
+                pass
+            completion = events.get_final_completion()
+    else:
+        completion = client.chat.completions.create(
+            model="gemini/gemini-2.0-flash", messages=ASK, tools=WEATHER, tool_choice="required"
+        )
+    choice = completion.choices[0]
+    calls = [c for c in choice.message.tool_calls or [] if c.type == "function"]
+    assert choice.finish_reason == "tool_calls"
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [
+        ("get_weather", {"location": "Paris"})
+    ] * 2
+    assert len({c.id for c in calls}) == 2
+    [body] = gemini.bodies()
+    assert body["tools"] == [
+        {
+            "functionDeclarations": [
+                {
+                    "name": "get_weather",
+                    "description": "The weather at a place.",
+                    "parameters_json_schema": WEATHER[0]["function"]["parameters"],
+                }
+            ]
+        }
+    ]
+    assert body["toolConfig"] == {"functionCallingConfig": {"mode": "ANY"}}
+
+
+def test_gemini_e2e_tool_results_become_function_responses(anima_url: str, gemini: GeminiState) -> None:
+    calls = [
+        {
+            "id": f"call_{i}",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"location": "Paris"}'},
+        }
+        for i in (0, 1)
+    ]
+    history: list[Any] = [
+        *ASK,
+        {"role": "assistant", "content": None, "tool_calls": calls},
+        {"role": "tool", "tool_call_id": "call_0", "content": '{"celsius": 21}'},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
+    completion = sdk(anima_url).chat.completions.create(
+        model="gemini/gemini-2.0-flash",
+        messages=history,
+        tools=WEATHER,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    )
+    assert completion.choices[0].message.content == 'The tool said: [{"celsius": 21}, {"result": "sunny"}]'
+    [body] = gemini.bodies()
+    assert body["contents"][1] == {
+        "role": "model",
+        "parts": [
+            {"functionCall": {"id": f"call_{i}", "name": "get_weather", "args": {"location": "Paris"}}}
+            for i in (0, 1)
+        ],
+    }
+    assert body["contents"][2] == {
+        "role": "user",
+        "parts": [
+            {"functionResponse": {"id": "call_0", "name": "get_weather", "response": {"celsius": 21}}},
+            {"functionResponse": {"id": "call_1", "name": "get_weather", "response": {"result": "sunny"}}},
+        ],
+    }
+    assert body["toolConfig"] == {
+        "functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": ["get_weather"]}
+    }
+
+
+def test_gemini_e2e_images_are_inline_data(anima_url: str, gemini: GeminiState) -> None:
+    content: list[Any] = [
+        {"type": "text", "text": "What is"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PIXEL}"}},
+        {"type": "text", "text": " this?"},
+    ]
+    sdk(anima_url).chat.completions.create(
+        model="gemini/gemini-2.0-flash", messages=[{"role": "user", "content": content}]
+    )
+    [body] = gemini.bodies()
+    assert body["contents"] == [
+        {
+            "role": "user",
+            "parts": [
+                {"text": "What is"},
+                {"inlineData": {"mime_type": "image/png", "data": PIXEL}},
+                {"text": " this?"},
+            ],
+        }
+    ]
+    remote: list[Any] = [{"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]
+    with pytest.raises(openai.BadRequestError) as info:
+        sdk(anima_url).chat.completions.create(
+            model="gemini/gemini-2.0-flash", messages=[{"role": "user", "content": remote}]
+        )
+    assert info.value.code == "unsupported_parameter" and "data: URL" in info.value.message
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_gemini_e2e_logprobs_in_openai_shape(anima_url: str, gemini: GeminiState, stream: bool) -> None:
+    client = sdk(anima_url)
+    if stream:
+        chunks = list(
+            client.chat.completions.create(
+                model="gemini/gemini-2.0-flash", messages=ASK, logprobs=True, top_logprobs=2, stream=True
+            )
+        )
+        entries = [
+            e
+            for c in chunks
+            if c.choices and c.choices[0].logprobs
+            for e in c.choices[0].logprobs.content or []
+        ]
+    else:
+        completion = client.chat.completions.create(
+            model="gemini/gemini-2.0-flash", messages=ASK, logprobs=True, top_logprobs=2
+        )
+        entries = list((completion.choices[0].logprobs and completion.choices[0].logprobs.content) or [])
+    assert [e.token for e in entries] == ["Hello", " from", " Gemini!"]
+    assert [len(e.top_logprobs) for e in entries] == [2, 2, 2] and entries[0].logprob == -0.25
+    [body] = gemini.bodies()
+    assert body["generationConfig"]["responseLogprobs"] is True and body["generationConfig"]["logprobs"] == 2
+
+
+def test_gemini_e2e_n_is_a_clear_400(anima_url: str, gemini: GeminiState) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        sdk(anima_url).chat.completions.create(model="gemini/gemini-2.0-flash", messages=ASK, n=2)
+    assert info.value.code == "unsupported_parameter" and "'gemini'" in info.value.message
+    assert gemini.requests == []
+
+
+def test_gemini_e2e_embeddings(anima_url: str, gemini: GeminiState) -> None:
+    result = sdk(anima_url).embeddings.create(
+        model="gemini/text-embedding-004", input=["alpha", "beta"], dimensions=4
+    )
+    assert [d.embedding for d in result.data] == [
+        pytest.approx(vector_of("alpha", 4), abs=1e-6),
+        pytest.approx(vector_of("beta", 4), abs=1e-6),
+    ]
+    [request] = gemini.requests
+    assert request["action"] == "batchEmbedContents"
+    assert request["body"]["requests"][0] == {
+        "model": "models/text-embedding-004",
+        "content": {"parts": [{"text": "alpha"}], "role": "user"},
+        "outputDimensionality": 4,
+    }
+
+
+def test_gemini_e2e_audio_and_pdf_parts_are_inline_data(anima_url: str, gemini: GeminiState) -> None:
+    content: list[Any] = [
+        {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+        {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0="}},
+    ]
+    sdk(anima_url).chat.completions.create(
+        model="gemini/gemini-2.0-flash", messages=[{"role": "user", "content": content}]
+    )
+    [body] = gemini.bodies()
+    assert body["contents"][0]["parts"] == [
+        {"inlineData": {"mime_type": "audio/wav", "data": "UklGRg=="}},
+        {"inlineData": {"mime_type": "application/pdf", "data": "JVBERi0="}},
+    ]

@@ -4,8 +4,10 @@ OpenAI-compatible upstream, and the embedded in-process model (the `make serve` 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import openai
@@ -124,3 +126,71 @@ def test_llamacpp_server_prompt_beyond_context_is_a_clear_error(via_server: str)
         sync_client(via_server).chat.completions.create(model="llamacpp/smollm2", messages=huge, max_tokens=4)
     assert 400 <= info.value.status_code < 600
     assert info.value.body is not None and "message" in info.value.body  # type: ignore[operator]
+
+
+TOOL: list[Any] = [
+    {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+]
+IMAGE: list[Any] = [
+    {"type": "text", "text": "What is this?"},
+    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+]
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"tools": TOOL}, "tools"),
+        ({"messages": [{"role": "user", "content": IMAGE}]}, "messages"),
+        ({"logprobs": True}, "logprobs"),
+        ({"n": 2}, "n"),
+    ],
+)
+def test_embedded_refuses_what_it_cannot_do_naming_the_model(
+    embedded: str, extra: dict[str, Any], param: str
+) -> None:
+    client = openai.OpenAI(base_url=f"{embedded}/v1", api_key="x", max_retries=0)
+    body: dict[str, Any] = {"model": "local/smollm2", "messages": HELLO} | extra
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(**body)
+    assert info.value.code == "unsupported_parameter"
+    assert "backend 'local' (model 'smollm2') cannot" in info.value.message
+    assert info.value.param == param
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_llamacpp_server_named_tool_choice_returns_a_tool_call(via_server: str, stream: bool) -> None:
+    """llama-cpp-python constrains the reply to the named function's schema with a grammar: a real
+    upstream tool call, passed through (and, streamed, reassembled by the SDK)."""
+    client = openai.OpenAI(base_url=f"{via_server}/v1", api_key="x", max_retries=0)
+    tools: list[Any] = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string", "maxLength": 12}},
+                    "required": ["city"],
+                },
+            },
+        }
+    ]
+    body: dict[str, Any] = {
+        "model": "llamacpp/smollm2",
+        "messages": [{"role": "user", "content": "Weather in Paris?"}],
+        "tools": tools,
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "max_tokens": 40,
+        "temperature": 0,
+    }
+    if stream:
+        with client.chat.completions.stream(**body) as events:
+            for _ in events:
+                pass
+            message = events.get_final_completion().choices[0].message
+    else:
+        message = client.chat.completions.create(**body).choices[0].message
+    calls = [c for c in message.tool_calls or [] if c.type == "function"]
+    assert [c.function.name for c in calls] == ["get_weather"]
+    assert isinstance(json.loads(calls[0].function.arguments)["city"], str)

@@ -3,7 +3,9 @@ both against a local server speaking Ollama's HTTP protocol (NDJSON /api/chat, /
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from typing import Any
 
 import openai
 import pytest
@@ -16,6 +18,7 @@ from proxy.main import create_app
 from proxy.settings import BackendSettings, RouteSettings
 from tests.conftest import closed_port, make_settings
 from tests.servers.ollama import OllamaState, ollama_app
+from tests.servers.openai_stub import vector_of
 from tests.servers.runner import serving
 
 TEXT = "Hello from Ollama!"
@@ -169,3 +172,109 @@ async def test_ollama_through_anima_with_the_async_sdk(anima: str, seen: OllamaS
         "fail-500",
         "fail-500",
     ]  # one retry
+
+
+WEATHER: list[Any] = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather at a place.",
+            "parameters": {"type": "object", "properties": {"location": {"type": "string"}}},
+        },
+    }
+]
+ASK: list[Any] = [{"role": "user", "content": "Weather in Paris?"}]
+PIXEL = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+
+
+def sdk(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+
+
+def test_ollama_tool_calls_through_anima_streaming_and_not(anima: str, seen: OllamaState) -> None:
+    completion = sdk(anima).chat.completions.create(model="ollama/llama3.1", messages=ASK, tools=WEATHER)
+    choice = completion.choices[0]
+    calls = [c for c in choice.message.tool_calls or [] if c.type == "function"]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [
+        ("get_weather", {"location": "Paris"})
+    ] * 2
+    assert len({c.id for c in calls}) == 2 and all(c.id.startswith("call_") for c in calls)
+    assert seen.requests[0]["tools"] == WEATHER
+    with sdk(anima).chat.completions.stream(model="ollama/llama3.1", messages=ASK, tools=WEATHER) as stream:
+        for _ in stream:
+            pass
+        final = stream.get_final_completion()
+    assert final.choices[0].finish_reason == "tool_calls"
+    assert [c.function.name for c in final.choices[0].message.tool_calls or [] if c.type == "function"] == [
+        "get_weather"
+    ] * 2
+
+
+def test_ollama_gets_tool_results_named_and_arguments_as_objects(anima: str, seen: OllamaState) -> None:
+    call = {
+        "id": "call_a",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"location": "Paris"}'},
+    }
+    history: list[Any] = [
+        *ASK,
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_a", "content": "21 C"},
+    ]
+    completion = sdk(anima).chat.completions.create(model="ollama/llama3.1", messages=history, tools=WEATHER)
+    assert completion.choices[0].message.content == "The tool said: 21 C"
+    sent = seen.requests[0]["messages"]
+    assert sent[1]["tool_calls"] == [
+        {"function": {"name": "get_weather", "arguments": {"location": "Paris"}}}
+    ]
+    assert sent[2] == {"role": "tool", "content": "21 C", "tool_name": "get_weather"}
+
+
+def test_ollama_gets_data_url_images_and_refuses_remote_ones(anima: str, seen: OllamaState) -> None:
+    content: list[Any] = [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PIXEL}"}},
+    ]
+    sdk(anima).chat.completions.create(
+        model="ollama/llama3.1", messages=[{"role": "user", "content": content}]
+    )
+    assert seen.requests[0]["messages"] == [{"role": "user", "content": "What is this?", "images": [PIXEL]}]
+    remote: list[Any] = [{"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]
+    with pytest.raises(openai.BadRequestError) as info:
+        sdk(anima).chat.completions.create(
+            model="ollama/llama3.1", messages=[{"role": "user", "content": remote}]
+        )
+    assert info.value.code == "unsupported_parameter" and "data: URL" in info.value.message
+
+
+def test_ollama_logprobs_in_openai_shape_and_n_refused(anima: str, seen: OllamaState) -> None:
+    completion = sdk(anima).chat.completions.create(
+        model="ollama/llama3.1", messages=ASK, logprobs=True, top_logprobs=1
+    )
+    logprobs = completion.choices[0].logprobs
+    assert logprobs is not None and [t.token for t in logprobs.content or []] == [
+        "Hello",
+        " from",
+        " Ollama!",
+    ]
+    assert (logprobs.content or [])[0].bytes == list(b"Hello")
+    assert seen.requests[0]["logprobs"] is True and seen.requests[0]["top_logprobs"] == 1
+    with pytest.raises(openai.BadRequestError) as info:
+        sdk(anima).chat.completions.create(model="ollama/llama3.1", messages=ASK, n=2)
+    assert info.value.code == "unsupported_parameter" and "'ollama'" in info.value.message
+    with pytest.raises(openai.BadRequestError):
+        sdk(anima).chat.completions.create(
+            model="ollama/llama3.1", messages=ASK, tools=WEATHER, tool_choice="required"
+        )
+
+
+def test_ollama_embeddings_through_anima(anima: str, seen: OllamaState) -> None:
+    result = sdk(anima).embeddings.create(model="ollama/llama3.1", input=["alpha", "beta"], dimensions=4)
+    assert [d.embedding for d in result.data] == [
+        pytest.approx(vector_of("alpha", 4), abs=1e-6),
+        pytest.approx(vector_of("beta", 4), abs=1e-6),
+    ]
+    assert result.usage.prompt_tokens == 4
+    assert seen.requests[0] == {"model": "llama3.1", "input": ["alpha", "beta"], "dimensions": 4}

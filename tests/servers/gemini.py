@@ -12,6 +12,14 @@ exactly what Anima sent (systemInstruction, contents, generationConfig).
     slow           waits 2 s before answering (timeout tests)
     stall          one chunk, then nothing for 60 s (a stall after the first byte)
 
+Any model given `tools[].functionDeclarations` (and a last turn that is not a functionResponse)
+answers two whole `functionCall` parts for the first function, args TOOL_ARGS, without ids (as the
+Developer API does), the first carrying a `thoughtSignature`; finishReason STOP. After function
+responses it answers TOOL_REPLY + their `response` objects as JSON.
+`generationConfig.responseLogprobs` adds a `logprobsResult` (chosen token + `logprobs` top
+candidates) to each text chunk. `:batchEmbedContents` answers one `{"values": [...]}` per request
+(8 dims, or `outputDimensionality`, `vector_of` the text).
+
 Paths: `POST /{version}/models/{model}:streamGenerateContent?alt=sse` and `:generateContent`,
 `GET /{version}/models/{model}`, `GET /{version}/models` (paged by `pageSize`/`pageToken`).
 Wrong keys get Google's answers: no key → 403 PERMISSION_DENIED, a wrong key → 400
@@ -31,10 +39,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.servers.openai_stub import vector_of
+
 API_KEY = "test-key"
 REPLY = ("Hello", " from", " Gemini!")
 THOUGHT = "The user greets me; I greet back."
 PROMPT_TOKENS = 9
+TOOL_ARGS = {"location": "Paris"}
+TOOL_REPLY = "The tool said: "
 CATALOG = {  # name → (inputTokenLimit, supportedGenerationMethods)
     "gemini-2.0-flash": (1_048_576, ["generateContent", "countTokens"]),
     "gemini-2.5-pro": (2_097_152, ["generateContent", "countTokens"]),
@@ -99,6 +111,17 @@ def scripted(model: str, body: dict[str, Any]) -> list[dict[str, Any]]:
     if model == "blocked":
         feedback = {"blockReason": "SAFETY", "safetyRatings": [{"category": "HARM_CATEGORY_HARASSMENT"}]}
         return [{"promptFeedback": feedback, "usageMetadata": {"promptTokenCount": PROMPT_TOKENS}}]
+    declared = [f for t in body.get("tools") or [] for f in t.get("functionDeclarations") or []]
+    last = (body.get("contents") or [{}])[-1].get("parts") or []
+    answered = [p["functionResponse"]["response"] for p in last if "functionResponse" in p]
+    if declared and not answered:
+        call = {"functionCall": {"name": declared[0]["name"], "args": TOOL_ARGS}}
+        usage = {"promptTokenCount": PROMPT_TOKENS, "candidatesTokenCount": 5, "totalTokenCount": 14}
+        return [_response([call | {"thoughtSignature": "c2lnbmF0dXJl"}, call], "STOP", usage)]
+    if answered:
+        text = TOOL_REPLY + json.dumps(answered)
+        usage = {"promptTokenCount": PROMPT_TOKENS, "candidatesTokenCount": 2, "totalTokenCount": 11}
+        return [_response([{"text": text}], "STOP", usage)]
     limit = (body.get("generationConfig") or {}).get("maxOutputTokens")
     pieces = REPLY[: min(limit, len(REPLY))] if limit else REPLY
     finish = "MAX_TOKENS" if len(pieces) < len(REPLY) else "STOP"
@@ -108,9 +131,14 @@ def scripted(model: str, body: dict[str, Any]) -> list[dict[str, Any]]:
         chunks.append(_response([{"text": THOUGHT, "thought": True}], None, running))
     if model == "cut":
         pieces, finish = REPLY[:2], "SAFETY"
+    config = body.get("generationConfig") or {}
     for i, piece in enumerate(pieces):
         last = i == len(pieces) - 1 and model != "cut"
         chunks.append(_response([{"text": piece}], finish if last else None, running))
+        if config.get("responseLogprobs"):
+            chunks[-1]["candidates"][0]["logprobsResult"] = _logprobs_result(
+                piece, config.get("logprobs") or 0
+            )
     if model == "cut":
         chunks.append(_response([], "SAFETY", running))
     usage = {"promptTokenCount": PROMPT_TOKENS, "candidatesTokenCount": len(pieces)}
@@ -119,6 +147,17 @@ def scripted(model: str, body: dict[str, Any]) -> list[dict[str, Any]]:
     usage["totalTokenCount"] = sum(usage.values())
     chunks[-1]["usageMetadata"] = usage
     return chunks
+
+
+def _logprobs_result(piece: str, top: int) -> dict[str, Any]:
+    """Gemini's per-step logprobs: the chosen token and `top` candidates."""
+    chosen = {"token": piece, "tokenId": 7, "logProbability": -0.25}
+    alternatives = [{"token": piece, "tokenId": 7, "logProbability": -0.5}] * top
+    return {
+        "chosenCandidates": [chosen],
+        "topCandidates": [{"candidates": alternatives}],
+        "logProbabilitySum": -0.25,
+    }
 
 
 def _merged(chunks: list[dict[str, Any]]) -> dict[str, Any]:
@@ -190,6 +229,11 @@ def gemini_app(state: GeminiState | None = None) -> Starlette:
     return Starlette(routes=routes)
 
 
+def _embedding(request: dict[str, Any]) -> dict[str, Any]:
+    text = "".join(p.get("text", "") for p in request["content"]["parts"])
+    return {"values": vector_of(text, int(request.get("outputDimensionality") or 8))}
+
+
 def _model_json(name: str) -> dict[str, Any]:
     limit, methods = CATALOG[name]
     return {
@@ -225,6 +269,8 @@ async def _generate(model: str, action: str, body: dict[str, Any], request: Requ
         return google_error(500, "INTERNAL", "An internal error has occurred. Please retry.")
     if model == "slow":
         await asyncio.sleep(2)
+    if action == "batchEmbedContents":
+        return JSONResponse({"embeddings": [_embedding(r) for r in body.get("requests") or []]})
     if not body.get("contents"):
         return google_error(
             400, "INVALID_ARGUMENT", "* GenerateContentRequest.contents: contents is not specified"

@@ -22,13 +22,27 @@ that a client disconnect really cancelled the upstream request. Also the "instan
                   calls; the SillyTavern end-to-end check sets words/delay_s for its Stop flow);
                   while `script` holds texts, it streams the next one instead, word by word (replaying
                   a recorded SillyTavern flow: tests/fixtures/sillytavern/flows)
+
+Every model also does what OpenAI does with these request fields:
+    tools         with `tools` and a last message that is not a tool result: two parallel calls of the
+                  first tool (one if `parallel_tool_calls` is false), id "call_0"/"call_1", arguments
+                  streamed in fragments, finish_reason "tool_calls"; after tool results: TOOL_REPLY
+                  quoting their contents
+    logprobs      each content chunk carries a `logprobs.content` entry (+ `top_logprobs` alternatives)
+    n             each choice streamed under its own index ("choice i: " + REPLY), all finishing
+
+`POST /v1/completions` (legacy, streaming or not), `POST /v1/embeddings` (float or base64, one vector
+per input, 8 dims derived from the text) and `POST /v1/moderations` (an echo, for passthrough tests)
+answer as OpenAI does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
+import struct
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -90,17 +104,122 @@ class StubState:
     script: list[str] = field(default_factory=list)  # `numbered`: replies to give, in order
 
 
-def _chunk(delta: dict[str, Any], finish: str | None = None, usage: dict[str, int] | None = None) -> bytes:
+def _chunk(
+    delta: dict[str, Any],
+    finish: str | None = None,
+    usage: dict[str, int] | None = None,
+    *,
+    index: int = 0,
+    logprobs: dict[str, Any] | None = None,
+) -> bytes:
     body: dict[str, Any] = {
         "id": "chatcmpl-stub",
         "object": "chat.completion.chunk",
         "created": int(time.time()),
         "model": "stub",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
     }
     if usage is not None:
         body["usage"] = usage
     return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+TOOL_ARGS = ('{"loc', 'ation": "Par', 'is"}')
+TOOL_REPLY = "The tool said: "
+
+
+def tool_call_chunks(body: dict[str, Any]) -> list[bytes]:
+    """OpenAI's stream of parallel tool calls: per call a head (id, type, name, empty arguments), then
+    argument fragments carrying only `index` and `function.arguments`."""
+    name = body["tools"][0]["function"]["name"]
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict):
+        name = choice["function"]["name"]
+    count = 1 if body.get("parallel_tool_calls") is False else 2
+    chunks = []
+    for i in range(count):
+        head = {
+            "index": i,
+            "id": f"call_{i}",
+            "type": "function",
+            "function": {"name": name, "arguments": ""},
+        }
+        delta: dict[str, Any] = {"tool_calls": [head]}
+        if i == 0:
+            delta = {"role": "assistant", "content": None, **delta}
+        chunks.append(_chunk(delta))
+        for fragment in TOOL_ARGS:
+            chunks.append(_chunk({"tool_calls": [{"index": i, "function": {"arguments": fragment}}]}))
+    chunks += [_chunk({}, "tool_calls", USAGE), b"data: [DONE]\n\n"]
+    return chunks
+
+
+def tool_reply(messages: list[dict[str, Any]]) -> tuple[str, ...]:
+    results = [str(m.get("content")) for m in messages if m.get("role") == "tool"]
+    return (TOOL_REPLY, "; ".join(results))
+
+
+def _logprobs(piece: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    if not body.get("logprobs"):
+        return None
+    top = [{"token": piece, "logprob": -0.5, "bytes": list(piece.encode())}]
+    alternatives = top * int(body.get("top_logprobs") or 0)
+    entry = {"token": piece, "logprob": -0.25, "bytes": list(piece.encode()), "top_logprobs": alternatives}
+    return {"content": [entry], "refusal": None}
+
+
+def n_chunks(n: int) -> list[bytes]:
+    """n choices interleaved step by step, as OpenAI streams them; usage once, in a choice-less chunk."""
+    chunks = [_chunk({"role": "assistant", "content": ""}, index=i) for i in range(n)]
+    for step in range(len(REPLY) + 1):
+        chunks += [
+            _chunk({"content": f"choice {i}: " if step == 0 else REPLY[step - 1]}, index=i) for i in range(n)
+        ]
+    chunks += [_chunk({}, "stop", index=i) for i in range(n)]
+    return [*chunks, _usage_chunk(), b"data: [DONE]\n\n"]
+
+
+def _usage_chunk() -> bytes:
+    body = {"id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": 0, "model": "stub"}
+    return b"data: " + json.dumps(body | {"choices": [], "usage": USAGE}).encode() + b"\n\n"
+
+
+def completion_object(body: dict[str, Any], text: str, finish: str | None = "length") -> dict[str, Any]:
+    return {
+        "id": "cmpl-stub",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": str(body.get("model")),
+        "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}],
+        "usage": USAGE,
+    }
+
+
+async def completion_chunks(body: dict[str, Any]) -> AsyncIterator[bytes]:
+    for i, piece in enumerate(REPLY):
+        last = i == len(REPLY) - 1
+        chunk = completion_object(body, piece, "length" if last else None)
+        if not last:
+            del chunk["usage"]
+        yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+    yield b"data: [DONE]\n\n"
+
+
+def vector_of(text: str, dims: int = 8) -> list[float]:
+    """A deterministic unit-free vector from the text, so tests can check which input is which."""
+    return [float((len(text) * (i + 1) + sum(map(ord, text))) % 97) / 97 for i in range(dims)]
+
+
+def embedding_list(body: dict[str, Any]) -> dict[str, Any]:
+    inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+    data = []
+    for i, text in enumerate(inputs):
+        vector: Any = vector_of(str(text), int(body.get("dimensions") or 8))
+        if body.get("encoding_format") == "base64":
+            vector = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        data.append({"object": "embedding", "index": i, "embedding": vector})
+    usage = {"prompt_tokens": len(inputs) * 2, "total_tokens": len(inputs) * 2}
+    return {"object": "list", "data": data, "model": str(body.get("model")), "usage": usage}
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -113,7 +232,17 @@ def stub_app(state: StubState | None = None) -> Starlette:
     state = state or StubState()
 
     async def scripted(model: str, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        if body.get("tools") and body["messages"][-1].get("role") != "tool":
+            for raw in tool_call_chunks(body):
+                yield raw
+            return
+        if (body.get("n") or 1) > 1:
+            for raw in n_chunks(body["n"]):
+                yield raw
+            return
         reply = scripted_text(model, state.calls[model])
+        if body["messages"][-1].get("role") == "tool":
+            reply = tool_reply(body["messages"])
         if model == "mirror":
             said = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
             reply = ("You said: ", str(said))
@@ -132,7 +261,7 @@ def stub_app(state: StubState | None = None) -> Starlette:
                 yield _chunk({"content": f"tick{i} "})
                 await asyncio.sleep(0.05)
         for i, piece in enumerate(reply):
-            yield _chunk({"content": piece})
+            yield _chunk({"content": piece}, logprobs=_logprobs(piece, body))
             if model == "stall":
                 await asyncio.sleep(60)
             if model == "die" and i == 1:
@@ -174,8 +303,40 @@ def stub_app(state: StubState | None = None) -> Starlette:
             {"object": "list", "data": [{"id": n, "object": "model", "owned_by": "stub"} for n in names]}
         )
 
+    async def completions(request: Request) -> Response:
+        body = await request.json()
+        state.requests.append(body)
+        state.headers.append(dict(request.headers))
+        if body.get("model") == "bad-400":
+            return _error(400, "stub does not like this request")
+        if body.get("stream"):
+            return StreamingResponse(completion_chunks(body), media_type="text/event-stream")
+        return JSONResponse(completion_object(body, "".join(REPLY)))
+
+    async def embeddings(request: Request) -> Response:
+        body = await request.json()
+        state.requests.append(body)
+        state.headers.append(dict(request.headers))
+        if body.get("model") == "bad-400":
+            return _error(400, "stub does not like this request")
+        return JSONResponse(embedding_list(body))
+
+    async def moderations(request: Request) -> Response:
+        body = await request.json()
+        state.requests.append(body)
+        state.headers.append(dict(request.headers))
+        return JSONResponse(
+            {"id": "modr-stub", "model": "stub", "results": [{"flagged": False}], "echo": body}
+        )
+
     app = Starlette(
-        routes=[Route("/v1/chat/completions", chat, methods=["POST"]), Route("/v1/models", models)]
+        routes=[
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/completions", completions, methods=["POST"]),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
+            Route("/v1/moderations", moderations, methods=["POST"]),
+            Route("/v1/models", models),
+        ]
     )
     app.state.stub = state
     return app
