@@ -186,9 +186,14 @@ class Tavern:
         self.settle()
 
     def delete_last(self) -> None:
+        """☰ → Delete messages, tick the last message, Delete. The ticks appear with an animation and
+        a click before that is ignored, so wait for the box, and for it to be ticked."""
         before = int(self.js("() => SillyTavern.getContext().chat.length"))
         self.menu("option_delete_mes")
-        self.page.locator("#chat .mes").last.click()
+        last = self.page.locator("#chat .mes").last
+        last.locator(".del_checkbox").wait_for(state="visible")
+        last.click()
+        self.page.wait_for_function("() => $('#chat .mes').last().children('.del_checkbox').prop('checked')")
         self.page.click("#dialogue_del_mes_ok")
         self.page.wait_for_function("(n) => SillyTavern.getContext().chat.length === n - 1", arg=before)
         self.settle()

@@ -55,7 +55,8 @@ async def replay(
     client: httpx.AsyncClient, stub: StubState, flow: str, model: str
 ) -> list[tuple[float, Recorded]]:
     """Send the flow's chat requests to Anima (at `client`'s base URL) in order, with `model`; the
-    stub's `numbered` model (route `model` to it) answers each with the recorded reply. A request
+    stub's `numbered` model (route `model` to it) answers each with the recorded reply (scripted by
+    the request's last message, so Anima's own summary calls cannot take it). A request
     SillyTavern stopped is read only as far as SillyTavern read it, then dropped, while the stub
     still has words to send. Returns each chat request with the time it was sent."""
     sent = []
@@ -66,7 +67,8 @@ async def replay(
         body = dict(rec.body, model=model)
         headers = {k: v for k, v in rec.headers.items() if k in KEPT or k.startswith("x-st-")}
         reply = rec.reply or ""
-        stub.script[:] = [reply if rec.completed else reply + " more" * 400]
+        key = str(rec.body["messages"][-1].get("content"))
+        stub.script.setdefault(key, []).append(reply if rec.completed else reply + " more" * 400)
         stub.delay_s = 0.0 if rec.completed else 0.05
         try:
             await _send(client, body, headers, None if rec.completed else len(reply))

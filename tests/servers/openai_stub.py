@@ -20,8 +20,9 @@ that a client disconnect really cancelled the upstream request. Also the "instan
     mirror        "You said: " + the last user message (cross-talk tests)
     numbered      "Reply N:" then `words` words " wK", one chunk each, `delay_s` apart (N counts its
                   calls; the SillyTavern end-to-end check sets words/delay_s for its Stop flow);
-                  while `script` holds texts, it streams the next one instead, word by word (replaying
-                  a recorded SillyTavern flow: tests/fixtures/sillytavern/flows)
+                  when `script` holds a reply for the request (keyed by the content of one of its
+                  messages, the latest that is a key), it streams that instead, word by word
+                  (replaying a recorded SillyTavern flow: tests/fixtures/sillytavern/flows)
 
 Every model also does what OpenAI does with these request fields:
     tools         with `tools` and a last message that is not a tool result: two parallel calls of the
@@ -101,7 +102,7 @@ class StubState:
     received: list[float] = field(default_factory=list)  # time.time() of each request, in order
     words: int = 4  # `numbered`: words after "Reply N:"
     delay_s: float = 0.0  # `numbered`: pause between chunks
-    script: list[str] = field(default_factory=list)  # `numbered`: replies to give, in order
+    script: dict[str, list[str]] = field(default_factory=dict)  # `numbered`: message content → replies
 
 
 def _chunk(
@@ -228,6 +229,16 @@ def _error(status: int, message: str) -> JSONResponse:
     )
 
 
+def _scripted(state: StubState, body: dict[str, Any]) -> str | None:
+    """The next scripted reply for the latest message of `body` that has one (so a summary request,
+    whose messages are not the client's, never takes a reply meant for a chat request)."""
+    for message in reversed(body.get("messages", [])):
+        replies = state.script.get(str(message.get("content")))
+        if replies:
+            return replies.pop(0)
+    return None
+
+
 def stub_app(state: StubState | None = None) -> Starlette:
     state = state or StubState()
 
@@ -250,8 +261,9 @@ def stub_app(state: StubState | None = None) -> Starlette:
             yield _chunk({"role": "assistant", "reasoning_content": "Let me think."})
         if model == "numbered":
             words = [f"Reply {state.calls[model]}:", *(f" w{i}" for i in range(state.words))]
-            if state.script:
-                words = re.split(r"(?=\s)", state.script.pop(0))
+            scripted = _scripted(state, body)
+            if scripted is not None:
+                words = re.split(r"(?=\s)", scripted)
             for i, word in enumerate(words):
                 await asyncio.sleep(state.delay_s if i else 0)
                 yield _chunk({"content": word})
