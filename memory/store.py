@@ -24,6 +24,7 @@ from memory.budget import TokenCounter
 from memory.journal import InFlight, JournalEntry, TurnJournal
 from memory.models import TurnContext
 from memory.recognition import Recognizer
+from memory.threads import same_or_trimmed
 from memory.types import Message, SessionKey, StoredMessage, Thread, TurnRecord
 from memory.window import WorkingMemory
 
@@ -263,6 +264,10 @@ class TurnStore:
         content = thread.prefill + turn.reply
         parent = added[-1].id if added else thread.anchor_id
         depth = added[-1].depth if added else None
+        if turn.status == "partial":  # the client's shorter copy may have been stored first (Stop, then
+            kept = await self._kept_copy(s, session, conversation_id, parent, content)  # a fast next turn)
+            if kept is not None:
+                return [kept]
         return await history.append(
             s,
             user_id=session.user_id,
@@ -275,6 +280,16 @@ class TurnStore:
             metadata=[{"persona": turn.persona}] if turn.persona else None,
             reuse=True,
         )
+
+    @staticmethod
+    async def _kept_copy(
+        s: AsyncSession, session: SessionKey, conversation_id: int, parent: int | None, content: str
+    ) -> StoredMessage | None:
+        """A stored reply that is the part of this broken-off one the client kept."""
+        stored = await history.replies(
+            s, user_id=session.user_id, parent_id=parent, conversation_id=conversation_id
+        )
+        return next((r for r in stored if same_or_trimmed(r.content, content)), None)
 
     # -- the journal -----------------------------------------------------------------------------
 

@@ -132,3 +132,21 @@ async def test_a_turn_in_flight_when_its_process_was_killed_is_stored(
         ("user", "Tell me everything."),
         ("assistant", "Once upon a time"),
     ]
+
+
+async def test_a_partial_stored_after_the_clients_shorter_copy_is_not_a_second_reply(
+    memory: MemoryService, user: int, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """Issue 11 item 5, the other order: after Stop the client sent its next turn (carrying the part of
+    the reply it kept) before the broken-off stream's own store ran."""
+    session = SessionKey(user_id=user)
+    opening = [Message("assistant", "Welcome."), Message("user", "Hi")]
+    await memory.store_turn(session, await memory.recognise(session, opening), record("Hello."))
+    first = [*opening, Message("assistant", "Hello."), Message("user", "Tell me")]
+    stopped = await memory.recognise(session, first)
+    following = [*first, Message("assistant", "Hello from"), Message("user", "And then?")]
+    await memory.store_turn(session, await memory.recognise(session, following), record("More."))
+    partial = TurnRecord(reply=" Hello from the stub", status="partial", model="m", prompt=[], tokens={})
+    await memory.store_turn(session, stopped, partial)
+    stored = [c for _, c, _ in await rows(sessions, user)]
+    assert stored == ["Welcome.", "Hi", "Hello.", "Tell me", "Hello from", "And then?", "More."]
