@@ -22,6 +22,7 @@ import numpy as np
 
 from emotion.labels import LABELS, plain_question, prepare_text
 from emotion.negation import negate
+from memory import model_cache
 from memory.embedder import _encode_batch, _load_tokenizer, _model_dir, _session, export_graph, mean_pooled
 
 if TYPE_CHECKING:
@@ -81,10 +82,20 @@ def model_meta(model_dir: Path = MODEL_DIR) -> dict[str, Any]:
     return json.loads((model_dir / "meta.json").read_text())  # type: ignore[no-any-return]
 
 
-def onnx_model_file(cache_dir: Path, model_dir: Path = MODEL_DIR) -> Path:
+def graph_name(model_dir: Path = MODEL_DIR) -> str:
     """The exported graph's name changes with the shipped weights, so a retrained model re-exports."""
     digest = hashlib.sha256(f"{model_meta(model_dir)['weights_sha256']}-{_OPSET}".encode()).hexdigest()[:12]
-    return cache_dir / f"emotion-minilm-{digest}.onnx"
+    return f"emotion-minilm-{digest}.onnx"
+
+
+def onnx_model_file(cache_dir: Path, model_dir: Path = MODEL_DIR) -> Path:
+    return cache_dir / graph_name(model_dir)
+
+
+def build_graph(target: Path, model_dir: Path = MODEL_DIR) -> None:
+    """Install-time step (`anima models build`): export the graph to `target` (needs torch)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _export_onnx(target, model_dir)
 
 
 def _export_onnx(target: Path, model_dir: Path) -> None:
@@ -135,15 +146,19 @@ class MiniLMEmotionDetector:
 
     @classmethod
     def load(
-        cls, cache_dir: Path, *, min_confidence: float = 0.3, model_dir: Path = MODEL_DIR
+        cls, cache_dir: Path | None = None, *, min_confidence: float = 0.3, model_dir: Path = MODEL_DIR
     ) -> MiniLMEmotionDetector:
-        """Blocking start-up step: export the graph into `cache_dir` unless already there, then open it."""
-        model_file = onnx_model_file(cache_dir, model_dir)
-        if not model_file.exists():
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            started = time.perf_counter()
-            _export_onnx(model_file, model_dir)
-            log.info("exported %s in %.1f s", model_file.name, time.perf_counter() - started)
+        """Blocking start-up step: open the graph from the shared model cache (`cache_dir` given: from
+        that folder, exporting it there first if missing)."""
+        if cache_dir is None:
+            name = graph_name(model_dir)
+            model_file = model_cache.ensure(name, lambda t: build_graph(t, model_dir), "emotion detector")
+        else:
+            model_file = onnx_model_file(cache_dir, model_dir)
+            if not model_file.exists():
+                started = time.perf_counter()
+                build_graph(model_file, model_dir)
+                log.info("exported %s in %.1f s", model_file.name, time.perf_counter() - started)
         thresholds = tuple(float(t) for t in model_meta(model_dir)["thresholds"])
         return cls(_session(model_file), _tokenizer(), Calibration(thresholds, min_confidence))
 

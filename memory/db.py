@@ -6,6 +6,8 @@ No engine exists at import time; `lifespan` makes one and disposes of it.
 from __future__ import annotations
 
 import logging
+import threading
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +104,8 @@ class EmbeddedPostgres:
         self.pgdata = data_dir / "postgres"
         self._server: Any = None
 
-    def start(self) -> str:
+    def start(self, *, migrate: bool = False) -> str:
+        """Start (initdb on first use) and return the URL; `migrate` also applies the migrations."""
         from pgserver.postgres_server import get_server
 
         check_pgvector_build()
@@ -113,6 +116,8 @@ class EmbeddedPostgres:
             self._server.psql(f"CREATE DATABASE {EMBEDDED_DB};")
         url: str = self._server.get_uri(EMBEDDED_DB)
         log.info("embedded Postgres running in %s", self.pgdata)
+        if migrate:
+            upgrade_schema(url)
         return url
 
     def stop(self) -> None:
@@ -127,3 +132,31 @@ async def check_schema(engine: AsyncEngine) -> None:
         exists = await conn.scalar(text("SELECT to_regclass('alembic_version') IS NOT NULL"))
     if not exists:
         raise DatabaseError("the database has no Anima schema yet: run `anima db upgrade` first")
+
+
+_early: dict[Path, Future[tuple[EmbeddedPostgres, str]]] = {}
+
+
+def start_early(data_dir: Path) -> None:
+    """Begin starting and migrating the embedded Postgres in a thread right away.
+
+    `anima serve` calls this before uvicorn imports the app: initdb, pg_ctl and the migrations then
+    wait on child processes while Python imports everything else, and the app's start-up adopts the
+    running server (`started_early`) instead of starting its own. Only for one process serving.
+    """
+    server = EmbeddedPostgres(data_dir)
+    future: Future[tuple[EmbeddedPostgres, str]] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result((server, server.start(migrate=True)))
+        except BaseException as exc:  # handed to the app's start-up, which reports it
+            future.set_exception(exc)
+
+    _early[server.pgdata] = future
+    threading.Thread(target=run, name="embedded-postgres", daemon=True).start()
+
+
+def started_early(data_dir: Path) -> Future[tuple[EmbeddedPostgres, str]] | None:
+    """The `start_early` of this data dir, if any (taken: a second caller starts its own)."""
+    return _early.pop(data_dir / "postgres", None)
