@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio.to_thread
 import numpy as np
 
+from emotion.chat import NEGATIVE, Views, views
 from emotion.labels import LABELS, plain_question, prepare_text
 from emotion.negation import negate
 from memory import model_cache
@@ -33,6 +34,7 @@ log = logging.getLogger("anima.emotion")
 
 MODEL_DIR = Path(__file__).parent / "model"
 NEUTRAL = "neutral"
+NEUTRAL_INDEX, JOY_INDEX = LABELS.index(NEUTRAL), LABELS.index("joy")
 MAX_TOKENS = 128  # trained on 64; longer chat messages keep their first 128 tokens
 _OPSET = 17
 
@@ -46,6 +48,7 @@ class Emotion:
     confidence: float
     scores: dict[str, float]
     uncertain: bool = False
+    language: str | None = None  # set (and `uncertain`) when the text is in a language it cannot read
 
     @property
     def felt(self) -> bool:
@@ -66,8 +69,12 @@ class Calibration:
     thresholds: tuple[float, ...]
     min_confidence: float = 0.3
 
-    def read(self, text: str, raw: Sequence[float]) -> Emotion:
+    def read(self, text: str, raw: Sequence[float], *, unknown_language: str | None = None) -> Emotion:
+        """The stored reading; a text in a language the model cannot read (and no emoji to go by)
+        is "unknown": neutral, uncertain, with its language, never a confident neutral."""
         scores = dict(zip(LABELS, (round(float(s), 4) for s in raw), strict=True))
+        if unknown_language is not None:
+            return Emotion(NEUTRAL, scores[NEUTRAL], scores, uncertain=True, language=unknown_language)
         scores = negate(text, scores)
         margins = {label: scores[label] / t for label, t in zip(LABELS, self.thresholds, strict=True)}
         label = max(margins, key=margins.__getitem__)
@@ -76,6 +83,29 @@ class Calibration:
         if label != NEUTRAL and (weak or (label == "surprise" and plain_question(text))):
             return Emotion(NEUTRAL, scores[NEUTRAL], scores, uncertain=True)
         return Emotion(label, confidence, scores)
+
+    def best(self, raw: np.ndarray) -> int:
+        """The class furthest over its threshold."""
+        return int(np.argmax(raw / np.asarray(self.thresholds)))
+
+    def combine(self, main: np.ndarray, focus: np.ndarray | None, seen: Views) -> np.ndarray:
+        """One message's scores from its views (emotion/chat.py): a clause that shows a feeling leads
+        (after a contrast, any feeling; after a sarcastic interjection, a negative one), and a strong
+        sarcasm marker turns joy into the negative feeling it hides (anger unless another shows)."""
+        scores = main
+        if focus is not None:
+            c = self.best(focus)
+            felt = c != NEUTRAL_INDEX and focus[c] >= max(self.thresholds[c], 0.5)
+            if felt and (seen.focus_kind == "contrast" or LABELS[c] in NEGATIVE):
+                scores = 0.25 * main + 0.75 * focus
+        if seen.sarcastic and self.best(scores) == JOY_INDEX:
+            negative = [LABELS.index(label) for label in NEGATIVE if label != "fear"]
+            target = max(negative, key=lambda i: scores[i] / self.thresholds[i])
+            if scores[target] < self.thresholds[target]:
+                target = LABELS.index("anger")
+            scores = scores.copy()
+            scores[JOY_INDEX], scores[target] = scores[target], scores[JOY_INDEX]
+        return scores
 
 
 def model_meta(model_dir: Path = MODEL_DIR) -> dict[str, Any]:
@@ -160,7 +190,9 @@ class MiniLMEmotionDetector:
                 build_graph(model_file, model_dir)
                 log.info("exported %s in %.1f s", model_file.name, time.perf_counter() - started)
         thresholds = tuple(float(t) for t in model_meta(model_dir)["thresholds"])
-        return cls(_session(model_file), _tokenizer(), Calibration(thresholds, min_confidence))
+        detector = cls(_session(model_file), _tokenizer(), Calibration(thresholds, min_confidence))
+        detector.detect_sync(["Warming up."])  # the first run allocates: not on a user's request
+        return detector
 
     async def detect(self, texts: Sequence[str]) -> list[Emotion]:
         if not texts:
@@ -168,7 +200,22 @@ class MiniLMEmotionDetector:
         return await anyio.to_thread.run_sync(self.detect_sync, list(texts))
 
     def scores(self, texts: list[str]) -> np.ndarray:
-        """Raw class probabilities, one row per text (batched by length)."""
+        """Class probabilities, one row per text, with the chat rules applied (emotion/chat.py)."""
+        return self._read(texts)[0]
+
+    def _read(self, texts: list[str]) -> tuple[np.ndarray, list[Views]]:
+        seen = [views(text) for text in texts]
+        focus = [i for i, v in enumerate(seen) if v.focus is not None]
+        raw = self._raw([v.main for v in seen] + [seen[i].focus or "" for i in focus])
+        out = raw[: len(texts)].copy()
+        extra = dict(zip(focus, raw[len(texts) :], strict=True))
+        for i, v in enumerate(seen):
+            if v.focus is not None or v.sarcastic:
+                out[i] = self.calibration.combine(raw[i], extra.get(i), v)
+        return out, seen
+
+    def _raw(self, texts: list[str]) -> np.ndarray:
+        """The model's class probabilities, one row per text (batched by length)."""
         out = np.zeros((len(texts), len(LABELS)), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for start in range(0, len(order), 32):
@@ -178,4 +225,8 @@ class MiniLMEmotionDetector:
         return out
 
     def detect_sync(self, texts: list[str]) -> list[Emotion]:
-        return [self.calibration.read(t, row) for t, row in zip(texts, self.scores(texts), strict=True)]
+        scores, seen = self._read(texts)
+        return [
+            self.calibration.read(v.main, row, unknown_language=None if v.emoji else v.language)
+            for row, v in zip(scores, seen, strict=True)
+        ]

@@ -227,7 +227,9 @@ class OnnxMiniLMEmbedder:
     def from_file(cls, model_file: Path, *, batch_size: int = BATCH_SIZE) -> OnnxMiniLMEmbedder:
         """Open an already exported (or quantized) model file."""
         tokenizer = _load_tokenizer(truncate_at=_max_seq_length())
-        return cls(_session(model_file), tokenizer, batch_size=batch_size)
+        embedder = cls(_session(model_file), tokenizer, batch_size=batch_size)
+        embedder._embed(["Warming up."])  # the first run allocates: not on a user's request
+        return embedder
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
         if not texts:
