@@ -25,20 +25,21 @@ _SCRIPTS = (
     ("DEVANAGARI", "hi"),
 )
 
-# Frequent function words, leaving out ones English shares or spells alike ("a", "me", "no", "in",
-# "die", "son", "an", "so", "was", "will", "hat", "see", "fin", "come", "pain", "bad", "main", ...).
+# Frequent function words, leaving out ones English shares or spells alike ("a", "as", "me", "no",
+# "in", "die", "son", "an", "so", "was", "will", "hat", "see", "ho", ...) and single letters
+# ("s p o o k y").
 _WORDS = {
     "en": "the and you i i'm it's is are was of to my your that this what with for not have just "
     "be do don't can't we they he she at on me so but if about how why who when there it",
-    "es": "el la los las que de y estoy estás está muy pero por para con una hay mi tu qué cómo "
+    "es": "el la los las que de estoy estás está muy pero por para con una hay mi tu qué cómo "
     "porque también siempre nunca tengo tienes eres soy yo nada todo esto eso aquí ahora hoy",
     "fr": "je tu il elle nous vous les des est suis très mais pour avec une mon ma mes pas qui "
     "que quoi c'est j'ai ce cette dans sur moi toi ai trop ne plus sans être",
     "de": "ich du er sie wir ihr der das ist bin sehr aber nicht und mit ein eine mein dein auf "
     "für wo habe hast ist es zu den dem des auch noch schon nur morgen heute",
-    "it": "il lo la gli le che di e sono sei molto ma per con una mio mia tuo non ho hai questo "
+    "it": "il lo la gli le che di sono sei molto ma per con una mio mia tuo non hai questo "
     "questa cosa così perché anche sempre mai oggi domani",
-    "pt": "o os as que de e estou está muito mas para com uma meu minha você não tenho tem isso "
+    "pt": "os que de estou está muito mas para com uma meu minha você não tenho tem isso "
     "isto aqui agora hoje também sempre nunca",
     "nl": "de het een ik jij je hij zij wij is ben zeer maar niet en met mijn jouw op voor waar "
     "heb hebt ook nog al alleen morgen vandaag",
