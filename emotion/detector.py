@@ -89,14 +89,14 @@ class Calibration:
         return int(np.argmax(raw / np.asarray(self.thresholds)))
 
     def combine(self, main: np.ndarray, focus: np.ndarray | None, seen: Views) -> np.ndarray:
-        """One message's scores from its views (emotion/chat.py): a clause that shows a feeling leads
-        (after a contrast, any feeling; after a sarcastic interjection, a negative one), and a strong
-        sarcasm marker turns joy into the negative feeling it hides (anger unless another shows)."""
+        """One message's scores from its views (emotion/chat.py): the complaint after a sarcastic
+        interjection leads when it shows a negative feeling, and a sarcasm marker turns joy into the
+        negative feeling it hides (anger unless another shows)."""
         scores = main
         if focus is not None:
             c = self.best(focus)
             felt = c != NEUTRAL_INDEX and focus[c] >= max(self.thresholds[c], 0.5)
-            if felt and (seen.focus_kind == "contrast" or LABELS[c] in NEGATIVE):
+            if felt and LABELS[c] in NEGATIVE:
                 scores = 0.25 * main + 0.75 * focus
         if seen.sarcastic and self.best(scores) == JOY_INDEX:
             negative = [LABELS.index(label) for label in NEGATIVE if label != "fear"]
