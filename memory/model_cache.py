@@ -64,6 +64,11 @@ def find(name: str) -> Path | None:
     return next((folder / name for folder in cache_dirs() if (folder / name).is_file()), None)
 
 
+def find_dir(name: str) -> Path | None:
+    """A cached folder (the embedded Postgres template cluster)."""
+    return next((folder / name for folder in cache_dirs() if (folder / name).is_dir()), None)
+
+
 def torch_available() -> bool:
     return importlib.util.find_spec("torch") is not None
 

@@ -13,7 +13,7 @@ import pytest
 
 from emotion.detector import MiniLMEmotionDetector
 from emotion.detector import graph_name as emotion_graph
-from memory import model_cache
+from memory import db, model_cache
 from memory.embedder import Embedder
 from memory.embedder import graph_name as embedder_graph
 
@@ -99,3 +99,21 @@ def test_cache_dirs_follow_the_override(tmp_path: Path, monkeypatch: pytest.Monk
     assert model_cache.build_dir() == tmp_path / "cache" and (tmp_path / "cache").is_dir()
     monkeypatch.delenv(model_cache.ENV)
     assert model_cache.cache_dirs()[0] == Path(sys.prefix) / "share" / "anima" / "models"
+
+
+@pytest.mark.slow
+def test_a_fresh_data_dir_starts_from_the_template_cluster(tmp_path: Path) -> None:
+    """No initdb on a new data dir: the install-time template is copied (owned by the user Postgres
+    runs as, private), then started and used like any other."""
+    if model_cache.find_dir(db.template_name()) is None:  # `make test` builds it at install
+        db.build_template(model_cache.build_dir() / db.template_name())
+    server = db.EmbeddedPostgres(tmp_path / "data")
+    assert db.copy_template(server.pgdata)
+    assert (server.pgdata / "PG_VERSION").exists() and not (server.pgdata / "postmaster.pid").exists()
+    assert server.pgdata.stat().st_mode & 0o777 == 0o700
+    url = server.start(migrate=True)
+    try:
+        assert "/anima" in url
+        assert "(1 row)" in server._server.psql("SELECT 1 FROM pg_database WHERE datname = 'anima';")
+    finally:
+        server.stop()
