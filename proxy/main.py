@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from fastapi import FastAPI
@@ -24,8 +25,9 @@ from memory.db import (
     check_schema,
     make_engine,
     make_sessionmaker,
-    upgrade_schema,
+    started_early,
 )
+from memory.embedder import Embedder
 from memory.journal import InFlight, TurnJournal
 from memory.models import EMBEDDING_DIM
 from memory.personas import PersonaRecords
@@ -44,6 +46,7 @@ from proxy.routes import api_router
 from proxy.settings import Settings, get_settings
 
 log = logging.getLogger("anima")
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -62,18 +65,57 @@ class Services:
 
 
 async def build_services(settings: Settings) -> Services:
+    """Everything start-up waits for, started at once: the embedded Postgres (start + migrations), the
+    emotion and recall graphs (opened from the shared model cache, never exported here), the token
+    counter and any embedded backend's weights. Only the assembly of memory waits for its parts."""
     registry = Registry(build_backends(settings.backends), settings.models)
-    tokens = await anyio.to_thread.run_sync(TokenCounter)
-    for backend in registry.backends.values():  # load embedded weights now, not on the first request
+    memory_on = settings.memory.enabled
+    database = embedder = None
+    steps: dict[str, float] = {}
+    started, cpu_before = time.perf_counter(), time.process_time()
+    try:
+        async with asyncio.TaskGroup() as group:
+            tokens = group.create_task(timed(steps, "tokenizer", anyio.to_thread.run_sync(TokenCounter)))
+            group.create_task(timed(steps, "backends", warm_up(registry)))
+            emotion = group.create_task(timed(steps, "emotion", open_emotion(settings)))
+            if memory_on:
+                database = group.create_task(timed(steps, "database", open_database(settings)))
+                embedder = group.create_task(timed(steps, "embedder", open_embedder()))
+    except ExceptionGroup as failed:
+        if database is not None and database.done() and not database.cancelled() and not database.exception():
+            await close_database(*database.result())
+        raise failed.exceptions[0] from None  # the reason, not a group of one
+    services = Services(registry=registry, tokens=tokens.result(), emotion=emotion.result())
+    if database is not None and embedder is not None:
+        services.embedded, services.engine = database.result()
+        await open_memory(settings, services, embedder.result())
+    await open_personas(settings, services)
+    parts = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in steps.items())
+    log.info(
+        "services up in %.1f s (process CPU so far %.1f s, %.1f s before start-up), concurrently: %s",
+        time.perf_counter() - started,
+        time.process_time(),
+        cpu_before,
+        parts,
+    )
+    return services
+
+
+async def timed(steps: dict[str, float], name: str, step: Awaitable[T]) -> T:
+    """Await one start-up step, recording how long it took (logged once, all steps together)."""
+    started = time.perf_counter()
+    try:
+        return await step
+    finally:
+        steps[name] = time.perf_counter() - started
+
+
+async def warm_up(registry: Registry) -> None:
+    """Load embedded weights now, not on the first request."""
+    for backend in registry.backends.values():
         warm = getattr(backend, "warm_up", None)
         if warm is not None:
             await warm()
-    services = Services(registry=registry, tokens=tokens)
-    services.emotion = await open_emotion(settings)
-    if settings.memory.enabled:
-        await open_memory(settings, services)
-    await open_personas(settings, services)
-    return services
 
 
 async def open_personas(settings: Settings, services: Services) -> None:
@@ -96,9 +138,8 @@ async def open_emotion(settings: Settings) -> EmotionService:
     if e.enabled:
         from emotion.detector import MiniLMEmotionDetector
 
-        cache = settings.data_dir / "models"
         detector = await anyio.to_thread.run_sync(
-            lambda: MiniLMEmotionDetector.load(cache, min_confidence=e.min_confidence)
+            lambda: MiniLMEmotionDetector.load(min_confidence=e.min_confidence)
         )
     return EmotionService(detector, emotion_config(settings))
 
@@ -114,27 +155,45 @@ def emotion_config(settings: Settings) -> EmotionConfig:
     )
 
 
-async def open_memory(settings: Settings, services: Services) -> None:
-    """Connect (or start the embedded Postgres and migrate it), load the embedder, build memory."""
-    from memory.embedder import chunk_text, load_embedder
+async def open_database(settings: Settings) -> tuple[EmbeddedPostgres | None, AsyncEngine]:
+    """Connect (or start the embedded Postgres and migrate it); check pgvector and the schema."""
+    if settings.database_url is not None:
+        engine = make_engine(settings.database_url.get_secret_value(), **pool(settings))
+        await check_pgvector(engine)
+        await check_schema(engine)  # production runs `anima db upgrade` first
+        return None, engine
+    early = started_early(settings.data_dir)  # `anima serve` began it before importing the app
+    if early is not None:
+        embedded, url = await asyncio.wrap_future(early)
+    else:
+        embedded = EmbeddedPostgres(settings.data_dir)
+        url = await anyio.to_thread.run_sync(lambda: embedded.start(migrate=True))  # two commands
+    engine = make_engine(url, **pool(settings))
+    await check_pgvector(engine)
+    return embedded, engine
 
-    if settings.database_url is None:
-        services.embedded = EmbeddedPostgres(settings.data_dir)
-        url = await anyio.to_thread.run_sync(services.embedded.start)
-    else:
-        url = settings.database_url.get_secret_value()
-    m = settings.memory
-    services.engine = make_engine(url, pool_size=m.db_pool_size, max_overflow=m.db_max_overflow)
-    await check_pgvector(services.engine)
-    if services.embedded is not None:
-        await anyio.to_thread.run_sync(upgrade_schema, url)  # the two-command experience
-    else:
-        await check_schema(services.engine)  # production runs `anima db upgrade` first
-    embedder = await anyio.to_thread.run_sync(load_embedder, settings.data_dir / "models")
+
+def pool(settings: Settings) -> dict[str, int]:
+    return {"pool_size": settings.memory.db_pool_size, "max_overflow": settings.memory.db_max_overflow}
+
+
+async def open_embedder() -> Embedder:
+    """The recall embedder from the shared model cache (a thread: opening the graph takes ~1 s)."""
+    from memory.embedder import load_embedder
+
+    embedder = await anyio.to_thread.run_sync(load_embedder)
     if embedder.dim != EMBEDDING_DIM:
         raise DatabaseError(
             f"the embedder makes {embedder.dim}-d vectors; the schema stores {EMBEDDING_DIM}-d"
         )
+    return embedder
+
+
+async def open_memory(settings: Settings, services: Services, embedder: Embedder) -> None:
+    """Memory on the opened database and embedder, annotated by the emotion step."""
+    from memory.embedder import chunk_text
+
+    assert services.engine is not None
     sessions = make_sessionmaker(services.engine)
     journal, inflight = await anyio.to_thread.run_sync(open_journal, settings)
     services.memory = MemoryService(
@@ -211,9 +270,13 @@ async def close_services(services: Services) -> None:
     for backend in services.registry.backends.values():
         await backend.aclose()
     if services.engine is not None:
-        await services.engine.dispose()
-    if services.embedded is not None:
-        await anyio.to_thread.run_sync(services.embedded.stop)
+        await close_database(services.embedded, services.engine)
+
+
+async def close_database(embedded: EmbeddedPostgres | None, engine: AsyncEngine) -> None:
+    await engine.dispose()
+    if embedded is not None:
+        await anyio.to_thread.run_sync(embedded.stop)
 
 
 def is_loopback(host: str) -> bool:

@@ -19,6 +19,8 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from emotion.detector import MiniLMEmotionDetector
+from emotion.detector import graph_name as emotion_graph_name
+from memory import model_cache
 from memory.budget import TokenCounter
 from memory.db import EmbeddedPostgres, make_engine, make_sessionmaker, upgrade_schema
 from memory.embedder import Embedder, load_embedder
@@ -137,22 +139,24 @@ async def user(sessions: async_sessionmaker[AsyncSession]) -> int:
 
 
 @pytest.fixture(scope="session")
-def emotion_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The real emotion detector's ONNX graph, exported once per test session (≈5 s)."""
-    cache = tmp_path_factory.mktemp("emotion-models")
-    MiniLMEmotionDetector.load(cache)
-    return cache
+def detector() -> MiniLMEmotionDetector:
+    """The real emotion detector, opened from the shared model cache `make test` fills at install
+    (`anima models build`; built there once if missing), as `anima serve` opens it."""
+    return MiniLMEmotionDetector.load()
 
 
 @pytest.fixture(scope="session")
-def detector(emotion_cache: Path) -> MiniLMEmotionDetector:
-    return MiniLMEmotionDetector.load(emotion_cache)
+def emotion_cache(detector: MiniLMEmotionDetector) -> Path:
+    """The folder holding the emotion detector's graph in the shared model cache."""
+    found = model_cache.find(emotion_graph_name())
+    assert found is not None
+    return found.parent
 
 
 @pytest.fixture(scope="session")
-def embedder(tmp_path_factory: pytest.TempPathFactory) -> Embedder:
-    """The real recall embedder (all-MiniLM-L6-v2 through ONNX), exported once per test session."""
-    return load_embedder(tmp_path_factory.mktemp("embedder-models"))
+def embedder() -> Embedder:
+    """The real recall embedder (all-MiniLM-L6-v2 through ONNX) from the shared model cache."""
+    return load_embedder()
 
 
 @pytest.fixture(scope="session")

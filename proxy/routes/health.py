@@ -1,4 +1,11 @@
-"""`GET /health`: each backend probed (concurrently, bounded), 200 while Anima can answer, else 503."""
+"""Health: `/health/live` (the process serves), `/health/ready` (start-up done, memory up) and `/health`
+(each backend probed, concurrently and bounded: 200 while Anima can answer, else 503).
+
+A container's health check is `/health/live`: a backend or an external database being down is not a
+reason to restart Anima (it reports it, answers from what it has, and journals turns). `/health/ready`
+is for a load balancer or orchestrator deciding whether to send traffic: 200 once the models are loaded
+and, with memory on, the database answers; backends are not part of it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,7 @@ import os
 import time
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
@@ -85,3 +92,21 @@ async def health(pipeline: PipelineDep, settings: SettingsDep) -> JSONResponse:
         "emotion": emotion(pipeline.emotion),
     }
     return JSONResponse(body, status_code=503 if status == "unavailable" else 200)
+
+
+@router.get("/health/live")
+async def live() -> JSONResponse:
+    """200 whenever the process serves HTTP: nothing external is probed."""
+    return JSONResponse({"status": "live", "pid": os.getpid()})
+
+
+@router.get("/health/ready")
+async def ready(request: Request, settings: SettingsDep) -> JSONResponse:
+    """200 when start-up finished (models loaded) and, with memory on, the database answers."""
+    pipeline = getattr(request.app.state, "pipeline", None)
+    if pipeline is None:
+        return JSONResponse({"status": "starting"}, status_code=503)
+    db = await database(pipeline.memory, settings.health_timeout_s)
+    up = db["status"] in ("ok", "disabled")
+    body = {"status": "ready" if up else "not_ready", "database": db, "emotion": emotion(pipeline.emotion)}
+    return JSONResponse(body, status_code=200 if up else 503)

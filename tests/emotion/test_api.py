@@ -5,7 +5,6 @@ and logs that never carry emotion data."""
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from emotion.detector import MiniLMEmotionDetector, onnx_model_file
+from emotion.detector import MiniLMEmotionDetector
 from emotion.service import EmotionConfig, EmotionService
 from memory.archive import Incoming
 from memory.budget import TokenCounter
@@ -261,9 +260,7 @@ async def test_boost_lifts_memories_felt_the_same_way(
 def test_without_memory_the_block_goes_in_as_a_system_message(
     stub_url: str, stub: StubState, emotion_cache: Path, tmp_path: Path
 ) -> None:
-    """Settings → lifespan → the detector loaded from the data folder; memory off, emotion on."""
-    (tmp_path / "models").mkdir()
-    shutil.copy(onnx_model_file(emotion_cache), onnx_model_file(tmp_path / "models"))
+    """Settings → lifespan → the detector opened from the shared model cache; memory off, emotion on."""
     settings = make_settings(
         backends={"stub": BackendSettings(kind="openai", base_url=f"{stub_url}/v1")},
         models=[RouteSettings(name="stub/echo", backend="stub", model="echo")],

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +18,9 @@ import openai
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from emotion.detector import onnx_model_file as emotion_onnx_file
+from memory import model_cache
 from memory.db import DatabaseError, EmbeddedPostgres, make_engine
-from memory.embedder import onnx_model_file
+from memory.embedder import Embedder, graph_name
 from memory.users import create_key
 from personas.prompt import MEMORY_PREAMBLE
 from proxy.main import create_app
@@ -34,21 +33,16 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="session")
-def models_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One ONNX export per test session (≈4 s), copied into each fresh data folder."""
-    from memory.embedder import OnnxMiniLMEmbedder
-
-    cache = tmp_path_factory.mktemp("models")
-    OnnxMiniLMEmbedder.load(cache)
-    return cache
+def models_cache(embedder: Embedder) -> Path:
+    """The shared model cache (memory/model_cache.py) every data folder's start-up reads from."""
+    found = model_cache.find(graph_name())
+    assert found is not None
+    return found.parent
 
 
 def data_dir_with_models(tmp: Path, models_cache: Path, emotion_cache: Path | None = None) -> Path:
-    target = tmp / "models"
-    target.mkdir(parents=True)
-    shutil.copy(onnx_model_file(models_cache), onnx_model_file(target))
-    if emotion_cache is not None:
-        shutil.copy(emotion_onnx_file(emotion_cache), emotion_onnx_file(target))
+    """A fresh data folder: the graphs come from the shared cache, nothing is exported or copied."""
+    tmp.mkdir(parents=True, exist_ok=True)
     return tmp
 
 

@@ -98,6 +98,8 @@ async def test_postgres_outage_answers_journals_and_flushes_once(
             health = (await client.get("/health")).json()
             assert health["status"] == "degraded" and health["database"]["status"] == "down"
             assert health["workers"]["journal"] == {"waiting": 3, "refused": 0}
+            assert (await client.get("/health/ready")).status_code == 503  # memory is not up
+            assert (await client.get("/health/live")).status_code == 200  # the process is fine
             lines = journal.path.read_text().splitlines()
             assert json.loads(lines[0])["turn"]["incoming"][-1][1] == "What is my name?"
 
@@ -107,6 +109,7 @@ async def test_postgres_outage_answers_journals_and_flushes_once(
             assert after.headers["x-anima-memory"] == "ok"
             await memory.settle()
             assert (await client.get("/health")).json()["workers"]["journal"]["waiting"] == 0
+            assert (await client.get("/health/ready")).status_code == 200
     finally:
         await engine.dispose()
 

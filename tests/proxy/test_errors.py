@@ -154,8 +154,17 @@ async def test_health_is_503_when_no_backend_answers() -> None:
     with serving(create_app(settings)) as url:
         async with httpx.AsyncClient() as http:
             resp = await http.get(f"{url}/health")
+            live, ready = await http.get(f"{url}/health/live"), await http.get(f"{url}/health/ready")
     assert resp.status_code == 503
     assert resp.json()["status"] == "unavailable"
+    # A backend being down is not Anima being unhealthy: the container check and readiness stay up.
+    assert live.status_code == 200 and live.json()["status"] == "live"
+    assert ready.status_code == 200
+    assert ready.json() == {
+        "status": "ready",
+        "database": {"status": "disabled"},
+        "emotion": {"status": "disabled"},
+    }
 
 
 async def test_unknown_route_and_method_are_openai_errors(anima_url: str) -> None:
