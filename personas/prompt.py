@@ -43,6 +43,7 @@ class PromptParts:
     memories: Sequence[Memory] = ()
     summaries: Sequence[Summary] = ()
     volatile: Sequence[str] = field(default=())  # extra per-turn context (emotion)
+    facts: Sequence[str] = field(default=())  # issue 17: what the persona knows (stable; after the system)
 
 
 def _as_message(stored: StoredMessage) -> Message:
@@ -93,6 +94,7 @@ def cost(message: StoredMessage | Message, counter: TokenCounter) -> int:
 
 def assemble_prompt(parts: PromptParts, budget: Budget, counter: TokenCounter) -> Prompt:
     system_tokens = sum(counter.message(m.content) for m in (*parts.system, *parts.trailing))
+    system_tokens += counter.message("\n\n".join(parts.facts)) if parts.facts else 0  # issue 17
     newest_tokens = counter.message(parts.newest.content) if parts.newest else 0
     volatile_tokens = counter.message("\n".join(parts.volatile)) if parts.volatile else 0
     memory_lines = [(m, quote_memory(m)) for m in parts.memories]
@@ -171,6 +173,9 @@ def _layout(
     counter: TokenCounter,
 ) -> Prompt:
     messages: list[Message] = list(parts.system)
+    if parts.facts:  # issue 17: stable, so right after the system messages (prefix caches survive)
+        messages.append(Message("system", "\n\n".join(parts.facts)))
+        tokens["facts"] = counter.message(messages[-1].content)
     if summaries:
         text = "\n".join([SUMMARY_PREAMBLE, *(json.dumps(s.content, ensure_ascii=False) for s in summaries)])
         messages.append(Message("system", text))

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -29,10 +29,13 @@ from personas.client_card import CardIndex, IndexedCard, excerpt, leading_system
 from personas.prompt import Prompt, assemble_prompt, parts_for
 from personas.render import merge_system
 from personas.store import PersonaStore, Resolved
-from proxy.backends.base import BackendRequest, Delta
+from proxy.backends.base import BackendRequest, Delta, TokenUsage
 from proxy.backends.registry import Registry, Route
 from proxy.errors import BackendError, ContextTooLong, PersonaNotFound, ProxyError, UnsupportedParameter
 from proxy.protocol import ChatCompletionRequest, ChatMessage, ResponseFormat
+
+if TYPE_CHECKING:
+    from proxy.knowledge import Knowledge  # issue 17
 
 log = logging.getLogger("anima.pipeline")
 
@@ -120,6 +123,7 @@ class ChatPipeline:
         cards: CardIndex | None = None,
         default_persona: str | None = None,
         log_content: bool = False,
+        knowledge: Knowledge | None = None,  # issue 17
     ) -> None:
         self.registry = registry
         self.tokens = tokens
@@ -129,6 +133,7 @@ class ChatPipeline:
         self.budget = budget or BudgetPolicy()
         self.personas, self.cards, self.default_persona = personas, cards, default_persona
         self.log_content = log_content
+        self.knowledge = knowledge  # issue 17: what personas know about the user
         self._windows: dict[tuple[str, str], int | None] = {}
 
     async def prepare(
@@ -275,9 +280,16 @@ class ChatPipeline:
         indexed = await self._indexed(indexing)
         outgoing = with_persona(await self._fit_card(messages, indexed, persona, budget, embedding), persona)
         embedding.cancel()  # unless recall or the card used it
+        known = (
+            await self.knowledge.blocks(session, thread, persona, budget) if self.knowledge else ()
+        )  # issue 17
         try:
             prompt = assemble_prompt(
-                parts_for(outgoing, recall, volatile=[block] if block else ()), budget, self.tokens
+                dataclasses.replace(
+                    parts_for(outgoing, recall, volatile=[block] if block else ()), facts=known
+                ),
+                budget,
+                self.tokens,
             )
         except BudgetExceeded as exc:
             raise ContextTooLong(str(exc), param="messages") from exc
@@ -373,6 +385,12 @@ class ChatPipeline:
         self, model: str, prompt: str, *, max_tokens: int = 400, json_schema: dict[str, Any] | None = None
     ) -> str:
         """One plain completion (no memory, no persona): summaries, and profiles (with a JSON schema)."""
+        return (await self.complete(model, prompt, max_tokens=max_tokens, json_schema=json_schema))[0]
+
+    async def complete(
+        self, model: str, prompt: str, *, max_tokens: int = 400, json_schema: dict[str, Any] | None = None
+    ) -> tuple[str, TokenUsage | None]:
+        """`complete_text` with the backend's token usage (issue 17: extraction cost is measured)."""
         body = ChatCompletionRequest(
             model=model,
             messages=[ChatMessage(role="user", content=prompt)],
@@ -383,7 +401,11 @@ class ChatPipeline:
             else None,
         )
         _, _, deltas = await self._open(self.registry.resolve(model), (Message("user", prompt),), body)
-        return "".join([delta.text async for delta in deltas])
+        text, usage = [], None
+        async for delta in deltas:
+            text.append(delta.text)
+            usage = delta.usage or usage
+        return "".join(text), usage
 
     def finish(self, chat: PreparedChat, reply: str, *, complete: bool) -> None:
         """Hand the finished (or broken-off) turn to memory, which stores it in the background."""
