@@ -84,6 +84,7 @@ class Open:
 class Ignore:
     candidate: Candidate
     reason: str
+    fact_id: int | None = None  # the known fact it repeats, if any
 
 
 Action = Strengthen | Open | Ignore
@@ -155,7 +156,7 @@ def _repeat(known: Known, c: Candidate) -> Action:
     new_sources = tuple(s for s in c.sources if s not in known.sources)
     upgrade = c.origin == "correction" and known.origin != "correction"
     if not new_sources and not upgrade:
-        return Ignore(c, "already known from the same messages")
+        return Ignore(c, "already known from the same messages", known.id)
     if upgrade:
         return Strengthen(known.id, 1.0, new_sources, "correction")
     confidence = 1.0 if known.origin == "correction" else merged_confidence(known.confidence, c.confidence)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from proxy.deps import limited
-from proxy.routes import chat, emotion, health, memory, models, personas, users
+from proxy.routes import chat, emotion, facts, health, memory, models, personas, users
 
 PREFIXES = ("/v1", "")  # SillyTavern appends /chat/completions to whatever base URL the user typed
 
@@ -17,7 +17,7 @@ def api_router() -> APIRouter:
     for prefix in PREFIXES:
         router.include_router(chat.router, prefix=prefix, dependencies=guarded)
         router.include_router(models.router, prefix=prefix, dependencies=guarded)
-    for module in (memory, emotion, personas, users):
+    for module in (memory, emotion, personas, users, facts):
         router.include_router(module.router, prefix="/v1", dependencies=guarded)
     router.include_router(health.router)
     return router
