@@ -17,6 +17,7 @@ that a client disconnect really cancelled the upstream request. Also the "instan
                         then a valid profile in a code fence on a 0-100 scale (the learn tests)
     profile-never       prose without JSON, every time
     mirror        "You said: " + the last user message (cross-talk tests)
+    facts-*       fact extractors reading Anima's extraction prompt (tests/servers/facts_stub.py)
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.servers import facts_stub
 
 REPLY = ("Hello", " from the", " stub!")
 PROFILE = {
@@ -104,6 +107,8 @@ def stub_app(state: StubState | None = None) -> Starlette:
 
     async def scripted(model: str, body: dict[str, Any]) -> AsyncIterator[bytes]:
         reply = scripted_text(model, state.calls[model])
+        if model.startswith("facts-"):
+            reply = (facts_stub.answer(model, state.calls[model], str(body["messages"][-1]["content"])),)
         if model == "mirror":
             said = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
             reply = ("You said: ", str(said))
