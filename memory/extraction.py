@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from memory.facts import KINDS, Candidate, Known, normal
+from memory.facts import KINDS, Candidate, Known, normal, slot
 from memory.structured import first_error, is_number, number, parse_object, unit
 
 NOTHING = {"none", "no", "yes", "true", "false", "nothing", "nobody", "never", "not anymore"}
@@ -120,8 +120,9 @@ def prompt(lines: Sequence[Line], known: Sequence[Known], character: str) -> str
     )
 
 
-def parse(text: str, lines: Sequence[Line], character: str) -> list[Candidate]:
-    """The model's answer as grounded candidates; ValueError (sent back to the model) if it is invalid."""
+def parse(text: str, lines: Sequence[Line], character: str, known: Sequence[Known] = ()) -> list[Candidate]:
+    """The model's answer as grounded candidates; ValueError (sent back to the model) if it is invalid.
+    `known` (the current facts) grounds an ending: "I don't have Rex anymore" names the old value."""
     data = parse_object(text)
     items = data.get("facts")
     if isinstance(items, list):
@@ -137,7 +138,8 @@ def parse(text: str, lines: Sequence[Line], character: str) -> list[Candidate]:
         if line is None:
             raise ValueError(f"facts.{i}.message: {item.message} is not a numbered message")
         _check_speaker(i, item, line)
-        if grounded(item, line.content):
+        before = [k.value for k in known if slot(k.subject, k.subject_name, k.attribute) == _slot(item)]
+        if grounded(item, line.content, before):
             out.append(_candidate(item, line))
     return out
 
@@ -168,17 +170,22 @@ def _check_speaker(i: int, item: Item, line: Line) -> None:
         raise ValueError(f"facts.{i}.name: a fact about another person needs their name")
 
 
-def _words(text: str) -> set[str]:
+def words(text: str) -> set[str]:
     return {w[:5] for w in _WORD.findall(normal(text)) if len(w) >= 3 or w.isdigit()}
 
 
-def grounded(item: Item, message: str) -> bool:
+def _slot(item: Item) -> tuple[str, str, str]:
+    return slot(item.about, item.name, item.attribute)
+
+
+def grounded(item: Item, message: str, before: Sequence[str] = ()) -> bool:
     """Some of the fact's own words appear in the message it cites (a value like "none" is checked
-    through its attribute): what a model invented is not stored."""
-    words = _words(message)
+    through its attribute or the value it ends): what a model invented is not stored."""
+    said = words(message)
     value = normal(item.value)
-    evidence = _words(item.attribute) if value in NOTHING or not _words(value) else _words(value)
-    return bool(evidence & words)
+    if value in NOTHING or not words(value):
+        return bool(said & (words(item.attribute) | {w for old in before for w in words(old)}))
+    return bool(words(value) & said)
 
 
 def _candidate(item: Item, line: Line) -> Candidate:

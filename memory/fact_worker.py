@@ -193,7 +193,7 @@ class FactWorker:
             complete,
             question,
             extraction.schema(),
-            lambda text: extraction.parse(text, batch.lines, batch.character),
+            lambda text: extraction.parse(text, batch.lines, batch.character, known),
             tries=self.config.tries,
             what="facts answer",
         )

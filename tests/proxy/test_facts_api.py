@@ -6,6 +6,7 @@ erasure and isolation between keys."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,43 +71,54 @@ class Anima:
         return await worker.drain(extractor(self.app.state.pipeline, self.settings))
 
 
-@pytest.fixture
-async def anima(
-    stub_url: str, sessions: async_sessionmaker[AsyncSession], counter: TokenCounter, tmp_path: Path
+@asynccontextmanager
+async def running(
+    sessions: async_sessionmaker[AsyncSession],
+    counter: TokenCounter,
+    folder: Path,
+    backends: dict[str, BackendSettings],
+    routes: list[RouteSettings],
+    **memory: Any,
 ) -> AsyncIterator[Anima]:
-    (tmp_path / "mira.yaml").write_text(MIRA)
-    backends = {"stub": BackendSettings(kind="openai", base_url=f"{stub_url}/v1")}
-    routes = [
-        RouteSettings(name="stub/echo", backend="stub", model="echo", context_window=8192),
-        RouteSettings(name="stub/facts", backend="stub", model="facts-valid"),
-    ]
-    memory = MemorySettings(
-        enabled=True,
-        facts_enabled=True,
-        facts_model="stub/facts",
-        facts_min_user_messages=1000,
-        facts_settle_s=3600,
-    )  # the background worker never finds a batch ready: the test reads them with learn()
+    """Anima with memory and facts on; the background worker never finds a batch ready (the test
+    reads batches itself with `learn()`), so what the upstream receives is up to the test."""
+    (folder / "mira.yaml").write_text(MIRA)
     settings = make_settings(
         backends=backends,
         models=routes,
-        memory=memory,
-        personas=PersonaSettings(folder=tmp_path, examples=False, reload_s=0),
+        memory=MemorySettings(
+            enabled=True, facts_enabled=True, facts_min_user_messages=1000, facts_settle_s=3600, **memory
+        ),
+        personas=PersonaSettings(folder=folder, examples=False, reload_s=0),
         retries=0,
     )
-    records = PersonaRecords(sessions)
     services = Services(
         Registry(build_backends(backends), routes),
         counter,
         memory=MemoryService(sessions, counter, FakeEmbedder(), MemoryConfig(deadline_s=5)),
         users=Users(sessions),
-        personas=PersonaStore(tmp_path, examples=False, records=records, cache_ttl_s=0),
+        personas=PersonaStore(folder, examples=False, records=PersonaRecords(sessions), cache_ttl_s=0),
     )
     app = create_app(settings, services)
     async with app.router.lifespan_context(app):
         assert services.personas is not None
         await services.personas.reload()
         yield Anima(httpx.ASGITransport(app=app), settings, app)
+    for backend in services.registry.backends.values():
+        await backend.aclose()
+
+
+@pytest.fixture
+async def anima(
+    stub_url: str, sessions: async_sessionmaker[AsyncSession], counter: TokenCounter, tmp_path: Path
+) -> AsyncIterator[Anima]:
+    backends = {"stub": BackendSettings(kind="openai", base_url=f"{stub_url}/v1")}
+    routes = [
+        RouteSettings(name="stub/echo", backend="stub", model="echo", context_window=8192),
+        RouteSettings(name="stub/facts", backend="stub", model="facts-valid"),
+    ]
+    async with running(sessions, counter, tmp_path, backends, routes, facts_model="stub/facts") as anima:
+        yield anima
 
 
 async def new_key(sessions: async_sessionmaker[AsyncSession], name: str) -> str:
