@@ -38,7 +38,8 @@ _PENDING = text(
     """
     SELECT conversation_id, count(*) FILTER (WHERE role = 'user') AS users,
            max(created_at) < now() - make_interval(secs => :settle) AS quiet
-    FROM message WHERE NOT facts_done GROUP BY conversation_id ORDER BY min(id) LIMIT 100
+    FROM message WHERE NOT facts_done AND (CAST(:user AS bigint) IS NULL OR user_id = :user)
+    GROUP BY conversation_id ORDER BY min(id) LIMIT 100
     """
 )
 
@@ -100,9 +101,9 @@ class FactWorker:
         self._cooling: dict[int, float] = {}  # conversation -> monotonic time it may be retried
         self.valence: Mapping[str, float] = VALENCE
 
-    async def step(self, extract: Extract | None, *, force: bool = False) -> int:
-        """Read one ready batch; returns how many messages it marked read (0: nothing was ready)."""
-        conversation = await self._ready(force)
+    async def step(self, extract: Extract | None, *, force: bool = False, user_id: int | None = None) -> int:
+        """Read one ready batch (of `user_id`'s, if given); returns how many messages it marked read."""
+        conversation = await self._ready(force, user_id)
         if conversation is None:
             return 0
         batch = await self._batch(conversation)
@@ -121,10 +122,10 @@ class FactWorker:
             return 0
         return await self._store(batch, candidates)
 
-    async def _ready(self, force: bool) -> int | None:
+    async def _ready(self, force: bool, user_id: int | None) -> int | None:
         now = time.monotonic()
         async with self._sessions() as s:
-            rows = (await s.execute(_PENDING, {"settle": self.config.settle_s})).all()
+            rows = (await s.execute(_PENDING, {"settle": self.config.settle_s, "user": user_id})).all()
         for row in rows:
             if self._cooling.get(row.conversation_id, 0) > now:
                 continue
@@ -237,10 +238,10 @@ class FactWorker:
             at=at,
         )
 
-    async def drain(self, extract: Extract | None) -> int:
-        """Read everything unread now, ready or not (tests, the bench, imports)."""
+    async def drain(self, extract: Extract | None, *, user_id: int | None = None) -> int:
+        """Read everything unread now (of one user, if given), ready or not (tests, the bench, imports)."""
         total = 0
-        while done := await self.step(extract, force=True):
+        while done := await self.step(extract, force=True, user_id=user_id):
             total += done
         return total
 

@@ -86,7 +86,7 @@ async def test_worker_stores_grounded_facts_with_their_sources(
 ) -> None:
     await chat(memory, user, "Hi! My name is Anna and I live in Paris.", "My sister Maria is a nurse.")
     facts = worker(sessions)
-    assert await facts.drain(extract_with(pipeline, "stub/facts-valid")) == 4
+    assert await facts.drain(extract_with(pipeline, "stub/facts-valid"), user_id=user) == 4
     assert await current(sessions, user) == {
         "user.name": ("Anna", 0.8),
         "user.home city": ("Paris", 0.8),
@@ -110,9 +110,9 @@ async def test_worker_repeat_strengthens_change_supersedes_negation_closes(
 ) -> None:
     extract, facts = extract_with(pipeline, "stub/facts-valid"), worker(sessions)
     await chat(memory, user, "I live in Paris. I have a dog named Rex.")
-    await facts.drain(extract)
+    await facts.drain(extract, user_id=user)
     await chat(memory, user, "As I said, I live in Paris.", at=T0 + timedelta(days=1))
-    await facts.drain(extract)
+    await facts.drain(extract, user_id=user)
     assert await current(sessions, user) == {
         "user.home city": ("Paris", 0.96),
         "user.dog's name": ("Rex", 0.8),
@@ -121,7 +121,7 @@ async def test_worker_repeat_strengthens_change_supersedes_negation_closes(
     await chat(
         memory, user, "Big news: I moved to Berlin.", "I don't have a dog anymore.", at=T0 + timedelta(days=2)
     )
-    await facts.drain(extract)
+    await facts.drain(extract, user_id=user)
     assert await current(sessions, user) == {
         "user.home city": ("Berlin", 0.8),
         "user.dog's name": ("none", 0.8),
@@ -137,7 +137,7 @@ async def test_worker_one_row_for_a_fact_repeated_in_one_answer(
     memory: MemoryService, sessions: async_sessionmaker[AsyncSession], user: int, pipeline: ChatPipeline
 ) -> None:
     await chat(memory, user, "I work as a pilot.")
-    await worker(sessions).drain(extract_with(pipeline, "stub/facts-repeat"))
+    await worker(sessions).drain(extract_with(pipeline, "stub/facts-repeat"), user_id=user)
     assert [f.value for f in await all_versions(sessions, user)] == ["pilot"]
 
 
@@ -150,7 +150,7 @@ async def test_worker_repairs_and_retries_broken_answers(
 ) -> None:
     await chat(memory, user, "My name is Bo.")
     facts = worker(sessions)
-    await facts.drain(extract_with(pipeline, "stub/facts-broken"))
+    await facts.drain(extract_with(pipeline, "stub/facts-broken"), user_id=user)
     assert await current(sessions, user) == {"user.name": ("Bo", 0.9)}  # "90%" repaired, message 99 refused
     assert facts.stats.calls == 3 and facts.stats.invalid_answers == 0
     assert "message: 99 is not a numbered message" in stub.requests[-1]["messages"][-1]["content"]
@@ -161,7 +161,9 @@ async def test_worker_stores_nothing_from_answers_that_never_validate(
 ) -> None:
     await chat(memory, user, "My name is Cy.")
     facts = worker(sessions)
-    assert await facts.drain(extract_with(pipeline, "stub/facts-never")) == 2  # read, nothing learned
+    assert (
+        await facts.drain(extract_with(pipeline, "stub/facts-never"), user_id=user) == 2
+    )  # read, nothing learned
     assert await all_versions(sessions, user) == []
     assert facts.stats.invalid_answers == 1 and facts.stats.calls == 3
 
@@ -170,7 +172,7 @@ async def test_worker_drops_what_the_conversation_never_said(
     memory: MemoryService, sessions: async_sessionmaker[AsyncSession], user: int, pipeline: ChatPipeline
 ) -> None:
     await chat(memory, user, "My name is Di.")
-    await worker(sessions).drain(extract_with(pipeline, "stub/facts-invent"))
+    await worker(sessions).drain(extract_with(pipeline, "stub/facts-invent"), user_id=user)
     assert await current(sessions, user) == {"user.name": ("Di", 0.8)}
 
 
@@ -178,10 +180,10 @@ async def test_worker_backend_down_leaves_the_batch_for_later(
     memory: MemoryService, sessions: async_sessionmaker[AsyncSession], user: int, pipeline: ChatPipeline
 ) -> None:
     await chat(memory, user, "My name is Eve.")
-    assert await worker(sessions).drain(extract_with(pipeline, "dead/x")) == 0
+    assert await worker(sessions).drain(extract_with(pipeline, "dead/x"), user_id=user) == 0
     assert await all_versions(sessions, user) == []
     restarted = worker(sessions)  # a new process finds the work from the database
-    assert await restarted.drain(extract_with(pipeline, "stub/facts-valid")) == 2
+    assert await restarted.drain(extract_with(pipeline, "stub/facts-valid"), user_id=user) == 2
     assert await current(sessions, user) == {"user.name": ("Eve", 0.8)}
 
 
@@ -192,11 +194,11 @@ async def test_correction_wins_over_an_older_inference(
     stated = await book.state(user, Statement("user", "identity", "name", "Anne", "The user's name is Anne."))
     assert stated["origin"] == "correction" and stated["confidence"] == 1.0
     await chat(memory, user, "My name is Anna.", at=T0)  # said before the correction was made
-    await worker(sessions).drain(extract_with(pipeline, "stub/facts-valid"))
+    await worker(sessions).drain(extract_with(pipeline, "stub/facts-valid"), user_id=user)
     assert await current(sessions, user) == {"user.name": ("Anne", 1.0)}
     later = datetime.now(UTC) + timedelta(minutes=1)
     await chat(memory, user, "Call me Annie from now on.", at=later)
-    await worker(sessions).drain(extract_with(pipeline, "stub/facts-valid"))
+    await worker(sessions).drain(extract_with(pipeline, "stub/facts-valid"), user_id=user)
     assert await current(sessions, user) == {"user.name": ("Annie", 0.8)}
 
 
@@ -205,9 +207,9 @@ async def test_deleting_a_conversation_removes_facts_only_it_supported(
 ) -> None:
     extract, facts = extract_with(pipeline, "stub/facts-valid"), worker(sessions)
     first = await chat(memory, user, "I live in Paris. I work as a baker.")
-    await facts.drain(extract)
+    await facts.drain(extract, user_id=user)
     second = await chat(memory, user, "I work as a baker.", "I moved to Lyon.", at=T0 + timedelta(days=1))
-    await facts.drain(extract)
+    await facts.drain(extract, user_id=user)
     await memory.archive.delete(user, second)  # Lyon goes; Paris is current again; baker keeps a source
     assert await current(sessions, user) == {"user.home city": ("Paris", 0.8), "user.job": ("baker", 0.96)}
     [baker] = await FactBook(sessions).find(user, {"q": "baker"}, limit=5, offset=0)
@@ -223,7 +225,8 @@ async def test_facts_and_relationships_stay_with_their_key(
         other, _ = await create_key(s, "other-user")
     await chat(memory, user, "My name is Fay.", persona="aria")
     await chat(memory, other, "My name is Gus.", persona="aria")
-    await worker(sessions).drain(extract_with(pipeline, "stub/facts-valid"))
+    for who in (user, other):
+        await worker(sessions).drain(extract_with(pipeline, "stub/facts-valid"), user_id=who)
     assert await current(sessions, user) == {"user.name": ("Fay", 0.8)}
     assert await current(sessions, other) == {"user.name": ("Gus", 0.8)}
     book = FactBook(sessions)

@@ -66,9 +66,12 @@ class Anima:
         )
         await self.app.state.pipeline.memory.settle()
 
-    async def learn(self) -> int:
+    async def learn(self, *keys: str) -> int:
+        """Read the unread messages of these keys' users now."""
         worker: FactWorker = self.app.state.facts
-        return await worker.drain(extractor(self.app.state.pipeline, self.settings))
+        users = [await self.app.state.users.identify(key) for key in keys]
+        extract = extractor(self.app.state.pipeline, self.settings)
+        return sum([await worker.drain(extract, user_id=user.id) for user in users])
 
 
 @asynccontextmanager
@@ -139,7 +142,7 @@ async def test_facts_reach_the_prompt_after_the_system_messages_current_only(
     key = await new_key(sessions, "facts-prompt")
     await anima.say(key, "Hi! My name is Anna and I live in Paris.", "c1")
     assert facts_block(stub.requests[-1]) is None  # nothing known yet
-    assert await anima.learn() == 2
+    assert await anima.learn(key) == 2
     await anima.say(key, "What's new?", "c1")
     first = stub.requests[-1]["messages"]
     assert [m["role"] for m in first[:4]] == ["system", "system", "system", "user"]
@@ -160,7 +163,7 @@ async def test_facts_reach_the_prompt_after_the_system_messages_current_only(
             },
         )
     assert created.status_code == 201 and created.json()["origin"] == "correction"
-    await anima.learn()  # the two turns above: 2 more interactions
+    await anima.learn(key)  # the two turns above: 2 more interactions
     await anima.say(key, "Hello again.", "c1")
     block = stub.requests[-1]["messages"][2]["content"]
     assert "Berlin" in block and "Paris" not in block and block.count("Anna") == 1
@@ -172,7 +175,7 @@ async def test_facts_api_lists_filters_searches_edits_and_deletes(
 ) -> None:
     key = await new_key(sessions, "facts-api")
     await anima.say(key, "My name is Bo. My sister Cleo is a pilot.", "c2")
-    await anima.learn()
+    await anima.learn(key)
     async with anima.client(key) as api:
         listed = (await api.get("/users/me/facts")).json()["data"]
         assert sorted(f["statement"] for f in listed) == [
@@ -214,7 +217,7 @@ async def test_relationships_listed_and_settable(
 ) -> None:
     key = await new_key(sessions, "facts-rel")
     await anima.say(key, "Hello there.", "c3")
-    await anima.learn()
+    await anima.learn(key)
     async with anima.client(key) as api:
         [rel] = (await api.get("/users/me/relationships")).json()["data"]
         assert (rel["persona"], rel["stage"], rel["interactions"], rel["set_by_user"]) == (
@@ -241,7 +244,7 @@ async def test_facts_are_per_key_exported_and_erased(
     alice, bob = await new_key(sessions, "facts-alice"), await new_key(sessions, "facts-bob")
     await anima.say(alice, "My name is Alice.", "same-id")
     await anima.say(bob, "My name is Bob.", "same-id")
-    await anima.learn()
+    await anima.learn(alice, bob)
     async with anima.client(alice) as a, anima.client(bob) as b:
         [mine] = (await a.get("/users/me/facts")).json()["data"]
         [theirs] = (await b.get("/users/me/facts")).json()["data"]

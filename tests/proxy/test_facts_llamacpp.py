@@ -41,7 +41,7 @@ async def test_smollm2_extraction_stores_only_valid_grounded_facts(
         key = await new_key(sessions, "smollm2-facts")
         await anima.say(key, "Hi, my name is Anna and I live in Paris.", "s1")
         await anima.say(key, "My sister Maria is a nurse. I have a dog named Rex.", "s1")
-        assert await anima.learn() == 4  # two turns read, whatever the model made of them
+        assert await anima.learn(key) == 4  # two turns read, whatever the model made of them
         worker = anima.app.state.facts
         assert worker.stats.calls >= 1 and worker.stats.prompt_tokens > 0
     async with sessions() as s:
