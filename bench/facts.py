@@ -29,20 +29,22 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from memory import fact_store
 from memory.archive import Archive, Incoming
-from memory.budget import TokenCounter
+from memory.budget import Budget, Shares, TokenCounter
 from memory.db import EmbeddedPostgres, make_engine, make_sessionmaker, upgrade_schema
 from memory.fact_store import Scope
 from memory.fact_worker import Completion, FactConfig, FactWorker
 from memory.facts import normal, ranked
 from memory.models import FactRow
 from memory.recall import Fusion
+from memory.types import SessionKey, Thread
 from memory.users import create_key
 from memory.window import WorkingMemory
 from personas.knowing import facts_text
+from proxy.knowledge import Knowledge
 
 NAMES = ["Anna", "Ben", "Chloe", "Dev", "Ema", "Finn", "Gia", "Hugo", "Ines", "Jon"]
 CITIES = ["Paris", "Berlin", "Lyon", "Porto", "Oslo", "Turin", "Ghent", "Cork"]
@@ -177,6 +179,8 @@ def truth(sessions: list[list[tuple[str, list[Label]]]]) -> dict[tuple[str, str,
     return final
 
 
+READS = 20
+WINDOWS = (1024, 2048, 8192)
 LINE = re.compile(r'^\[(\d+)\] user: (".*")$', re.M)
 
 
@@ -213,11 +217,11 @@ async def run(url: str, users: int, batch: int, seed: int) -> dict[str, float]:
         plan = script(rng)
         for day, session in enumerate(plan):
             messages = []
-            for i, (text, labels) in enumerate(session):
-                oracle.labels.setdefault(text, labels)
+            for i, (said, labels) in enumerate(session):
+                oracle.labels.setdefault(said, labels)
                 at = start + timedelta(days=3 * day, minutes=2 * i)
                 messages += [
-                    Incoming("user", text, created_at=at),
+                    Incoming("user", said, created_at=at),
                     Incoming("assistant", "I see!", created_at=at),
                 ]
                 turns += 1
@@ -228,27 +232,40 @@ async def run(url: str, users: int, batch: int, seed: int) -> dict[str, float]:
     elapsed = time.perf_counter() - began
     figures = {"tokens_per_turn": oracle.tokens / turns, "calls_per_turn": worker.stats.calls / turns}
     figures["worker_ms_per_turn"] = elapsed * 1000 / turns
-    for window in (4096, 8192):
-        found = [await _block(sessions, counter, uid, final, int(window * 0.05)) for uid, final in people]
+    for window in WINDOWS:
+        found = [await _block(sessions, counter, uid, final, window, 0.05) for uid, final in people]
         total = sum(len(final) for _, final in people)
         figures[f"current_{window}"] = sum(f[0] for f in found) / total
         figures[f"stale_{window}"] = sum(f[1] for f in found)
         figures[f"duplicates_{window}"] = sum(f[2] for f in found)
-        figures[f"read_ms_{window}"] = statistics.median(f[3] for f in found)
+        figures[f"read_{window}"] = statistics.median(f[3] for f in found)
     await engine.dispose()
     return figures
 
 
 async def _block(
-    sessions: Any, counter: TokenCounter, user_id: int, final: dict[Any, str], budget: int
+    sessions: Any, counter: TokenCounter, user_id: int, final: dict[Any, str], window: int, share: float
 ) -> tuple[int, int, int, float]:
-    """(current facts in the block, stale ones, duplicated slots, ms to read) for one user."""
-    began = time.perf_counter()
+    """(current facts in the block, stale ones, duplicated slots, read time / a bare round trip)."""
+    budget = int(window * share)
     async with sessions() as s:
         found = await fact_store.current(s, Scope(user_id))
     order = ranked(found, persona_id=None, conversation_id=None)
     _, fitted = facts_text([f.statement for f in order], counter, budget)
-    read_ms = (time.perf_counter() - began) * 1000
+    knowledge, session = Knowledge(sessions, counter, share=share), SessionKey(user_id)
+    thread = Thread(0, "", created=False, kind="turn", anchor_id=None, path=(), new=())
+    times, baseline = [], []
+    for _ in range(READS):  # the request path's read (query, rank, fit) next to a bare round trip
+        began = time.perf_counter()
+        await knowledge.blocks(
+            knowledge.read(session, thread, None), None, Budget.for_model(window, None, Shares())
+        )
+        times.append((time.perf_counter() - began) * 1000)
+        began = time.perf_counter()
+        async with sessions() as s:
+            await s.execute(text("SELECT 1"))
+        baseline.append((time.perf_counter() - began) * 1000)
+    read_ms = statistics.median(times) / statistics.median(baseline)
     async with sessions() as s:
         rows = {r.id: r for r in await s.scalars(select(FactRow).where(FactRow.user_id == user_id))}
     slots = [
@@ -276,20 +293,20 @@ def main() -> None:
     print(
         f"{args.users} users x 4 sessions, 21 user turns each; oracle extractor; facts share 5% of the window"
     )
-    print(
-        "batch  tokens/turn  calls/turn  current@4k  stale@4k  dup@4k  current@8k  stale@8k  dup@8k  read ms"
-    )
+    head = "".join(f"  current@{w // 1024}k  stale  dup" for w in WINDOWS)
+    print(f"batch  tokens/turn  calls/turn{head}  read/round-trip")
     for b, f in results.items():
+        cells = "".join(
+            f"  {f[f'current_{w}']:10.0%}  {f[f'stale_{w}']:5.0f}  {f[f'duplicates_{w}']:3.0f}"
+            for w in WINDOWS
+        )
         print(
-            f"{b:5d}  {f['tokens_per_turn']:11.0f}  {f['calls_per_turn']:10.2f}  {f['current_4096']:10.0%}"
-            f"  {f['stale_4096']:8.0f}  {f['duplicates_4096']:6.0f}  {f['current_8192']:10.0%}"
-            f"  {f['stale_8192']:8.0f}  {f['duplicates_8192']:6.0f}  {f['read_ms_8192']:7.2f}"
+            f"{b:5d}  {f['tokens_per_turn']:11.0f}  {f['calls_per_turn']:10.2f}{cells}"
+            f"  {f['read_8192']:14.2f}x"
         )
     base = results[2]["tokens_per_turn"]
-    print(
-        "tokens/turn vs batch 2: "
-        + ", ".join(f"batch {b}: {f['tokens_per_turn'] / base:.2f}x" for b, f in results.items())
-    )
+    ratios = ", ".join(f"batch {b}: {f['tokens_per_turn'] / base:.2f}x" for b, f in results.items())
+    print(f"tokens/turn vs batch 2: {ratios}")
 
 
 if __name__ == "__main__":

@@ -218,6 +218,10 @@ class FactWorker:
             opened = await fact_store.apply(s, batch.scope, reconcile(known, candidates))
             await self._relate(s, batch)
             await s.execute(update(MessageRow).where(MessageRow.id.in_(unread)).values(facts_done=True))
+        log.info(
+            "facts: conversation %d, %d message(s) read, %d candidate(s), %d fact(s) opened",
+            batch.scope.conversation_id, len(unread), len(candidates), len(opened),
+        )  # fmt: skip
         self.stats.batches += 1
         self.stats.opened += len(opened)
         self.stats.messages += len(unread)

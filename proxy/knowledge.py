@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,7 +19,8 @@ from memory import fact_store
 from memory.budget import Budget, TokenCounter
 from memory.fact_store import Scope
 from memory.fact_worker import Completion, Extract, FactConfig, FactWorker, NoModel
-from memory.facts import ranked
+from memory.facts import Current, ranked
+from memory.models import RelationshipRow
 from memory.types import SessionKey, Thread
 from personas.knowing import current_stage, facts_text, relationship_text
 from personas.store import Resolved
@@ -31,9 +33,19 @@ log = logging.getLogger("anima.knowledge")
 OFF = "off"
 
 
+@dataclass(frozen=True, slots=True)
+class Known:
+    """What the database holds about the user for one turn (read while recall runs)."""
+
+    scope: Scope
+    facts: list[Current]
+    relationship: RelationshipRow | None
+
+
 class Knowledge:
-    """The prompt's "what you know about the user" part: one read under a deadline; a miss leaves
-    it out, never fails the turn."""
+    """The prompt's "what you know about the user" part: one read started right after recognition
+    (it runs alongside recall), rendered once the budget is known; a miss leaves it out, never fails
+    the turn."""
 
     def __init__(
         self,
@@ -45,25 +57,33 @@ class Knowledge:
     ) -> None:
         self._sessions, self._counter, self.share, self.deadline_s = sessions, counter, share, deadline_s
 
-    async def blocks(
-        self, session: SessionKey, thread: Thread, persona: Resolved | None, budget: Budget
-    ) -> tuple[str, ...]:
+    def read(self, session: SessionKey, thread: Thread, persona: Resolved | None) -> asyncio.Future[Known]:
         scope = Scope(
             session.user_id, session.end_user, persona.id if persona else None, thread.conversation_id or None
         )
-        try:
-            async with asyncio.timeout(self.deadline_s), self._sessions() as s:
+        ladder = persona is not None and bool(persona.persona.relationship)
+
+        async def fetch() -> Known:
+            async with self._sessions() as s:
                 found = await fact_store.current(s, scope)
-                rel = (
-                    await fact_store.relationship(s, scope)
-                    if persona and persona.persona.relationship
-                    else None
-                )
+                rel = await fact_store.relationship(s, scope) if ladder else None
+            return Known(scope, found, rel)
+
+        return asyncio.ensure_future(fetch())
+
+    async def blocks(
+        self, reading: asyncio.Future[Known], persona: Resolved | None, budget: Budget
+    ) -> tuple[str, ...]:
+        try:
+            async with asyncio.timeout(self.deadline_s):
+                known = await reading
         except Exception as exc:
-            log.warning("facts unavailable for this turn: %s", exc)
+            reading.cancel()
+            log.warning("facts unavailable for this turn: %s", exc or type(exc).__name__)
             return ()
         out = []
         if persona is not None and persona.persona.relationship:
+            rel = known.relationship
             stage = current_stage(
                 persona.persona,
                 pinned=rel.stage if rel else None,
@@ -74,7 +94,8 @@ class Knowledge:
             )
             if stage is not None:
                 out.append(relationship_text(persona.persona, stage))
-        order = ranked(found, persona_id=scope.persona_id, conversation_id=scope.conversation_id)
+        scope = known.scope
+        order = ranked(known.facts, persona_id=scope.persona_id, conversation_id=scope.conversation_id)
         text, _ = facts_text([f.statement for f in order], self._counter, int(budget.window * self.share))
         if text:
             out.append(text)

@@ -261,6 +261,7 @@ class ChatPipeline:
                 indexing.cancel()
             log.warning("memory unavailable, answering from the client's messages: %s", exc)
             return None
+        knowing = self.knowledge.read(session, thread, persona) if self.knowledge else None  # issue 17
         if thread.kind == "quiet" and feeling is not None:  # not the user speaking: nothing to read
             feeling.cancel()
             feeling = None
@@ -280,9 +281,7 @@ class ChatPipeline:
         indexed = await self._indexed(indexing)
         outgoing = with_persona(await self._fit_card(messages, indexed, persona, budget, embedding), persona)
         embedding.cancel()  # unless recall or the card used it
-        known = (
-            await self.knowledge.blocks(session, thread, persona, budget) if self.knowledge else ()
-        )  # issue 17
+        known = await self.knowledge.blocks(knowing, persona, budget) if self.knowledge and knowing else ()
         try:
             prompt = assemble_prompt(
                 dataclasses.replace(
