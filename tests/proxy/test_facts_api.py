@@ -90,7 +90,7 @@ async def running(
         backends=backends,
         models=routes,
         memory=MemorySettings(
-            enabled=True, facts_enabled=True, facts_min_user_messages=1000, facts_settle_s=3600, **memory
+            enabled=True, facts_enabled=True, facts_min_user_messages=1000, facts_settle_s=1e9, **memory
         ),
         personas=PersonaSettings(folder=folder, examples=False, reload_s=0),
         retries=0,
@@ -129,6 +129,11 @@ async def new_key(sessions: async_sessionmaker[AsyncSession], name: str) -> str:
         return (await create_key(s, name))[1]
 
 
+def chats(stub: StubState) -> list[dict[str, Any]]:
+    """What the upstream received for chat turns (not extraction calls)."""
+    return [r for r in stub.requests if r["model"] == "echo"]
+
+
 def facts_block(request: dict[str, Any]) -> str | None:
     """The system message right after the client's system messages, if it is the knowledge block."""
     messages = request["messages"]
@@ -141,17 +146,17 @@ async def test_facts_reach_the_prompt_after_the_system_messages_current_only(
 ) -> None:
     key = await new_key(sessions, "facts-prompt")
     await anima.say(key, "Hi! My name is Anna and I live in Paris.", "c1")
-    assert facts_block(stub.requests[-1]) is None  # nothing known yet
+    assert facts_block(chats(stub)[-1]) is None  # nothing known yet
     assert await anima.learn(key) == 2
     await anima.say(key, "What's new?", "c1")
-    first = stub.requests[-1]["messages"]
+    first = chats(stub)[-1]["messages"]
     assert [m["role"] for m in first[:4]] == ["system", "system", "system", "user"]
     assert "Mira" in first[0]["content"] and first[1]["content"] == "Be kind."  # then what Mira knows
     block = first[2]["content"]
     assert block.startswith("Your relationship with the user: stranger.")
     assert '"The user\'s name is Anna."' in block and '"The user lives in Paris."' in block
     await anima.say(key, "And another thing.", "c1")
-    assert stub.requests[-1]["messages"][:3] == first[:3]  # unchanged facts: the prefix stays the same
+    assert chats(stub)[-1]["messages"][:3] == first[:3]  # unchanged facts: the prefix stays the same
     async with anima.client(key) as api:
         created = await api.post(
             "/users/me/facts",
@@ -165,7 +170,7 @@ async def test_facts_reach_the_prompt_after_the_system_messages_current_only(
     assert created.status_code == 201 and created.json()["origin"] == "correction"
     await anima.learn(key)  # the two turns above: 2 more interactions
     await anima.say(key, "Hello again.", "c1")
-    block = stub.requests[-1]["messages"][2]["content"]
+    block = chats(stub)[-1]["messages"][2]["content"]
     assert "Berlin" in block and "Paris" not in block and block.count("Anna") == 1
     assert block.startswith("Your relationship with the user: friend. Be warm and familiar")
 
@@ -232,7 +237,7 @@ async def test_relationships_listed_and_settable(
         assert (await api.put("/users/me/relationships/mira", json={"stage": "lover"})).status_code == 400
         assert (await api.put("/users/me/relationships/nobody", json={"stage": "friend"})).status_code == 404
     await anima.say(key, "Hi!", "c3")
-    assert stub.requests[-1]["messages"][2]["content"].startswith("Your relationship with the user: friend.")
+    assert chats(stub)[-1]["messages"][2]["content"].startswith("Your relationship with the user: friend.")
     async with anima.client(key) as api:
         back = (await api.put("/users/me/relationships/mira", json={"stage": None})).json()
     assert back["stage"] == "stranger" and back["set_by_user"] is False
@@ -257,4 +262,4 @@ async def test_facts_are_per_key_exported_and_erased(
         assert (await a.delete("/users/me")).status_code == 200
         assert (await b.get("/users/me/facts")).json()["data"] != []
     await anima.say(bob, "Hi again.", "same-id")
-    assert "Alice" not in str(stub.requests[-1]["messages"])
+    assert "Alice" not in str(chats(stub)[-1]["messages"])
