@@ -52,6 +52,7 @@ class Shares:
     recall: float = 0.25
     history: float = 0.35
     reply: float = 0.20
+    facts: float = 0.05  # what the persona knows about the user (issue 17); counted as fixed once fitted
 
 
 @dataclass(frozen=True, slots=True)

@@ -154,6 +154,7 @@ class MessageRow(Base):
         Index("ix_message_conversation", "conversation_id", "id"),
         Index("ix_message_search", "search", postgresql_using="gin"),
         Index("ix_message_unembedded", "id", postgresql_where=text("NOT embedded")),
+        Index("ix_message_facts_pending", "conversation_id", "id", postgresql_where=text("NOT facts_done")),
     )
     id: Mapped[int] = _id()
     conversation_id: Mapped[int] = mapped_column(
@@ -177,6 +178,7 @@ class MessageRow(Base):
     status: Mapped[str] = mapped_column(String(16), server_default="complete")  # complete | partial
     meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONB)
     embedded: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    facts_done: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))  # read by the fact worker
     created_at: Mapped[datetime] = _created()
     search: Mapped[Any] = mapped_column(
         TSVECTOR,
@@ -248,3 +250,82 @@ class TurnContext(Base):
     persona: Mapped[dict[str, Any] | None] = mapped_column(JSONB)  # {"name", "version"} that answered
     turn_id: Mapped[str | None] = mapped_column(String(36), unique=True)  # idempotent journal replays
     created_at: Mapped[datetime] = _created()
+
+
+class FactRow(Base):
+    """Something a conversation established about the user, the character or a named third party.
+
+    Versions are never overwritten: a changed fact closes the old row (`valid_to`, `superseded_by`)
+    and opens a new one. `attribute` names the slot a value fills ("home city", "sister's job"), so a
+    new value for the same slot is a change and the same value is a repeat (memory/facts.py).
+    """
+
+    __tablename__ = "fact"
+    __table_args__ = (
+        Index(
+            "ix_fact_current",
+            "user_id",
+            "end_user",
+            "subject",
+            "attribute",
+            postgresql_where=text("valid_to IS NULL"),
+        ),
+    )
+    id: Mapped[int] = _id()
+    user_id: Mapped[int] = _owner()
+    end_user: Mapped[str] = mapped_column(String(200), server_default="")
+    persona_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("persona.id", ondelete="SET NULL"), index=True
+    )
+    conversation_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("conversation.id", ondelete="SET NULL"), index=True
+    )
+    subject: Mapped[str] = mapped_column(String(16))  # user | character | other
+    subject_name: Mapped[str | None] = mapped_column(String(200))  # the third party (or character) named
+    kind: Mapped[str] = mapped_column(String(32))
+    attribute: Mapped[str] = mapped_column(String(200))
+    value: Mapped[str] = mapped_column(Text)
+    statement: Mapped[str] = mapped_column(Text)
+    confidence: Mapped[float] = mapped_column(Float)
+    origin: Mapped[str] = mapped_column(String(16))  # inference | correction
+    valid_from: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    valid_to: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    superseded_by: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("fact.id", ondelete="SET NULL"), index=True
+    )
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class FactSource(Base):
+    """A message that supports a fact. When a fact's last source is deleted, a trigger deletes the fact
+    (and reopens the version it had superseded): facts only deleted messages supported do not outlive them.
+    Facts the user stated through the API have no sources and are never removed that way."""
+
+    __tablename__ = "fact_source"
+    fact_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("fact.id", ondelete="CASCADE"), primary_key=True
+    )
+    message_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("message.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    user_id: Mapped[int] = _owner()
+
+
+class RelationshipRow(Base):
+    """How the user stands with one persona: interactions, emotional trend (`score`, -1..1), and the
+    stage the user set (NULL: the persona's ladder decides from the numbers, personas/relationship.py)."""
+
+    __tablename__ = "relationship"
+    __table_args__ = (UniqueConstraint("user_id", "end_user", "persona_id"),)
+    id: Mapped[int] = _id()
+    user_id: Mapped[int] = _owner()
+    end_user: Mapped[str] = mapped_column(String(200), server_default="")
+    persona_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("persona.id", ondelete="CASCADE"), index=True
+    )
+    stage: Mapped[str | None] = mapped_column(String(64))
+    score: Mapped[float] = mapped_column(Float, server_default="0")
+    interactions: Mapped[int] = mapped_column(Integer, server_default="0")
+    first_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -2,7 +2,8 @@
 
 The export streams conversation by conversation (a long-time user's history can be large) and holds
 what Anima keeps about them: conversations with every message (emotion, importance, metadata),
-summaries and the prompts assembled for each turn, and their own personas with every version.
+summaries and the prompts assembled for each turn, their own personas with every version, every
+version of every fact known about them (with its source messages) and their relationships.
 Embeddings are left out (derived data, 384 floats per chunk); they are rebuilt from the text.
 """
 
@@ -19,9 +20,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from memory.models import (
     AppUser,
     ConversationRow,
+    FactRow,
+    FactSource,
     MessageRow,
     PersonaRef,
     PersonaVersionRow,
+    RelationshipRow,
     SummaryRow,
     TurnContext,
 )
@@ -32,6 +36,13 @@ _MESSAGE = (
     "id", "parent_id", "depth", "role", "name", "content", "status", "source", "emotion_label",
     "emotion_confidence", "emotion_scores", "importance", "created_at",
 )  # fmt: skip
+
+
+_FACT = (
+    "id", "end_user", "subject", "subject_name", "kind", "attribute", "value", "statement", "confidence",
+    "origin", "valid_from", "valid_to", "superseded_by", "persona_id", "conversation_id", "created_at",
+)  # fmt: skip
+_RELATIONSHIP = ("end_user", "stage", "score", "interactions", "first_at", "updated_at")
 
 
 def _row(row: Any, fields: tuple[str, ...]) -> dict[str, Any]:
@@ -109,7 +120,31 @@ async def export_user(sessions: async_sessionmaker[AsyncSession], user_id: int) 
                 "versions": [_row(v, ("version", "source", "spec", "note", "created_at")) for v in versions],
             }
             yield (b"," if i else b"") + _json(persona)
-        yield b"]}"
+        yield b'],"facts":' + _json(await _facts(s, user_id))
+        yield b',"relationships":' + _json(await _relationships(s, user_id)) + b"}"
+
+
+async def _facts(s: AsyncSession, user_id: int) -> list[dict[str, Any]]:
+    """Every version of every fact (issue 17), with the messages that support it."""
+    rows = (await s.scalars(select(FactRow).where(FactRow.user_id == user_id).order_by(FactRow.id))).all()
+    sources: dict[int, list[int]] = {}
+    for fact_id, message_id in await s.execute(
+        select(FactSource.fact_id, FactSource.message_id)
+        .where(FactSource.user_id == user_id)
+        .order_by(FactSource.message_id)
+    ):
+        sources.setdefault(fact_id, []).append(message_id)
+    return [_row(r, _FACT) | {"sources": sources.get(r.id, [])} for r in rows]
+
+
+async def _relationships(s: AsyncSession, user_id: int) -> list[dict[str, Any]]:
+    rows = await s.execute(
+        select(RelationshipRow, PersonaRef.name)
+        .join(PersonaRef, PersonaRef.id == RelationshipRow.persona_id)
+        .where(RelationshipRow.user_id == user_id)
+        .order_by(RelationshipRow.id)
+    )
+    return [_row(r, _RELATIONSHIP) | {"persona": name} for r, name in rows]
 
 
 async def erase_user(sessions: async_sessionmaker[AsyncSession], user_id: int) -> list[int]:

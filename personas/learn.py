@@ -1,26 +1,21 @@
 """Learning a persona from someone's messages: the LLM writes a JSON profile, Anima checks it.
 
-Models, small ones especially, wrap JSON in prose or code fences, leave trailing commas, use single
-quotes or answer on a 0-100 scale. `parse_profile` repairs those; what it cannot repair (a missing
-or wrong field) goes back to the model with the validation error, a bounded number of times.
+The repair, validation and bounded retries are memory/structured.py's (shared with fact extraction);
+this module owns the profile's prompt, schema and the profile → persona step.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from memory.budget import TokenCounter
+from memory.structured import Complete, StructuredError, ask, first_error, parse_object, units
 from personas.models import TRAITS, Persona, Traits, validate_persona
-
-log = logging.getLogger("anima.personas.learn")
-
-Complete = Callable[[str, dict[str, Any]], Awaitable[str]]  # (prompt, JSON schema) -> model's text
 
 
 class ProfileTraits(BaseModel):
@@ -56,12 +51,8 @@ class Profile(BaseModel):
         return [v.strip()[:100] for v in value if isinstance(v, str) and v.strip()][:30]
 
 
-class ProfileError(ValueError):
+class ProfileError(StructuredError):
     """No valid profile after every try; `attempts` holds each try's problem."""
-
-    def __init__(self, message: str, attempts: Sequence[str]) -> None:
-        super().__init__(message)
-        self.attempts = list(attempts)
 
 
 def profile_schema() -> dict[str, Any]:
@@ -122,108 +113,33 @@ def profile_prompt(name: str, messages: Sequence[str]) -> str:
     )
 
 
-def _json_object(text: str) -> str:
-    """The first balanced {...} in `text` (models add prose and code fences around it)."""
-    text = re.sub(r"```(?:json)?", "", text)
-    start = text.find("{")
-    if start < 0:
-        raise ValueError("no JSON object in the answer")
-    depth, quote, escaped = 0, "", False
-    for i in range(start, len(text)):
-        ch = text[i]
-        if quote:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == quote:
-                quote = ""
-        elif ch in "\"'":
-            quote = ch
-        elif ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start : i + 1]
-    raise ValueError("the JSON object in the answer is not closed")
-
-
-def _loads(raw: str) -> Any:
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        pass
-    fixed = raw.replace("\u201c", '"').replace("\u201d", '"').replace("\u2018", "'").replace("\u2019", "'")
-    fixed = re.sub(r",\s*([}\]])", r"\1", fixed)  # trailing commas
-    fixed = re.sub(r"\bTrue\b", "true", re.sub(r"\bFalse\b", "false", re.sub(r"\bNone\b", "null", fixed)))
-    if '"' not in fixed:  # Python-style single quotes throughout
-        fixed = fixed.replace("'", '"')
-    fixed = re.sub(r"([:\[,{]\s*)'([^'\"\\]*)'", r'\1"\2"', fixed)  # single-quoted values among double
-    fixed = re.sub(r"([{,]\s*)([A-Za-z_][\w ]*?)\s*:", r'\1"\2":', fixed)  # unquoted keys
-    try:
-        return json.loads(fixed)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from exc
-
-
-def _number(value: Any) -> Any:
-    """A number, or a numeric/percent string as one (percent → 0-1); anything else unchanged."""
-    if isinstance(value, str):
-        match = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*(%?)\s*", value)
-        if match:
-            return float(match.group(1)) / (100 if match.group(2) else 1)
-    return value
-
-
-def _units(values: dict[Any, Any]) -> dict[str, Any]:
-    """One mapping of intensities into 0-1: the largest number tells the scale (0-1, 0-10 or 0-100)."""
-    out = {str(k).strip().lower(): _number(v) for k, v in values.items()}
-    numbers = [v for v in out.values() if isinstance(v, int | float) and not isinstance(v, bool)]
-    top = max(numbers, default=0)
-    scale = 100 if top > 10 else 10 if top > 1 else 1
-    return {
-        k: round(min(1.0, max(0.0, v / scale)), 3)
-        if isinstance(v, int | float) and not isinstance(v, bool)
-        else v
-        for k, v in out.items()
-    }
-
-
 def parse_profile(text: str) -> Profile:
     """The model's answer as a valid Profile, repaired where that is safe; ValueError names the problem."""
-    data = _loads(_json_object(text))
-    if not isinstance(data, dict):
-        raise ValueError("the answer is not a JSON object")
+    data = parse_object(text)
     for key in ("traits", "extra_traits"):
         if isinstance(data.get(key), dict):
-            data[key] = _units(data[key])
+            data[key] = units(data[key])
     if isinstance(data.get("interests"), str):
         data["interests"] = [s.strip() for s in data["interests"].split(",")]
     try:
         return Profile.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ValueError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from exc
+        raise ValueError(first_error(exc)) from exc
 
 
 async def learn_profile(complete: Complete, name: str, messages: Sequence[str], *, tries: int = 3) -> Profile:
     """Ask, check, and ask again with the error; at most `tries` model calls."""
-    prompt = profile_prompt(name, messages)
-    problems: list[str] = []
-    ask = prompt
-    for attempt in range(1, tries + 1):
-        answer = await complete(ask, profile_schema())
-        try:
-            return parse_profile(answer)
-        except ValueError as exc:
-            problems.append(str(exc))
-            log.info("profile try %d of %d was invalid: %s", attempt, tries, exc)
-            ask = (
-                f"{prompt}\n\nYour previous answer could not be used: {exc}. Answer again with one JSON"
-                " object with all the keys above and nothing else."
-            )
-    raise ProfileError(f"no valid profile after {tries} tries: {problems[-1]}", problems)
+    try:
+        return await ask(
+            complete,
+            profile_prompt(name, messages),
+            profile_schema(),
+            parse_profile,
+            tries=tries,
+            what="profile",
+        )
+    except StructuredError as exc:
+        raise ProfileError(str(exc), exc.attempts) from exc
 
 
 def profile_persona(name: str, profile: Profile, base: Persona | None = None) -> Persona:

@@ -50,6 +50,18 @@ class Example(BaseModel):
     assistant: str = Field(min_length=1, max_length=4000)
 
 
+class Stage(BaseModel):
+    """One rung of a persona's relationship ladder: reached once every threshold is met (issue 17)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    name: str = Field(min_length=1, max_length=64, description="e.g. stranger, acquaintance, friend")
+    behaviour: str = Field(default="", max_length=1000, description="how the persona acts at this stage")
+    min_interactions: int = Field(default=0, ge=0, description="user messages exchanged with this persona")
+    min_days: float = Field(default=0, ge=0, description="days since the first interaction")
+    min_score: float = Field(default=-1.0, ge=-1, le=1, description="emotional trend of the user's messages")
+
+
 class Persona(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
@@ -65,6 +77,17 @@ class Persona(BaseModel):
     mood_patterns: str = Field(default="", max_length=2000, description="typical moods (learned profiles)")
     instructions: str = Field(default="", max_length=8000, description="extra rules, rendered verbatim")
     emotion: bool = Field(default=True, description="run the emotion step for this persona's chats")
+    relationship: list[Stage] = Field(
+        default_factory=list, max_length=12, description="relationship ladder, lowest stage first; none: off"
+    )
+
+    @field_validator("relationship")
+    @classmethod
+    def _distinct_stages(cls, value: list[Stage]) -> list[Stage]:
+        names = [s.name.casefold() for s in value]
+        if len(set(names)) != len(names):
+            raise ValueError("relationship stage names must be distinct")
+        return value
 
     @field_validator("extra_traits")
     @classmethod

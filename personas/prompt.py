@@ -54,6 +54,7 @@ class PromptParts:
     summaries: Sequence[Summary] = ()
     volatile: Sequence[str] = field(default=())  # extra per-turn context (emotion)
     thread: Thread | None = None  # where the request sits in memory (cut accounting)
+    facts: Sequence[str] = field(default=())  # issue 17: what the persona knows (stable; after the system)
 
 
 def _as_message(stored: StoredMessage) -> Message:
@@ -111,6 +112,7 @@ def assemble_prompt(parts: PromptParts, budget: Budget, counter: TokenCounter) -
     when it fits (memory gets what is left), else cut oldest first with memory's shares kept for recall
     and a summary of what was cut."""
     fixed = sum(counter.message(m.content) for m in (*parts.system, *parts.trailing))
+    fixed += counter.message("\n\n".join(parts.facts)) if parts.facts else 0  # issue 17: with the system
     newest = counter.message(parts.newest.content) if parts.newest else 0
     volatile = counter.message("\n".join(parts.volatile)) if parts.volatile else 0
     body_costs = [cost(m, counter) for m in parts.body]
@@ -240,6 +242,9 @@ def _layout(
     counter: TokenCounter,
 ) -> tuple[Message, ...]:
     messages: list[Message] = list(parts.system)
+    if parts.facts:  # issue 17: stable, so right after the system messages (prefix caches survive)
+        messages.append(Message("system", "\n\n".join(parts.facts)))
+        tokens["facts"] = counter.message(messages[-1].content)
     if summaries:
         text = "\n".join([SUMMARY_PREAMBLE, *(json.dumps(s.content, ensure_ascii=False) for s in summaries)])
         messages.append(Message("system", text))

@@ -38,6 +38,7 @@ from personas.client_card import CardIndex
 from personas.store import PersonaStore
 from proxy.backends.registry import Registry, build_backends
 from proxy.errors import install_error_handlers
+from proxy.knowledge import Knowledge, start_facts
 from proxy.limits import RateLimiter
 from proxy.middleware import BodyLimit, CollapseSlashes, JsonBodies
 from proxy.pipeline import BudgetPolicy, ChatPipeline, RetryPolicy
@@ -330,13 +331,16 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             memory=built.memory,
             emotion=built.emotion,
             budget=BudgetPolicy(
-                shares=Shares(m.share_persona, m.share_recall, m.share_history, m.share_reply),
+                shares=Shares(m.share_persona, m.share_recall, m.share_history, m.share_reply, m.share_facts),
                 default_window=m.default_context_window,
             ),
             personas=built.personas,
             cards=built.cards,
             default_persona=settings.personas.default,
             log_content=settings.log_content,
+            knowledge=Knowledge(built.memory.sessions, built.tokens, share=m.share_facts)
+            if built.memory is not None and m.facts_enabled
+            else None,  # issue 17
         )
         app.state.settings, app.state.pipeline, app.state.users = settings, pipeline, built.users
         if owned:
@@ -352,6 +356,9 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             settings.limits.requests_per_minute, settings.limits.tokens_per_minute
         )
         tasks = start_workers(built.memory, pipeline, settings)
+        facts = start_facts(pipeline, settings)  # issue 17: the fact worker
+        app.state.facts = facts[0] if facts else None
+        tasks += [facts[1]] if facts else []
         if built.personas is not None and settings.personas.reload_s > 0:
             tasks.append(
                 asyncio.get_running_loop().create_task(built.personas.watch(settings.personas.reload_s))

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -25,11 +25,14 @@ from memory.service import MemoryService
 from memory.types import Message, Part, SessionKey, ToolCall, TurnRecord
 from personas.client_card import CardIndex
 from personas.store import PersonaStore, Resolved
-from proxy.backends.base import BackendRequest, Delta, Tool
+from proxy.backends.base import BackendRequest, Delta, TokenUsage, Tool
 from proxy.backends.registry import Registry, Route
 from proxy.errors import BackendError, PersonaNotFound, ProxyError
 from proxy.protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice, ResponseFormat
 from proxy.turn import MemoryTurn, PersonaUse, TurnBuilder, TurnRequest
+
+if TYPE_CHECKING:
+    from proxy.knowledge import Knowledge  # issue 17
 
 log = logging.getLogger("anima.pipeline")
 
@@ -90,6 +93,7 @@ class ChatPipeline:
         cards: CardIndex | None = None,
         default_persona: str | None = None,
         log_content: bool = False,
+        knowledge: Knowledge | None = None,  # issue 17
     ) -> None:
         self.registry = registry
         self.tokens = tokens
@@ -99,8 +103,11 @@ class ChatPipeline:
         self.budget = budget or BudgetPolicy()
         self.personas, self.cards, self.default_persona = personas, cards, default_persona
         self.log_content = log_content
+        self.knowledge = knowledge  # issue 17: what personas know about the user
         self._windows: dict[tuple[str, str], int | None] = {}
-        self.turns = TurnBuilder(tokens, self.budget.shares, memory=memory, emotion=emotion, cards=cards)
+        self.turns = TurnBuilder(
+            tokens, self.budget.shares, memory=memory, emotion=emotion, cards=cards, knowledge=knowledge
+        )
 
     async def prepare(
         self, body: ChatCompletionRequest, session: SessionKey | None = None, *, persona: str | None = None
@@ -199,6 +206,12 @@ class ChatPipeline:
         self, model: str, prompt: str, *, max_tokens: int = 400, json_schema: dict[str, Any] | None = None
     ) -> str:
         """One plain completion (no memory, no persona): summaries, and profiles (with a JSON schema)."""
+        return (await self.complete(model, prompt, max_tokens=max_tokens, json_schema=json_schema))[0]
+
+    async def complete(
+        self, model: str, prompt: str, *, max_tokens: int = 400, json_schema: dict[str, Any] | None = None
+    ) -> tuple[str, TokenUsage | None]:
+        """`complete_text` with the backend's token usage (issue 17: extraction cost is measured)."""
         body = ChatCompletionRequest(
             model=model,
             messages=[ChatMessage(role="user", content=prompt)],
@@ -209,7 +222,11 @@ class ChatPipeline:
             else None,
         )
         _, _, deltas = await self._open(self.registry.resolve(model), (Message("user", prompt),), body)
-        return "".join([delta.text async for delta in deltas])
+        text, usage = [], None
+        async for delta in deltas:
+            text.append(delta.text)
+            usage = delta.usage or usage
+        return "".join(text), usage
 
     def finish(
         self, chat: PreparedChat, reply: str, *, complete: bool, tool_calls: tuple[ToolCall, ...] = ()

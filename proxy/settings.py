@@ -112,6 +112,18 @@ class MemorySettings(BaseModel):
     summary_model: str | None = Field(default=None, description="summariser (default: the chat's model)")
     summary_min_messages: int = Field(default=8, ge=2, description="cut messages needed before summarising")
     embed_batch: int = Field(default=32, ge=1, description="embedding worker batch size")
+    share_facts: float = Field(default=0.05, ge=0, le=1, description="budget share: facts about the user")
+    facts_enabled: bool = Field(default=True, description="learn facts and relationships from chats")
+    facts_model: str | None = Field(
+        default=None, description="model that extracts facts (unset: the chat's; 'off': no extraction)"
+    )
+    facts_batch_messages: int = Field(default=12, ge=2, le=200, description="messages per extraction call")
+    facts_min_user_messages: int = Field(
+        default=3, ge=1, description="unread user messages that start an extraction"
+    )
+    facts_settle_s: float = Field(default=60.0, ge=0, description="or seconds a chat has been quiet")
+    facts_tries: int = Field(default=3, ge=1, le=10, description="tries to get a valid JSON answer")
+    facts_max_tokens: int = Field(default=800, ge=64, description="longest extraction answer")
     journal_max_turns: int = Field(
         default=10_000, ge=1, description="turns kept on disk while Postgres is unreachable"
     )

@@ -9,10 +9,12 @@ client), and the turn is journaled to be stored when the database is back.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from emotion.detector import Emotion
 from emotion.service import EmotionService
@@ -25,6 +27,9 @@ from personas.prompt import Prompt, assemble_prompt, parts_for
 from personas.render import merge_system
 from personas.store import Resolved
 from proxy.errors import ContextTooLong
+
+if TYPE_CHECKING:
+    from proxy.knowledge import Knowledge  # issue 17
 
 log = logging.getLogger("anima.turn")
 
@@ -80,9 +85,11 @@ class TurnBuilder:
         memory: MemoryService | None = None,
         emotion: EmotionService | None = None,
         cards: CardIndex | None = None,
+        knowledge: Knowledge | None = None,
     ) -> None:
         self.tokens, self.shares = tokens, shares
         self.memory, self.emotion, self.cards = memory, emotion, cards
+        self.knowledge = knowledge  # issue 17: what personas know about the user
 
     async def build(self, turn: TurnRequest) -> MemoryTurn:
         """The prompt for this turn and what memory made of the request."""
@@ -145,6 +152,7 @@ class TurnBuilder:
                     pending.cancel()
             log.warning("memory unavailable, answering from the client's messages: %s", exc)
             return None
+        knowing = self.knowledge.read(session, thread, turn.persona) if self.knowledge else None
         if thread.kind in ("quiet", "impersonate") and feeling is not None:  # not the user speaking
             feeling.cancel()
             feeling = None
@@ -158,6 +166,11 @@ class TurnBuilder:
         indexed = await _indexed(indexing)
         outgoing = await self._fit_card(messages, indexed, turn, embedding)
         embedding.cancel()  # unless recall or the card used it
+        known = (
+            await self.knowledge.blocks(knowing, turn.persona, turn.budget)
+            if self.knowledge and knowing
+            else ()
+        )
         prompt = self._assemble(
             with_persona(outgoing, turn.persona),
             turn.budget,
@@ -165,6 +178,7 @@ class TurnBuilder:
             memories=recall.memories,
             summaries=recall.summaries,
             volatile=[block] if block else (),
+            facts=known,
         )
         if prompt.last_cut_id is not None:
             memory.summarise_later(session, thread, prompt.last_cut_id, prompt.cut_count, turn.model)
@@ -188,12 +202,13 @@ class TurnBuilder:
         memories: Sequence[Memory] = (),
         summaries: Sequence[Summary] = (),
         volatile: Sequence[str] = (),
+        facts: Sequence[str] = (),
     ) -> Prompt:
         parts = parts_for(
             messages, thread, earlier=earlier, memories=memories, summaries=summaries, volatile=volatile
         )
         try:
-            return assemble_prompt(parts, budget, self.tokens)
+            return assemble_prompt(dataclasses.replace(parts, facts=facts), budget, self.tokens)
         except BudgetExceeded as exc:
             raise ContextTooLong(str(exc), param="messages") from exc
 

@@ -52,8 +52,11 @@ def closed_port() -> int:
 def make_settings(**values: Any) -> Settings:
     """Settings for a test: only what the test says, never a developer's .env. Memory is off unless
     the test turns it on (the proxy tests check the wire format; tests/memory checks memory); so is
-    emotion, and personas come only from a fresh folder (no shipped examples)."""
+    fact extraction (its worker calls the upstream in the background) and emotion, and personas come
+    only from a fresh folder (no shipped examples)."""
     values.setdefault("memory", MemorySettings(enabled=False))
+    if "facts_enabled" not in values["memory"].model_fields_set:  # a background model caller: opt-in
+        values["memory"] = values["memory"].model_copy(update={"facts_enabled": False})
     values.setdefault("emotion", EmotionSettings(enabled=False))
     values.setdefault(
         "personas",

@@ -6,7 +6,18 @@ from fastapi import APIRouter, Depends
 
 from proxy.deps import limited
 from proxy.errors import error_responses
-from proxy.routes import chat, embeddings, emotion, health, memory, models, passthrough, personas, users
+from proxy.routes import (
+    chat,
+    embeddings,
+    emotion,
+    facts,
+    health,
+    memory,
+    models,
+    passthrough,
+    personas,
+    users,
+)
 
 PREFIXES = ("/v1", "")  # SillyTavern appends /chat/completions to whatever base URL the user typed
 
@@ -18,7 +29,7 @@ def api_router() -> APIRouter:
     for prefix in PREFIXES:
         for module in (chat, models, embeddings, passthrough):
             router.include_router(module.router, prefix=prefix, dependencies=guarded, responses=errors)
-    for module in (memory, emotion, personas, users):
+    for module in (memory, emotion, personas, users, facts):
         router.include_router(module.router, prefix="/v1", dependencies=guarded, responses=errors)
     router.include_router(health.router)
     router.include_router(passthrough.fallback, prefix="/v1", dependencies=guarded)  # last: the rest of /v1

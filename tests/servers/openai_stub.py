@@ -23,6 +23,7 @@ that a client disconnect really cancelled the upstream request. Also the "instan
                   when `script` holds a reply for the request (keyed by the content of one of its
                   messages, the latest that is a key), it streams that instead, word by word
                   (replaying a recorded SillyTavern flow: tests/fixtures/sillytavern/flows)
+    facts-*       fact extractors reading Anima's extraction prompt (tests/servers/facts_stub.py)
 
 Every model also does what OpenAI does with these request fields:
     tools         with `tools` and a last message that is not a tool result: two parallel calls of the
@@ -54,6 +55,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.servers import facts_stub
 
 REPLY = ("Hello", " from the", " stub!")
 PROFILE = {
@@ -252,7 +255,9 @@ def stub_app(state: StubState | None = None) -> Starlette:
                 yield raw
             return
         reply = scripted_text(model, state.calls[model])
-        if body["messages"][-1].get("role") == "tool":
+        if model.startswith("facts-"):
+            reply = (facts_stub.answer(model, state.calls[model], str(body["messages"][-1]["content"])),)
+        elif body["messages"][-1].get("role") == "tool":
             reply = tool_reply(body["messages"])
         if model == "mirror":
             said = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
