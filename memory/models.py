@@ -177,13 +177,11 @@ class MessageRow(Base):
     status: Mapped[str] = mapped_column(String(16), server_default="complete")  # complete | partial
     meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONB)
     embedded: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    embed_claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # worker's lease
     created_at: Mapped[datetime] = _created()
     search: Mapped[Any] = mapped_column(
-        TSVECTOR,
-        Computed(
-            f"to_tsvector('{TEXT_SEARCH_CONFIG}', coalesce(name, '') || ' ' || content)", persisted=True
-        ),
-    )
+        TSVECTOR, Computed(f"to_tsvector('{TEXT_SEARCH_CONFIG}', content)", persisted=True)
+    )  # the content only: a speaker's name in every one of their messages would match them all
 
 
 class MessageEmbedding(Base):
