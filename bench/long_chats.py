@@ -46,7 +46,13 @@ DREAMS = [
 ]
 HOBBIES = ["pottery", "rock climbing", "salsa dancing", "woodworking", "watercolour painting", "chess"]
 RACES = ["Riverside", "Harbour", "Lakeshore", "Old Town", "Hillcrest"]
-COUNTRIES = [("Japan", "Kyoto"), ("Peru", "Cusco"), ("Morocco", "Fez"), ("Iceland", "Akureyri"), ("Vietnam", "Hoi An")]
+COUNTRIES = [
+    ("Japan", "Kyoto"),
+    ("Peru", "Cusco"),
+    ("Morocco", "Fez"),
+    ("Iceland", "Akureyri"),
+    ("Vietnam", "Hoi An"),
+]
 SIBLINGS = ["sister", "brother", "cousin"]
 SIB_NAMES = ["Ana", "Theo", "Lucia", "Bram", "Elif", "Oskar", "Mira", "Dev"]
 
@@ -143,7 +149,9 @@ def _chatter(rng: random.Random, names: tuple[str, str], speaker: int) -> str:
     return " ".join(_fill(rng, p, names, speaker) for p in parts)
 
 
-def _plans(rng: random.Random, names: tuple[str, str]) -> list[tuple[int, list[tuple[int, str]], Question | None]]:
+def _plans(
+    rng: random.Random, names: tuple[str, str]
+) -> list[tuple[int, list[tuple[int, str]], Question | None]]:
     """Facts to plant: (session, [(speaker, text)], question with evidence as offsets into the list).
 
     Each plant is a short exchange; a question's evidence indexes into all plants' turns later."""
@@ -180,7 +188,13 @@ def _plans(rng: random.Random, names: tuple[str, str]) -> list[tuple[int, list[t
     plans.append(
         (
             rng.randrange(3, 16),
-            [(1, f"I did it, I ran the {race} half marathon this morning! My time was awful but I finished.")],
+            [
+                (
+                    1,
+                    f"I did it, I ran the {race} half marathon this morning!"
+                    " My time was awful but I finished.",
+                )
+            ],
             Question("temporal", f"When did {b} run the {race} half marathon?", (0,)),
         )
     )
@@ -195,7 +209,13 @@ def _plans(rng: random.Random, names: tuple[str, str]) -> list[tuple[int, list[t
     plans.append(
         (
             rng.randrange(12, 19),
-            [(0, f"Update: I quit {companies[0]}. Starting Monday I'm a {jobs[1]} at {companies[1]} instead.")],
+            [
+                (
+                    0,
+                    f"Update: I quit {companies[0]}. Starting Monday I'm a {jobs[1]} at {companies[1]}"
+                    " instead.",
+                )
+            ],
             Question("knowledge-update", f"Where does {a} work now?", (0,)),
         )
     )
@@ -216,7 +236,13 @@ def _plans(rng: random.Random, names: tuple[str, str]) -> list[tuple[int, list[t
             Question("multi-hop", f"Which city will {a} travel to for the visit next month?", (0,)),
         )
     )
-    plans.append((rng.randrange(10, 18), [(0, f"I'm visiting {sib_name} next month, I already booked the flights!")], None))
+    plans.append(
+        (
+            rng.randrange(10, 18),
+            [(0, f"I'm visiting {sib_name} next month, I already booked the flights!")],
+            None,
+        )
+    )
     country, town = rng.choice(COUNTRIES)
     plans.append(
         (

@@ -75,7 +75,8 @@ async def store(sessions: Any, counter: TokenCounter, user: int, chats: list[Cha
     out = []
     for c, chat in enumerate(chats):
         messages = [
-            Message("user" if t.speaker == 0 else "assistant", t.text, chat.names[t.speaker]) for t in chat.turns
+            Message("user" if t.speaker == 0 else "assistant", t.text, chat.names[t.speaker])
+            for t in chat.turns
         ]
         async with sessions.begin() as s:
             row = await history.create_conversation(s, user_id=user, public_id=f"chat{c}")
@@ -106,7 +107,9 @@ def dense(store_: Stored, vector: np.ndarray, prefixed: bool, floor: float) -> R
     return [(store_.ids[i], float(sims[i])) for i in order if sims[i] >= floor]
 
 
-def speaker_boosted(ranking: dict[int, float], store_: Stored, question: str, boost: float) -> dict[int, float]:
+def speaker_boosted(
+    ranking: dict[int, float], store_: Stored, question: str, boost: float
+) -> dict[int, float]:
     words = {w.strip("?'.,!").lower().removesuffix("'s") for w in question.split()}
     return {m: s + (boost if store_.rows[m][0].lower() in words else 0.0) for m, s in ranking.items()}
 
@@ -153,7 +156,10 @@ async def run(url: str, models: Path, seed: int) -> None:
     elapsed = time.perf_counter() - started
     print(f"{len(chats)} chats, {total} turns, {sum(len(c.questions) for c in chats)} questions")
     print(f"embedding worker: {total} turns in {elapsed:.1f} s = {total / elapsed:.0f} turns/s")
-    stores = [await load(sessions, embedder, counter, chat, chat_ids) for chat, chat_ids in zip(chats, ids)]
+    stores = [
+        await load(sessions, embedder, counter, chat, chat_ids)
+        for chat, chat_ids in zip(chats, ids, strict=True)
+    ]
     await evaluate(sessions, embedder, user, stores)
     await engine.dispose()
 
@@ -204,22 +210,31 @@ async def evaluate(sessions: Any, embedder: Any, user: int, stores: list[Stored]
     for vw, tw in ((2, 1), (1, 1), (1, 2), (1, 3)):
         for k in (10, 60):
             variants[f"RRF dense:BM25 {vw}:{tw} k={k}"] = rrf(vw, tw, k)
-    for boost in (0.5, 1.0):
-        variants[f"RRF 1:1 k=60 + speaker {boost}"] = rrf(1, 1, 60, boost=boost)
-        variants[f"RRF 1:2 k=60 + speaker {boost}"] = rrf(1, 2, 60, boost=boost)
+    for boost in (1.0, 2.0, 4.0):
+        for vw, tw in ((2, 1), (1, 1), (1, 2)):
+            variants[f"RRF {vw}:{tw} k=60 + speaker {boost}"] = rrf(vw, tw, 60, boost=boost)
     results: dict[str, dict[str, list[list[float]]]] = defaultdict(lambda: defaultdict(list))
     questions = [(st, q) for st in stores for q in st.chat.questions]
     vectors = np.array(await embedder.embed([q.text for _, q in questions]), dtype=np.float32)
-    for (st, q), vec in zip(questions, vectors):
+    for (st, q), vec in zip(questions, vectors, strict=True):
         evidence = [st.ids[i] for i in q.evidence]
         async with sessions() as s:
             query = RecallQuery(user, q.text, list(map(float, vec)), "branch", st.ids[-1], k=200)
             bm25 = await text_leg(s, query, BM25())
-            tsq = " | ".join(sorted({w.lower() for w in __import__("re").findall(r"[^\W_]+", q.text) if len(w) > 1}))
-            ts = [(r.id, r.rank) for r in (await s.execute(text(OLD_TEXT), {"anchor": st.ids[-1], "tsq": tsq})).all()]
+            tsq = " | ".join(
+                sorted({w.lower() for w in __import__("re").findall(r"[^\W_]+", q.text) if len(w) > 1})
+            )
+            ts = [
+                (r.id, r.rank)
+                for r in (await s.execute(text(OLD_TEXT), {"anchor": st.ids[-1], "tsq": tsq})).all()
+            ]
         for name, variant in variants.items():
             results[name][q.kind].append(metrics(variant(st, q.text, vec, bm25, ts), evidence, st))
-    header = " ".join(f"{'R@' + str(k):>6}" for k in KS) + " " + " ".join(f"{str(b // 1000) + 'k tok':>6}" for b in BUDGETS)
+    header = (
+        " ".join(f"{'R@' + str(k):>6}" for k in KS)
+        + " "
+        + " ".join(f"{str(b // 1000) + 'k tok':>6}" for b in BUDGETS)
+    )
     print(f"\n{'ranking (replayed legs)':<34} {header}")
     for name in variants:
         report(name, results[name])
@@ -229,9 +244,11 @@ async def evaluate(sessions: Any, embedder: Any, user: int, stores: list[Stored]
 REAL = {
     "recall() defaults": Fusion(),
     "recall() no speaker rule": dataclasses.replace(Fusion(), speaker_boost=0.0),
-    "recall() speaker 1.0": dataclasses.replace(Fusion(), speaker_boost=1.0),
-    "recall() neighbours 3": dataclasses.replace(Fusion(), neighbours=3),
-    "recall() neighbours 5 x0.8": dataclasses.replace(Fusion(), neighbours=5, neighbour_factor=0.8),
+    "recall() speaker 2.0": dataclasses.replace(Fusion(), speaker_boost=2.0),
+    "recall() speaker 2 neighbours 3": dataclasses.replace(Fusion(), speaker_boost=2.0, neighbours=3),
+    "recall() speaker 2 neighbours 5 x0.8": dataclasses.replace(
+        Fusion(), speaker_boost=2.0, neighbours=5, neighbour_factor=0.8
+    ),
     "recall() min_similarity 0": dataclasses.replace(Fusion(), min_similarity=0.0),
 }
 
@@ -241,18 +258,22 @@ async def real(sessions: Any, user: int, questions: list[Any], vectors: np.ndarr
     for name, fusion in REAL.items():
         results: dict[str, list[list[float]]] = defaultdict(list)
         latency = []
-        for (st, q), vec in zip(questions, vectors):
+        for (st, q), vec in zip(questions, vectors, strict=True):
             query = RecallQuery(user, q.text, list(map(float, vec)), "branch", st.ids[-1], k=40)
             t0 = time.perf_counter()
             async with sessions() as s:
                 found = await recall(s, query, fusion)
             latency.append(1000 * (time.perf_counter() - t0))
-            results[q.kind].append(metrics([m.message_id for m in found], [st.ids[i] for i in q.evidence], st))
+            results[q.kind].append(
+                metrics([m.message_id for m in found], [st.ids[i] for i in q.evidence], st)
+            )
         report(name, results, latency)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

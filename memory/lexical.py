@@ -27,6 +27,9 @@ from memory.models import TEXT_SEARCH_CONFIG
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 _QUERY = f"to_tsquery('{TEXT_SEARCH_CONFIG}', :tsq)"
 _LEXEMES = f"tsvector_to_array(to_tsvector('{TEXT_SEARCH_CONFIG}', :text))"
+# the speakers' names as lexemes: a question naming a speaker is about who said it (recall's speaker
+# rule), not about the messages that address them by name
+_NAMES = f"tsvector_to_array(to_tsvector('{TEXT_SEARCH_CONFIG}', string_agg(d.name, ' ')))"
 
 BRANCH_SQL = f"""
     WITH RECURSIVE branch AS (
@@ -34,23 +37,28 @@ BRANCH_SQL = f"""
         UNION ALL
         SELECT m.id, m.parent_id FROM message m JOIN branch b ON m.id = b.parent_id
     ), docs AS (
-        SELECT m.id, m.search, m.token_count FROM message m JOIN branch b ON b.id = m.id
+        SELECT m.id, m.search, m.token_count, m.name FROM message m JOIN branch b ON b.id = m.id
         WHERE m.user_id = :user
+    ), speakers AS (
+        SELECT coalesce({_NAMES}, '{{}}') AS lexemes FROM (SELECT DISTINCT name FROM docs) d
     )
     SELECT d.id, d.token_count AS length, t.lexeme, cardinality(t.positions) AS tf,
            (SELECT count(*) FROM docs) AS n, (SELECT avg(token_count) FROM docs) AS avgdl
-    FROM docs d, unnest(d.search) t
-    WHERE d.search @@ {_QUERY} AND t.lexeme = ANY({_LEXEMES})
+    FROM docs d, unnest(d.search) t, speakers s
+    WHERE d.search @@ {_QUERY} AND t.lexeme = ANY({_LEXEMES}) AND t.lexeme <> ALL(s.lexemes)
 """
 
 SAMPLE_SQL = f"""
     WITH sample AS (
-        SELECT search, token_count FROM message WHERE user_id = :user ORDER BY id DESC LIMIT :sample
+        SELECT search, token_count, name FROM message WHERE user_id = :user ORDER BY id DESC LIMIT :sample
+    ), speakers AS (
+        SELECT coalesce({_NAMES}, '{{}}') AS lexemes FROM (SELECT DISTINCT name FROM sample) d
     )
     SELECT t.lexeme, count(*) AS df,
-           (SELECT count(*) FROM sample) AS n, (SELECT avg(token_count) FROM sample) AS avgdl
-    FROM sample s, unnest(s.search) t
-    WHERE s.search @@ {_QUERY} AND t.lexeme = ANY({_LEXEMES})
+           (SELECT count(*) FROM sample) AS n, (SELECT avg(token_count) FROM sample) AS avgdl,
+           bool_or(t.lexeme = ANY(s.lexemes)) AS speaker
+    FROM sample s0, unnest(s0.search) t, speakers s
+    WHERE s0.search @@ {_QUERY} AND t.lexeme = ANY({_LEXEMES})
     GROUP BY t.lexeme
 """
 
@@ -145,7 +153,8 @@ async def search(
                 text(SAMPLE_SQL), params | {"tsq": tsq, "text": query, "sample": bm25.sample}
             )
         ).all()
-        lexemes = await _lexemes(session, query)
+        speakers = {r.lexeme for r in sample if r.speaker}
+        lexemes = [x for x in await _lexemes(session, query) if x not in speakers]
         if not lexemes:
             return []
         stats = Stats(
