@@ -97,8 +97,13 @@ class EmbeddingWorker:
                 texts.append(chunk)
                 owners.append((row.id, row.user_id, row.conversation_id, i))
         vectors = await self._embedder.embed(texts)  # one encoder pass per chunk, batched
-        missing = [r for r in rows if r.importance is None] if self._annotate is not None else []
-        annotations = await self._annotate([(r.role, r.content) for r in missing]) if missing else []
+        # imports and replies are stored without the emotion step: importance (and emotion) come here
+        missing = [r for r in rows if r.importance is None]
+        annotations: list[Annotation] = []
+        if self._annotate is not None and missing:
+            annotations = await self._annotate([(r.role, r.content) for r in missing])
+        else:
+            missing = []
         async with self._sessions.begin() as session:
             done = await self._mark_done(session, rows)
             if done:
