@@ -32,13 +32,11 @@ _LEXEMES = f"tsvector_to_array(to_tsvector('{TEXT_SEARCH_CONFIG}', :text))"
 _NAMES = f"tsvector_to_array(to_tsvector('{TEXT_SEARCH_CONFIG}', string_agg(d.name, ' ')))"
 
 BRANCH_SQL = f"""
-    WITH RECURSIVE branch AS (
-        SELECT id, parent_id FROM message WHERE id = :anchor AND user_id = :user
+    WITH RECURSIVE docs AS (  -- the branch, walked once with what BM25 needs (no second scan)
+        SELECT id, parent_id, search, token_count, name FROM message WHERE id = :anchor AND user_id = :user
         UNION ALL
-        SELECT m.id, m.parent_id FROM message m JOIN branch b ON m.id = b.parent_id
-    ), docs AS (
-        SELECT m.id, m.search, m.token_count, m.name FROM message m JOIN branch b ON b.id = m.id
-        WHERE m.user_id = :user
+        SELECT m.id, m.parent_id, m.search, m.token_count, m.name
+        FROM message m JOIN docs b ON m.id = b.parent_id
     ), speakers AS (
         SELECT coalesce({_NAMES}, '{{}}') AS lexemes FROM (SELECT DISTINCT name FROM docs) d
     )
