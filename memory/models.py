@@ -154,6 +154,7 @@ class MessageRow(Base):
         Index("ix_message_conversation", "conversation_id", "id"),
         Index("ix_message_search", "search", postgresql_using="gin"),
         Index("ix_message_unembedded", "id", postgresql_where=text("NOT embedded")),
+        Index("ix_message_user_newest", "user_id", "id"),  # recall's IDF sample: a user's newest
     )
     id: Mapped[int] = _id()
     conversation_id: Mapped[int] = mapped_column(

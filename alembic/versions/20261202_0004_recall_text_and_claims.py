@@ -3,6 +3,7 @@
 Names were indexed with every message, so a question naming a speaker matched most of a chat. Messages
 were embedded as "[date] Name: text", which pulled the other speaker's turns; they are embedded as
 their text now, so every message is queued again (its old vectors serve until the worker replaces them).
+The wider scopes measure IDF on a user's newest messages: (user_id, id) finds them.
 `embed_claimed_at` lets the embedding worker claim rows, commit, and embed without holding row locks.
 
 Revision ID: 0004
@@ -41,9 +42,11 @@ def _search(expression: str) -> None:
 def upgrade() -> None:
     _search("to_tsvector('english', content)")
     op.add_column("message", sa.Column("embed_claimed_at", sa.DateTime(timezone=True), nullable=True))
+    op.create_index("ix_message_user_newest", "message", ["user_id", "id"], unique=False)  # IDF sample
     op.execute("UPDATE message SET embedded = false WHERE embedded")
 
 
 def downgrade() -> None:
+    op.drop_index("ix_message_user_newest", table_name="message")
     op.drop_column("message", "embed_claimed_at")
     _search("to_tsvector('english', coalesce(name, '') || ' ' || content)")
