@@ -54,7 +54,7 @@ SAMPLE_SQL = f"""
     )
     SELECT t.lexeme, count(*) AS df,
            (SELECT count(*) FROM sample) AS n, (SELECT avg(token_count) FROM sample) AS avgdl,
-           bool_or(t.lexeme = ANY(s.lexemes)) AS speaker
+           bool_or(t.lexeme = ANY(s.lexemes)) AS speaker, {_LEXEMES} AS lexemes
     FROM sample s0, unnest(s0.search) t, speakers s
     WHERE s0.search @@ {_QUERY} AND t.lexeme = ANY({_LEXEMES})
     GROUP BY t.lexeme
@@ -86,8 +86,8 @@ def pool_sql(scope: str) -> str:
 class BM25:
     k1: float = 1.2
     b: float = 0.75
-    sample: int = 2000  # wider scopes: IDF measured on the user's newest messages
-    pool: int = 1000  # wider scopes: newest matching messages scored
+    sample: int = 1000  # wider scopes: IDF measured on the user's newest messages
+    pool: int = 400  # wider scopes: newest matching messages scored
     max_df: float = 0.2  # wider scopes: terms in more of the sample than this do not select candidates
 
 
@@ -152,7 +152,8 @@ async def search(
             )
         ).all()
         speakers = {r.lexeme for r in sample if r.speaker}
-        lexemes = [x for x in await _lexemes(session, query) if x not in speakers]
+        found = sample[0].lexemes if sample else await _lexemes(session, query)
+        lexemes = [x for x in found if x not in speakers and len(x) > 1][:32]
         if not lexemes:
             return []
         stats = Stats(

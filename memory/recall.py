@@ -111,7 +111,7 @@ _CHILDREN = text(
 
 
 def _params(query: RecallQuery) -> dict[str, Any]:
-    n = max(query.k * 2, 50)
+    n = max(query.k + 10, 30)  # per leg: fusion reorders, the cut to k keeps the best
     return {
         "user": query.user_id,
         "anchor": query.anchor_id,
@@ -120,7 +120,7 @@ def _params(query: RecallQuery) -> dict[str, Any]:
         "end_user": query.end_user,
         "exclude": list(query.exclude),
         "n": n,
-        "pool": max(HNSW_EF_SEARCH, n * 2),  # beyond ef_search, pgvector scans the graph again
+        "pool": max(HNSW_EF_SEARCH, n),  # beyond ef_search, pgvector scans the graph again
     }
 
 

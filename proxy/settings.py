@@ -97,9 +97,9 @@ class MemorySettings(BaseModel):
     bm25_k1: float = Field(default=1.2, ge=0, description="BM25 term-frequency saturation")
     bm25_b: float = Field(default=0.75, ge=0, le=1, description="BM25 length normalisation")
     bm25_sample: int = Field(
-        default=2000, ge=100, description="persona/user scope: newest messages that IDF is measured on"
+        default=1000, ge=100, description="persona/user scope: newest messages that IDF is measured on"
     )
-    bm25_pool: int = Field(default=1000, ge=10, description="persona/user scope: newest text matches scored")
+    bm25_pool: int = Field(default=400, ge=10, description="persona/user scope: newest text matches scored")
     deadline_ms: int = Field(default=250, ge=1, description="recall deadline on the request path")
     default_context_window: int = Field(default=8192, ge=512, description="if config and backend are silent")
     share_persona: float = Field(default=0.20, ge=0, le=1, description="budget share: persona/system")
