@@ -187,11 +187,14 @@ async def load(sessions: Any, embedder: Any, counter: TokenCounter, chat: Chat, 
 async def evaluate(sessions: Any, embedder: Any, user: int, stores: list[Stored]) -> None:
     Variant = Callable[[Stored, str, np.ndarray, Ranking, Ranking], list[int]]
 
-    def rrf(vw: float, tw: float, k: int, *, boost: float = 0.0) -> Variant:
+    def rrf(vw: float, tw: float, k: int, *, boost: float = 0.0, recency: float = 0.0) -> Variant:
         def ranked(st: Stored, q: str, vec: np.ndarray, bm25: Ranking, _old: Ranking) -> list[int]:
             scores = fuse([(vw, dense(st, vec, False, 0.0)), (tw, bm25)], k)
             if boost:
                 scores = speaker_boosted(scores, st, q, boost / k)
+            if recency:  # newer turns up to `recency` first ranks ahead
+                position = {m: i / len(st.ids) for i, m in enumerate(st.ids)}
+                scores = {m: s + recency * position[m] / k for m, s in scores.items()}
             return sorted(scores, key=lambda m: (scores[m], m), reverse=True)
 
         return ranked
@@ -213,6 +216,8 @@ async def evaluate(sessions: Any, embedder: Any, user: int, stores: list[Stored]
     for boost in (1.0, 2.0, 4.0):
         for vw, tw in ((2, 1), (1, 1), (1, 2)):
             variants[f"RRF {vw}:{tw} k=60 + speaker {boost}"] = rrf(vw, tw, 60, boost=boost)
+    for recency in (0.25, 0.5):
+        variants[f"RRF 2:1 + speaker 1 + recency {recency}"] = rrf(2, 1, 60, boost=1.0, recency=recency)
     results: dict[str, dict[str, list[list[float]]]] = defaultdict(lambda: defaultdict(list))
     questions = [(st, q) for st in stores for q in st.chat.questions]
     vectors = np.array(await embedder.embed([q.text for _, q in questions]), dtype=np.float32)
