@@ -72,6 +72,7 @@ class EmbeddingWorker:
         self._sessions, self._embedder, self._chunk = sessions, embedder, chunker
         self._batch, self._idle_s, self._annotate = batch, idle_s, annotate
         self.wake = asyncio.Event()
+        self._encoder = asyncio.Lock()  # one batch encodes at a time; the other loop does its database work
         self.failures = 0
 
     async def step(self) -> int:
@@ -96,14 +97,13 @@ class EmbeddingWorker:
             for i, chunk in enumerate(self._chunk(row.content) or [""]):
                 texts.append(chunk)
                 owners.append((row.id, row.user_id, row.conversation_id, i))
-        vectors = await self._embedder.embed(texts)  # one encoder pass per chunk, batched
         # imports and replies are stored without the emotion step: importance (and emotion) come here
-        missing = [r for r in rows if r.importance is None]
+        missing = [r for r in rows if r.importance is None] if self._annotate is not None else []
         annotations: list[Annotation] = []
-        if self._annotate is not None and missing:
-            annotations = await self._annotate([(r.role, r.content) for r in missing])
-        else:
-            missing = []
+        async with self._encoder:
+            vectors = await self._embedder.embed(texts)  # one encoder pass per chunk, batched
+            if self._annotate is not None and missing:
+                annotations = await self._annotate([(r.role, r.content) for r in missing])
         async with self._sessions.begin() as session:
             done = await self._mark_done(session, rows)
             if done:
@@ -138,7 +138,13 @@ class EmbeddingWorker:
         return {r.id for r in result}
 
     async def run(self) -> None:
-        """Until cancelled: drain the backlog, then sleep until woken or `idle_s` passes."""
+        """Until cancelled: two loops, so one batch's claim and write overlap the next one's encoding."""
+        async with asyncio.TaskGroup() as group:
+            for _ in range(2):
+                group.create_task(self._loop())
+
+    async def _loop(self) -> None:
+        """Drain the backlog, then sleep until woken or `idle_s` passes."""
         while True:
             try:
                 done = await self.step()
@@ -158,6 +164,10 @@ class EmbeddingWorker:
                     await self.wake.wait()
 
     async def drain(self) -> None:
-        """Embed everything pending now (tests, imports)."""
-        while await self.step():
-            pass
+        """Embed everything pending now (tests, imports), with the same overlap as `run`."""
+
+        async def loop() -> None:
+            while await self.step():
+                pass
+
+        await asyncio.gather(loop(), loop())
