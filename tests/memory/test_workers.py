@@ -111,7 +111,7 @@ async def test_a_message_extended_while_embedding_is_embedded_again_with_its_new
     worker = EmbeddingWorker(sessions, gated, chunker=lambda t: [t])
     step = asyncio.create_task(worker.step())
     await asyncio.wait_for(gated.inside.wait(), 30)
-    async with sessions.begin() as s:  # a `continue` lands while the old text is being embedded
+    async with asyncio.timeout(60), sessions.begin() as s:  # a `continue` lands mid-embedding
         await history.extend(s, user_id=user, message_id=message.id, text_=" and ends.", tokens=3)
     gated.gate.set()
     assert await step == 1
