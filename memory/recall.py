@@ -28,6 +28,12 @@ Scope = Literal["branch", "persona", "user"]
 Boost = Callable[[Memory], float]
 HNSW_EF_SEARCH = 40  # pgvector's default hnsw.ef_search
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
+# a name used to address someone ("Aria, do you remember...", "..., Aria?") says who is asked, not
+# whose words are wanted: the speaker rule ignores it
+_VOCATIVE = re.compile(
+    r"^\W*(?:(?:hey|hi|hello|dear|oh)\s+)?[^\W\d_]+(?:\s+[^\W\d_]+)?\s*[,!]|,\s*[^\W\d_]+\s*[.!?]*\s*$",
+    re.IGNORECASE,
+)
 
 _BRANCH = """
     WITH RECURSIVE branch AS (
@@ -177,7 +183,7 @@ async def recall(
     memories = await _details(session, query.user_id, scores)
     if inspect.isawaitable(boost):
         boost = await boost
-    named = {w.lower() for w in _WORD.findall(query.text)}
+    named = {w.lower() for w in _WORD.findall(_VOCATIVE.sub(" ", query.text))}
     rescored = []
     for m in memories:
         extra = boost(m) if boost is not None else 0.0  # the emotion step's hook

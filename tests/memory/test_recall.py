@@ -121,6 +121,13 @@ async def test_the_speaker_a_question_names_comes_first(
     assert [m.message_id for m in spoken] == [stored[1].id, stored[2].id, stored[0].id]
     assert spoken[0].score == approx(1 / 63 + 1 / 60)
     assert (spoken[0].name, spoken[0].token_count) == ("Alice", stored[1].token_count)
+    # a name used to address someone says who is asked, not whose words are wanted
+    for addressed in ("Alice, what was my dream again?", "What was my dream again, Alice?"):
+        async with sessions() as s:
+            found = await recall(
+                s, query(user, addressed, stored[-1].id), Fusion(vector_weight=0.0, speaker_boost=1.0)
+            )
+        assert [m.message_id for m in found] == [stored[2].id, stored[0].id, stored[1].id]
 
 
 async def test_neighbours_follow_their_hit(
