@@ -24,6 +24,7 @@ from bench.memory_fill import filled
 from memory.db import make_engine, make_sessionmaker
 from memory.embedder import OnnxMiniLMEmbedder
 from memory.recall import Fusion, RecallQuery, recall
+from memory.service import MemoryConfig
 
 QUERIES = [
     "What did we say about the weather last week?",
@@ -42,7 +43,7 @@ def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-async def measure(url: str, models: Path, size: int, n: int) -> dict[str, dict[str, float]]:
+async def measure(url: str, models: Path, size: int, n: int, k: int) -> dict[str, dict[str, float]]:
     engine = make_engine(url, pool_size=2)
     sessions = make_sessionmaker(engine)
     embedder = await asyncio.to_thread(OnnxMiniLMEmbedder.load, models)
@@ -57,7 +58,7 @@ async def measure(url: str, models: Path, size: int, n: int) -> dict[str, dict[s
             t1 = time.perf_counter()
             async with sessions() as s:
                 query = RecallQuery(
-                    user_id=1, text=text, embedding=vector, scope=scope, anchor_id=anchor, k=8
+                    user_id=1, text=text, embedding=vector, scope=scope, anchor_id=anchor, k=k
                 )
                 hits = await recall(s, query, Fusion())
             t2 = time.perf_counter()
@@ -84,15 +85,17 @@ def main() -> int:
     )
     parser.add_argument("--sizes", default="10000,100000", help="stored messages, comma-separated")
     parser.add_argument("--queries", type=int, default=200, help="measured queries per scope and size")
+    parser.add_argument("--k", type=int, default=MemoryConfig().recall_k, help="memories per recall")
     args = parser.parse_args()
     failed = False
     print(
         f"{'size':>9} {'scope':>7} {'embed p50':>10} {'sql p50':>8} {'sql p95':>8} "
         f"{'total p50':>10} {'total p95':>10} {'total p99':>10}  target"
     )
+    models = Path(tempfile.gettempdir()) / "anima-bench-models"  # the ONNX export, kept between runs
     for size in (int(s) for s in args.sizes.split(",")):
         with tempfile.TemporaryDirectory() as tmp, filled(Path(tmp) / "data", size) as url:
-            results = asyncio.run(measure(url, Path(tmp) / "models", size, args.queries))
+            results = asyncio.run(measure(url, models, size, args.queries, args.k))
         for scope, r in results.items():
             target = TARGETS.get(size)
             verdict = ""

@@ -155,6 +155,7 @@ class MessageRow(Base):
         Index("ix_message_search", "search", postgresql_using="gin"),
         Index("ix_message_unembedded", "id", postgresql_where=text("NOT embedded")),
         Index("ix_message_facts_pending", "conversation_id", "id", postgresql_where=text("NOT facts_done")),
+        Index("ix_message_user_newest", "user_id", "id"),  # recall's IDF sample: a user's newest
     )
     id: Mapped[int] = _id()
     conversation_id: Mapped[int] = mapped_column(
@@ -179,13 +180,11 @@ class MessageRow(Base):
     meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONB)
     embedded: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     facts_done: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))  # read by the fact worker
+    embed_claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # worker's lease
     created_at: Mapped[datetime] = _created()
     search: Mapped[Any] = mapped_column(
-        TSVECTOR,
-        Computed(
-            f"to_tsvector('{TEXT_SEARCH_CONFIG}', coalesce(name, '') || ' ' || content)", persisted=True
-        ),
-    )
+        TSVECTOR, Computed(f"to_tsvector('{TEXT_SEARCH_CONFIG}', content)", persisted=True)
+    )  # the content only: a speaker's name in every one of their messages would match them all
 
 
 class MessageEmbedding(Base):

@@ -1,8 +1,11 @@
-"""Hybrid recall: pgvector similarity and Postgres full-text rank, fused by weighted reciprocal rank.
+"""Hybrid recall: pgvector similarity and BM25 full text, fused by weighted reciprocal rank.
 
-Dense and lexical retrieval find different evidence (on a public long-conversation benchmark their
-merged top-10s held far more than either), so both run and their ranks are fused. Scope is this
-chat's branch (an exact scan over its few hundred rows), chats with this persona, or all of the
+Dense and lexical retrieval find different evidence, so both run and their ranks are fused; the
+weights were chosen on bench/recall_quality.py (long two-speaker chats, see docs/benchmarks.md). The
+lexical leg (memory/lexical.py) weighs terms by IDF, so names and common words do not dominate. A
+message whose speaker the query names gets a small boost (who said it matters for "What did Dave ...?").
+The best hits can bring their neighbouring turns (the answer to a question is often the next turn).
+Scope is this chat's branch (an exact scan over its rows), chats with this persona, or all of the
 user's chats (HNSW with pgvector's iterative scan so the user filter does not starve the result).
 """
 
@@ -11,20 +14,26 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import Literal
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from memory.models import TEXT_SEARCH_CONFIG
+from memory import lexical
+from memory.lexical import BM25, SCOPE_FILTER
 from memory.types import Memory
 
 Scope = Literal["branch", "persona", "user"]
 Boost = Callable[[Memory], float]
-_WORD = re.compile(r"[^\W_]+", re.UNICODE)
 HNSW_EF_SEARCH = 40  # pgvector's default hnsw.ef_search
-TEXT_POOL = 500  # newest full-text matches ranked in the wider scopes
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+# a name used to address someone ("Aria, do you remember...", "..., Aria?") says who is asked, not
+# whose words are wanted: the speaker rule ignores it
+_VOCATIVE = re.compile(
+    r"^\W*(?:(?:hey|hi|hello|dear|oh)\s+)?[^\W\d_]+(?:\s+[^\W\d_]+)?\s*[,!]|,\s*[^\W\d_]+\s*[.!?]*\s*$",
+    re.IGNORECASE,
+)
 
 _BRANCH = """
     WITH RECURSIVE branch AS (
@@ -33,11 +42,6 @@ _BRANCH = """
         SELECT m.id, m.parent_id FROM message m JOIN branch b ON m.id = b.parent_id
     )
 """
-_CONVERSATION_FILTER = {
-    "persona": "(c.persona_id = :persona"
-    " OR (:persona IS NULL AND c.character IS NOT DISTINCT FROM :character))",
-    "user": "TRUE",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,23 +55,26 @@ class RecallQuery:
     character: str | None = None
     end_user: str = ""
     exclude: Sequence[int] = ()
-    k: int = 8
+    k: int = 40
 
 
 @dataclass(frozen=True, slots=True)
 class Fusion:
-    """Weighted reciprocal-rank fusion; 2:1 for dense won Recall@1 on bench/memory_quality.py."""
+    """Weighted reciprocal-rank fusion of the two legs, plus the speaker and neighbour rules.
+
+    Chosen on bench/recall_quality.py (docs/benchmarks.md has every variant tried): dense 2 : BM25 1
+    with the speaker rule found the most evidence in the top 10; the speaker rule is worth +28 points
+    of Recall@10 there (questions name whose fact they ask about, and both speakers share words);
+    neighbours and a lower similarity floor changed nothing measurable, so they are off."""
 
     vector_weight: float = 2.0
     text_weight: float = 1.0
     rrf_k: int = 60
-    min_similarity: float = 0.2
-
-
-def ts_query(query: str) -> str | None:
-    """An OR-query of the words (an AND of every word of a sentence would rarely match)."""
-    words = sorted({w.lower() for w in _WORD.findall(query) if len(w) > 1})
-    return " | ".join(words[:32]) or None
+    min_similarity: float = 0.1
+    speaker_boost: float = 1.0  # added, in units of 1/rrf_k (a first rank), when the query names the speaker
+    neighbours: int = 0  # the best this many hits bring their previous and next turns
+    neighbour_factor: float = 0.5  # a neighbour's score: its hit's score times this
+    bm25: BM25 = field(default_factory=BM25)
 
 
 def _vector_sql(scope: Scope) -> str:
@@ -81,7 +88,7 @@ def _vector_sql(scope: Scope) -> str:
             WHERE e.user_id = :user AND NOT (e.message_id = ANY(:exclude))
             GROUP BY e.message_id ORDER BY distance LIMIT :n
         """
-    conversation_filter = _CONVERSATION_FILTER[scope]
+    conversation_filter = SCOPE_FILTER[scope]
     return f"""
         SELECT hits.id, min(hits.distance) AS distance FROM (
             SELECT e.message_id AS id, e.conversation_id, e.embedding <=> CAST(:q AS vector) AS distance
@@ -93,36 +100,66 @@ def _vector_sql(scope: Scope) -> str:
     """
 
 
-def _text_sql(scope: Scope) -> str:
-    """Full-text rank. Wider scopes rank only the newest `:text_pool` matches: a common word can match
-    most of a user's rows, and ranking them all costs far more than the deadline (143 ms at 100k)."""
-    tsquery = f"to_tsquery('{TEXT_SEARCH_CONFIG}', :tsq)"
-    if scope == "branch":
-        return f"""{_BRANCH}
-            SELECT m.id, ts_rank_cd(m.search, q) AS rank
-            FROM message m JOIN branch b ON b.id = m.id, {tsquery} q
-            WHERE m.user_id = :user AND m.search @@ q AND NOT (m.id = ANY(:exclude))
-            ORDER BY rank DESC, m.id DESC LIMIT :n
-        """
-    return f"""
-        SELECT m.id, ts_rank_cd(m.search, {tsquery}) AS rank FROM (
-            SELECT m.id, m.search, m.conversation_id FROM message m
-            WHERE m.user_id = :user AND m.search @@ {tsquery}
-            ORDER BY m.id DESC LIMIT :text_pool
-        ) m JOIN conversation c ON c.id = m.conversation_id
-        WHERE c.end_user = :end_user AND {_CONVERSATION_FILTER[scope]} AND NOT (m.id = ANY(:exclude))
-        ORDER BY rank DESC, m.id DESC LIMIT :n
-    """
-
-
 _DETAILS = text(
     """
     SELECT m.id, c.public_id, m.role, m.name, m.content, m.created_at, m.metadata,
-           m.emotion_label, m.importance
+           m.emotion_label, m.importance, m.token_count, m.parent_id
     FROM message m JOIN conversation c ON c.id = m.conversation_id
     WHERE m.id = ANY(:ids) AND m.user_id = :user
     """
 )
+_CHILDREN = text(
+    """
+    SELECT DISTINCT ON (m.parent_id) m.parent_id, m.id FROM message m
+    WHERE m.parent_id = ANY(:ids) AND m.user_id = :user ORDER BY m.parent_id, m.id
+    """
+)
+
+
+def _params(query: RecallQuery) -> dict[str, Any]:
+    n = max(query.k + 10, 30)  # per leg: fusion reorders, the cut to k keeps the best
+    return {
+        "user": query.user_id,
+        "anchor": query.anchor_id,
+        "persona": query.persona_id,
+        "character": query.character,
+        "end_user": query.end_user,
+        "exclude": list(query.exclude),
+        "n": n,
+        "pool": max(HNSW_EF_SEARCH, n),  # beyond ef_search, pgvector scans the graph again
+    }
+
+
+async def vector_leg(
+    session: AsyncSession, query: RecallQuery, min_similarity: float
+) -> list[tuple[int, float]]:
+    """(message id, cosine similarity) of the nearest messages, best first."""
+    if query.embedding is None:
+        return []
+    if query.scope != "branch":
+        await session.execute(text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
+    vector = "[" + ",".join(f"{x:.6f}" for x in query.embedding) + "]"
+    rows = (await session.execute(text(_vector_sql(query.scope)), _params(query) | {"q": vector})).all()
+    return [(r.id, 1 - r.distance) for r in rows if 1 - r.distance >= min_similarity]
+
+
+async def text_leg(session: AsyncSession, query: RecallQuery, bm25: BM25) -> list[tuple[int, float]]:
+    """(message id, BM25) of the messages sharing words with the query, best first."""
+    params = _params(query)
+    hits = await lexical.search(session, query=query.text, scope=query.scope, params=params, bm25=bm25)
+    excluded = set(query.exclude)
+    return [hit for hit in hits if hit[0] not in excluded][: params["n"]]
+
+
+def fuse(legs: Sequence[tuple[float, Sequence[tuple[int, float]]]], rrf_k: int) -> dict[int, float]:
+    """Weighted reciprocal-rank fusion: each leg adds weight / (rrf_k + rank)."""
+    scores: dict[int, float] = {}
+    for weight, hits in legs:
+        if weight <= 0:
+            continue
+        for rank, (message_id, _) in enumerate(hits):
+            scores[message_id] = scores.get(message_id, 0.0) + weight / (rrf_k + rank + 1)
+    return scores
 
 
 async def recall(
@@ -131,74 +168,81 @@ async def recall(
     fusion: Fusion,
     boost: Boost | Awaitable[Boost | None] | None = None,
 ) -> list[Memory]:
-    """The `k` best memories for `query`, best first.
+    """Up to `k` memories for `query`, best first (neighbouring turns included where configured).
 
     `boost` may still be pending (the emotion step runs while these queries do): it is awaited only
     once the candidates are fetched, and applied to all of them before the cut to `k`.
     """
     if query.k <= 0 or (query.scope == "branch" and query.anchor_id is None):
         return []
-    params = {
-        "user": query.user_id,
-        "anchor": query.anchor_id,
-        "persona": query.persona_id,
-        "character": query.character,
-        "end_user": query.end_user,
-        "exclude": list(query.exclude),
-        "n": query.k * 4,
-        "pool": max(HNSW_EF_SEARCH, query.k * 5),  # beyond ef_search, pgvector scans the graph again
-        "text_pool": TEXT_POOL,
-    }
-    scores: dict[int, float] = {}
-    if query.embedding is not None and fusion.vector_weight > 0:
-        if query.scope != "branch":
-            await session.execute(text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
-        vector = "[" + ",".join(f"{x:.6f}" for x in query.embedding) + "]"
-        rows = (await session.execute(text(_vector_sql(query.scope)), params | {"q": vector})).all()
-        hits = [r.id for r in rows if 1 - r.distance >= fusion.min_similarity]
-        for rank, message_id in enumerate(hits):
-            scores[message_id] = scores.get(message_id, 0.0) + fusion.vector_weight / (
-                fusion.rrf_k + rank + 1
-            )
-    tsq = ts_query(query.text)
-    if tsq is not None and fusion.text_weight > 0:
-        rows = (await session.execute(text(_text_sql(query.scope)), params | {"tsq": tsq})).all()
-        for rank, row in enumerate(rows):
-            scores[row.id] = scores.get(row.id, 0.0) + fusion.text_weight / (fusion.rrf_k + rank + 1)
+    vector = await vector_leg(session, query, fusion.min_similarity) if fusion.vector_weight > 0 else []
+    lexical_hits = await text_leg(session, query, fusion.bm25) if fusion.text_weight > 0 else []
+    scores = fuse([(fusion.vector_weight, vector), (fusion.text_weight, lexical_hits)], fusion.rrf_k)
     if not scores:
         return []
-    return await _ranked(session, query, scores, boost)
-
-
-async def _ranked(
-    session: AsyncSession,
-    query: RecallQuery,
-    scores: dict[int, float],
-    boost: Boost | Awaitable[Boost | None] | None,
-) -> list[Memory]:
-    rows = (await session.execute(_DETAILS, {"ids": list(scores), "user": query.user_id})).all()
-    memories = [
-        Memory(
-            message_id=r.id,
-            conversation_id=r.public_id,
-            role=r.role,
-            name=r.name,
-            content=r.content,
-            score=scores[r.id],
-            created_at=r.created_at,
-            metadata=r.metadata,
-            emotion_label=r.emotion_label,
-            importance=r.importance,
-        )
-        for r in rows
-    ]
+    memories = await _details(session, query.user_id, scores)
     if inspect.isawaitable(boost):
         boost = await boost
-    if boost is not None:  # the emotion step's hook: same feeling, weighted by importance
-        memories = [_rescored(m, m.score + boost(m)) for m in memories]
-    memories.sort(key=lambda m: (m.score, m.created_at, m.message_id), reverse=True)  # recency breaks ties
-    return memories[: query.k]
+    named = {w.lower() for w in _WORD.findall(_VOCATIVE.sub(" ", query.text))}
+    rescored = []
+    for m in memories:
+        extra = boost(m) if boost is not None else 0.0  # the emotion step's hook
+        if fusion.speaker_boost and _names_speaker(m.name, named):
+            extra += fusion.speaker_boost / fusion.rrf_k
+        rescored.append(replace(m, score=m.score + extra) if extra else m)
+    rescored.sort(key=lambda m: (m.score, m.created_at, m.message_id), reverse=True)  # recency breaks ties
+    best = rescored[: query.k]
+    if fusion.neighbours > 0:
+        best = await _with_neighbours(session, query, fusion, best)
+    return best
 
 
-def _rescored(memory: Memory, score: float) -> Memory:
-    return replace(memory, score=score)
+def _names_speaker(name: str | None, words: set[str]) -> bool:
+    """The query names this speaker: every word of their name is one of its words."""
+    parts = [w.lower() for w in _WORD.findall(name or "")]
+    return bool(parts) and all(p in words for p in parts)
+
+
+async def _details(session: AsyncSession, user_id: int, scores: dict[int, float]) -> list[Memory]:
+    rows = (await session.execute(_DETAILS, {"ids": list(scores), "user": user_id})).all()
+    return [_memory(r, scores[r.id]) for r in rows]
+
+
+def _memory(r: Any, score: float) -> Memory:
+    return Memory(
+        message_id=r.id,
+        conversation_id=r.public_id,
+        role=r.role,
+        name=r.name,
+        content=r.content,
+        score=score,
+        created_at=r.created_at,
+        metadata=r.metadata,
+        emotion_label=r.emotion_label,
+        importance=r.importance,
+        token_count=r.token_count,
+        parent_id=r.parent_id,
+    )
+
+
+async def _with_neighbours(
+    session: AsyncSession, query: RecallQuery, fusion: Fusion, best: list[Memory]
+) -> list[Memory]:
+    """The previous and next turn of each of the best hits, scored just below it (the cut to `k`
+    keeps the best; excluded and already-chosen messages are not added twice)."""
+    top = best[: fusion.neighbours]
+    have = {m.message_id for m in best} | set(query.exclude)
+    children = (
+        await session.execute(_CHILDREN, {"ids": [m.message_id for m in top], "user": query.user_id})
+    ).all()
+    next_of = {r.parent_id: r.id for r in children}
+    wanted: dict[int, float] = {}
+    for m in top:
+        for neighbour in (m.parent_id, next_of.get(m.message_id)):
+            if neighbour is not None and neighbour not in have and neighbour not in wanted:
+                wanted[neighbour] = m.score * fusion.neighbour_factor
+    if not wanted:
+        return best
+    added = await _details(session, query.user_id, wanted)
+    merged = sorted([*best, *added], key=lambda m: (m.score, m.created_at, m.message_id), reverse=True)
+    return merged[: query.k]

@@ -41,13 +41,13 @@ log = logging.getLogger("anima.memory")
 class MemoryConfig:
     window_turns: int = 64  # messages of each branch's tail cached in RAM: a cache, never a limit
     window_conversations: int = 1000
-    recall_k: int = 8
+    recall_k: int = 40
     scope: Scope = "branch"
     fusion: Fusion = field(default_factory=Fusion)
     deadline_s: float = 0.25
     summaries: bool = True
     summary_min_messages: int = 8
-    embed_batch: int = 32
+    embed_batch: int = 64
     store_wait_s: float = 10.0
 
 

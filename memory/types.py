@@ -128,7 +128,8 @@ class Thread:
 
 @dataclass(frozen=True, slots=True)
 class Memory:
-    """A recalled message, ranked."""
+    """A recalled message, ranked; `token_count` (its content, counted when stored) lets the prompt
+    assembler fit memories by tokens without counting them again."""
 
     message_id: int
     conversation_id: str
@@ -140,6 +141,8 @@ class Memory:
     metadata: dict[str, Any] | None = None
     emotion_label: str | None = None
     importance: float | None = None
+    token_count: int = 0
+    parent_id: int | None = None  # the previous turn of its branch
 
 
 @dataclass(frozen=True, slots=True)

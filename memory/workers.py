@@ -1,7 +1,12 @@
 """The embedding worker: embeds stored messages off the request path, in batches.
 
-Work is found from database state (messages with `embedded = false`), so a restart loses nothing;
-`FOR UPDATE SKIP LOCKED` lets several processes share the work without embedding a row twice.
+Work is found from database state (messages with `embedded = false`), so a restart loses nothing.
+A batch is claimed (`embed_claimed_at`, taken with `FOR UPDATE SKIP LOCKED` in a short transaction
+that commits at once), embedded with no transaction open, then written only where the claim and the
+content are still the ones embedded: no row lock is held while the encoder runs, several processes
+share the work without embedding a row twice, and a claim left by a crashed worker expires.
+What is embedded is the message's text (the chunks of a long one), exactly what recall compares with
+the question: a "[date] Name:" prefix pulled the other speaker's turns. Speaker and date stay columns.
 """
 
 from __future__ import annotations
@@ -24,18 +29,33 @@ if TYPE_CHECKING:
 log = logging.getLogger("anima.workers")
 
 Annotate = Callable[[Sequence[tuple[str, str]]], Awaitable[list[Annotation]]]  # (role, text) -> annotation
+CLAIM_LEASE_S = 300.0  # a claim older than this was left by a worker that died
 
-_PENDING = text(
+_CLAIM = text(
     """
-    SELECT m.id, m.user_id, m.conversation_id, m.role, m.name, m.content, m.created_at, m.importance
-    FROM message m WHERE NOT m.embedded ORDER BY m.id LIMIT :n FOR UPDATE OF m SKIP LOCKED
+    UPDATE message m SET embed_claimed_at = clock_timestamp() FROM (
+        SELECT id FROM message
+        WHERE NOT embedded AND (
+            embed_claimed_at IS NULL
+            OR embed_claimed_at < clock_timestamp() - make_interval(secs => :lease)
+        )
+        ORDER BY id LIMIT :n FOR UPDATE SKIP LOCKED
+    ) pending WHERE m.id = pending.id
+    RETURNING m.id, m.user_id, m.conversation_id, m.role, m.content, m.content_hash, m.importance,
+              m.embed_claimed_at
     """
 )
-
-
-def index_text(role: str, name: str | None, content: str, day: str) -> str:
-    """What is embedded for a message: speaker and date help every retrieval method."""
-    return f"[{day}] {name or role}: {content}"
+_DONE = text(
+    """
+    UPDATE message m SET embedded = true, embed_claimed_at = NULL
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:claims AS timestamptz[]), CAST(:hashes AS text[]))
+        AS c(id, claimed, hash)
+    WHERE m.id = c.id AND NOT m.embedded AND m.embed_claimed_at = c.claimed AND m.content_hash = c.hash
+    RETURNING m.id
+    """
+)
+_RELEASE = text("UPDATE message SET embed_claimed_at = NULL WHERE id = ANY(:ids) AND NOT embedded")
+_FORGET = text("DELETE FROM message_embedding WHERE message_id = ANY(:ids)")
 
 
 class EmbeddingWorker:
@@ -45,54 +65,86 @@ class EmbeddingWorker:
         embedder: Embedder,
         *,
         chunker: Callable[[str], list[str]],
-        batch: int = 32,
+        batch: int = 64,
         idle_s: float = 2.0,
         annotate: Annotate | None = None,
     ) -> None:
         self._sessions, self._embedder, self._chunk = sessions, embedder, chunker
         self._batch, self._idle_s, self._annotate = batch, idle_s, annotate
         self.wake = asyncio.Event()
+        self._encoder = asyncio.Lock()  # one batch encodes at a time; the other loop does its database work
         self.failures = 0
 
     async def step(self) -> int:
-        """Embed one batch; returns how many messages it embedded."""
+        """Claim, embed and write one batch; returns how many messages it claimed."""
         async with self._sessions.begin() as session:
-            rows = (await session.execute(_PENDING, {"n": self._batch})).all()
-            if not rows:
-                return 0
-            texts: list[str] = []
-            owners: list[tuple[int, int, int, int]] = []  # message, user, conversation, chunk
-            for row in rows:
-                day = f"{row.created_at:%Y-%m-%d}"
-                for i, chunk in enumerate(self._chunk(row.content) or [""]):  # each chunk keeps who and when
-                    texts.append(index_text(row.role, row.name, chunk, day))
-                    owners.append((row.id, row.user_id, row.conversation_id, i))
-            vectors = await self._embedder.embed(texts)
-            await session.execute(
-                insert(MessageEmbedding),
-                [
-                    {"message_id": m, "user_id": u, "conversation_id": c, "chunk": i, "embedding": v}
-                    for (m, u, c, i), v in zip(owners, vectors, strict=True)
-                ],
-            )
-            await session.execute(
-                update(MessageRow).where(MessageRow.id.in_([r.id for r in rows])).values(embedded=True)
-            )
-            await self._annotate_missing(session, [r for r in rows if r.importance is None])
+            rows = (await session.execute(_CLAIM, {"n": self._batch, "lease": CLAIM_LEASE_S})).all()
+        if not rows:
+            return 0
+        try:
+            await self._embed_and_write(rows)
+        except BaseException:
+            with contextlib.suppress(Exception):  # let another try have them now, not after the lease
+                async with self._sessions.begin() as session:
+                    await session.execute(_RELEASE, {"ids": [r.id for r in rows]})
+            raise
         return len(rows)
 
-    async def _annotate_missing(self, session: AsyncSession, rows: list[Any]) -> None:
-        """Messages stored without the emotion step (imports, replies) get importance (and emotion) here."""
-        if self._annotate is None or not rows:
-            return
-        annotations = await self._annotate([(r.role, r.content) for r in rows])
-        for row, annotation in zip(rows, annotations, strict=True):
-            await session.execute(
-                update(MessageRow).where(MessageRow.id == row.id).values(**annotation.columns())
-            )
+    async def _embed_and_write(self, rows: Sequence[Any]) -> None:
+        texts: list[str] = []
+        owners: list[tuple[int, int, int, int]] = []  # message, user, conversation, chunk
+        for row in rows:
+            for i, chunk in enumerate(self._chunk(row.content) or [""]):
+                texts.append(chunk)
+                owners.append((row.id, row.user_id, row.conversation_id, i))
+        # imports and replies are stored without the emotion step: importance (and emotion) come here
+        missing = [r for r in rows if r.importance is None] if self._annotate is not None else []
+        annotations: list[Annotation] = []
+        async with self._encoder:
+            vectors = await self._embedder.embed(texts)  # one encoder pass per chunk, batched
+            if self._annotate is not None and missing:
+                annotations = await self._annotate([(r.role, r.content) for r in missing])
+        async with self._sessions.begin() as session:
+            done = await self._mark_done(session, rows)
+            if done:
+                await session.execute(_FORGET, {"ids": list(done)})  # a re-embed replaces old vectors
+                await session.execute(
+                    insert(MessageEmbedding),
+                    [
+                        {"message_id": m, "user_id": u, "conversation_id": c, "chunk": i, "embedding": v}
+                        for (m, u, c, i), v in zip(owners, vectors, strict=True)
+                        if m in done
+                    ],
+                )
+            for row, annotation in zip(missing, annotations, strict=True):
+                if row.id in done:
+                    await session.execute(
+                        update(MessageRow).where(MessageRow.id == row.id).values(**annotation.columns())
+                    )
+            await session.execute(_RELEASE, {"ids": [r.id for r in rows if r.id not in done]})
+
+    @staticmethod
+    async def _mark_done(session: AsyncSession, rows: Sequence[Any]) -> set[int]:
+        """Marks embedded the claimed rows that still hold this claim and the content that was embedded
+        (a `continue` may have extended one meanwhile); returns their ids."""
+        result = await session.execute(
+            _DONE,
+            {
+                "ids": [r.id for r in rows],
+                "claims": [r.embed_claimed_at for r in rows],
+                "hashes": [r.content_hash for r in rows],
+            },
+        )
+        return {r.id for r in result}
 
     async def run(self) -> None:
-        """Until cancelled: drain the backlog, then sleep until woken or `idle_s` passes."""
+        """Until cancelled: two loops, so one batch's claim and write overlap the next one's encoding."""
+        async with asyncio.TaskGroup() as group:
+            for _ in range(2):
+                group.create_task(self._loop())
+
+    async def _loop(self) -> None:
+        """Drain the backlog, then sleep until woken or `idle_s` passes."""
         while True:
             try:
                 done = await self.step()
@@ -112,6 +164,10 @@ class EmbeddingWorker:
                     await self.wake.wait()
 
     async def drain(self) -> None:
-        """Embed everything pending now (tests, imports)."""
-        while await self.step():
-            pass
+        """Embed everything pending now (tests, imports), with the same overlap as `run`."""
+
+        async def loop() -> None:
+            while await self.step():
+                pass
+
+        await asyncio.gather(loop(), loop())

@@ -29,6 +29,7 @@ from memory.db import (
 )
 from memory.embedder import Embedder
 from memory.journal import InFlight, TurnJournal
+from memory.lexical import BM25
 from memory.models import EMBEDDING_DIM
 from memory.personas import PersonaRecords
 from memory.recall import Fusion
@@ -232,6 +233,10 @@ def memory_config(settings: Settings) -> MemoryConfig:
             text_weight=m.text_weight,
             rrf_k=m.rrf_k,
             min_similarity=m.min_similarity,
+            speaker_boost=m.speaker_boost,
+            neighbours=m.recall_neighbours,
+            neighbour_factor=m.neighbour_factor,
+            bm25=BM25(k1=m.bm25_k1, b=m.bm25_b, sample=m.bm25_sample, pool=m.bm25_pool),
         ),
         deadline_s=m.deadline_ms / 1000,
         summaries=m.summaries,

@@ -94,14 +94,34 @@ class MemorySettings(BaseModel):
         default=64, ge=1, description="messages of each conversation cached in RAM (a cache, never a limit)"
     )
     window_conversations: int = Field(default=1000, ge=1, description="conversations kept in RAM (LRU)")
-    recall_k: int = Field(default=8, ge=0, le=100, description="memories recalled per turn at most")
+    recall_k: int = Field(
+        default=40,
+        ge=0,
+        le=200,
+        description="memories recalled per turn at most (the prompt takes what fits)",
+    )
     recall_scope: Literal["branch", "persona", "user"] = Field(
         default="branch", description="recall from this chat's branch, chats with this persona, or all chats"
     )
     vector_weight: float = Field(default=2.0, ge=0, description="weight of pgvector similarity in fusion")
-    text_weight: float = Field(default=1.0, ge=0, description="weight of full-text rank in fusion")
+    text_weight: float = Field(default=1.0, ge=0, description="weight of BM25 full-text rank in fusion")
     rrf_k: int = Field(default=60, ge=1, description="reciprocal-rank-fusion constant")
-    min_similarity: float = Field(default=0.2, ge=-1, le=1, description="vector hits below this are dropped")
+    min_similarity: float = Field(default=0.1, ge=-1, le=1, description="vector hits below this are dropped")
+    speaker_boost: float = Field(
+        default=1.0, ge=0, description="boost (in first ranks) for messages by a speaker the query names"
+    )
+    recall_neighbours: int = Field(
+        default=0, ge=0, le=50, description="the best N hits also bring their previous and next turns"
+    )
+    neighbour_factor: float = Field(
+        default=0.5, ge=0, le=1, description="a neighbour's score: its hit's times this"
+    )
+    bm25_k1: float = Field(default=1.2, ge=0, description="BM25 term-frequency saturation")
+    bm25_b: float = Field(default=0.75, ge=0, le=1, description="BM25 length normalisation")
+    bm25_sample: int = Field(
+        default=1000, ge=100, description="persona/user scope: newest messages that IDF is measured on"
+    )
+    bm25_pool: int = Field(default=400, ge=10, description="persona/user scope: newest text matches scored")
     deadline_ms: int = Field(default=250, ge=1, description="recall deadline on the request path")
     default_context_window: int = Field(default=8192, ge=512, description="if config and backend are silent")
     share_persona: float = Field(default=0.20, ge=0, le=1, description="budget share: persona/system")
@@ -111,7 +131,7 @@ class MemorySettings(BaseModel):
     summaries: bool = Field(default=True, description="summarise history cut from the prompt (off: never)")
     summary_model: str | None = Field(default=None, description="summariser (default: the chat's model)")
     summary_min_messages: int = Field(default=8, ge=2, description="cut messages needed before summarising")
-    embed_batch: int = Field(default=32, ge=1, description="embedding worker batch size")
+    embed_batch: int = Field(default=64, ge=1, description="embedding worker batch size")
     share_facts: float = Field(default=0.05, ge=0, le=1, description="budget share: facts about the user")
     facts_enabled: bool = Field(default=True, description="learn facts and relationships from chats")
     facts_model: str | None = Field(

@@ -1,0 +1,223 @@
+"""Recall ranking on the real Postgres: BM25 weighting, speakers, neighbours, scopes (exact values)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from memory import history
+from memory.budget import TokenCounter
+from memory.lexical import BM25
+from memory.recall import Fusion, RecallQuery, recall, text_leg
+from memory.types import Message, StoredMessage
+from tests.fakes import FakeEmbedder
+
+LEXICAL = Fusion(vector_weight=0.0, text_weight=1.0, speaker_boost=0.0)
+
+
+async def chat(
+    sessions: async_sessionmaker[AsyncSession],
+    counter: TokenCounter,
+    user: int,
+    lines: Sequence[tuple[str, str]],
+    public_id: str = "c",
+) -> list[StoredMessage]:
+    """One branch of (speaker, text) turns: the first speaker is the user, the other the assistant."""
+    first = lines[0][0]
+    messages = [Message("user" if who == first else "assistant", said, who) for who, said in lines]
+    async with sessions.begin() as s:
+        row = await history.create_conversation(s, user_id=user, public_id=public_id)
+        return await history.append(
+            s,
+            user_id=user,
+            conversation_id=row.id,
+            parent_id=None,
+            messages=messages,
+            token_counts=[counter.count(m.content) for m in messages],
+        )
+
+
+def query(user: int, said: str, anchor: int | None, *, scope: str = "branch", k: int = 10) -> RecallQuery:
+    return RecallQuery(user_id=user, text=said, embedding=None, scope=scope, anchor_id=anchor, k=k)  # type: ignore[arg-type]
+
+
+def bm25(tf: int, df: int, n: int, length: int, avgdl: float) -> float:
+    """Okapi BM25 of one term (k1 = 1.2, b = 0.75), written out independently of memory.lexical."""
+    idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
+    return idf * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * length / avgdl))
+
+
+async def test_a_rare_word_outweighs_a_common_one_repeated(
+    sessions: async_sessionmaker[AsyncSession], counter: TokenCounter, user: int
+) -> None:
+    """ts_rank_cd (no IDF) ranked the coffee-coffee message first; BM25 ranks the one rare word first."""
+    lines = [("Ann", f"Coffee again this morning, number {i}.") for i in range(8)]
+    lines += [
+        ("Ann", "Coffee, coffee, coffee: nothing but coffee today."),
+        ("Bob", "My sister moved to Porto."),
+    ]
+    stored = await chat(sessions, counter, user, lines)
+    async with sessions() as s:
+        hits = await text_leg(s, query(user, "coffee in Porto?", stored[-1].id), BM25())
+    porto, coffees = stored[-1], stored[-2]
+    assert [h[0] for h in hits[:2]] == [porto.id, coffees.id]
+    avgdl = sum(m.token_count for m in stored) / len(stored)
+    assert hits[0][1] == approx(bm25(1, 1, 10, porto.token_count, avgdl))
+    assert hits[1][1] == approx(bm25(4, 9, 10, coffees.token_count, avgdl))
+    assert len(hits) == 10  # every message holds one of the words
+
+
+def approx(value: float) -> object:
+    import pytest
+
+    return pytest.approx(value, rel=1e-9)
+
+
+async def test_speaker_names_are_not_search_terms(
+    sessions: async_sessionmaker[AsyncSession], counter: TokenCounter, user: int
+) -> None:
+    """Names were indexed with every message and a question naming a speaker matched all of theirs;
+    now neither the name column nor a speaker's name in the question is a lexical term."""
+    stored = await chat(
+        sessions,
+        counter,
+        user,
+        [
+            ("Dave", "I went fishing on Sunday."),
+            ("Alice", "Haha Dave, you always say that."),
+            ("Dave", "My dream is to sail around the world."),
+            ("Alice", "Nice weather today."),
+        ],
+    )
+    async with sessions() as s:
+        hits = await text_leg(s, query(user, "What are Dave's dreams?", stored[-1].id), BM25())
+        indexed = await s.scalar(text("SELECT search::text FROM message WHERE id = :i"), {"i": stored[0].id})
+    assert [h[0] for h in hits] == [stored[2].id]
+    assert indexed == "'fish':3 'sunday':5 'went':2"
+
+
+async def test_the_speaker_a_question_names_comes_first(
+    sessions: async_sessionmaker[AsyncSession], counter: TokenCounter, user: int
+) -> None:
+    stored = await chat(
+        sessions,
+        counter,
+        user,
+        [
+            ("Dave", "Alice, my dream is to sail around the world."),
+            ("Alice", "Dave, my dream is to open a bakery in a small seaside town."),
+            ("Dave", "That is a lovely dream."),
+        ],
+    )
+    alice_question = query(user, "What is Alice's dream?", stored[-1].id)
+    async with sessions() as s:
+        plain = await recall(s, alice_question, LEXICAL)
+        spoken = await recall(s, alice_question, Fusion(vector_weight=0.0, speaker_boost=1.0))
+    # without the rule the short line wins on length; with it, Alice's own dream is first
+    assert [m.message_id for m in plain] == [stored[2].id, stored[0].id, stored[1].id]
+    assert [m.message_id for m in spoken] == [stored[1].id, stored[2].id, stored[0].id]
+    assert spoken[0].score == approx(1 / 63 + 1 / 60)
+    assert (spoken[0].name, spoken[0].token_count) == ("Alice", stored[1].token_count)
+    # a name used to address someone says who is asked, not whose words are wanted
+    for addressed in ("Alice, what was my dream again?", "What was my dream again, Alice?"):
+        async with sessions() as s:
+            found = await recall(
+                s, query(user, addressed, stored[-1].id), Fusion(vector_weight=0.0, speaker_boost=1.0)
+            )
+        assert [m.message_id for m in found] == [stored[2].id, stored[0].id, stored[1].id]
+
+
+async def test_neighbours_follow_their_hit(
+    sessions: async_sessionmaker[AsyncSession], counter: TokenCounter, user: int
+) -> None:
+    """The answer to a question is often the next turn, which shares no word with what is asked."""
+    stored = await chat(
+        sessions,
+        counter,
+        user,
+        [
+            ("Ann", "Nice weather."),
+            ("Ann", "Have you ever been to Peru?"),
+            ("Bob", "Yes! Two weeks in Cusco back in college."),
+            ("Ann", "Cool."),
+        ],
+    )
+    peru = query(user, "Has Bob been to Peru?", stored[-1].id)
+    async with sessions() as s:
+        alone = await recall(s, peru, LEXICAL)
+        with_next = await recall(s, peru, Fusion(vector_weight=0.0, speaker_boost=0.0, neighbours=1))
+    assert [m.message_id for m in alone] == [stored[1].id]
+    assert [m.message_id for m in with_next] == [stored[1].id, stored[2].id, stored[0].id]  # newer first
+    assert [m.score for m in with_next] == [approx(1 / 61), approx(0.5 / 61), approx(0.5 / 61)]
+
+
+async def test_excluded_messages_count_for_idf_but_are_not_returned(
+    sessions: async_sessionmaker[AsyncSession], counter: TokenCounter, user: int
+) -> None:
+    stored = await chat(
+        sessions,
+        counter,
+        user,
+        [("Ann", "Porto was lovely."), ("Bob", "Porto again?"), ("Ann", "Yes, Porto.")],
+    )
+    q = RecallQuery(user, "Porto", None, "branch", stored[-1].id, exclude=[stored[-1].id])
+    async with sessions() as s:
+        hits = await text_leg(s, q, BM25())
+    avgdl = sum(m.token_count for m in stored) / 3
+    assert [h[0] for h in hits] == [stored[1].id, stored[0].id]
+    assert hits[0][1] == approx(bm25(1, 3, 3, stored[1].token_count, avgdl))
+
+
+async def test_user_scope_ranks_across_chats_with_idf_from_the_users_messages(
+    sessions: async_sessionmaker[AsyncSession], counter: TokenCounter, user: int
+) -> None:
+    one = await chat(sessions, counter, user, [("Ann", "The garden is full of tomatoes.")], "one")
+    two = await chat(
+        sessions,
+        counter,
+        user,
+        [("Ann", "Garden work all day."), ("Bob", "The garden again, and the tomatoes?")],
+        "two",
+    )
+    stored = one + two
+    async with sessions() as s:
+        hits = await text_leg(s, query(user, "tomatoes in the garden", None, scope="user"), BM25())
+    avgdl = sum(m.token_count for m in stored) / 3
+
+    def both(m: StoredMessage) -> float:
+        return bm25(1, 3, 3, m.token_count, avgdl) + bm25(1, 2, 3, m.token_count, avgdl)
+
+    expected = {
+        one[0].id: both(one[0]),
+        two[1].id: both(two[1]),
+        two[0].id: bm25(1, 3, 3, two[0].token_count, avgdl),
+    }
+    assert [h[0] for h in hits] == sorted(expected, key=lambda i: expected[i], reverse=True)
+    assert [h[1] for h in hits] == [approx(expected[h[0]]) for h in hits]
+
+
+async def test_both_legs_fused_by_weighted_reciprocal_rank(
+    sessions: async_sessionmaker[AsyncSession], counter: TokenCounter, user: int
+) -> None:
+    stored = await chat(
+        sessions, counter, user, [("Ann", "violin lessons on monday"), ("Bob", "the cello sounds warm")]
+    )
+    async with sessions.begin() as s:
+        for m in stored:
+            vector = (await FakeEmbedder().embed([m.content]))[0]
+            await s.execute(
+                text(
+                    "INSERT INTO message_embedding (message_id, user_id, conversation_id, chunk, embedding)"
+                    " SELECT id, user_id, conversation_id, 0, :v FROM message WHERE id = :i"
+                ),
+                {"v": str(vector), "i": m.id},
+            )
+    said = "cello"
+    q = RecallQuery(user, said, (await FakeEmbedder().embed([said]))[0], "branch", stored[-1].id)
+    async with sessions() as s:
+        found = await recall(s, q, Fusion(vector_weight=2.0, text_weight=1.0, speaker_boost=0.0))
+    assert [m.message_id for m in found] == [stored[1].id]  # the violin line is below min_similarity
+    assert found[0].score == approx(2 / 61 + 1 / 61)
