@@ -104,6 +104,7 @@ class MemoryService:
             sessions, counter, self.window, embedder, config.fusion, stored=self._wake_embedder
         )
         self.journal = journal
+        self.store_failures = 0  # turns neither stored nor journaled
         self._draining = asyncio.Lock()
         self._public_ids: OrderedDict[tuple[int, str], int] = OrderedDict()  # (user, public id) → row id
         self._stores: set[asyncio.Task[None]] = set()
@@ -322,6 +323,7 @@ class MemoryService:
         except Exception as exc:
             if unreachable(exc) and await self._journaled(session, turn):
                 return
+            self.store_failures += 1  # read by proxy/metrics.py
             log.exception("could not store a turn of conversation %s", thread.public_id)
 
     # -- the journal (Postgres unreachable) ----------------------------------------------------------

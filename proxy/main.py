@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import anyio
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -38,6 +39,8 @@ from personas.store import PersonaStore
 from proxy.backends.registry import Registry, build_backends
 from proxy.errors import RequestTooLarge, error_body, error_response, install_error_handlers
 from proxy.limits import RateLimiter
+from proxy.logs import RequestLog, quiet_startup
+from proxy.metrics import Sampler
 from proxy.pipeline import BudgetPolicy, ChatPipeline, RetryPolicy
 from proxy.routes import api_router
 from proxy.settings import Settings, get_settings
@@ -220,7 +223,7 @@ class CollapseSlashes:
             await error_response(400, body)(scope, receive, send)
             return
         if scope["type"] == "http" and "//" in scope["path"]:
-            scope = dict(scope, path=self._runs.sub("/", scope["path"]))
+            scope["path"] = self._runs.sub("/", scope["path"])  # in place: RequestLog reads the route
         await self.app(scope, receive, send)
 
 
@@ -313,6 +316,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             settings.limits.requests_per_minute, settings.limits.tokens_per_minute
         )
         tasks = start_workers(built.memory, pipeline, settings)
+        app.state.sampler = Sampler(pipeline)
+        tasks.append(asyncio.get_running_loop().create_task(app.state.sampler.run()))
         if built.personas is not None and settings.personas.reload_s > 0:
             tasks.append(
                 asyncio.get_running_loop().create_task(built.personas.watch(settings.personas.reload_s))
@@ -330,7 +335,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             if owned:
                 await close_services(built)
 
-    app = FastAPI(title="Anima", version="0.1.0", lifespan=lifespan)
+    # Swagger UI and ReDoc from the assets fastapi-offline ships: /docs works without a CDN.
+    app = FastAPIOffline(title="Anima", version="0.1.0", lifespan=lifespan, static_url="/static/docs")
     install_error_handlers(app)
     app.include_router(api_router())
     if settings.cors_origins:  # closed by default: no CORS headers, so browsers block other origins
@@ -349,9 +355,11 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         )
     app.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)
     app.add_middleware(CollapseSlashes)
+    app.add_middleware(RequestLog)
     return app
 
 
 def app_factory() -> FastAPI:
     """uvicorn entry point (`proxy.main:app_factory`, factory=True): settings from env and anima.toml."""
+    quiet_startup()
     return create_app(get_settings())

@@ -32,6 +32,7 @@ from personas.store import PersonaStore, Resolved
 from proxy.backends.base import BackendRequest, Delta
 from proxy.backends.registry import Registry, Route
 from proxy.errors import BackendError, ContextTooLong, PersonaNotFound, ProxyError, UnsupportedParameter
+from proxy.metrics import memory_turn, timed
 from proxy.protocol import ChatCompletionRequest, ChatMessage, ResponseFormat
 
 log = logging.getLogger("anima.pipeline")
@@ -157,6 +158,7 @@ class ChatPipeline:
             if not turn or turn.degraded
             else "ok"
         )
+        memory_turn(status, turn.degraded if turn is not None else ())
         unstored = None
         if turn is not None:
             outgoing = turn.prompt.messages
@@ -247,7 +249,8 @@ class ChatPipeline:
             asyncio.ensure_future(self.cards.index(session.user_id, card)) if self.cards and card else None
         )
         try:
-            thread = await self.memory.recognise(session, messages)
+            with timed("recognise"):
+                thread = await self.memory.recognise(session, messages)
         except Exception as exc:
             embedding.cancel()
             if feeling is not None:
@@ -260,15 +263,17 @@ class ChatPipeline:
             feeling.cancel()
             feeling = None
         boost = asyncio.ensure_future(self._boost(feeling)) if feeling is not None else None
-        recall = await self.memory.recall(
-            session,
-            thread,
-            query,
-            embedding=embedding,
-            boost=boost,
-            persona_id=persona.id if persona else None,
-        )
-        emotion = await self.emotion.reading(feeling) if self.emotion and feeling is not None else None
+        with timed("recall"):
+            recall = await self.memory.recall(
+                session,
+                thread,
+                query,
+                embedding=embedding,
+                boost=boost,
+                persona_id=persona.id if persona else None,
+            )
+        with timed("emotion"):
+            emotion = await self.emotion.reading(feeling) if self.emotion and feeling is not None else None
         block = self.emotion.block(emotion, thread.path, recall.memories) if self.emotion else None
         window = await self._context_window(route)
         budget = Budget.for_model(window, body.reply_limit, self.budget.shares)
@@ -276,9 +281,10 @@ class ChatPipeline:
         outgoing = with_persona(await self._fit_card(messages, indexed, persona, budget, embedding), persona)
         embedding.cancel()  # unless recall or the card used it
         try:
-            prompt = assemble_prompt(
-                parts_for(outgoing, recall, volatile=[block] if block else ()), budget, self.tokens
-            )
+            with timed("assemble"):
+                prompt = assemble_prompt(
+                    parts_for(outgoing, recall, volatile=[block] if block else ()), budget, self.tokens
+                )
         except BudgetExceeded as exc:
             raise ContextTooLong(str(exc), param="messages") from exc
         if prompt.last_cut_id is not None:
@@ -435,7 +441,9 @@ class ChatPipeline:
                 if attempt:
                     await asyncio.sleep(self.retry.backoff_s * 2 ** (attempt - 1))
                 try:
-                    return route, request, await primed(route.backend.stream(request))
+                    with timed("backend_ttft"):
+                        deltas = await primed(route.backend.stream(request))
+                    return route, request, deltas
                 except BackendError as exc:
                     last = exc
                     log.warning(

@@ -176,6 +176,7 @@ class Settings(BaseSettings):
     )
     cors_origins: list[str] = Field(default_factory=list, description="browser origins allowed (CORS); none")
     log_content: bool = Field(default=False, description="let debug logs include message text")
+    log_json: bool = Field(default=False, description="log JSON lines (one object per line) instead of text")
 
     @classmethod
     def settings_customise_sources(

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from sse_starlette import ServerSentEvent
 
 from proxy.errors import ProxyError
+from proxy.metrics import count_tokens
 from proxy.pipeline import ChatPipeline, PreparedChat
 from proxy.protocol import (
     AssistantMessage,
@@ -48,6 +49,13 @@ class ReplyBuffer:
         prompt, completion = pipeline.usage(chat, "".join(self.text), self.reported_usage)
         return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
+    def finished(self, pipeline: ChatPipeline, chat: PreparedChat, *, complete: bool) -> Usage:
+        """Hand the turn to memory and count its tokens (after the reply: never on the client's time)."""
+        pipeline.finish(chat, "".join(self.text), complete=complete)
+        usage = self.usage(pipeline, chat)
+        count_tokens(chat.backend, usage.prompt_tokens, usage.completion_tokens)
+        return usage
+
 
 def _event(data: str) -> ServerSentEvent:
     return ServerSentEvent(data=data, sep="\n")
@@ -83,7 +91,7 @@ async def stream_sse(chat: PreparedChat, pipeline: ChatPipeline) -> AsyncIterato
             yield _chunk(chat, [], reply.usage(pipeline, chat))
         yield _event("[DONE]")
     finally:
-        pipeline.finish(chat, "".join(reply.text), complete=complete)
+        reply.finished(pipeline, chat, complete=complete)
 
 
 async def collect(chat: PreparedChat, pipeline: ChatPipeline) -> ChatCompletion:
@@ -94,7 +102,7 @@ async def collect(chat: PreparedChat, pipeline: ChatPipeline) -> ChatCompletion:
             pass
         complete = True
     finally:
-        pipeline.finish(chat, "".join(reply.text), complete=complete)
+        usage = reply.finished(pipeline, chat, complete=complete)
     reasoning = "".join(reply.reasoning)
     message = AssistantMessage(content="".join(reply.text), reasoning_content=reasoning or None)
     return ChatCompletion(
@@ -102,5 +110,5 @@ async def collect(chat: PreparedChat, pipeline: ChatPipeline) -> ChatCompletion:
         created=chat.created,
         model=chat.model,
         choices=[Choice(message=message, finish_reason=reply.finish_reason or "stop")],
-        usage=reply.usage(pipeline, chat),
+        usage=usage,
     )

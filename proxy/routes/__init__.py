@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
+from proxy import metrics
 from proxy.deps import limited
 from proxy.routes import chat, emotion, health, memory, models, personas, users
 
@@ -11,7 +12,8 @@ PREFIXES = ("/v1", "")  # SillyTavern appends /chat/completions to whatever base
 
 
 def api_router() -> APIRouter:
-    """Every route but /health needs the caller's key (once keys exist) and counts against its limit."""
+    """Every route but /health and /metrics needs the caller's key (once keys exist) and counts against
+    its limit."""
     router = APIRouter()
     guarded = [Depends(limited)]
     for prefix in PREFIXES:
@@ -20,4 +22,5 @@ def api_router() -> APIRouter:
     for module in (memory, emotion, personas, users):
         router.include_router(module.router, prefix="/v1", dependencies=guarded)
     router.include_router(health.router)
+    router.include_router(metrics.router)  # like /health: no key (numbers only, no content)
     return router
