@@ -42,7 +42,7 @@ from proxy.limits import RateLimiter
 from proxy.logs import RequestLog, quiet_startup
 from proxy.metrics import Sampler
 from proxy.pipeline import BudgetPolicy, ChatPipeline, RetryPolicy
-from proxy.routes import api_router
+from proxy.routes import api_router, ui
 from proxy.settings import Settings, get_settings
 
 log = logging.getLogger("anima")
@@ -339,6 +339,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app = FastAPIOffline(title="Anima", version="0.1.0", lifespan=lifespan, static_url="/static/docs")
     install_error_handlers(app)
     app.include_router(api_router())
+    app.mount("/ui/static", ui.assets(), name="ui")
     if settings.cors_origins:  # closed by default: no CORS headers, so browsers block other origins
         app.add_middleware(
             CORSMiddleware,

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends
 
 from proxy import metrics
 from proxy.deps import limited
-from proxy.routes import chat, emotion, health, memory, models, personas, users
+from proxy.routes import chat, emotion, health, memory, models, personas, ui, users
 
 PREFIXES = ("/v1", "")  # SillyTavern appends /chat/completions to whatever base URL the user typed
 
@@ -23,4 +23,5 @@ def api_router() -> APIRouter:
         router.include_router(module.router, prefix="/v1", dependencies=guarded)
     router.include_router(health.router)
     router.include_router(metrics.router)  # like /health: no key (numbers only, no content)
+    router.include_router(ui.router)  # the page itself is public; its data needs the key
     return router

@@ -224,3 +224,14 @@ def test_a_first_start_is_quiet(
     assert any("Anima ready" in line for line in startup)
     assert all("[-]" in line for line in startup if " INFO " in line)  # the request-id field, empty
     assert len(startup) <= 12, "\n".join(startup)
+
+
+@pytest.mark.parametrize(
+    ("page", "asset"), [("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")]
+)
+def test_api_docs_load_their_assets_from_anima(anima_url: str, page: str, asset: str) -> None:
+    html = httpx.get(f"{anima_url}{page}").text
+    assert f"/static/docs/{asset}" in html
+    assert "cdn." not in html and "googleapis" not in html  # nothing from elsewhere: it works offline
+    script = httpx.get(f"{anima_url}/static/docs/{asset}")
+    assert script.status_code == 200 and len(script.content) > 100_000
