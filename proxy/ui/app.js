@@ -156,16 +156,27 @@ function tree(messages, turnOf, id) {
       h("div", { class: `msg ${m.role}`, "data-message": m.id },
         h("span", { class: "role" }, m.name || m.role), badges,
         turn ? h("a", { class: "button turn-link", href: `#/c/${encodeURIComponent(id)}/turn/${turn}`, style: "float:right" }, `prompt of turn ${turn}`) : null,
-        h("div", { class: "text" }, short(m.content, 600))),
-      branch(m.id));
+        h("div", { class: "text" }, short(m.content, 600))));
+  };
+  // A chain stays flat; only where a message has several children do the alternatives nest.
+  const chain = (parent, first, label) => {
+    const items = [];
+    let current = first ? [first] : (children.get(parent) || []), tag = label;
+    while (current.length === 1) {
+      items.push(node(current[0], tag));
+      tag = null;
+      current = children.get(current[0].id) || [];
+    }
+    if (current.length > 1) {
+      const kind = current[0].role === "assistant" ? "swipe" : "branch";
+      items.push(h("li", {}, h("div", { class: "branch" }, `${current.length} alternatives (${kind}s)`),
+        current.map((k, i) => h("ul", {}, chain(null, k, `${kind} ${i + 1}/${current.length}`)))));
+    }
+    return items;
   };
   const branch = (parent) => {
-    const kids = children.get(parent) || [];
-    if (!kids.length) return null;
-    if (kids.length === 1) return h("ul", {}, node(kids[0]));
-    const kind = kids[0].role === "assistant" ? "swipe" : "branch";
-    return h("ul", {}, h("li", { class: "branch" }, `${kids.length} alternatives (${kind}s)`),
-      kids.map((k, i) => node(k, `${kind} ${i + 1}/${kids.length}`)));
+    const items = chain(parent, null, null);
+    return items.length ? h("ul", {}, items) : null;
   };
   return h("div", { class: "tree card", id: "tree" }, branch(null) || h("p", { class: "muted" }, "No messages."));
 }
@@ -199,9 +210,11 @@ function moodPlot(points) {
     const color = MOOD_COLORS[n % MOOD_COLORS.length];
     add("polyline", { fill: "none", stroke: color, "stroke-width": 2, points: points.map((p, i) => `${x(i)},${y((p.mood_scores || {})[label] || 0)}`).join(" ") });
     add("text", { x: pad + n * 95, y: 12, "font-size": 11, fill: color }, label);
+    points.forEach((p, i) => add("circle", { cx: x(i), cy: y((p.mood_scores || {})[label] || 0), r: 2.5, fill: color, class: "score" }));
   });
+  add("text", { x: W - pad - 120, y: H - 6, "font-size": 10, fill: "#222" }, "● mood (smoothed)");
   points.forEach((p, i) => {
-    const dot = add("circle", { cx: x(i), cy: y((p.mood && p.mood.intensity) || 0), r: 3.5, fill: "#222" });
+    const dot = add("circle", { cx: x(i), cy: y((p.mood && p.mood.intensity) || 0), r: 4, fill: "none", stroke: "#222", "stroke-width": 1.5, class: "mood" });
     const title = document.createElementNS(ns, "title");
     title.textContent = `turn ${i + 1}: felt ${p.label || "-"} (${p.confidence ?? "-"}), mood ${(p.mood && p.mood.label) || "-"}`;
     dot.append(title);

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -235,3 +236,19 @@ def test_api_docs_load_their_assets_from_anima(anima_url: str, page: str, asset:
     assert "cdn." not in html and "googleapis" not in html  # nothing from elsewhere: it works offline
     script = httpx.get(f"{anima_url}/static/docs/{asset}")
     assert script.status_code == 200 and len(script.content) > 100_000
+
+
+def test_the_grafana_dashboard_uses_only_metrics_anima_exports(anima_url: str) -> None:
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "grafana" / "anima.json").read_text())
+    used = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"anima_[a-z_]+", target["expr"])
+    }
+    families = {f.name for f in text_string_to_metric_families(httpx.get(f"{anima_url}/metrics").text)}
+    suffixes = ("_total", "_bucket", "_count", "_sum")
+    unknown = {
+        n for n in used if n not in families and not any(n.removesuffix(s) in families for s in suffixes)
+    }
+    assert used and not unknown

@@ -93,11 +93,11 @@ def poll(check: Any, timeout_s: float = 60.0) -> Any:
         time.sleep(0.2)
 
 
-def say(url: str, key: str, conversation: str, text: str) -> None:
+def say(url: str, key: str, conversation: str, text: str, history: list[Any] | None = None) -> None:
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
     client.chat.completions.create(
         model="stub/echo",
-        messages=[{"role": "user", "content": text}],
+        messages=[*(history or []), {"role": "user", "content": text}],
         extra_headers={"X-Anima-Conversation": conversation, "X-Anima-Persona": "tester"},
     )
 
@@ -105,9 +105,11 @@ def say(url: str, key: str, conversation: str, text: str) -> None:
 def stored(api: httpx.Client, conversation: str, messages: int) -> bool:
     """The turn is stored and embedded (both happen after the reply, in the background)."""
     info = api.get(f"/v1/conversations/{conversation}")
-    return info.status_code == 200 and info.json()["message_count"] >= messages and not info.json()[
-        "pending_embeddings"
-    ]
+    return (
+        info.status_code == 200
+        and info.json()["message_count"] >= messages
+        and not info.json()["pending_embeddings"]
+    )
 
 
 def test_dashboard_in_a_real_browser(anima: str, admin_key: str, tmp_path: Path) -> None:
@@ -148,9 +150,9 @@ def test_dashboard_in_a_real_browser(anima: str, admin_key: str, tmp_path: Path)
         page.fill("#search", chat)  # the list filters as you type
         expect(page.locator("#conversations tbody tr")).to_have_count(1)
         page.click(f"text={chat}")
-        ready(f"#/c/{chat}", "conversation")
+        ready(f"#/c/{chat}")
         expect(page.locator("#tree")).to_contain_text("What is my cat called?")
-        expect(page.locator("#mood-plot circle")).to_have_count(1)
+        expect(page.locator("#mood-plot circle.mood")).to_have_count(1)  # one user turn, one reading
 
         page.click("#tree .turn-link")
         ready(f"#/c/{chat}/turn/1", "turn")
@@ -176,11 +178,26 @@ def test_dashboard_in_a_real_browser(anima: str, admin_key: str, tmp_path: Path)
 
         say(anima, admin_key, chat, "Tell me something about her.")
         assert poll(lambda: stored(api, chat, 4))
+        page.goto(f"{anima}/ui#/c/{chat}")
+        ready(f"#/c/{chat}")
+        expect(page.locator("#mood-plot circle.mood")).to_have_count(2)
         page.goto(f"{anima}/ui#/c/{chat}/turn/2")
         ready(f"#/c/{chat}/turn/2", "turn-after-trait")
         expect(page.locator("#turn-persona")).to_have_text("tester v2")
         after = page.locator("#prompt .tier-system").first.inner_text()
         assert after != before and "Joke often" in after
+
+        # a swipe: the client asks again for the last reply (same messages): a sibling in the tree
+        history = [
+            {"role": "user", "content": "I feel so happy today! What is my cat called?"},
+            {"role": "assistant", "content": "Hello from the stub!"},
+        ]
+        say(anima, admin_key, chat, "Tell me something about her.", history)
+        assert poll(lambda: stored(api, chat, 5))
+        page.goto(f"{anima}/ui#/c/{chat}")
+        ready(f"#/c/{chat}", "conversation")
+        expect(page.locator("#tree")).to_contain_text("swipe 2/2")
+        expect(page.locator("#mood-plot circle.mood")).to_have_count(2)
 
         page.goto(f"{anima}/ui#/memory")
         ready("#/memory")
