@@ -272,8 +272,10 @@ class ChatPipeline:
                 boost=boost,
                 persona_id=persona.id if persona else None,
             )
-        with timed("emotion"):
-            emotion = await self.emotion.reading(feeling) if self.emotion and feeling is not None else None
+        emotion = None
+        if self.emotion is not None and feeling is not None:
+            with timed("emotion"):
+                emotion = await self.emotion.reading(feeling)
         block = self.emotion.block(emotion, thread.path, recall.memories) if self.emotion else None
         window = await self._context_window(route)
         budget = Budget.for_model(window, body.reply_limit, self.budget.shares)

@@ -27,10 +27,17 @@ function h(tag, attrs, ...children) {
 }
 
 function key() { return sessionStorage.getItem("anima-key"); }
+function viewing() { return sessionStorage.getItem("anima-as-user"); }
+function viewAs(id, name) {
+  if (id) { sessionStorage.setItem("anima-as-user", id); sessionStorage.setItem("anima-as-name", name); }
+  else { sessionStorage.removeItem("anima-as-user"); sessionStorage.removeItem("anima-as-name"); }
+  location.hash = "#/"; route();
+}
 
 async function api(path, options = {}) {
   const headers = Object.assign({}, options.headers || {});
   if (key()) headers["Authorization"] = "Bearer " + key();
+  if (viewing()) headers["X-Anima-As-User"] = viewing();
   if (options.body && typeof options.body !== "string") {
     headers["Content-Type"] = "application/json";
     options = Object.assign({}, options, { body: JSON.stringify(options.body) });
@@ -59,7 +66,11 @@ async function listAll(path, limit = 1000) {
   return out;
 }
 
-function show(...children) { view().replaceChildren(...children.flat()); }
+function show(...children) {
+  const banner = viewing() ? h("p", { class: "card", id: "viewing" }, `Admin view: the memory of user ${viewing()} (${sessionStorage.getItem("anima-as-name") || ""}). `,
+    h("button", { onclick: () => viewAs(null) }, "Back to my own")) : null;
+  view().replaceChildren(...[banner, ...children.flat()].filter(Boolean));
+}
 function failure(error) { return h("p", { class: "error" }, error.message || String(error)); }
 function when(value) { return value ? new Date(value).toLocaleString() : "-"; }
 function short(text, n = 300) { text = text || ""; return text.length > n ? text.slice(0, n - 1) + "…" : text; }
@@ -417,8 +428,9 @@ async function keysView() {
   show(h("h1", {}, "API keys"),
     h("form", { class: "row card", onsubmit: create }, name, h("label", {}, admin, " admin"), h("button", { type: "submit" }, "Create key")), created,
     h("table", { id: "keys" }, h("thead", {}, h("tr", {}, ["id", "name", "prefix", "admin", "revoked", "rpm", "tpm", "created", ""].map((t) => h("th", {}, t)))),
-      h("tbody", {}, keys.map((k) => h("tr", {}, [k.id, k.name, k.prefix, k.admin ? "yes" : "", k.revoked ? "yes" : "", k.requests_per_minute ?? "-", k.tokens_per_minute ?? "-", when(k.created_at)].map((v) => h("td", {}, v)),
-        h("td", {}, k.revoked ? "" : [h("button", { onclick: () => download(`/v1/admin/users/${k.id}/export`, `anima-user-${k.id}.json`) }, "Export"), " ",
+      h("tbody", {}, keys.map((k) => h("tr", { "data-key": k.name }, [k.id, k.name, k.prefix, k.admin ? "yes" : "", k.revoked ? "yes" : "", k.requests_per_minute ?? "-", k.tokens_per_minute ?? "-", when(k.created_at)].map((v) => h("td", {}, v)),
+        h("td", {}, k.revoked ? "" : [h("button", { class: "view-as", onclick: () => viewAs(String(k.id), k.name) }, "View memory"), " ",
+          h("button", { onclick: () => download(`/v1/admin/users/${k.id}/export`, `anima-user-${k.id}.json`) }, "Export"), " ",
           h("button", { class: "danger", onclick: async () => { if (confirm(`Revoke key ${k.name}?`)) { await api(`/v1/admin/keys/${k.id}`, { method: "DELETE" }); keysView(); } } }, "Revoke")]))))));
 }
 
@@ -443,6 +455,6 @@ async function route() {
   }
 }
 
-document.getElementById("logout").addEventListener("click", () => { sessionStorage.removeItem("anima-key"); me = null; location.hash = "#/"; loginView(); });
+document.getElementById("logout").addEventListener("click", () => { sessionStorage.clear(); me = null; location.hash = "#/"; loginView(); });
 window.addEventListener("hashchange", () => { view().removeAttribute("data-ready"); route(); });
 route();

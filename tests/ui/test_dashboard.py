@@ -84,6 +84,15 @@ async def admin_key(sessions: async_sessionmaker[AsyncSession]) -> str:
     return key
 
 
+@pytest.fixture
+async def other_key(sessions: async_sessionmaker[AsyncSession]) -> tuple[int, str, str]:
+    """Another user's (not admin) key: (user id, name, key)."""
+    name = f"dashboard-other-{uuid.uuid4().hex[:6]}"
+    async with sessions.begin() as s:
+        user_id, key = await create_key(s, name)
+    return user_id, name, key
+
+
 def poll(check: Any, timeout_s: float = 60.0) -> Any:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -93,12 +102,21 @@ def poll(check: Any, timeout_s: float = 60.0) -> Any:
         time.sleep(0.2)
 
 
-def say(url: str, key: str, conversation: str, text: str, history: list[Any] | None = None) -> None:
+def say(
+    url: str,
+    key: str,
+    conversation: str,
+    text: str,
+    history: list[Any] | None = None,
+    *,
+    persona: bool = True,
+) -> None:
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+    headers = {"X-Anima-Conversation": conversation} | ({"X-Anima-Persona": "tester"} if persona else {})
     client.chat.completions.create(
         model="stub/echo",
         messages=[*(history or []), {"role": "user", "content": text}],
-        extra_headers={"X-Anima-Conversation": conversation, "X-Anima-Persona": "tester"},
+        extra_headers=headers,
     )
 
 
@@ -112,7 +130,9 @@ def stored(api: httpx.Client, conversation: str, messages: int) -> bool:
     )
 
 
-def test_dashboard_in_a_real_browser(anima: str, admin_key: str, tmp_path: Path) -> None:
+def test_dashboard_in_a_real_browser(
+    anima: str, admin_key: str, other_key: tuple[int, str, str], tmp_path: Path
+) -> None:
     executable = browser_path()
     from playwright.sync_api import expect, sync_playwright
 
@@ -127,6 +147,19 @@ def test_dashboard_in_a_real_browser(anima: str, admin_key: str, tmp_path: Path)
     assert poll(lambda: stored(api, facts, 2))
     say(anima, admin_key, chat, "I feel so happy today! What is my cat called?")
     assert poll(lambda: stored(api, chat, 2))
+    other_id, other_name, other = other_key
+    theirs = f"ui-other-{run}"
+    say(anima, other, theirs, "Only the other user said this.", persona=False)
+    as_other = {"X-Anima-As-User": str(other_id)}
+    assert poll(
+        lambda: stored(
+            httpx.Client(base_url=anima, headers=as_other | {"Authorization": f"Bearer {admin_key}"}),
+            theirs,
+            2,
+        )
+    )
+    refused = httpx.get(f"{anima}/v1/conversations", headers=as_other | {"Authorization": f"Bearer {other}"})
+    assert refused.status_code == 403  # only an admin may look at another user's memory
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=executable, args=FLAGS, timeout=TIMEOUT_MS)
@@ -209,6 +242,13 @@ def test_dashboard_in_a_real_browser(anima: str, admin_key: str, tmp_path: Path)
         page.goto(f"{anima}/ui#/keys")
         ready("#/keys", "keys")
         expect(page.locator("#keys")).to_contain_text("dashboard-admin")
+        page.click(f"#keys tr[data-key='{other_name}'] button.view-as")
+        ready("#/", "admin-view")
+        expect(page.locator("#viewing")).to_contain_text(other_name)
+        expect(page.locator(f"#conversations tr[data-id='{theirs}']")).to_have_count(1)
+        expect(page.locator(f"#conversations tr[data-id='{chat}']")).to_have_count(0)
+        page.click("#viewing button")
+        expect(page.locator("#viewing")).to_have_count(0)
 
         page.goto(f"{anima}/ui#/")
         ready("#/")
