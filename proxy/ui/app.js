@@ -135,7 +135,7 @@ async function conversationsView() {
   });
   render("");
   show(h("h1", {}, "Conversations"),
-    h("div", { class: "row" }, search, h("button", { onclick: () => download("/v1/users/me/export", "anima-export.json") }, "Export everything")),
+    h("div", { class: "row" }, search, h("button", { onclick: () => viewing() ? download(`/v1/admin/users/${viewing()}/export`, `anima-user-${viewing()}.json`) : download("/v1/users/me/export", "anima-export.json") }, "Export everything")),
     found,
     h("table", { id: "conversations" }, h("thead", {}, h("tr", {}, ["id", "title", "persona", "messages", "", "updated", ""].map((t) => h("th", {}, t)))), body));
 }

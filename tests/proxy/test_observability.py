@@ -14,8 +14,10 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -176,8 +178,16 @@ def stub_settings(stub_url: str, data_dir: Path) -> dict[str, str]:
     }
 
 
+@pytest.fixture
+async def key(sessions: async_sessionmaker[AsyncSession]) -> str:
+    async with sessions.begin() as s:
+        _, value = await create_key(s, "observability")
+    return value
+
+
 @pytest.mark.slow
 def test_two_workers_share_metrics_and_log_json_lines(
+    key: str,
     pg_url: str,
     stub_url: str,
     models_cache: Path,  # noqa: F811
@@ -192,7 +202,7 @@ def test_two_workers_share_metrics_and_log_json_lines(
         for i in range(n):  # a new connection each time: both workers answer some
             with httpx.Client(limits=httpx.Limits(max_keepalive_connections=0), timeout=60) as client:
                 body = {"model": "stub/echo", "messages": [{"role": "user", "content": f"{SECRET} {i}"}]}
-                headers = {"X-Request-Id": f"req-{i}"}
+                headers = {"X-Request-Id": f"req-{i}", "Authorization": f"Bearer {key}"}
                 response = client.post(f"{url}/v1/chat/completions", json=body, headers=headers)
                 assert response.status_code == 200
                 ids.append(response.headers["x-request-id"])
@@ -216,11 +226,18 @@ def test_a_first_start_is_quiet(
     models_cache: Path,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    """A fresh data folder: initdb and the migrations run, and say so in a line or two, not ~80."""
-    settings = stub_settings(stub_url, data_dir_with_models(tmp_path / "data", models_cache))
-    log_file = tmp_path / "anima.log"
-    with anima_process(settings, log_file, tmp_path):
-        lines = [line for line in log_file.read_text().splitlines() if line.strip()]
+    """A fresh data folder: initdb and the migrations run, and say so in a line or two, not ~80.
+
+    The folder is not under pytest's basetemp: initdb runs as pgserver's own user, and other pytest
+    sessions on the machine tidy /tmp/pytest-of-<user> (seen as "Permission denied" mid-initdb)."""
+    data = Path(tempfile.mkdtemp(prefix="anima-first-start-"))
+    try:
+        settings = stub_settings(stub_url, data_dir_with_models(data / "data", models_cache))
+        log_file = tmp_path / "anima.log"
+        with anima_process(settings, log_file, tmp_path):
+            lines = [line for line in log_file.read_text().splitlines() if line.strip()]
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
     startup = [line for line in lines if "anima.access" not in line]
     assert any("Anima ready" in line for line in startup)
     assert all("[-]" in line for line in startup if " INFO " in line)  # the request-id field, empty
