@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE := 1
 # llama-cpp-python builds from source; pip caches the wheel, so this happens once per machine.
 export CMAKE_BUILD_PARALLEL_LEVEL := $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install serve test lint bench clean e2e
+.PHONY: install serve test lint bench clean e2e browser screenshots
 
 $(STAMP): pyproject.toml Makefile scripts/portable_pgvector.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,7 +42,7 @@ install: $(STAMP) $(GRAPHS)
 serve: $(STAMP) $(GRAPHS)
 	$(BIN)/anima serve --host $(HOST) --port $(PORT)
 
-test: $(STAMP) $(GRAPHS)
+test: $(STAMP) $(GRAPHS) browser
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
@@ -74,3 +74,15 @@ e2e: $(E2E_DIR)/st/node_modules/sillytavern/package.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# The dashboard's browser test drives Debian's headless Chromium with playwright (never playwright's own
+# download). Installed here when missing; without apt (or root) the test skips and says why.
+browser:
+	@command -v chromium-headless-shell >/dev/null || command -v chromium >/dev/null || \
+	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium-headless-shell; } || \
+	  echo "could not install chromium-headless-shell: the dashboard's browser test will be skipped"
+
+# Re-take docs/dashboard/*.png from the browser test.
+screenshots: $(STAMP) browser
+	ANIMA_SCREENSHOTS=docs/dashboard $(BIN)/python -m pytest -q tests/ui

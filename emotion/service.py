@@ -43,6 +43,7 @@ class EmotionService:
     def __init__(self, detector: EmotionDetector | None, config: EmotionConfig) -> None:
         self.detector, self.config = detector, config
         self.failures = 0
+        self.deadline_misses = 0  # read by proxy/metrics.py
 
     def active_for(self, persona: str | None) -> bool:
         """Emotion is on for the deployment (a detector is loaded) and not off for this persona."""
@@ -77,6 +78,7 @@ class EmotionService:
                 async with asyncio.timeout(self.config.deadline_s):
                     await asyncio.wait({pending})
             except TimeoutError:
+                self.deadline_misses += 1
                 log.warning("emotion detection missed its %.0f ms deadline", self.config.deadline_s * 1000)
                 pending.cancel()
                 return None

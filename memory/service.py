@@ -248,6 +248,11 @@ class MemoryService:
             self.window.forget(conversation_id)
 
     @property
+    def store_failures(self) -> int:
+        """Answered turns neither stored nor journaled (read by proxy/metrics.py)."""
+        return self.store.lost
+
+    @property
     def stores_in_flight(self) -> int:
         return self.store.in_flight
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="worker processes (ANIMA_WORKERS, default 1)")
     serve.add_argument("--config", help="TOML routing file (ANIMA_CONFIG, default ./anima.toml)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="ANIMA_LOG_LEVEL")
+    serve.add_argument(
+        "--log-json", action="store_true", default=None, help="JSON log lines (ANIMA_LOG_JSON)"
+    )
     models = commands.add_parser(
         "models", help="list every routed model; `anima models build`: the ONNX graphs, at install"
     )
@@ -112,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-SERVER_OPTIONS = ("host", "port", "workers", "config", "log_level")
+SERVER_OPTIONS = ("host", "port", "workers", "config", "log_level", "log_json")
 
 
 def _apply(args: argparse.Namespace) -> Settings:
@@ -180,28 +186,50 @@ def preflight(settings: Settings) -> None:
 
 
 def serve(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    import logging.config
+
+    from proxy.logs import log_config
+
+    config = log_config(settings.log_level, json=settings.log_json)
+    logging.config.dictConfig(config)
     if settings.memory.enabled and settings.database_url is None and settings.workers == 1:
         from memory.db import start_early
 
         start_early(settings.data_dir)  # overlaps the app's imports; the app adopts it
     import uvicorn
 
-    uvicorn.run(
-        "proxy.main:app_factory",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=10,
-        # uvicorn kills a worker that does not answer its health check in time (5 s by default); a
-        # worker loading models on a busy machine can hold the GIL longer than that, and was killed
-        # and restarted forever.
-        timeout_worker_healthcheck=settings.worker_healthcheck_s,
-    )
+    with metrics_folder(settings.workers):
+        uvicorn.run(
+            "proxy.main:app_factory",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_config=config,
+            log_level=settings.log_level,
+            access_log=False,  # proxy/logs.py writes one access line per request, with its latency
+            timeout_graceful_shutdown=10,
+            # uvicorn kills a worker that does not answer its health check in time (5 s by default); a
+            # worker loading models on a busy machine can hold the GIL longer than that, and was killed
+            # and restarted forever.
+            timeout_worker_healthcheck=settings.worker_healthcheck_s,
+        )
+
+
+@contextlib.contextmanager
+def metrics_folder(workers: int) -> Iterator[None]:
+    """Several workers share their metrics through files (prometheus-client's multi-process mode):
+    a fresh folder per run, set before the workers import prometheus-client, removed afterwards."""
+    if workers < 2 or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        yield
+        return
+    folder = tempfile.mkdtemp(prefix="anima-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    try:
+        yield
+    finally:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 async def list_models(settings: Settings) -> list[tuple[str, str]]:

@@ -13,7 +13,13 @@ from fastapi import Depends, Request
 
 from memory.archive import Archive
 from memory.users import User
-from proxy.errors import AuthenticationFailed, MemoryDisabled, PermissionDenied, ServiceUnavailable
+from proxy.errors import (
+    AuthenticationFailed,
+    InvalidRequest,
+    MemoryDisabled,
+    PermissionDenied,
+    ServiceUnavailable,
+)
 from proxy.limits import RateLimiter
 from proxy.pipeline import ChatPipeline
 from proxy.session import api_key
@@ -76,10 +82,21 @@ async def _archive(request: Request) -> Archive:
     return archive
 
 
-async def _user(_: Annotated[Archive, Depends(_archive)], user: CallerDep) -> int:
-    """The caller's user id (memory routes: memory on means there is a database, so a user)."""
+AS_USER = "x-anima-as-user"
+
+
+async def _user(request: Request, _: Annotated[Archive, Depends(_archive)], user: CallerDep) -> int:
+    """The caller's user id (memory routes: memory on means there is a database, so a user). An admin
+    may read and manage another user's memory by naming them in `X-Anima-As-User` (the dashboard)."""
     assert user is not None
-    return user.id
+    other = request.headers.get(AS_USER)
+    if other is None:
+        return user.id
+    if not (user.admin or user.local):
+        raise PermissionDenied(f"Only an admin key may use {AS_USER}.")
+    if not other.isdigit() or len(other) > 18:
+        raise InvalidRequest(f"{AS_USER}: expected a user id.", param=AS_USER)
+    return int(other)
 
 
 PipelineDep = Annotated[ChatPipeline, Depends(_pipeline)]

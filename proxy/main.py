@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import anyio
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.middleware.cors import CORSMiddleware
 
@@ -41,10 +42,12 @@ from proxy.backends.registry import Registry, build_backends
 from proxy.errors import install_error_handlers
 from proxy.knowledge import Knowledge, start_facts
 from proxy.limits import RateLimiter
+from proxy.logs import RequestLog, quiet_startup
+from proxy.metrics import Sampler
 from proxy.middleware import BodyLimit, CollapseSlashes, JsonBodies
 from proxy.pipeline import BudgetPolicy, ChatPipeline, RetryPolicy
 from proxy.reason import ReasonPhrase
-from proxy.routes import api_router
+from proxy.routes import api_router, ui
 from proxy.settings import Settings, get_settings
 
 log = logging.getLogger("anima")
@@ -364,6 +367,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         facts = start_facts(pipeline, settings)  # issue 17: the fact worker
         app.state.facts = facts[0] if facts else None
         tasks += [facts[1]] if facts else []
+        app.state.sampler = Sampler(pipeline)
+        tasks.append(asyncio.get_running_loop().create_task(app.state.sampler.run()))
         if built.personas is not None and settings.personas.reload_s > 0:
             tasks.append(
                 asyncio.get_running_loop().create_task(built.personas.watch(settings.personas.reload_s))
@@ -382,10 +387,12 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
                 await close_services(built)
 
     quiet_content_loggers(settings.log_content)
-    app = FastAPI(title="Anima", version="0.1.0", lifespan=lifespan)
+    # Swagger UI and ReDoc from the assets fastapi-offline ships: /docs works without a CDN.
+    app = FastAPIOffline(title="Anima", version="0.1.0", lifespan=lifespan, static_url="/static/docs")
     app.openapi = _openapi_without_422(app)  # type: ignore[method-assign]
     install_error_handlers(app)
     app.include_router(api_router())
+    app.mount("/ui/static", ui.assets(), name="ui")
     if settings.cors_origins:  # closed by default: no CORS headers, so browsers block other origins
         app.add_middleware(
             CORSMiddleware,
@@ -404,6 +411,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)
     app.add_middleware(CollapseSlashes)
     app.add_middleware(ReasonPhrase)
+    app.add_middleware(RequestLog)
     return app
 
 
@@ -428,4 +436,5 @@ def _openapi_without_422(app: FastAPI) -> Callable[[], dict[str, Any]]:
 
 def app_factory() -> FastAPI:
     """uvicorn entry point (`proxy.main:app_factory`, factory=True): settings from env and anima.toml."""
+    quiet_startup()
     return create_app(get_settings())

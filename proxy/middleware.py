@@ -24,7 +24,7 @@ class CollapseSlashes:
             await error_response(400, body)(scope, receive, send)
             return
         if scope["type"] == "http" and "//" in scope["path"]:
-            scope = dict(scope, path=self._runs.sub("/", scope["path"]))
+            scope["path"] = self._runs.sub("/", scope["path"])  # in place: RequestLog reads the route
         await self.app(scope, receive, send)
 
 

@@ -28,6 +28,7 @@ from personas.store import PersonaStore, Resolved
 from proxy.backends.base import BackendRequest, Delta, TokenUsage, Tool
 from proxy.backends.registry import Registry, Route
 from proxy.errors import BackendError, PersonaNotFound, ProxyError
+from proxy.metrics import memory_turn, timed
 from proxy.protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice, ResponseFormat
 from proxy.turn import MemoryTurn, PersonaUse, TurnBuilder, TurnRequest
 
@@ -124,6 +125,8 @@ class ChatPipeline:
         self._log_prompt(turn.prompt.messages)
         route, request, deltas = await self._open(chain, turn.prompt.messages, body)
         turn_id = uuid.uuid4().hex
+        memory_status = self._memory_status(session, turn)
+        memory_turn(memory_status, turn.degraded)
         return PreparedChat(
             id=f"chatcmpl-{uuid.uuid4().hex}",
             created=int(time.time()),
@@ -133,7 +136,7 @@ class ChatPipeline:
             deltas=deltas,
             include_usage=body.include_usage,
             memory=turn,
-            memory_status=self._memory_status(session, turn),
+            memory_status=memory_status,
             persona=turn.persona,
             stream=body.stream,
             turn_id=turn_id,
@@ -273,7 +276,9 @@ class ChatPipeline:
                 if attempt:
                     await asyncio.sleep(self.retry.backoff_s * 2 ** (attempt - 1))
                 try:
-                    return route, request, await primed(route.backend.stream(request))
+                    with timed("backend_ttft"):
+                        deltas = await primed(route.backend.stream(request))
+                    return route, request, deltas
                 except BackendError as exc:
                     last = exc
                     log.warning(

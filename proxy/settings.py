@@ -248,6 +248,7 @@ class Settings(BaseSettings):
     embedding_model: str = Field(
         default="anima/all-minilm-l6-v2", description="name of the built-in MiniLM in /v1/embeddings"
     )
+    log_json: bool = Field(default=False, description="log JSON lines (one object per line) instead of text")
 
     @classmethod
     def settings_customise_sources(

@@ -13,6 +13,7 @@ from memory.journal import InFlight
 from memory.types import ToolCall as StoredCall
 from proxy.backends.base import Delta, ToolCallDelta
 from proxy.errors import ProxyError
+from proxy.metrics import count_tokens
 from proxy.pipeline import ChatPipeline, PreparedChat
 from proxy.protocol import (
     AssistantMessage,
@@ -136,6 +137,13 @@ class ReplyBuffer:
                     index=delta.choice, delta=visible or DeltaMessage(), logprobs=delta.logprobs
                 )
 
+    def finished(self, pipeline: ChatPipeline, chat: PreparedChat, *, complete: bool) -> Usage:
+        """Hand the turn to memory and count its tokens (after the reply: never on the client's time)."""
+        pipeline.finish(chat, self.text, complete=complete, tool_calls=self.first.stored_calls())
+        usage = self.usage(pipeline, chat)
+        count_tokens(chat.backend, usage.prompt_tokens, usage.completion_tokens)
+        return usage
+
     def usage(self, pipeline: ChatPipeline, chat: PreparedChat) -> Usage:
         prompt, completion = pipeline.usage(chat, self.text, self.reported_usage)
         return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
@@ -179,7 +187,7 @@ async def stream_sse(chat: PreparedChat, pipeline: ChatPipeline) -> AsyncIterato
             yield _chunk(chat, [], reply.usage(pipeline, chat))
         yield _event("[DONE]")
     finally:
-        pipeline.finish(chat, reply.text, complete=complete, tool_calls=reply.first.stored_calls())
+        reply.finished(pipeline, chat, complete=complete)
 
 
 async def collect(chat: PreparedChat, pipeline: ChatPipeline) -> ChatCompletion:
@@ -190,13 +198,13 @@ async def collect(chat: PreparedChat, pipeline: ChatPipeline) -> ChatCompletion:
             pass
         complete = True
     finally:
-        pipeline.finish(chat, reply.text, complete=complete, tool_calls=reply.first.stored_calls())
+        usage = reply.finished(pipeline, chat, complete=complete)
     return ChatCompletion(
         id=chat.id,
         created=chat.created,
         model=chat.model,
         choices=[_choice(index, choice) for index, choice in sorted(reply.choices.items())],
-        usage=reply.usage(pipeline, chat),
+        usage=usage,
     )
 
 

@@ -27,6 +27,7 @@ from personas.prompt import Prompt, assemble_prompt, parts_for
 from personas.render import merge_system
 from personas.store import Resolved
 from proxy.errors import ContextTooLong
+from proxy.metrics import timed
 
 if TYPE_CHECKING:
     from proxy.knowledge import Knowledge  # issue 17
@@ -143,9 +144,10 @@ class TurnBuilder:
         embedding = memory.embed_query(query)  # in a thread, while recognition queries Postgres
         indexing = self._index_card(session, messages, turn.character)
         try:
-            thread = await memory.recognise(
-                session, messages, earlier_tokens=int(self.shares.history * turn.budget.window)
-            )
+            with timed("recognise"):
+                thread = await memory.recognise(
+                    session, messages, earlier_tokens=int(self.shares.history * turn.budget.window)
+                )
         except Exception as exc:
             for pending in (embedding, feeling, indexing):
                 if pending is not None:
@@ -158,10 +160,14 @@ class TurnBuilder:
             feeling = None
         boost = asyncio.ensure_future(self._boost(feeling)) if feeling is not None else None
         persona_id = turn.persona.id if turn.persona else None
-        recall = await memory.recall(
-            session, thread, query, embedding=embedding, boost=boost, persona_id=persona_id
-        )
-        emotion = await self.emotion.reading(feeling) if self.emotion and feeling is not None else None
+        with timed("recall"):
+            recall = await memory.recall(
+                session, thread, query, embedding=embedding, boost=boost, persona_id=persona_id
+            )
+        emotion = None
+        if self.emotion is not None and feeling is not None:
+            with timed("emotion"):
+                emotion = await self.emotion.reading(feeling)
         block = self.emotion.block(emotion, thread.path, recall.memories) if self.emotion else None
         indexed = await _indexed(indexing)
         outgoing = await self._fit_card(messages, indexed, turn, embedding)
@@ -208,7 +214,8 @@ class TurnBuilder:
             messages, thread, earlier=earlier, memories=memories, summaries=summaries, volatile=volatile
         )
         try:
-            return assemble_prompt(dataclasses.replace(parts, facts=facts), budget, self.tokens)
+            with timed("assemble"):
+                return assemble_prompt(dataclasses.replace(parts, facts=facts), budget, self.tokens)
         except BudgetExceeded as exc:
             raise ContextTooLong(str(exc), param="messages") from exc
 

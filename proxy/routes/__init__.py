@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
+from proxy import metrics
 from proxy.deps import limited
 from proxy.errors import error_responses
 from proxy.routes import (
@@ -16,6 +17,7 @@ from proxy.routes import (
     models,
     passthrough,
     personas,
+    ui,
     users,
 )
 
@@ -23,7 +25,8 @@ PREFIXES = ("/v1", "")  # SillyTavern appends /chat/completions to whatever base
 
 
 def api_router() -> APIRouter:
-    """Every route but /health needs the caller's key (once keys exist) and counts against its limit."""
+    """Every route but /health and /metrics needs the caller's key (once keys exist) and counts against
+    its limit."""
     router = APIRouter()
     guarded, errors = [Depends(limited)], error_responses()
     for prefix in PREFIXES:
@@ -32,5 +35,7 @@ def api_router() -> APIRouter:
     for module in (memory, emotion, personas, users, facts):
         router.include_router(module.router, prefix="/v1", dependencies=guarded, responses=errors)
     router.include_router(health.router)
+    router.include_router(metrics.router)  # like /health: no key (numbers only, no content)
+    router.include_router(ui.router)  # the page itself is public; its data needs the key
     router.include_router(passthrough.fallback, prefix="/v1", dependencies=guarded)  # last: the rest of /v1
     return router
