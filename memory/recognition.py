@@ -18,6 +18,7 @@ from memory.threads import (
     choose,
     classify,
     content_hash,
+    named_by_prefix,
     new_public_id,
     same_or_trimmed,
 )
@@ -189,6 +190,8 @@ def _thread(
         prefill = chat[-1].content
     elif kind == "turn" and not new and chat and chat[-1].role == "user":
         kind = "regenerate"  # the whole request is stored already: a swipe
+    if shape.speaker is not None:  # a group chat: each reply says who spoke
+        new = tuple(named_by_prefix(m) for m in new)
     return Thread(
         conversation_id=located.conversation_id,
         public_id=located.public_id,

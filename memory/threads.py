@@ -20,6 +20,7 @@ the client trims its window); we align them against stored messages by content h
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import uuid
@@ -45,6 +46,17 @@ def canonical(text: str) -> str:
     """A message's identity: no leading "Name: " prefix, no whitespace at all (ST may add a space
     when it continues a reply, trims after Stop, and prefixes names in group chats)."""
     return _SPACE.sub("", _NAME_PREFIX.sub("", text, count=1))
+
+
+def named_by_prefix(message: Message) -> Message:
+    """In a group chat SillyTavern sends each reply as "Name: text" without a `name`: the speaker is the
+    prefix (stored as the message's name; the text is kept as the client sent it)."""
+    if message.role != "assistant" or message.name:
+        return message
+    found = _NAME_PREFIX.match(message.content)
+    if found is None:
+        return message
+    return dataclasses.replace(message, name=found.group(0).strip().rstrip(":").strip())
 
 
 def content_hash(message: Message) -> str:

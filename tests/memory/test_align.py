@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from memory.threads import Candidate, align, choose, classify, content_hash, same_or_trimmed
+from memory.threads import Candidate, align, choose, classify, content_hash, named_by_prefix, same_or_trimmed
 from memory.types import Message
 
 S, U, A = "system", "user", "assistant"
@@ -156,3 +156,11 @@ def test_only_a_name_like_prefix_is_presentation() -> None:
     assert content_hash(Message(U, "Turn 1: blah")) != content_hash(Message(U, "Turn 0: blah"))
     assert content_hash(Message(U, "12:30: lunch")) != content_hash(Message(U, "13:30: lunch"))
     assert content_hash(Message(A, "Mary Jane: hi")) == content_hash(Message(A, "hi"))
+
+
+def test_a_group_reply_is_named_by_its_prefix() -> None:
+    """Issue 11 item 3: SillyTavern sends a group chat's replies as "Name: text" without a `name`."""
+    assert named_by_prefix(Message(A, "Ivy: *Ivy looks up.* Hi.")).name == "Ivy"
+    assert named_by_prefix(Message(A, "Reply 12: words")).name is None  # not a name
+    assert named_by_prefix(Message(U, "Ann: hi")).name is None  # only replies are named
+    assert named_by_prefix(Message(A, "Jon: hi", "Jon")) == Message(A, "Jon: hi", "Jon")
