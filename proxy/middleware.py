@@ -106,5 +106,5 @@ class JsonBodies:
             kind = dict(scope["headers"]).get(b"content-type", b"")
             if not kind.lower().startswith(b"multipart/"):
                 headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
-                scope = dict(scope, headers=[*headers, self._json])
+                scope["headers"] = [*headers, self._json]  # in place: RequestLog reads the matched route
         await self.app(scope, receive, send)

@@ -112,7 +112,8 @@ async def test_a_message_extended_while_embedding_is_embedded_again_with_its_new
     step = asyncio.create_task(worker.step())
     await asyncio.wait_for(gated.inside.wait(), 30)
     async with asyncio.timeout(60), sessions.begin() as s:  # a `continue` lands mid-embedding
-        await history.extend(s, user_id=user, message_id=message.id, text_=" and ends.", tokens=3)
+        grown = Message("assistant", "The story begins and ends.")
+        await history.revise(s, user_id=user, message_id=message.id, message=grown, tokens=6, keep=False)
     gated.gate.set()
     assert await step == 1
     assert await vectors(sessions, [message.id]) == {}  # the stale vector was not written

@@ -110,11 +110,12 @@ def say(
     history: list[Any] | None = None,
     *,
     persona: bool = True,
+    model: str = "stub/echo",
 ) -> None:
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
     headers = {"X-Anima-Conversation": conversation} | ({"X-Anima-Persona": "tester"} if persona else {})
     client.chat.completions.create(
-        model="stub/echo",
+        model=model,
         messages=[*(history or []), {"role": "user", "content": text}],
         extra_headers=headers,
     )
@@ -225,7 +226,8 @@ def test_dashboard_in_a_real_browser(
             {"role": "user", "content": "I feel so happy today! What is my cat called?"},
             {"role": "assistant", "content": "Hello from the stub!"},
         ]
-        say(anima, admin_key, chat, "Tell me something about her.", history)
+        # (another reply text: a swipe identical to a stored reply is that reply, not a second copy)
+        say(anima, admin_key, chat, "Tell me something about her.", history, model="stub/mirror")
         assert poll(lambda: stored(api, chat, 5))
         page.goto(f"{anima}/ui#/c/{chat}")
         ready(f"#/c/{chat}", "conversation")
