@@ -22,22 +22,21 @@ import anyio
 from emotion.service import EmotionService
 from memory.budget import Budget, Shares, TokenCounter
 from memory.service import MemoryService
-from memory.types import Message, Part, SessionKey, ToolCall, TurnRecord
+from memory.types import Message, SessionKey, ToolCall, TurnRecord
 from personas.client_card import CardIndex
 from personas.store import PersonaStore, Resolved
-from proxy.backends.base import BackendRequest, Delta, TokenUsage, Tool
+from proxy.backends.base import BackendRequest, Delta, TokenUsage
 from proxy.backends.registry import Registry, Route
 from proxy.errors import BackendError, PersonaNotFound, ProxyError
 from proxy.metrics import memory_turn, timed
-from proxy.protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice, ResponseFormat
+from proxy.outgoing import backend_request, to_message
+from proxy.protocol import ChatCompletionRequest, ChatMessage, ResponseFormat
 from proxy.turn import MemoryTurn, PersonaUse, TurnBuilder, TurnRequest
 
 if TYPE_CHECKING:
     from proxy.knowledge import Knowledge  # issue 17
 
 log = logging.getLogger("anima.pipeline")
-
-_ROLES = {"developer": "system", "function": "tool"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,61 +332,3 @@ def as_character(session: SessionKey | None, persona: Resolved | None) -> Sessio
     if session is not None and persona is not None and session.character is None:
         return dataclasses.replace(session, character=persona.persona.title)
     return session
-
-
-def to_message(message: ChatMessage) -> Message:
-    """The internal message: its text, plus tool calls, the answered call id and (only when some part is
-    not text) every content part in order, for backends that take images."""
-    parts = message.content if isinstance(message.content, list) else []
-    keep = any(p.type != "text" for p in parts)
-    return Message(
-        role=_ROLES.get(message.role, message.role),
-        content=message.text(),
-        name=message.name,
-        tool_calls=tuple(
-            ToolCall(call.id, call.function.name, call.function.arguments)
-            for call in message.tool_calls or ()
-        ),
-        tool_call_id=message.tool_call_id,
-        parts=tuple(Part(p.type, p.model_dump_json(exclude_none=True)) for p in parts) if keep else (),
-    )
-
-
-def tools_of(body: ChatCompletionRequest) -> dict[str, Any]:
-    """The request's tool fields as BackendRequest arguments."""
-    choice = body.tool_choice
-    named = choice.function.get("name") if isinstance(choice, NamedToolChoice) else None
-    tools = tuple(
-        Tool(t.function.name, t.function.description, t.function.parameters, t.function.strict)
-        for t in body.tools or ()
-    )
-    return {
-        "tools": tools,
-        "tool_choice": "required" if named else choice if isinstance(choice, str) else None,
-        "forced_tool": named,
-        "parallel_tool_calls": body.parallel_tool_calls,
-    }
-
-
-def backend_request(model: str, messages: tuple[Message, ...], body: ChatCompletionRequest) -> BackendRequest:
-    fmt = body.response_format
-    return BackendRequest(
-        model=model,
-        messages=messages,
-        max_tokens=body.reply_limit,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        top_k=body.top_k,
-        min_p=body.min_p,
-        stop=tuple(body.stop or ()),
-        seed=body.seed,
-        presence_penalty=body.presence_penalty,
-        frequency_penalty=body.frequency_penalty,
-        repetition_penalty=body.repetition_penalty,
-        response_format="json" if fmt is not None and fmt.type != "text" else "text",
-        json_schema=fmt.json_schema if fmt is not None and fmt.type == "json_schema" else None,
-        logprobs=body.logprobs,
-        top_logprobs=body.top_logprobs,
-        n=body.n,
-        **tools_of(body),
-    )
