@@ -117,6 +117,15 @@ class TurnJournal:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def waiting(self, user_id: int, conversation: str | None) -> bool:
+        """Turns of this conversation (or, without an id, of this user) wait in the journal."""
+        with self._lock:
+            return any(
+                e.session.user_id == user_id
+                and (conversation is None or e.session.conversation == conversation)
+                for e in self._entries
+            )
+
     def entries(self) -> list[JournalEntry]:
         with self._lock:
             return list(self._entries)

@@ -46,24 +46,26 @@ class Recognizer:
         self.sessions, self.window = sessions, window
 
     async def recognise(
-        self, session: SessionKey, messages: Sequence[Message], *, earlier_tokens: int
+        self, session: SessionKey, messages: Sequence[Message], *, earlier_tokens: int, replay: bool = False
     ) -> Thread:
         """`earlier_tokens`: how much stored history older than the client's first message may reach the
         prompt (what a trimmed or thin client did not send)."""
         shape = classify(messages)
         chat = shape.history
         async with self.sessions() as s:
-            located = await self._locate(s, session, chat)
+            located = await self._locate(s, session, chat, replay)
             located = await self._trimmed_tip(s, session, located, chat)
             path = await self._path(s, session, located)
             earlier, first = await self._earlier(s, session, located, earlier_tokens)
         return _thread(shape, located, path, earlier, first)
 
-    async def _locate(self, s: AsyncSession, session: SessionKey, chat: Sequence[Message]) -> Located:
+    async def _locate(
+        self, s: AsyncSession, session: SessionKey, chat: Sequence[Message], replay: bool = False
+    ) -> Located:
         hashes = [content_hash(m) for m in chat]
         roles = [m.role for m in chat]
         if session.conversation is not None:
-            return await self._named(s, session, chat)
+            return await self._named(s, session, chat, replay)
         if not hashes:
             return Located(0, new_public_id(), None)
         found = await history.candidates(
@@ -86,7 +88,9 @@ class Recognizer:
         public = await history.public_id(s, best.conversation_id)
         return Located(best.conversation_id, public, best.anchor_id, best, _edits(best, chat))
 
-    async def _named(self, s: AsyncSession, session: SessionKey, chat: Sequence[Message]) -> Located:
+    async def _named(
+        self, s: AsyncSession, session: SessionKey, chat: Sequence[Message], replay: bool = False
+    ) -> Located:
         """An explicit id restricts alignment to that conversation; a thin client's message goes after
         the conversation's newest one."""
         assert session.conversation is not None
@@ -102,7 +106,7 @@ class Recognizer:
             )
             best = _align(hashes, roles, found).get(row.id)
             head = await history.head(s, conversation_id=row.id)
-            thin = "assistant" not in roles  # only new messages: a repeated line is not a regenerate
+            thin = "assistant" not in roles and not replay  # a repeated line is not a regenerate
             if best is not None and not (thin and best.anchor_id != head):
                 return Located(row.id, row.public_id, best.anchor_id, best, _edits(best, chat))
             return Located(row.id, row.public_id, head)

@@ -32,9 +32,15 @@ from memory.workers import Annotate, EmbeddingWorker
 if TYPE_CHECKING:
     from memory.embedder import Embedder
 
-__all__ = ["MemoryConfig", "MemoryService", "TurnRecord", "unreachable"]
+__all__ = ["BehindJournal", "MemoryConfig", "MemoryService", "TurnRecord", "unreachable"]
 
 log = logging.getLogger("anima.memory")
+
+
+class BehindJournal(RuntimeError):
+    """A turn of a conversation whose earlier turns are still journaled: storing it now would put it
+    before them, so it is answered without memory and journaled after them (they drain in the
+    background; the request does not wait)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +110,12 @@ class MemoryService:
         of turn it is. Never waits on the journal (it drains in the background); waits, bounded, for
         this conversation's stores in flight. `earlier_tokens`: how much stored history older than the
         client's first message may be offered to the prompt."""
+        if (
+            self.journal is not None
+            and len(self.journal)
+            and self.journal.waiting(session.user_id, session.conversation)
+        ):
+            raise BehindJournal("turns of this conversation wait in the journal: this one queues after them")
         await self.store.after_stores_of(session)
         thread = await self.recognizer.recognise(session, messages, earlier_tokens=earlier_tokens)
         if thread.conversation_id:

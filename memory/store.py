@@ -314,7 +314,9 @@ class TurnStore:
     async def _replay(self, entry: JournalEntry) -> bool:
         """True once stored; an outage propagates (the drain stops), any other failure keeps it."""
         try:
-            thread = await self.recognizer.recognise(entry.session, entry.turn.incoming, earlier_tokens=0)
+            thread = await self.recognizer.recognise(
+                entry.session, entry.turn.incoming, earlier_tokens=0, replay=True
+            )
             await self.store_turn(entry.session, thread, entry.turn)
         except Exception as exc:
             if unreachable(exc):

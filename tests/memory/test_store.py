@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -13,7 +14,7 @@ from memory.budget import TokenCounter
 from memory.db import make_engine, make_sessionmaker
 from memory.journal import InFlight, JournalEntry, TurnJournal
 from memory.models import MessageRow
-from memory.service import MemoryConfig, MemoryService
+from memory.service import BehindJournal, MemoryConfig, MemoryService
 from memory.types import Message, SessionKey, TurnRecord
 from tests.fakes import FakeEmbedder
 
@@ -150,3 +151,28 @@ async def test_a_partial_stored_after_the_clients_shorter_copy_is_not_a_second_r
     await memory.store_turn(session, stopped, partial)
     stored = [c for _, c, _ in await rows(sessions, user)]
     assert stored == ["Welcome.", "Hi", "Hello.", "Tell me", "Hello from", "And then?", "More."]
+
+
+async def test_a_turn_behind_journaled_turns_of_its_conversation_is_journaled_after_them(
+    user: int, counter: TokenCounter, sessions: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    """After an outage, a conversation's new turn must not be stored before its journaled ones (they
+    drain in the background): it queues after them, and every turn lands once, in order."""
+    journal = TurnJournal(tmp_path / "turns.jsonl")
+    memory = MemoryService(sessions, counter, FakeEmbedder(), MemoryConfig(deadline_s=30), journal=journal)
+    waiting = SessionKey(user_id=user, conversation="behind-1")
+    first = Message("user", "First, during the outage")
+    journal.append(JournalEntry(waiting, record("One.", first)))
+    with pytest.raises(BehindJournal):
+        await memory.recognise(waiting, [first, Message("assistant", "One."), Message("user", "Second")])
+    other = await memory.recognise(SessionKey(user_id=user, conversation="other-1"), [Message("user", "Hi")])
+    assert other.created
+    second = (first, Message("assistant", "One."), Message("user", "Second"))
+    journal.append(JournalEntry(waiting, record("Two.", *second)))
+    assert await memory.drain_journal() == 2
+    assert [c for _, c, _ in await rows(sessions, user)] == [
+        "First, during the outage",
+        "One.",
+        "Second",
+        "Two.",
+    ]
