@@ -107,20 +107,33 @@ class MemoryService:
         self, session: SessionKey, messages: Sequence[Message], *, earlier_tokens: int = 0
     ) -> Thread:
         """Which stored conversation and branch this request continues, what in it is new and what kind
-        of turn it is. Never waits on the journal (it drains in the background); waits, bounded, for
-        this conversation's stores in flight. `earlier_tokens`: how much stored history older than the
+        of turn it is. Waits on the journal only for this conversation's own journaled turns, and at
+        most the memory deadline (the rest drains in the background); waits, bounded, for this
+        conversation's stores in flight. `earlier_tokens`: how much stored history older than the
         client's first message may be offered to the prompt."""
-        if (
-            self.journal is not None
-            and len(self.journal)
-            and self.journal.waiting(session.user_id, session.conversation)
-        ):
-            raise BehindJournal("turns of this conversation wait in the journal: this one queues after them")
+        await self._catch_up(session)
         await self.store.after_stores_of(session)
         thread = await self.recognizer.recognise(session, messages, earlier_tokens=earlier_tokens)
         if thread.conversation_id:
             self._known(session.user_id, thread.public_id, thread.conversation_id)
         return thread
+
+    async def _catch_up(self, session: SessionKey) -> None:
+        """Journaled turns of this conversation are stored first, within the memory deadline; if they
+        cannot be (the database is still away, or too many wait), this turn is journaled after them."""
+        if (
+            self.journal is None
+            or not len(self.journal)
+            or not self.journal.waiting(session.user_id, session.conversation)
+        ):
+            return
+        try:
+            async with asyncio.timeout(self.config.deadline_s):
+                await self.store.drain_journal(session)
+        except Exception as exc:  # the deadline, or still no database
+            log.info("journal: %s's turns are still waiting (%s)", session.conversation, type(exc).__name__)
+        if self.journal.waiting(session.user_id, session.conversation):
+            raise BehindJournal("turns of this conversation wait in the journal: this one queues after them")
 
     def _known(self, user_id: int, public_id: str, conversation_id: int) -> None:
         """Which row a public id names, for answering from the RAM window when Postgres is down (LRU)."""

@@ -31,6 +31,7 @@ from memory.window import WorkingMemory
 log = logging.getLogger("anima.memory.store")
 
 RETRY_FAILED_S = 60.0  # a journaled turn that failed for another reason than an outage waits this long
+DRAIN_BATCH = 50  # stored journal entries removed from the file this many at a time
 
 
 def unreachable(exc: BaseException) -> bool:
@@ -38,6 +39,10 @@ def unreachable(exc: BaseException) -> bool:
     if isinstance(exc, DBAPIError):
         return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
     return isinstance(exc, OSError | TimeoutError | ConnectionError)
+
+
+def _same_chat(journaled: SessionKey, session: SessionKey) -> bool:
+    return journaled.user_id == session.user_id and journaled.conversation == session.conversation
 
 
 def continued(text: str, more: str) -> str:
@@ -74,6 +79,7 @@ class TurnStore:
         self._pending: dict[tuple[int, str | None], set[asyncio.Task[None]]] = {}
         self._draining = asyncio.Lock()
         self._retry_at: dict[str, float] = {}
+        self._catching_up: dict[tuple[int, str | None], asyncio.Lock] = {}
         self.failures = 0  # stores that failed and were journaled
         self.lost = 0  # stores that failed and could not be journaled either
 
@@ -293,23 +299,37 @@ class TurnStore:
 
     # -- the journal -----------------------------------------------------------------------------
 
-    async def drain_journal(self) -> int:
+    async def drain_journal(self, session: SessionKey | None = None) -> int:
         """Store journaled turns in order, each once; stops at the first that still cannot reach the
-        database. An entry that fails for another reason stays journaled and is retried later."""
+        database. An entry that fails for another reason stays journaled and is retried later. With a
+        session: only that conversation's turns (a request catching up before its own is stored)."""
         assert self.journal is not None
+        lock = self._draining if session is None else self._lock_of(session)
         stored: set[str] = set()
-        async with self._draining:
+        async with lock:
             try:
                 for entry in self.journal.entries():
+                    if session is not None and not _same_chat(entry.session, session):
+                        continue
                     if self._retry_at.get(entry.turn_id, 0.0) > time.monotonic():
                         continue
                     if await self._replay(entry):
                         stored.add(entry.turn_id)
+                    if len(stored) >= DRAIN_BATCH:  # removed as it goes: requests see the backlog shrink
+                        await asyncio.to_thread(self.journal.remove, set(stored))
+                        stored.clear()
             finally:
                 if stored:
                     await asyncio.to_thread(self.journal.remove, stored)
-                    log.info("journal: %d turn(s) stored, %d waiting", len(stored), len(self.journal))
+        if session is None:
+            log.info("journal: %d turn(s) waiting", len(self.journal))
         return len(stored)
+
+    def _lock_of(self, session: SessionKey) -> asyncio.Lock:
+        key = (session.user_id, session.conversation)
+        if key not in self._catching_up:
+            self._catching_up[key] = asyncio.Lock()
+        return self._catching_up[key]
 
     async def _replay(self, entry: JournalEntry) -> bool:
         """True once stored; an outage propagates (the drain stops), any other failure keeps it."""
