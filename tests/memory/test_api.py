@@ -243,7 +243,11 @@ async def test_memory_api_import_append_list_search(app: tuple[str, MemoryServic
         assert appended.status_code == 201 and appended.json()["message_count"] == 3
         assert 0 <= (await client.get("/conversations/imported-1")).json()["pending_embeddings"] <= 3
         assert service.embeddings is not None
-        await service.embeddings.drain()
+        await service.embeddings.drain()  # rows the app's own worker claimed finish there: poll for them
+        for _ in range(600):
+            if (await client.get("/conversations/imported-1")).json()["pending_embeddings"] == 0:
+                break
+            await asyncio.sleep(0.1)
         assert (await client.get("/conversations/imported-1")).json()["pending_embeddings"] == 0
         listed = (await client.get("/conversations", params={"limit": 1})).json()
         assert listed["data"][0]["id"] == "imported-1" and listed["has_more"] in (True, False)
