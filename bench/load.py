@@ -54,7 +54,7 @@ from memory.db import EmbeddedPostgres, upgrade_schema  # noqa: E402
 
 HISTORY = 10  # messages of history sent before the new user message (5 turns)
 TIMEOUT_S = 30.0  # per request, whole stream included
-SETTLE_MAX_S = 30.0
+SETTLE_MAX_S = 180.0  # journaled turns drain in the background after an outage: wait for them
 SYSTEM = {"role": "system", "content": "You are a friendly assistant who remembers the conversation."}
 NUMBERS = re.compile(r"[0-9a-f]{6,}|\d+")  # ids and counts, blanked to group log lines
 TOPICS = ("my garden", "a trip to Lisbon", "learning the cello", "my sister's wedding", "a new job")

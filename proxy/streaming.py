@@ -167,7 +167,7 @@ async def stream_sse(chat: PreparedChat, pipeline: ChatPipeline) -> AsyncIterato
     it, SillyTavern shows it) and the stream ends. A client disconnect closes `chat.deltas`, which
     cancels the upstream request. Either way the turn is handed to memory, marked partial.
     """
-    reply, complete = ReplyBuffer(), False
+    reply, handed = ReplyBuffer(), False
     try:
         for index in range(chat.request.n or 1):
             yield _chunk(chat, [ChunkChoice(index=index, delta=DeltaMessage(role="assistant", content=""))])
@@ -178,16 +178,19 @@ async def stream_sse(chat: PreparedChat, pipeline: ChatPipeline) -> AsyncIterato
             log.warning("stream %s failed after the first byte: %s", chat.id, exc.message)
             yield _event(exc.body().model_dump_json())
             return
-        complete = True
+        # handed to memory before the client can see the end: its next request must find this turn's
+        # store in flight (and wait for it), or it would be recognised against a stale branch
+        usage, handed = reply.finished(pipeline, chat, complete=True), True
         for index, buffer in sorted(reply.choices.items()):
             yield _chunk(
                 chat, [ChunkChoice(index=index, delta=DeltaMessage(), finish_reason=buffer.finish())]
             )
         if chat.include_usage:
-            yield _chunk(chat, [], reply.usage(pipeline, chat))
+            yield _chunk(chat, [], usage)
         yield _event("[DONE]")
     finally:
-        reply.finished(pipeline, chat, complete=complete)
+        if not handed:
+            reply.finished(pipeline, chat, complete=False)
 
 
 async def collect(chat: PreparedChat, pipeline: ChatPipeline) -> ChatCompletion:
