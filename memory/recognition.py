@@ -11,7 +11,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memory import history
 from memory.threads import (
-    Candidate,
     Match,
     Shape,
     align,
@@ -71,7 +70,7 @@ class Recognizer:
         found = await history.candidates(
             s, user_id=session.user_id, end_user=session.end_user, hashes=hashes, conversation_id=None
         )
-        matches = _align(hashes, roles, found)
+        matches = align(hashes, roles, found)
         preferred: set[int] = set()
         if matches and session.character:  # a chat recorded with another character (or none) is another chat
             recorded = await history.characters(s, list(matches))
@@ -100,17 +99,19 @@ class Recognizer:
         )
         if row is None:
             return Located(0, session.conversation, None)
+        best = None
         if hashes:
             found = await history.candidates(
                 s, user_id=session.user_id, end_user=row.end_user, hashes=hashes, conversation_id=row.id
             )
-            best = _align(hashes, roles, found).get(row.id)
-            head = await history.head(s, conversation_id=row.id)
-            thin = "assistant" not in roles and not replay  # a repeated line is not a regenerate
-            if best is not None and not (thin and best.anchor_id != head):
-                return Located(row.id, row.public_id, best.anchor_id, best, _edits(best, chat))
-            return Located(row.id, row.public_id, head)
-        return Located(row.id, row.public_id, await history.head(s, conversation_id=row.id))
+            best = align(hashes, roles, found).get(row.id)
+        thin = "assistant" not in roles and not replay  # a repeated line is not a regenerate
+        if best is not None and not thin:
+            return Located(row.id, row.public_id, best.anchor_id, best, _edits(best, chat))
+        head = await history.head(s, conversation_id=row.id)  # only a thin client needs the newest message
+        if best is not None and best.anchor_id == head:
+            return Located(row.id, row.public_id, best.anchor_id, best, _edits(best, chat))
+        return Located(row.id, row.public_id, head)
 
     async def _trimmed_tip(
         self, s: AsyncSession, session: SessionKey, located: Located, chat: Sequence[Message]
@@ -167,10 +168,6 @@ class Recognizer:
         if first is not None:  # the client sent this one: the walk only starts from it
             return tuple(rows[:-1]), rows[-1] if rows else None
         return tuple(rows), None
-
-
-def _align(hashes: list[str], roles: list[str], found: list[Candidate]) -> dict[int, Match]:
-    return align(hashes, roles, found)
 
 
 def _edits(match: Match, chat: Sequence[Message]) -> tuple[tuple[int, Message], ...]:
