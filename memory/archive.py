@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memory import history
@@ -15,6 +15,7 @@ from memory.budget import TokenCounter
 from memory.models import ConversationRow, MessageRow, PersonaRef, TurnContext
 from memory.privacy import redact_recalled
 from memory.recall import Fusion, RecallQuery, Scope, recall
+from memory.store import lock_key
 from memory.threads import new_public_id
 from memory.types import Memory, Message, StoredMessage
 from memory.window import WorkingMemory
@@ -64,9 +65,11 @@ class Archive:
         fusion: Fusion,
         *,
         stored: Callable[[], None] = lambda: None,
+        quiesce: Callable[[int, str], Awaitable[object]] | None = None,
     ) -> None:
         self._sessions, self._counter, self._window = sessions, counter, window
         self._embedder, self._fusion, self._stored = embedder, fusion, stored
+        self._quiesce = quiesce  # waits for the conversation's stores in flight, drops its journaled turns
 
     async def _row(self, session: AsyncSession, user_id: int, public_id: str) -> ConversationRow:
         row = await history.conversation_by_public_id(session, user_id=user_id, public_id=public_id)
@@ -228,8 +231,14 @@ class Archive:
 
     async def delete(self, user_id: int, public_id: str) -> None:
         """Remove every trace: messages, embeddings, summaries, contexts (cascades), the RAM window, and
-        its text where recall quoted it in the prompts recorded for other conversations."""
+        its text where recall quoted it in the prompts recorded for other conversations. Its stores in
+        flight land first and its journaled turns are dropped (or they would bring it back); the
+        conversation's advisory lock keeps a store that starts meanwhile out until the rows are gone,
+        and such a store then finds its conversation deleted and stores nothing."""
+        if self._quiesce is not None:
+            await self._quiesce(user_id, public_id)
         async with self._sessions.begin() as s:
+            await s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key(user_id, public_id)})
             row = await self._row(s, user_id, public_id)
             await redact_recalled(s, user_id=user_id, conversation=row)  # its text quoted elsewhere
             await s.delete(row)

@@ -27,10 +27,12 @@ log = logging.getLogger("anima.journal")
 class JournalEntry:
     """One journaled turn: who, the request's messages (re-recognised when stored) and the turn.
 
-    The only place the journal's line format is written and read."""
+    The only place the journal's line format is written and read. `public_id`: the conversation the
+    turn was recognised into, when it was (a deletion of that conversation drops the turn)."""
 
     session: SessionKey
     turn: TurnRecord
+    public_id: str | None = None
 
     @property
     def turn_id(self) -> str:
@@ -41,7 +43,8 @@ class JournalEntry:
         turn["newest"] = dataclasses.asdict(self.turn.newest) if self.turn.newest else None
         turn["incoming"] = [journal_row(m) for m in self.turn.incoming]
         turn["reply_tool_calls"] = [dataclasses.asdict(c) for c in self.turn.reply_tool_calls]
-        return {"turn_id": self.turn_id, "session": dataclasses.asdict(self.session), "turn": turn}
+        session = dataclasses.asdict(self.session)
+        return {"turn_id": self.turn_id, "session": session, "turn": turn, "public_id": self.public_id}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> JournalEntry:
@@ -52,7 +55,7 @@ class JournalEntry:
         record = TurnRecord(
             **turn, newest=Annotation(**newest) if newest else None, incoming=incoming, reply_tool_calls=calls
         )
-        return cls(SessionKey(**data["session"]), record)
+        return cls(SessionKey(**data["session"]), record, data.get("public_id"))
 
 
 def journal_row(m: Message) -> list[Any]:
@@ -213,7 +216,7 @@ class InFlight:
                 continue
             pieces = _pieces(lines[1:])
             turn = dataclasses.replace(entry.turn, reply="".join(pieces), status="partial")
-            if journal.append(JournalEntry(entry.session, turn)):
+            if journal.append(dataclasses.replace(entry, turn=turn)):
                 recovered += 1
                 path.unlink()
         if recovered:

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memory.archive import Archive
 from memory.budget import TokenCounter
+from memory.drain import JournalDrain
 from memory.journal import InFlight, JournalEntry, TurnJournal
 from memory.privacy import erase_user
 from memory.recall import Boost, Fusion, RecallQuery, Scope, recall
@@ -55,6 +56,7 @@ class MemoryConfig:
     summary_min_messages: int = 8
     embed_batch: int = 64
     store_wait_s: float = 10.0
+    drain_concurrency: int = 4  # conversations whose journaled turns are stored at once (pool minus headroom)
 
 
 class MemoryService:
@@ -85,7 +87,13 @@ class MemoryService:
         )
         self.summaries = SummaryWorker(sessions, counter, min_messages=config.summary_min_messages)
         self.archive = Archive(
-            sessions, counter, self.window, embedder, config.fusion, stored=self._wake_embedder
+            sessions,
+            counter,
+            self.window,
+            embedder,
+            config.fusion,
+            stored=self._wake_embedder,
+            quiesce=self._before_delete,
         )
         self.journal, self.inflight = journal, inflight
         self.recognizer = Recognizer(sessions, self.window)
@@ -98,6 +106,11 @@ class MemoryService:
             store_wait_s=config.store_wait_s,
             stored=self._wake_embedder,
             known=self._known,
+        )
+        self.drain = (
+            JournalDrain(journal, self.store.replay, unreachable, concurrency=config.drain_concurrency)
+            if journal is not None
+            else None
         )
         self._public_ids: OrderedDict[tuple[int, str], int] = OrderedDict()  # (user, public id) → row id
 
@@ -123,13 +136,14 @@ class MemoryService:
         cannot be (the database is still away, or too many wait), this turn is journaled after them."""
         if (
             self.journal is None
+            or self.drain is None
             or not len(self.journal)
             or not self.journal.waiting(session.user_id, session.conversation)
         ):
             return
         try:
             async with asyncio.timeout(self.config.deadline_s):
-                await self.store.drain_journal(session)
+                await self.drain.drain(session)
         except Exception as exc:  # the deadline, or still no database
             log.info("journal: %s's turns are still waiting (%s)", session.conversation, type(exc).__name__)
         if self.journal.waiting(session.user_id, session.conversation):
@@ -239,10 +253,11 @@ class MemoryService:
         return await self.store.store_turn(session, thread, turn)
 
     async def drain_journal(self) -> int:
-        return await self.store.drain_journal()
+        return await self.drain.drain() if self.drain is not None else 0
 
     async def run_journal(self, interval_s: float = 1.0) -> None:
-        await self.store.run_journal(interval_s)
+        if self.drain is not None:
+            await self.drain.run(interval_s)
 
     def recent(self, session: SessionKey) -> tuple[Message, ...]:
         """What this process still knows of an explicitly named conversation without the database:
@@ -264,6 +279,13 @@ class MemoryService:
     def _wake_embedder(self) -> None:
         if self.embeddings is not None:
             self.embeddings.wake.set()
+
+    async def _before_delete(self, user_id: int, public_id: str) -> None:
+        """Before a conversation is deleted: its user's stores in flight land (or are journaled), then
+        its journaled turns are dropped."""
+        await self.store.stores_of_user(user_id)
+        if self.drain is not None:
+            await self.drain.discard(user_id, public_id)
 
     async def erase_user(self, user_id: int) -> None:
         """Everything of one user, after the turns being stored for them have landed (or they would

@@ -11,27 +11,23 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import select, text
+from sqlalchemy import literal, select, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memory import history
 from memory.budget import TokenCounter
 from memory.journal import InFlight, JournalEntry, TurnJournal
-from memory.models import TurnContext
+from memory.models import ConversationRow, TurnContext
 from memory.recognition import Recognizer
 from memory.threads import same_or_trimmed
 from memory.types import Message, SessionKey, StoredMessage, Thread, TurnRecord
 from memory.window import WorkingMemory
 
 log = logging.getLogger("anima.memory.store")
-
-RETRY_FAILED_S = 60.0  # a journaled turn that failed for another reason than an outage waits this long
-DRAIN_BATCH = 50  # stored journal entries removed from the file this many at a time
 
 
 def unreachable(exc: BaseException) -> bool:
@@ -41,16 +37,21 @@ def unreachable(exc: BaseException) -> bool:
     return isinstance(exc, OSError | TimeoutError | ConnectionError)
 
 
-def _same_chat(journaled: SessionKey, session: SessionKey) -> bool:
-    return journaled.user_id == session.user_id and journaled.conversation == session.conversation
-
-
 def continued(text: str, more: str) -> str:
     """A continued message: SillyTavern puts a space between the text and its continuation unless
     one of them already has whitespace there."""
     if not text or not more or text[-1].isspace() or more[0].isspace():
         return text + more
     return f"{text} {more}"
+
+
+async def _storable(s: AsyncSession, turn_id: str, conversation_id: int) -> bool:
+    """Not stored yet (by turn id), and the conversation it was recognised in was not deleted since:
+    a store in flight when its conversation is deleted must not bring its rows back."""
+    stored = select(TurnContext.id).where(TurnContext.turn_id == turn_id).exists()
+    gone = ~select(ConversationRow.id).where(ConversationRow.id == conversation_id).exists()
+    found = (await s.execute(select(stored, gone if conversation_id else literal(False)))).one()
+    return not found[0] and not found[1]
 
 
 def lock_key(user_id: int, public_id: str) -> int:
@@ -77,9 +78,6 @@ class TurnStore:
         self._stored, self._known = stored, known
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending: dict[tuple[int, str | None], set[asyncio.Task[None]]] = {}
-        self._draining = asyncio.Lock()
-        self._retry_at: dict[str, float] = {}
-        self._catching_up: dict[tuple[int, str | None], asyncio.Lock] = {}
         self.failures = 0  # stores that failed and were journaled
         self.lost = 0  # stores that failed and could not be journaled either
 
@@ -134,7 +132,7 @@ class TurnStore:
                 "could not store a turn of %s (%s): journaling it", thread.public_id, type(exc).__name__
             )
             log.debug("store failed", exc_info=exc)
-            if not await self.journaled(session, turn):
+            if not await self.journaled(session, turn, thread.public_id):
                 self.lost += 1
                 log.error("a turn of %s could not be stored nor journaled", thread.public_id)
                 return  # its write-ahead file stays: the next start journals it
@@ -152,12 +150,12 @@ class TurnStore:
         elif wal is not None:
             InFlight.end(wal)
 
-    async def journaled(self, session: SessionKey, turn: TurnRecord) -> bool:
+    async def journaled(self, session: SessionKey, turn: TurnRecord, public_id: str | None = None) -> bool:
         if self.journal is None:
             return False
         if turn.status == "partial" and not turn.reply and not turn.incoming:
             return True  # nothing was said: nothing to keep
-        if await asyncio.to_thread(self.journal.append, JournalEntry(session, turn)):
+        if await asyncio.to_thread(self.journal.append, JournalEntry(session, turn, public_id)):
             log.warning("turn journaled (%d waiting)", len(self.journal))
             return True
         log.error("the journal is full: a turn of user %s is not stored", session.user_id)
@@ -175,8 +173,8 @@ class TurnStore:
                 text("SELECT pg_advisory_xact_lock(:key)"),
                 {"key": lock_key(session.user_id, thread.public_id)},
             )
-            if await s.scalar(select(TurnContext.id).where(TurnContext.turn_id == turn.turn_id)):
-                return []  # stored already: a retry, a replay whose acknowledgement was lost
+            if not await _storable(s, turn.turn_id, thread.conversation_id):
+                return []  # stored already (a retry, a replay), or its conversation was deleted meanwhile
             conversation_id = thread.conversation_id or await history.ensure_conversation(
                 s,
                 user_id=session.user_id,
@@ -299,62 +297,12 @@ class TurnStore:
 
     # -- the journal -----------------------------------------------------------------------------
 
-    async def drain_journal(self, session: SessionKey | None = None) -> int:
-        """Store journaled turns in order, each once; stops at the first that still cannot reach the
-        database. An entry that fails for another reason stays journaled and is retried later. With a
-        session: only that conversation's turns (a request catching up before its own is stored)."""
-        assert self.journal is not None
-        lock = self._draining if session is None else self._lock_of(session)
-        stored: set[str] = set()
-        async with lock:
-            try:
-                for entry in self.journal.entries():
-                    if session is not None and not _same_chat(entry.session, session):
-                        continue
-                    if self._retry_at.get(entry.turn_id, 0.0) > time.monotonic():
-                        continue
-                    if await self._replay(entry):
-                        stored.add(entry.turn_id)
-                    if len(stored) >= DRAIN_BATCH:  # removed as it goes: requests see the backlog shrink
-                        await asyncio.to_thread(self.journal.remove, set(stored))
-                        stored.clear()
-            finally:
-                if stored:
-                    await asyncio.to_thread(self.journal.remove, stored)
-        if session is None:
-            log.info("journal: %d turn(s) waiting", len(self.journal))
-        return len(stored)
-
-    def _lock_of(self, session: SessionKey) -> asyncio.Lock:
-        key = (session.user_id, session.conversation)
-        if key not in self._catching_up:
-            self._catching_up[key] = asyncio.Lock()
-        return self._catching_up[key]
-
-    async def _replay(self, entry: JournalEntry) -> bool:
-        """True once stored; an outage propagates (the drain stops), any other failure keeps it."""
-        try:
-            thread = await self.recognizer.recognise(
-                entry.session, entry.turn.incoming, earlier_tokens=0, replay=True
-            )
-            await self.store_turn(entry.session, thread, entry.turn)
-        except Exception as exc:
-            if unreachable(exc):
-                raise
-            self._retry_at[entry.turn_id] = time.monotonic() + RETRY_FAILED_S
-            log.error("journal: turn %s cannot be stored yet (%s); kept", entry.turn_id, type(exc).__name__)
-            return False
-        return True
-
-    async def run_journal(self, interval_s: float = 1.0) -> None:
-        """Retry the journal in the background until it is empty (the database is back)."""
-        while True:
-            await asyncio.sleep(interval_s)
-            if self.journal is not None and len(self.journal):
-                try:
-                    await self.drain_journal()
-                except Exception as exc:
-                    log.info("journal: %d turn(s) still waiting (%s)", len(self.journal), type(exc).__name__)
+    async def replay(self, entry: JournalEntry) -> list[StoredMessage]:
+        """A journaled turn, recognised again from the messages its request carried, stored once."""
+        thread = await self.recognizer.recognise(
+            entry.session, entry.turn.incoming, earlier_tokens=0, replay=True
+        )
+        return await self.store_turn(entry.session, thread, entry.turn)
 
     @property
     def in_flight(self) -> int:

@@ -245,6 +245,7 @@ def memory_config(settings: Settings) -> MemoryConfig:
         summaries=m.summaries,
         summary_min_messages=m.summary_min_messages,
         embed_batch=m.embed_batch,
+        drain_concurrency=max(1, m.db_pool_size // 2),  # the other half is the requests' headroom
     )
 
 

@@ -68,7 +68,8 @@ async def test_recognition_never_waits_on_the_journal(
     memory = MemoryService(sessions, counter, FakeEmbedder(), MemoryConfig(deadline_s=30), journal=journal)
     waiting = SessionKey(user_id=user, conversation="journaled")
     journal.append(JournalEntry(waiting, record("Later.", Message("user", "Journaled question"))))
-    async with memory.store._draining:  # a drain in progress (or stuck on a slow database)
+    assert memory.drain is not None
+    async with memory.drain.lock((user, "journaled")):  # a drain in progress (or stuck on a slow database)
         thread = await asyncio.wait_for(
             memory.recognise(SessionKey(user_id=user, conversation="other"), [Message("user", "Hi")]), 60
         )
@@ -164,7 +165,10 @@ async def test_a_turn_behind_journaled_turns_of_its_conversation_comes_after_the
     first = Message("user", "First, during the outage")
     journal.append(JournalEntry(waiting, record("One.", first)))
     second = [first, Message("assistant", "One."), Message("user", "Second")]
-    async with memory.store._lock_of(waiting):  # its turns cannot be stored in time (a drain holds them)
+    assert memory.drain is not None
+    async with memory.drain.lock(
+        (user, "behind-1")
+    ):  # its turns cannot be stored in time (a drain holds them)
         with pytest.raises(BehindJournal):
             await memory.recognise(waiting, second)
     other = await memory.recognise(SessionKey(user_id=user, conversation="other-1"), [Message("user", "Hi")])
