@@ -283,13 +283,14 @@ def verify(rows: list[Row], tally: Tally) -> dict[str, Any]:
     copies: dict[str, list[Row]] = {}
     children: Counter[tuple[str, int | None]] = Counter()
     assistants = 0
-    for row in rows:
-        children[(row.public_id, row.parent_id)] += 1
+    sent = {(conv, text) for conv, texts in tally.sent.items() for text in texts}
+    for row in rows:  # a turn the client never saw complete (stored partial) may branch off: not a fork
+        if row.role != "user" or (row.public_id, row.content) in sent:
+            children[(row.public_id, row.parent_id)] += 1
         if row.role == "user":
             users.setdefault(row.public_id, []).append(row.content)
             copies.setdefault(row.content, []).append(row)
         assistants += row.role == "assistant"
-    sent = {(conv, text) for conv, texts in tally.sent.items() for text in texts}
     stored = {(conv, text) for conv, texts in users.items() for text in texts}
     twice = [rows for rows in copies.values() if len(rows) > 1]
     return {
@@ -299,7 +300,8 @@ def verify(rows: list[Row], tally: Tally) -> dict[str, Any]:
         "duplicates": sum(len(texts) - len(set(texts)) for texts in users.values()),
         "lost": len(sent - stored),
         "unexpected": len(stored - sent),
-        "forks": sum(n - 1 for n in children.values() if n > 1),  # a parent (or root) with two children
+        # a parent (or the root) with two children the client saw (answered turns, replies)
+        "forks": sum(n - 1 for n in children.values() if n > 1),
         "duplicate_detail": [duplicate(rows, tally) for rows in twice[:10]],
     }
 

@@ -154,6 +154,7 @@ class _Step:
     back: int | None  # the stored message at the previous position
     edited: bool = False  # the previous position's stored message (`back`) was edited by the client
     before: int | None = None  # with an edit: the stored message two positions back
+    edits: int = 0  # edited messages in the run so far
 
 
 def align(hashes: Sequence[str], roles: Sequence[str], candidates: Sequence[Candidate]) -> dict[int, Match]:
@@ -161,12 +162,15 @@ def align(hashes: Sequence[str], roles: Sequence[str], candidates: Sequence[Cand
 
     Dynamic programming over request positions: a candidate at position j extends a run if its parent
     matched position j-1, or (one edited message) if its parent has position j-1's role and its
-    grandparent matched j-2. Duplicate texts within a chat are handled by position."""
+    grandparent matched j-2. Duplicate texts within a chat are handled by position. Of two runs as long,
+    the one with fewer edits wins, then the newest: a chat that forked right after a reply whose text
+    repeats (a stub's, a greeting) must stay on its exact branch, not be read as an edit of the other
+    branch's user message (which then got rewritten into a copy of this one)."""
     by_hash: dict[str, list[Candidate]] = {}
     for candidate in candidates:
         by_hash.setdefault(candidate.content_hash, []).append(candidate)
     steps: list[dict[int, _Step]] = []
-    best: dict[int, tuple[int, int]] = {}  # conversation -> (position, stored id) of its longest run end
+    best: dict[int, tuple[int, int, int]] = {}  # conversation -> (position, -edits, id) of its best run end
     for position, digest in enumerate(hashes):
         current = {c.id: s for c in by_hash.get(digest, ()) if (s := _step(c, position, roles, steps))}
         if not current and (not steps or not steps[-1]) and position > 0:
@@ -174,10 +178,10 @@ def align(hashes: Sequence[str], roles: Sequence[str], candidates: Sequence[Cand
         steps.append(current)  # one unmatched position may be an edit, bridged by the next one
         for c in by_hash.get(digest, ()):
             if c.id in current:
-                known = best.get(c.conversation_id)
-                if known is None or position > known[0] or (position == known[0] and c.id > known[1]):
-                    best[c.conversation_id] = (position, c.id)
-    return {conversation: _trace(conversation, end, steps) for conversation, end in best.items()}
+                rank = (position, -current[c.id].edits, c.id)
+                if rank > best.get(c.conversation_id, (-1, 0, 0)):
+                    best[c.conversation_id] = rank
+    return {conv: _trace(conv, (end[0], end[2]), steps) for conv, end in best.items()}
 
 
 def _step(c: Candidate, j: int, roles: Sequence[str], steps: list[dict[int, _Step]]) -> _Step | None:
@@ -187,16 +191,19 @@ def _step(c: Candidate, j: int, roles: Sequence[str], steps: list[dict[int, _Ste
     previous = steps[j - 1]
     if c.parent_id in previous:
         before = previous[c.parent_id]
-        return _Step(before.length + 1, before.has_user or user, c.parent_id)
+        return _Step(before.length + 1, before.has_user or user, c.parent_id, edits=before.edits)
     if c.parent_id is None or c.parent_role != roles[j - 1]:
         return None
     edited_user = c.parent_role == "user"
     if j == 1:  # the request's first message is an edit of this candidate's parent
-        return _Step(2, user or edited_user, c.parent_id, edited=True)
+        return _Step(2, user or edited_user, c.parent_id, edited=True, edits=1)
     if c.grandparent_id in steps[j - 2]:
         start = steps[j - 2][c.grandparent_id]
         has_user = start.has_user or user or edited_user
-        return _Step(start.length + 2, has_user, c.parent_id, edited=True, before=c.grandparent_id)
+        edits = start.edits + 1
+        return _Step(
+            start.length + 2, has_user, c.parent_id, edited=True, before=c.grandparent_id, edits=edits
+        )
     return None
 
 

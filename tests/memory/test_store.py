@@ -182,3 +182,44 @@ async def test_a_turn_behind_journaled_turns_of_its_conversation_comes_after_the
         "Second",
         "Two.",
     ]
+
+
+async def test_a_turn_the_client_never_saw_end_leaves_the_branch_it_forked_from_intact(
+    user: int, counter: TokenCounter, sessions: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    """The SIGKILL fault run stored a first turn twice. Anima was killed while it streamed turn 2 (the
+    whole reply was written ahead, the client never got `[DONE]`); the next process stored it as a
+    partial turn, then the client, which had dropped turn 2, sent turn 3 after turn 1's reply. The
+    backend's replies repeat their text, so the stored turn 2 ran as long as the client's real branch
+    if its user message were an edit: alignment took the newer run, and turn 2's message was rewritten
+    into turn 1's (a second copy of it, under turn 1's reply)."""
+    folder = tmp_path / "journal"
+    inflight = InFlight(folder / "inflight")
+    first = MemoryService(sessions, counter, FakeEmbedder(), MemoryConfig(deadline_s=30), inflight=inflight)
+    session = SessionKey(user_id=user, conversation="killed-2")
+    system, reply = Message("system", "Be brief."), Message("assistant", "Hello from the stub!")
+    opening = [system, Message("user", "turn 1")]
+    await first.store_turn(session, await first.recognise(session, opening), record(reply.content, *opening))
+    cut = [*opening, reply, Message("user", "turn 2")]
+    wal = first.begin(session, TurnRecord("", "partial", "m", [], {}, incoming=tuple(cut)))
+    assert wal is not None
+    InFlight.add(wal, reply.content)  # streamed in full; the process dies before `[DONE]` goes out
+    wal.rename(wal.with_name(f"999999999-{wal.name.split('-', 1)[1]}"))  # a process no longer running
+    journal = TurnJournal.open(folder)
+    assert inflight.recover(journal) == 1
+    memory = MemoryService(sessions, counter, FakeEmbedder(), MemoryConfig(deadline_s=30), journal=journal)
+    after = [*opening, reply, Message("user", "turn 3")]  # the client's history: turn 2 failed
+    thread = await memory.recognise(session, after)  # stores the journaled turn 2 first
+    assert thread.new == (Message("user", "turn 3"),) and not thread.revisions
+    await memory.store_turn(session, thread, record(reply.content, *after))
+    stored = await rows(sessions, user)
+    assert [(r, c) for r, c, _ in stored] == [
+        ("user", "turn 1"),
+        ("assistant", "Hello from the stub!"),
+        ("user", "turn 2"),  # the partial turn 2 is kept, as a branch the client left
+        ("assistant", "Hello from the stub!"),
+        ("user", "turn 3"),
+        ("assistant", "Hello from the stub!"),
+    ]
+    parent_of = {c: p for _, c, p in stored if c.startswith("turn")}
+    assert parent_of["turn 2"] == parent_of["turn 3"] is not None  # both after turn 1's reply
