@@ -164,3 +164,13 @@ def test_a_group_reply_is_named_by_its_prefix() -> None:
     assert named_by_prefix(Message(A, "Reply 12: words")).name is None  # not a name
     assert named_by_prefix(Message(U, "Ann: hi")).name is None  # only replies are named
     assert named_by_prefix(Message(A, "Jon: hi", "Jon")) == Message(A, "Jon: hi", "Jon")
+
+
+def test_align_prefers_the_exact_run_to_an_edit_as_long() -> None:
+    """The SIGKILL fault run's duplicate: a reply text repeats (u1 -> r -> u2 -> r) and the client forked
+    after the first r. Read as an edit of u2, the newer run is as long; the exact one must win, or u2
+    is rewritten into a copy of u1."""
+    stored = chain(1, 10, [(U, "u1"), (A, "r"), (U, "u2"), (A, "r")])
+    request = [(U, "u1"), (A, "r"), (U, "u3")]
+    match = align(hashes(request), roles(request), stored)[1]
+    assert (match.anchor_id, match.ids, match.edited) == (11, (10, 11), ())
