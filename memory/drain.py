@@ -4,15 +4,17 @@ After an outage the journal can hold turns of hundreds of conversations; stored 
 took the better part of a minute (the 100-client fault run settled 51 s after the load stopped).
 Each conversation's turns are stored in the order they were answered, one at a time, under that
 conversation's lock, which a request catching up on its own journaled turns and a deletion take too;
-different conversations drain concurrently, at most `concurrency` at once (the database pool minus
-headroom for requests). A turn whose store fails for another reason than an outage stops its
-conversation's drain (the turns behind it wait, in order) and is retried a minute later; an outage
-stops the whole drain, which the background loop retries.
+different conversations drain concurrently, at most `concurrency` at once in the background (the
+database pool minus headroom for requests; a request catching up on its own conversation's turns
+does not queue for a slot: its memory deadline bounds it). A turn whose store fails for another
+reason than an outage stops its conversation's drain (the turns behind it wait, in order) and is
+retried a minute later; an outage stops the whole drain, which the background loop retries.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -64,16 +66,23 @@ class JournalDrain:
             if session is None or (chat[0] == session.user_id and session.conversation in (None, chat[1])):
                 chats.setdefault(chat, []).append(entry)
         outage: list[BaseException] = []
-        counts = await asyncio.gather(*(self._drain_chat(c, e, outage) for c, e in chats.items()))
+        gate = self._gate if session is None else contextlib.nullcontext()  # a request's own: its deadline
+        counts = await asyncio.gather(*(self._drain_chat(c, e, outage, gate) for c, e in chats.items()))
         if outage:
             raise outage[0]
         return sum(counts)
 
-    async def _drain_chat(self, chat: Chat, entries: list[JournalEntry], outage: list[BaseException]) -> int:
+    async def _drain_chat(
+        self,
+        chat: Chat,
+        entries: list[JournalEntry],
+        outage: list[BaseException],
+        gate: contextlib.AbstractAsyncContextManager[object],
+    ) -> int:
         """One conversation's turns, in order, under its lock; stops at the first that cannot be stored."""
         stored: list[str] = []
         done = 0
-        async with self._gate, self.lock(chat):
+        async with gate, self.lock(chat):
             self.active += 1
             self.peak = max(self.peak, self.active)
             try:
