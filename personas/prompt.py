@@ -121,8 +121,9 @@ def assemble_prompt(parts: PromptParts, budget: Budget, counter: TokenCounter) -
     volatile = counter.message("\n".join(parts.volatile)) if parts.volatile else 0
     pinned = len(parts.body) - with_newest(parts.body, parts.newest)
     history = parts.body[:pinned]
-    newest = _newest(parts, pinned, budget.prompt - fixed - volatile, counter)
     body_costs = [cost(m, counter) for m in history]
+    reserve = min(sum(body_costs), int(budget.shares.history * budget.window))
+    newest = _newest(parts, pinned, (budget.prompt - fixed - volatile, reserve), counter)
     earlier_costs = [cost(m, counter) for m in parts.earlier]
     lines = [(m, quote_memory(m)) for m in parts.memories]
     recall_need = sum(counter.count(line) + 1 for _, line in lines) + (
@@ -167,11 +168,15 @@ def assemble_prompt(parts: PromptParts, budget: Budget, counter: TokenCounter) -
     )
 
 
-def _newest(parts: PromptParts, pinned: int, room: int, counter: TokenCounter) -> list[Message]:
-    """The newest message with the tool call and results it belongs with, its results cut by tokens
-    when they alone overflow the room (if even cut results do not fit, the plan refuses the request)."""
+def _newest(parts: PromptParts, pinned: int, room: tuple[int, int], counter: TokenCounter) -> list[Message]:
+    """The newest message with the tool call and results it belongs with: whole when it fits `room[0]`,
+    else its results cut by tokens to leave the client's history its share (`room[1]`: the question
+    that led to the call), else to fit at all (if even that fails, the plan refuses the request)."""
     group = [*parts.body[pinned:], *([parts.newest] if parts.newest is not None else [])]
-    return cut_results(group, room, counter) or group
+    whole, reserve = room
+    if sum(cost(m, counter) for m in group) <= whole:
+        return group
+    return cut_results(group, whole - reserve, counter) or cut_results(group, whole, counter) or group
 
 
 def _kept_history(
