@@ -119,9 +119,8 @@ class ChatPipeline:
         named = session.character if session is not None else None  # by the client (header)
         session = as_character(session, chosen)
         window = await self._context_window(chain[0])
-        tools = tool_tokens(
-            tools_of(body)["tools"], self.tokens
-        )  # the schemas go with every prompt: history gives way
+        # the tool definitions go with every prompt: history gives way to them, never the backend's window
+        tools = tool_tokens(tools_of(body)["tools"], self.tokens)
         budget = Budget.for_model(window, body.reply_limit, self.budget.shares, tools=tools)
         messages = tuple(to_message(m) for m in body.messages)
         turn = await self.turns.build(TurnRequest(session, messages, budget, body.model, chosen, named))
