@@ -27,6 +27,9 @@ class TokenCounter:
         self._enc = tiktoken.get_encoding(encoding)
         # clients resend the same history every turn: each text is counted once (LRU by text)
         self._count: Callable[[str], int] = functools.lru_cache(maxsize=cached)(self._encoded_length)
+        self._calls: Callable[[tuple[ToolCall, ...]], int] = functools.lru_cache(maxsize=cached)(
+            self._calls_length
+        )
 
     def _encoded_length(self, text: str) -> int:
         return len(self._enc.encode_ordinary(text))
@@ -39,12 +42,15 @@ class TokenCounter:
 
     def calls(self, tool_calls: Sequence[ToolCall]) -> int:
         """What a message's tool calls take: each function's name and its arguments JSON, framed."""
+        return self._calls(tuple(tool_calls)) if tool_calls else 0
+
+    def _calls_length(self, tool_calls: tuple[ToolCall, ...]) -> int:
         return sum(self.count(c.name) + self.count(c.arguments) + CALL_OVERHEAD for c in tool_calls)
 
     def of(self, content: str, tool_calls: Sequence[ToolCall] = ()) -> int:
         """A chat message's own tokens, its tool calls included (an assistant message that only calls
         tools is not free); the stored `token_count` of a message."""
-        return self.count(content) + self.calls(tool_calls)
+        return self.count(content) + self.calls(tool_calls) if tool_calls else self.count(content)
 
     def head(self, text: str, tokens: int) -> str:
         """The first `tokens` tokens of `text` (a huge tool result is cut by tokens, not dropped)."""

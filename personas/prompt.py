@@ -106,9 +106,11 @@ def quote_memory(memory: Memory) -> str:
 def cost(message: StoredMessage | Message, counter: TokenCounter) -> int:
     """Tokens a message takes, its tool calls included; stored messages were counted when stored (rows
     with tool calls are recounted: rows stored before calls were counted held their text only)."""
-    if isinstance(message, StoredMessage) and not message.tool_calls:
+    if message.tool_calls:
+        return counter.of(message.content, message.tool_calls) + MESSAGE_OVERHEAD
+    if isinstance(message, StoredMessage):
         return message.token_count + MESSAGE_OVERHEAD
-    return counter.of(message.content, message.tool_calls) + MESSAGE_OVERHEAD
+    return counter.message(message.content)
 
 
 def assemble_prompt(parts: PromptParts, budget: Budget, counter: TokenCounter) -> Prompt:
@@ -140,7 +142,7 @@ def assemble_prompt(parts: PromptParts, budget: Budget, counter: TokenCounter) -
             else 0
         ),
     )
-    body_start, body = _kept_history(history, body_costs, plan.body, counter)
+    body_start, body, body_tokens = _kept_history(history, body_costs, plan.body, counter)
     earlier_start = (
         oldest_within(earlier_costs, plan.earlier, starts(parts.earlier))
         if body_start == 0
@@ -154,7 +156,7 @@ def assemble_prompt(parts: PromptParts, budget: Budget, counter: TokenCounter) -
     tokens = {
         "system": fixed,
         "earlier": sum(earlier_costs[earlier_start:]),
-        "history": sum(cost(m, counter) for m in body),
+        "history": body_tokens,
     }
     layout = _layout(parts, parts.earlier[earlier_start:], body, newest, summaries, memories, tokens, counter)
     return Prompt(
@@ -181,17 +183,19 @@ def _newest(parts: PromptParts, pinned: int, room: tuple[int, int], counter: Tok
 
 def _kept_history(
     history: Sequence[Message], costs: list[int], budget: int, counter: TokenCounter
-) -> tuple[int, list[Message]]:
+) -> tuple[int, list[Message], int]:
     """The client's history kept newest first, whole groups only; the group at the cut comes in with
     its tool results cut by tokens when that fits (a huge result is shortened, not silently dropped)."""
     allowed = starts(history, first=True)
     start = oldest_within(costs, budget, allowed)
-    kept = list(history[start:])
+    kept, spent = list(history[start:]), sum(costs[start:])
     older = previous_start(allowed, start)
     if older is None or not any(m.role == "tool" for m in history[older:start]):
-        return start, kept
-    shortened = cut_results(history[older:start], budget - sum(costs[start:]), counter)
-    return (older, [*shortened, *kept]) if shortened is not None else (start, kept)
+        return start, kept, spent
+    shortened = cut_results(history[older:start], budget - spent, counter)
+    if shortened is None:
+        return start, kept, spent
+    return older, [*shortened, *kept], spent + sum(cost(m, counter) for m in shortened)
 
 
 def _held_ids(parts: PromptParts, earlier_start: int, body_start: int) -> set[int]:

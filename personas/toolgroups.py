@@ -23,7 +23,10 @@ SLACK = 2  # re-encoding a cut head with its marker can merge or split a token a
 def starts(messages: Sequence[Message | StoredMessage], *, first: bool = False) -> list[bool]:
     """Where kept history may begin: at each message that is not a tool result (its call would be left
     out). `first`: the client's own messages may begin where the client began them."""
-    return [m.role != "tool" or (first and i == 0) for i, m in enumerate(messages)]
+    allowed = [m.role != "tool" for m in messages]
+    if first and allowed:
+        allowed[0] = True
+    return allowed
 
 
 def oldest_within(costs: Sequence[int], budget: int, allowed: Sequence[bool]) -> int:
