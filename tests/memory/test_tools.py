@@ -325,3 +325,51 @@ async def test_stored_call_only_messages_count_their_calls(
     assert len(calls) == 2  # the client's call and the reply's calls
     for count, stored in calls:
         assert count >= sum(counter.count(c["name"]) + counter.count(c["arguments"]) for c in stored) > 10
+
+
+def test_a_resumed_tool_conversation_comes_back_in_whole_groups_within_a_small_window(
+    anima: str, key: str, stub: StubState
+) -> None:
+    """A thin client resuming a stored tool-using conversation on a 1024-token model: memory's earlier
+    history holds whole call groups only, counted with their calls, and fits the window."""
+    client = openai.OpenAI(
+        base_url=f"{anima}/v1", api_key=key, max_retries=0, default_headers={"X-Anima-Conversation": "resume"}
+    )
+    history: list[Any] = []
+    for day in ("Monday", "Tuesday", "Wednesday", "Thursday"):
+        arguments = json.dumps({"day": day, "filters": [f"service-{i}" for i in range(40)]})  # ~210 tokens
+        history += [
+            {"role": "user", "content": f"What happened on {day}?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": f"{day}_0",
+                        "type": "function",
+                        "function": {"name": "read_logs", "arguments": arguments},
+                    },
+                    {
+                        "id": f"{day}_1",
+                        "type": "function",
+                        "function": {"name": "read_logs", "arguments": "{}"},
+                    },
+                ],
+            },
+            {"role": "tool", "tool_call_id": f"{day}_0", "content": f"no errors on {day} " * 6},
+            {"role": "tool", "tool_call_id": f"{day}_1", "content": f"quiet traffic on {day} " * 6},
+            {"role": "assistant", "content": f"{day} was quiet."},
+        ]
+    history.append({"role": "user", "content": "Good."})
+    client.chat.completions.create(model="stub/echo", messages=history)
+    assert len(stored(anima, key, "resume", len(history) + 1)) == len(history) + 1
+    client.chat.completions.create(
+        model="stub/small", messages=[{"role": "user", "content": "Thanks!"}], max_tokens=100
+    )
+    sent = stub.requests[-1]["messages"]
+    assert paired(sent) and sent[-1] == {"role": "user", "content": "Thanks!"}
+    assert tokens(sent, [], TokenCounter()) <= SMALL - 100
+    calls = [m for m in sent if m.get("tool_calls")]
+    assert calls and all(
+        c in [m.get("tool_calls") for m in history] for c in [m["tool_calls"] for m in calls]
+    )
