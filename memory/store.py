@@ -217,7 +217,7 @@ class TurnStore:
                 user_id=session.user_id,
                 message_id=message_id,
                 message=message,
-                tokens=self.counter.count(message.content),
+                tokens=self.counter.of(message.content, message.tool_calls),
             )
         known_depth = (
             thread.path[-1].depth if thread.path and thread.path[-1].id == thread.anchor_id else None
@@ -229,7 +229,7 @@ class TurnStore:
             parent_id=thread.anchor_id,
             parent_depth=-1 if thread.anchor_id is None else known_depth,
             messages=thread.new,
-            token_counts=[self.counter.count(m.content) for m in thread.new],
+            token_counts=[self.counter.of(m.content, m.tool_calls) for m in thread.new],
             reuse=True,
             extras=[
                 turn.newest.columns() if turn.newest and i == len(thread.new) - 1 and m.role == "user" else {}
@@ -279,7 +279,7 @@ class TurnStore:
             parent_id=parent,
             parent_depth=depth if depth is not None else (-1 if parent is None else None),
             messages=[Message("assistant", content, thread.speaker, tool_calls=turn.reply_tool_calls)],
-            token_counts=[self.counter.count(content)],
+            token_counts=[self.counter.of(content, turn.reply_tool_calls)],
             status=turn.status,
             metadata=[{"persona": turn.persona}] if turn.persona else None,
             reuse=True,

@@ -2,13 +2,15 @@
 
 The client's own messages come first in every sense: whatever it sent that fits is forwarded verbatim
 and in order; memory only adds (stored history the client did not send, recalled memories, summaries).
-History is cut only by tokens, oldest first, and only then does a summary stand in for what was cut.
+History is cut only by tokens, oldest first, and only then does a summary stand in for what was cut; a
+tool call and its results are kept or cut together, and a tool result too big to fit is shortened by
+tokens with a marker (personas/toolgroups.py), never silently dropped.
 
 Layout, stable first and volatile last (local backends reuse the KV cache of an unchanged prefix,
 hosted ones bill cached prefixes cheaper): system/persona → summaries of cut history → stored history
 the client did not send → the client's history → one volatile block (recalled memories, emotional
-context) → the newest message → the client's trailing system messages. Recalled text is quoted as
-data, never placed as instructions.
+context) → the newest message (with the tool call and results it belongs with) → the client's
+trailing system messages. Recalled text is quoted as data, never placed as instructions.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from memory.budget import MESSAGE_OVERHEAD, Budget, TokenCounter
 from memory.quoting import memory_line
 from memory.types import Memory, Message, StoredMessage, Summary, Thread
+from personas.toolgroups import cut_results, oldest_within, previous_start, starts, with_newest
 
 MEMORY_PREAMBLE = (
     "Memory: quoted excerpts from earlier conversations with this user, retrieved because they may be"
@@ -101,7 +104,10 @@ def quote_memory(memory: Memory) -> str:
 
 
 def cost(message: StoredMessage | Message, counter: TokenCounter) -> int:
-    """Tokens a message takes; stored messages were counted once, when they were stored."""
+    """Tokens a message takes, its tool calls included; stored messages were counted when stored (rows
+    with tool calls are recounted: rows stored before calls were counted held their text only)."""
+    if message.tool_calls:
+        return counter.of(message.content, message.tool_calls) + MESSAGE_OVERHEAD
     if isinstance(message, StoredMessage):
         return message.token_count + MESSAGE_OVERHEAD
     return counter.message(message.content)
@@ -110,19 +116,23 @@ def cost(message: StoredMessage | Message, counter: TokenCounter) -> int:
 def assemble_prompt(parts: PromptParts, budget: Budget, counter: TokenCounter) -> Prompt:
     """The prompt under the budget: the fixed parts whole (or BudgetExceeded), the client's history whole
     when it fits (memory gets what is left), else cut oldest first with memory's shares kept for recall
-    and a summary of what was cut."""
+    and a summary of what was cut. A tool call and its results are kept or cut together; the newest
+    turn's tool results (and a group at the cut) are shortened by tokens rather than left out."""
     fixed = sum(counter.message(m.content) for m in (*parts.system, *parts.trailing))
     fixed += counter.message("\n\n".join(parts.facts)) if parts.facts else 0  # issue 17: with the system
-    newest = counter.message(parts.newest.content) if parts.newest else 0
     volatile = counter.message("\n".join(parts.volatile)) if parts.volatile else 0
-    body_costs = [cost(m, counter) for m in parts.body]
+    pinned = len(parts.body) - with_newest(parts.body, parts.newest)
+    history = parts.body[:pinned]
+    body_costs = [cost(m, counter) for m in history]
+    reserve = min(sum(body_costs), int(budget.shares.history * budget.window))
+    newest = _newest(parts, pinned, (budget.prompt - fixed - volatile, reserve), counter)
     earlier_costs = [cost(m, counter) for m in parts.earlier]
     lines = [(m, quote_memory(m)) for m in parts.memories]
     recall_need = sum(counter.count(line) + 1 for _, line in lines) + (
         counter.message(MEMORY_PREAMBLE) if lines else 0
     )
     plan = budget.plan(
-        fixed=fixed + newest + volatile,
+        fixed=fixed + sum(cost(m, counter) for m in newest) + volatile,
         body_need=sum(body_costs),
         recall_need=recall_need,
         earlier_need=sum(earlier_costs),
@@ -132,8 +142,12 @@ def assemble_prompt(parts: PromptParts, budget: Budget, counter: TokenCounter) -
             else 0
         ),
     )
-    body_start = _oldest_within(body_costs, plan.body)
-    earlier_start = _oldest_within(earlier_costs, plan.earlier) if body_start == 0 else len(parts.earlier)
+    body_start, body, body_tokens = _kept_history(history, body_costs, plan.body, counter)
+    earlier_start = (
+        oldest_within(earlier_costs, plan.earlier, starts(parts.earlier))
+        if body_start == 0
+        else len(parts.earlier)
+    )
     held = _held_ids(parts, earlier_start, body_start)
     memories = _fit_memories(lines, held, plan.recall, counter)
     room = plan.spare + plan.recall - _memory_cost(memories, counter)
@@ -142,11 +156,9 @@ def assemble_prompt(parts: PromptParts, budget: Budget, counter: TokenCounter) -
     tokens = {
         "system": fixed,
         "earlier": sum(earlier_costs[earlier_start:]),
-        "history": sum(body_costs[body_start:]),
+        "history": body_tokens,
     }
-    layout = _layout(
-        parts, parts.earlier[earlier_start:], parts.body[body_start:], summaries, memories, tokens, counter
-    )
+    layout = _layout(parts, parts.earlier[earlier_start:], body, newest, summaries, memories, tokens, counter)
     return Prompt(
         messages=layout,
         tokens=tokens,
@@ -158,13 +170,32 @@ def assemble_prompt(parts: PromptParts, budget: Budget, counter: TokenCounter) -
     )
 
 
-def _oldest_within(costs: list[int], budget: int) -> int:
-    """The index of the oldest item kept when the newest are kept first within `budget`."""
-    total, start = 0, len(costs)
-    while start > 0 and total + costs[start - 1] <= budget:
-        start -= 1
-        total += costs[start]
-    return start
+def _newest(parts: PromptParts, pinned: int, room: tuple[int, int], counter: TokenCounter) -> list[Message]:
+    """The newest message with the tool call and results it belongs with: whole when it fits `room[0]`,
+    else its results cut by tokens to leave the client's history its share (`room[1]`: the question
+    that led to the call), else to fit at all (if even that fails, the plan refuses the request)."""
+    group = [*parts.body[pinned:], *([parts.newest] if parts.newest is not None else [])]
+    whole, reserve = room
+    if sum(cost(m, counter) for m in group) <= whole:
+        return group
+    return cut_results(group, whole - reserve, counter) or cut_results(group, whole, counter) or group
+
+
+def _kept_history(
+    history: Sequence[Message], costs: list[int], budget: int, counter: TokenCounter
+) -> tuple[int, list[Message], int]:
+    """The client's history kept newest first, whole groups only; the group at the cut comes in with
+    its tool results cut by tokens when that fits (a huge result is shortened, not silently dropped)."""
+    allowed = starts(history, first=True)
+    start = oldest_within(costs, budget, allowed)
+    kept, spent = list(history[start:]), sum(costs[start:])
+    older = previous_start(allowed, start)
+    if older is None or not any(m.role == "tool" for m in history[older:start]):
+        return start, kept, spent
+    shortened = cut_results(history[older:start], budget - spent, counter)
+    if shortened is None:
+        return start, kept, spent
+    return older, [*shortened, *kept], spent + sum(cost(m, counter) for m in shortened)
 
 
 def _held_ids(parts: PromptParts, earlier_start: int, body_start: int) -> set[int]:
@@ -236,6 +267,7 @@ def _layout(
     parts: PromptParts,
     earlier: Sequence[StoredMessage | Message],
     body: Sequence[Message],
+    newest: Sequence[Message],
     summaries: list[Summary],
     memories: list[tuple[Memory, str]],
     tokens: dict[str, int],
@@ -256,8 +288,8 @@ def _layout(
         block = "\n".join(volatile)
         messages.append(Message("system", block))
         tokens["volatile"] = counter.message(block)
-    if parts.newest is not None:
-        messages.append(parts.newest)
-        tokens["newest"] = counter.message(parts.newest.content)
+    if newest:  # after the volatile block: nothing comes between a tool call and its results
+        messages += newest
+        tokens["newest"] = sum(cost(m, counter) for m in newest)
     messages += parts.trailing
     return tuple(messages)

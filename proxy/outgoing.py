@@ -3,8 +3,11 @@ parts kept), and the request's parameters as a `BackendRequest`."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from typing import Any
 
+from memory.budget import TokenCounter
 from memory.types import Message, Part, ToolCall
 from proxy.backends.base import BackendRequest, Tool
 from proxy.protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice
@@ -44,6 +47,19 @@ def tools_of(body: ChatCompletionRequest) -> dict[str, Any]:
         "forced_tool": named,
         "parallel_tool_calls": body.parallel_tool_calls,
     }
+
+
+TOOL_OVERHEAD = 10  # per function: the framing a chat template puts around each definition
+
+
+def tool_tokens(tools: Sequence[Tool], counter: TokenCounter) -> int:
+    """What the tool definitions take in the prompt: each function's name, description and JSON Schema
+    as JSON (chat templates render them as JSON or close to it; OpenAI's own rendering is shorter)."""
+    return sum(
+        counter.count(json.dumps({"name": t.name, "description": t.description, "parameters": t.parameters}))
+        + TOOL_OVERHEAD
+        for t in tools
+    )
 
 
 def backend_request(model: str, messages: tuple[Message, ...], body: ChatCompletionRequest) -> BackendRequest:

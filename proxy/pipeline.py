@@ -29,7 +29,7 @@ from proxy.backends.base import BackendRequest, Delta, TokenUsage
 from proxy.backends.registry import Registry, Route
 from proxy.errors import BackendError, PersonaNotFound, ProxyError
 from proxy.metrics import memory_turn, timed
-from proxy.outgoing import backend_request, to_message
+from proxy.outgoing import backend_request, to_message, tool_tokens, tools_of
 from proxy.protocol import ChatCompletionRequest, ChatMessage, ResponseFormat
 from proxy.turn import MemoryTurn, PersonaUse, TurnBuilder, TurnRequest
 
@@ -118,7 +118,10 @@ class ChatPipeline:
         chosen = await self._persona(persona, alias, route_name, session.user_id if session else None)
         named = session.character if session is not None else None  # by the client (header)
         session = as_character(session, chosen)
-        budget = Budget.for_model(await self._context_window(chain[0]), body.reply_limit, self.budget.shares)
+        window = await self._context_window(chain[0])
+        # the tool definitions go with every prompt: history gives way to them, never the backend's window
+        tools = tool_tokens(tools_of(body)["tools"], self.tokens)
+        budget = Budget.for_model(window, body.reply_limit, self.budget.shares, tools=tools)
         messages = tuple(to_message(m) for m in body.messages)
         turn = await self.turns.build(TurnRequest(session, messages, budget, body.model, chosen, named))
         self._log_prompt(turn.prompt.messages)
@@ -294,7 +297,8 @@ class ChatPipeline:
         """Token usage as the backend reported it, else counted with tiktoken."""
         if reported is not None:
             return reported
-        prompt = sum(self.tokens.count(m.content) + 4 for m in chat.request.messages) + 2
+        prompt = sum(self.tokens.of(m.content, m.tool_calls) + 4 for m in chat.request.messages)
+        prompt += tool_tokens(chat.request.tools, self.tokens) + 2
         return prompt, self.tokens.count(reply)
 
 

@@ -23,7 +23,7 @@ from memory.recall import Boost
 from memory.service import MemoryService
 from memory.types import Annotation, Memory, Message, SessionKey, StoredMessage, Summary, Thread
 from personas.client_card import CardIndex, IndexedCard, excerpt, leading_system, pick_chunks, recognise_card
-from personas.prompt import Prompt, assemble_prompt, parts_for
+from personas.prompt import Prompt, assemble_prompt, cost, parts_for
 from personas.render import merge_system
 from personas.store import Resolved
 from proxy.errors import ContextTooLong
@@ -252,7 +252,7 @@ class TurnBuilder:
         if indexed is None:
             return messages
         own = self.tokens.message(turn.persona.text) if turn.persona else 0
-        if own + sum(self.tokens.message(m.content) for m in messages) <= turn.budget.prompt:
+        if own + sum(cost(m, self.tokens) for m in messages) <= turn.budget.prompt:
             return messages
         share = int(turn.budget.prompt * self.shares.persona)
         query = None  # without a query vector: the card's opening chunks
