@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,9 +240,12 @@ async def run_level(
 ) -> Level:
     """Warm-up turns, then `rounds` rounds in which every target in turn has each client play
     `per_round` turns of its chat, the order rotating; CPU read around the counted rounds."""
-    system = card()
+    system, run = (
+        card(),
+        uuid.uuid4().hex[:6],
+    )  # a reused --data holds earlier runs' chats: never the same text
     chats = {
-        (t.name, c): Chat(system, f"c{clients}-{c}-{t.name}", args.context)
+        (t.name, c): Chat(system, f"{run}-c{clients}-{c}-{t.name}", args.context)
         for t in targets
         for c in range(clients)
     }
