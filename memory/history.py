@@ -214,15 +214,6 @@ async def ensure_conversation(
     return existing.id
 
 
-async def set_persona(session: AsyncSession, *, conversation_id: int, persona_id: int) -> None:
-    """The persona a conversation talks to now (recall's persona scope follows it)."""
-    await session.execute(
-        update(ConversationRow)
-        .where(ConversationRow.id == conversation_id, ConversationRow.persona_id.is_distinct_from(persona_id))
-        .values(persona_id=persona_id)
-    )
-
-
 async def head(session: AsyncSession, *, conversation_id: int) -> int | None:
     """The newest message of a conversation: where a thin client's new message goes."""
     value: int | None = await session.scalar(
@@ -298,6 +289,7 @@ async def append(
     extras: Sequence[dict[str, Any]] | None = None,
     parent_depth: int | None = None,
     reuse: bool = False,
+    persona_id: int | None = None,
 ) -> list[StoredMessage]:
     """Store `messages` as a chain under `parent_id`; returns them with their ids.
 
@@ -307,7 +299,8 @@ async def append(
     a message that is already stored under the same parent (same role and text) is taken instead of
     stored again; a request recognised before the previous turn's store landed (another worker, a
     slow store) then adds only what is really new. Only a leading run can be reused: the first new
-    message has no children yet, so nothing after it can exist.
+    message has no children yet, so nothing after it can exist. `persona_id`: the persona the
+    conversation talks to now, set in the same UPDATE that marks the conversation updated.
     """
     depth = parent_depth if parent_depth is not None else await depth_of(session, parent_id)
     stored: list[StoredMessage] = []
@@ -346,8 +339,11 @@ async def append(
             parent_id = ids[offset]
         await session.execute(insert(MessageRow), rows)
         stored += [_stored_row(row) for row in rows]
+    now_talking = {"persona_id": persona_id} if persona_id is not None else {}
     await session.execute(
-        update(ConversationRow).where(ConversationRow.id == conversation_id).values(updated_at=func.now())
+        update(ConversationRow)
+        .where(ConversationRow.id == conversation_id)
+        .values(updated_at=func.now(), **now_talking)
     )
     return stored
 

@@ -216,8 +216,6 @@ class TurnStore:
                     turn_id=turn.turn_id,
                 )
             )
-            if turn.persona_id is not None:
-                await history.set_persona(s, conversation_id=conversation_id, persona_id=turn.persona_id)
         self._known(session.user_id, thread.public_id, conversation_id)
         if thread.revisions or thread.kind == "continue":
             self.window.forget(conversation_id)
@@ -270,6 +268,7 @@ class TurnStore:
             reuse=True,
             extras=extras,
             metadata=metadata,
+            persona_id=turn.persona_id,  # recall's persona scope follows the conversation's persona
         )
 
     async def _reply(
