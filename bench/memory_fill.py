@@ -59,9 +59,9 @@ def filled(data_dir: Path, messages: int, *, per_chat: int = 1000) -> Iterator[s
             conn.execute("SET maintenance_work_mem = '4GB'")  # the 1M-row HNSW graph stays in memory
             for statement in filter(str.strip, FILL.split(";")):
                 params = {"chats": chats, "per": per_chat} if "%(" in statement else None
-                conn.execute(statement, params)  # type: ignore[call-overload]
+                conn.execute(statement, params)
             loaded = time.perf_counter()
-            conn.execute(INDEX)  # type: ignore[arg-type]
+            conn.execute(INDEX)
             conn.execute("ANALYZE")
         print(
             f"memory: {chats * per_chat:,} messages in {chats} chats loaded in {loaded - started:.1f} s,"

