@@ -2,7 +2,8 @@
 
 Messages are generated with generate_series in chats of `per_chat` messages chained by parent_id,
 as real branches are; their embeddings are random 384-d vectors (embedding N texts with the real
-model would take minutes per 100k) and they are marked embedded, so no worker touches them. The
+model would take minutes per 100k) and they are marked embedded and read for facts, so no worker
+touches them (stored history a deployment's workers went through long ago). The
 HNSW index is rebuilt once after loading, which is much faster than inserting into it row by row.
 """
 
@@ -25,14 +26,14 @@ INSERT INTO conversation (id, public_id, user_id, end_user)
     OVERRIDING SYSTEM VALUE
     SELECT c, 'bench-' || c, 1, '' FROM generate_series(1, %(chats)s::int) c;
 INSERT INTO message (id, conversation_id, user_id, parent_id, depth, role, content, content_hash,
-                     token_count, embedded, importance)
+                     token_count, embedded, facts_done, importance)
     OVERRIDING SYSTEM VALUE
     SELECT (c - 1) * %(per)s::int + d + 1, c, 1,
            CASE WHEN d = 0 THEN NULL ELSE (c - 1) * %(per)s::int + d END, d,
            CASE WHEN d %% 2 = 0 THEN 'user' ELSE 'assistant' END,
            'Message ' || d || ' of chat ' || c || ' about ' || ({TOPICS})[1 + (d * 7 + c) %% 10]
                || ' and ' || ({TOPICS})[1 + (d * 3 + c * 5) %% 10] || ': ' || md5((c * 1000003 + d)::text),
-           md5(random()::text), 20, true, random()
+           md5(random()::text), 20, true, true, random()
     FROM generate_series(1, %(chats)s::int) c, generate_series(0, %(per)s::int - 1) d;
 SELECT setval(pg_get_serial_sequence('conversation', 'id'), %(chats)s::int);
 SELECT setval(pg_get_serial_sequence('message', 'id'), %(chats)s::int * %(per)s::int);
@@ -58,9 +59,9 @@ def filled(data_dir: Path, messages: int, *, per_chat: int = 1000) -> Iterator[s
             conn.execute("SET maintenance_work_mem = '4GB'")  # the 1M-row HNSW graph stays in memory
             for statement in filter(str.strip, FILL.split(";")):
                 params = {"chats": chats, "per": per_chat} if "%(" in statement else None
-                conn.execute(statement, params)  # type: ignore[call-overload]
+                conn.execute(statement, params)
             loaded = time.perf_counter()
-            conn.execute(INDEX)  # type: ignore[arg-type]
+            conn.execute(INDEX)
             conn.execute("ANALYZE")
         print(
             f"memory: {chats * per_chat:,} messages in {chats} chats loaded in {loaded - started:.1f} s,"

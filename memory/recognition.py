@@ -55,7 +55,7 @@ class Recognizer:
             located = await self._locate(s, session, chat, replay)
             located = await self._trimmed_tip(s, session, located, chat)
             path = await self._path(s, session, located)
-            earlier, first = await self._earlier(s, session, located, earlier_tokens)
+            earlier, first = await self._earlier(s, session, located, earlier_tokens, path)
         return _thread(shape, located, path, earlier, first)
 
     async def _locate(
@@ -71,20 +71,19 @@ class Recognizer:
             s, user_id=session.user_id, end_user=session.end_user, hashes=hashes, conversation_id=None
         )
         matches = align(hashes, roles, found)
+        stored = {c.id: c for c in found}  # every anchor is a candidate: its row says the rest
         preferred: set[int] = set()
         if matches and session.character:  # a chat recorded with another character (or none) is another chat
-            recorded = await history.characters(s, list(matches))
-            matches = {c: m for c, m in matches.items() if recorded[c] == session.character}
+            matches = {c: m for c, m in matches.items() if stored[m.anchor_id].character == session.character}
             preferred = set(matches)
         if not matches:
             return Located(0, new_public_id(), None)
-        anchors = [m.anchor_id for m in matches.values()]
-        unsure = [m.anchor_id for m in matches.values() if not m.has_user]  # only these need the tip check
-        tips = await history.tips(s, unsure) if unsure else set()
-        best = choose(matches, tips, await history.grown(s, anchors), preferred)
+        tips = {m.anchor_id for m in matches.values() if not stored[m.anchor_id].has_child}
+        grown = {m.anchor_id for m in matches.values() if stored[m.anchor_id].has_grandchild}
+        best = choose(matches, tips, grown, preferred)
         if best is None:
             return Located(0, new_public_id(), None)
-        public = await history.public_id(s, best.conversation_id)
+        public = stored[best.anchor_id].public_id
         return Located(best.conversation_id, public, best.anchor_id, best, _edits(best, chat))
 
     async def _named(
@@ -149,13 +148,21 @@ class Recognizer:
         return path
 
     async def _earlier(
-        self, s: AsyncSession, session: SessionKey, located: Located, tokens: int
+        self,
+        s: AsyncSession,
+        session: SessionKey,
+        located: Located,
+        tokens: int,
+        path: tuple[StoredMessage, ...],
     ) -> tuple[tuple[StoredMessage, ...], StoredMessage | None]:
         """Stored messages before the client's first chat message (newest within `tokens`), and the
-        stored copy of that first message."""
+        stored copy of that first message. A client that sent its chat from the first message (the
+        branch's tail in `path` starts there) has nothing earlier: no query."""
         if located.anchor_id is None:
             return (), None
         first = located.match.ids[0] if located.match and located.match.ids else None
+        if first is not None and path and path[0].id == first and path[0].parent_id is None:
+            return (), path[0]
         start = first if first is not None else located.anchor_id
         rows = await history.path(
             s,

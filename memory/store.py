@@ -13,6 +13,7 @@ import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import literal, select, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -52,6 +53,18 @@ async def _storable(s: AsyncSession, turn_id: str, conversation_id: int) -> bool
     gone = ~select(ConversationRow.id).where(ConversationRow.id == conversation_id).exists()
     found = (await s.execute(select(stored, gone if conversation_id else literal(False)))).one()
     return not found[0] and not found[1]
+
+
+def chained_reply(thread: Thread, turn: TurnRecord) -> Message | None:
+    """The reply, when it is stored as the next link of the new messages' chain: a complete reply to a
+    turn, swipe or prefill. A continue grows a stored message instead, and a broken-off reply may meet
+    the copy the client kept (`TurnStore._reply` handles both)."""
+    if thread.kind == "continue" or not thread.stores_reply or turn.status == "partial":
+        return None
+    if not (turn.reply.strip() or turn.reply_tool_calls):
+        return None
+    content = thread.prefill + turn.reply
+    return Message("assistant", content, thread.speaker, tool_calls=turn.reply_tool_calls)
 
 
 def lock_key(user_id: int, public_id: str) -> int:
@@ -182,8 +195,12 @@ class TurnStore:
                 end_user=session.end_user,
                 character=session.character,
             )
-            added = await self._messages(s, session, thread, turn, conversation_id)
-            reply_id = await self._reply(s, session, thread, turn, conversation_id, added)
+            chained = chained_reply(thread, turn)
+            added = await self._messages(s, session, thread, turn, conversation_id, chained)
+            if chained is not None:  # stored with the new messages, in the same INSERT
+                added, reply_id = added[:-1], added[-1:]
+            else:
+                reply_id = await self._reply(s, session, thread, turn, conversation_id, added)
             added += [r for r in reply_id if r not in added]
             s.add(
                 TurnContext(
@@ -197,8 +214,6 @@ class TurnStore:
                     turn_id=turn.turn_id,
                 )
             )
-            if turn.persona_id is not None:
-                await history.set_persona(s, conversation_id=conversation_id, persona_id=turn.persona_id)
         self._known(session.user_id, thread.public_id, conversation_id)
         if thread.revisions or thread.kind == "continue":
             self.window.forget(conversation_id)
@@ -208,9 +223,16 @@ class TurnStore:
         return added
 
     async def _messages(
-        self, s: AsyncSession, session: SessionKey, thread: Thread, turn: TurnRecord, conversation_id: int
+        self,
+        s: AsyncSession,
+        session: SessionKey,
+        thread: Thread,
+        turn: TurnRecord,
+        conversation_id: int,
+        reply: Message | None = None,
     ) -> list[StoredMessage]:
-        """The client's edits and trimmed replies reconcile stored messages; new messages are appended."""
+        """The client's edits and trimmed replies reconcile stored messages; new messages are appended,
+        and `reply` after them (one chain, one INSERT; it is reused only if they all were)."""
         for message_id, message in thread.revisions:
             await history.revise(
                 s,
@@ -222,19 +244,29 @@ class TurnStore:
         known_depth = (
             thread.path[-1].depth if thread.path and thread.path[-1].id == thread.anchor_id else None
         )
+        messages, extras = (
+            list(thread.new),
+            [
+                turn.newest.columns() if turn.newest and i == len(thread.new) - 1 and m.role == "user" else {}
+                for i, m in enumerate(thread.new)
+            ],
+        )
+        metadata: list[dict[str, Any] | None] = [None] * len(messages)
+        if reply is not None:
+            messages, extras = [*messages, reply], [*extras, {}]
+            metadata.append({"persona": turn.persona} if turn.persona else None)
         return await history.append(
             s,
             user_id=session.user_id,
             conversation_id=conversation_id,
             parent_id=thread.anchor_id,
             parent_depth=-1 if thread.anchor_id is None else known_depth,
-            messages=thread.new,
-            token_counts=[self.counter.of(m.content, m.tool_calls) for m in thread.new],
+            messages=messages,
+            token_counts=[self.counter.of(m.content, m.tool_calls) for m in messages],
             reuse=True,
-            extras=[
-                turn.newest.columns() if turn.newest and i == len(thread.new) - 1 and m.role == "user" else {}
-                for i, m in enumerate(thread.new)
-            ],
+            extras=extras,
+            metadata=metadata,
+            persona_id=turn.persona_id,  # recall's persona scope follows the conversation's persona
         )
 
     async def _reply(

@@ -135,6 +135,11 @@ class Candidate:
     role: str
     parent_role: str | None = None
     grandparent_id: int | None = None
+    # read in the same statement, so recognition needs no second round trip to choose among matches:
+    has_child: bool = False  # a tip has none
+    has_grandchild: bool = False  # the chat went on past the next reply
+    public_id: str = ""  # the conversation's
+    character: str | None = None  # the character the conversation was recorded with
 
 
 @dataclass(frozen=True, slots=True)

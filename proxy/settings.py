@@ -64,6 +64,10 @@ class BackendSettings(BaseModel):
     sampler_extras: bool = Field(
         default=True, description="openai: send top_k/min_p/repetition_penalty (off for OpenAI itself)"
     )
+    stream_usage: bool = Field(
+        default=True,
+        description="openai: ask for token usage in the stream (stream_options); off if a server rejects it",
+    )
     schema_style: Literal["json_schema", "json_object"] = Field(
         default="json_schema",
         description="openai: how a JSON schema is sent (json_object: llama-cpp-python server style)",

@@ -34,10 +34,12 @@ class OpenAICompatBackend:
         *,
         sampler_extras: bool = True,
         schema_style: str = "json_schema",
+        stream_usage: bool = True,
     ) -> None:
         self.name = name
         self._client = client
         self._sampler_extras, self._schema_style = sampler_extras, schema_style
+        self._stream_usage = stream_usage
         self._context: dict[str, int | None] = {}
 
     @classmethod
@@ -46,7 +48,13 @@ class OpenAICompatBackend:
         timeout = httpx.Timeout(config.timeout_s, connect=config.connect_timeout_s)
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
         client = httpx.AsyncClient(base_url=config.url(), headers=headers, timeout=timeout, limits=limits)
-        return cls(name, client, sampler_extras=config.sampler_extras, schema_style=config.schema_style)
+        return cls(
+            name,
+            client,
+            sampler_extras=config.sampler_extras,
+            schema_style=config.schema_style,
+            stream_usage=config.stream_usage,
+        )
 
     def payload(self, request: BackendRequest) -> dict[str, Any]:
         """The upstream body: OpenAI fields, only those the client set."""
@@ -55,6 +63,8 @@ class OpenAICompatBackend:
             "messages": [wire_message(m) for m in request.messages],
             "stream": True,
         }
+        if self._stream_usage:  # else the whole prompt is counted again with tiktoken for the usage
+            body["stream_options"] = {"include_usage": True}
         body |= tool_fields(request)
         optional = {
             "max_tokens": request.max_tokens,
