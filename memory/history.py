@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
@@ -13,7 +14,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from memory.models import ConversationRow, MessageEmbedding, MessageRow
-from memory.threads import Candidate, content_hash
+from memory.threads import Candidate, content_hash, same_or_trimmed
 from memory.types import Message, StoredMessage, ToolCall
 
 _PATH = text(
@@ -308,7 +309,15 @@ async def append(
     while reuse and start < len(messages):
         existing = await _stored_child(session, conversation_id, parent_id, messages[start])
         if existing is None:
+            existing = await _kept_part(session, user_id, conversation_id, parent_id, messages[start])
+        if existing is None:
             break
+        if existing.content != messages[start].content:  # the part of a broken-off reply the client kept
+            message = messages[start]
+            await revise(
+                session, user_id=user_id, message_id=existing.id, message=message, tokens=token_counts[start]
+            )
+            existing = replace(existing, content=message.content)
         stored.append(existing)
         parent_id, depth, start = existing.id, existing.depth, start + 1
     if start < len(messages):
@@ -374,6 +383,20 @@ async def _stored_child(
         .limit(1)
     )
     return _stored(existing) if existing is not None else None
+
+
+async def _kept_part(
+    session: AsyncSession, user_id: int, conversation_id: int, parent_id: int | None, message: Message
+) -> StoredMessage | None:
+    """A broken-off (partial) reply stored under `parent_id` of which `message` is the part the client
+    kept after Stop: its store can land between the recognition and the store of the client's next turn,
+    which then carries that shorter copy as new."""
+    if message.role != "assistant" or parent_id is None:
+        return None
+    stored = await replies(session, user_id=user_id, parent_id=parent_id, conversation_id=conversation_id)
+    return next(
+        (r for r in stored if r.status == "partial" and same_or_trimmed(message.content, r.content)), None
+    )
 
 
 def _stored_row(row: dict[str, Any]) -> StoredMessage:

@@ -154,6 +154,34 @@ async def test_a_partial_stored_after_the_clients_shorter_copy_is_not_a_second_r
     assert stored == ["Welcome.", "Hi", "Hello.", "Tell me", "Hello from", "And then?", "More."]
 
 
+async def test_a_partial_stored_between_recognising_and_storing_the_next_turn_is_one_reply(
+    memory: MemoryService, user: int, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """Issue 11 item 5, the race between the two orders: the next turn was recognised before the
+    broken-off stream's store committed (so its copy of the reply counted as new), and stored after it.
+    The client's shorter copy must become the stored partial, not a second reply beside it."""
+    session = SessionKey(user_id=user)
+    opening = [Message("assistant", "Welcome."), Message("user", "Hi")]
+    await memory.store_turn(session, await memory.recognise(session, opening), record("Hello."))
+    first = [*opening, Message("assistant", "Hello."), Message("user", "Tell me")]
+    stopped = await memory.recognise(session, first)
+    following = [*first, Message("assistant", "Hello from"), Message("user", "And then?")]
+    recognised = await memory.recognise(session, following)
+    partial = TurnRecord(reply=" Hello from the stub", status="partial", model="m", prompt=[], tokens={})
+    await memory.store_turn(session, stopped, partial)
+    await memory.store_turn(session, recognised, record("More."))
+    stored = await rows(sessions, user)
+    assert [c for _, c, _ in stored] == [
+        "Welcome.",
+        "Hi",
+        "Hello.",
+        "Tell me",
+        "Hello from",
+        "And then?",
+        "More.",
+    ]
+
+
 async def test_a_turn_behind_journaled_turns_of_its_conversation_comes_after_them(
     user: int, counter: TokenCounter, sessions: async_sessionmaker[AsyncSession], tmp_path: Path
 ) -> None:
