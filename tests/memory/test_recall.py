@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memory import history
@@ -221,3 +221,63 @@ async def test_both_legs_fused_by_weighted_reciprocal_rank(
         found = await recall(s, q, Fusion(vector_weight=2.0, text_weight=1.0, speaker_boost=0.0))
     assert [m.message_id for m in found] == [stored[1].id]  # the violin line is below min_similarity
     assert found[0].score == approx(2 / 61 + 1 / 61)
+
+
+async def embedded_chat(
+    sessions: async_sessionmaker[AsyncSession],
+    counter: TokenCounter,
+    user: int,
+    lines: Sequence[tuple[str, str]],
+) -> list[StoredMessage]:
+    """A chat whose messages are embedded (by the fake embedder: the same text, the same vector)."""
+    stored = await chat(sessions, counter, user, lines)
+    async with sessions.begin() as s:
+        for m in stored:
+            await s.execute(
+                text(
+                    "INSERT INTO message_embedding (message_id, user_id, conversation_id, chunk, embedding)"
+                    " SELECT id, user_id, conversation_id, 0, :v FROM message WHERE id = :i"
+                ),
+                {"v": str((await FakeEmbedder().embed([m.content]))[0]), "i": m.id},
+            )
+    return stored
+
+
+async def test_one_round_trip_per_recall_in_branch_scope_two_in_wider_scopes(
+    sessions: async_sessionmaker[AsyncSession], counter: TokenCounter, user: int
+) -> None:
+    """On a busy machine each statement's round trip cost more than its work: the old code made three
+    per recall in branch scope (vector leg, lexical leg, details) and five in user scope. Now both legs,
+    the fusion and the details are one statement (the wider scopes read their BM25 statistics first)."""
+    stored = await embedded_chat(
+        sessions, counter, user, [("Ann", "violin lessons on monday"), ("Bob", "the cello sounds warm")]
+    )
+    vector = (await FakeEmbedder().embed(["cello"]))[0]
+    seen: list[str] = []
+    for scope, round_trips in (("branch", 1), ("user", 2), ("persona", 2)):
+        seen.clear()
+        async with sessions() as s:
+            connection = (await s.connection()).sync_connection
+            event.listen(connection, "before_cursor_execute", lambda *call: seen.append(call[2]))
+            q = RecallQuery(user, "cello", vector, scope, stored[-1].id)  # type: ignore[arg-type]
+            found = await recall(s, q, Fusion(speaker_boost=0.0))
+        assert len(seen) == round_trips, scope
+        assert [m.message_id for m in found] == [stored[1].id]
+        assert (found[0].score, found[0].content) == (approx(2 / 61 + 1 / 61), "the cello sounds warm")
+
+
+async def test_the_wider_scopes_search_the_graph_once_for_the_whole_candidate_pool(
+    sessions: async_sessionmaker[AsyncSession], counter: TokenCounter, user: int
+) -> None:
+    """pgvector's HNSW scan returns `ef_search` (40 by default) rows per pass; recall wants k + 10 per leg
+    (50 at the default k = 40), so the scan went round again. Now ef_search is the pool, for this
+    transaction only, also when the query has no word for the lexical leg."""
+    stored = await embedded_chat(sessions, counter, user, [("Ann", "violin lessons on monday")])
+    vector = (await FakeEmbedder().embed(["violin lessons on monday"]))[0]
+    async with sessions() as s:
+        found = await recall(s, RecallQuery(user, "?!", vector, "user", None, k=40), Fusion())
+        settings = await s.execute(
+            text("SELECT current_setting('hnsw.ef_search'), current_setting('hnsw.iterative_scan')")
+        )
+        assert tuple(settings.one()) == ("50", "relaxed_order")
+    assert [m.message_id for m in found] == [stored[0].id]
