@@ -7,22 +7,28 @@ sum, as common table expressions that memory/recall.py puts into its one stateme
 round trip to Postgres costs more than the scoring itself on a busy machine).
 Statistics: in branch scope, the whole branch (exact, it is one chat's few thousand rows at most); in
 wider scopes the user's newest `sample` messages (a bounded estimate: counting over 100k rows per query
-would cost more than the deadline), read by `wide_terms` in the statement before the main one, and very
-common terms are left out of the candidate query so the newest-first pool is not filled with messages
-that only share a common word.
+would cost more than the deadline), kept per user by `Samples` and refreshed in the background. Very
+common terms are left out of the candidate query there, so the newest-first pool is not filled with
+messages that only share a common word.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
+import time
+from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from memory.models import TEXT_SEARCH_CONFIG
+
+log = logging.getLogger(__name__)
 
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 _QUERY = f"to_tsquery('{TEXT_SEARCH_CONFIG}', :tsq)"
@@ -31,6 +37,12 @@ _LEXEMES = f"tsvector_to_array(to_tsvector('{TEXT_SEARCH_CONFIG}', :text))"
 # rule), not about the messages that address them by name
 _NAMES = f"tsvector_to_array(to_tsvector('{TEXT_SEARCH_CONFIG}', string_agg(d.name, ' ')))"
 
+# Generic plans: psycopg prepares a statement it has run five times on a connection, and after five more runs
+# Postgres may switch to a generic plan, which no longer folds expressions of the parameters into
+# constants: `to_tsvector(:text)` or `CAST(:q AS vector)` in a WHERE clause is then computed per row
+# (recall took 10x longer, ~100 ms, at 100k stored messages). Such values are computed once, in a
+# one-row CTE, instead, MATERIALIZED (Postgres inlines a CTE used once), as are the statistics (else
+# re-aggregated for each hit). The rare terms' tsquery stays inline: a custom plan sees how rare they are.
 SCOPE_FILTER = {  # which conversations a wider scope covers (recall's vector leg uses it too)
     "persona": "(c.persona_id = :persona"
     " OR (:persona IS NULL AND c.character IS NOT DISTINCT FROM :character))",
@@ -39,36 +51,39 @@ SCOPE_FILTER = {  # which conversations a wider scope covers (recall's vector le
 
 # branch scope: `docs` (the branch, walked once by recall for both legs) gives the terms' counts too
 BRANCH_CTES = f"""
-    speakers AS (SELECT coalesce({_NAMES}, '{{}}') AS lexemes FROM (SELECT DISTINCT name FROM docs) d),
+    speakers AS MATERIALIZED (
+        SELECT coalesce({_NAMES}, '{{}}') AS lexemes FROM (SELECT DISTINCT name FROM docs) d
+    ),
+    terms AS MATERIALIZED (SELECT {_QUERY} AS tsq, {_LEXEMES} AS lexemes),  -- once (generic plans, above)
     hits AS (
         SELECT d.id, d.token_count AS length, t.lexeme, cardinality(t.positions) AS tf
-        FROM docs d, unnest(d.search) t, speakers s
-        WHERE d.search @@ {_QUERY} AND t.lexeme = ANY({_LEXEMES}) AND t.lexeme <> ALL(s.lexemes)
+        FROM docs d, terms q, unnest(d.search) t, speakers s
+        WHERE d.search @@ q.tsq AND t.lexeme = ANY(q.lexemes) AND t.lexeme <> ALL(s.lexemes)
     ),
-    df AS (SELECT lexeme, count(*)::float8 AS df FROM hits GROUP BY lexeme),
-    corpus AS (SELECT count(*)::float8 AS n, coalesce(avg(token_count), 1)::float8 AS avgdl FROM docs)
+    df AS MATERIALIZED (SELECT lexeme, count(*)::float8 AS df FROM hits GROUP BY lexeme),
+    corpus AS MATERIALIZED (
+        SELECT count(*)::float8 AS n, coalesce(avg(token_count), 1)::float8 AS avgdl FROM docs
+    )
 """
 
-# wider scopes: the statistics come from `wide_terms` as parameters
-WIDE_TERMS = f"""
+# wider scopes: the statistics come from `Samples` as parameters
+SAMPLE = text(
+    f"""
     WITH sample AS (
         SELECT search, token_count, name FROM message WHERE user_id = :user ORDER BY id DESC LIMIT :sample
-    ), speakers AS (
-        SELECT coalesce({_NAMES}, '{{}}') AS lexemes FROM (SELECT DISTINCT name FROM sample) d
-    ), df AS (
-        SELECT t.lexeme, count(*) AS df FROM sample s, unnest(s.search) t
-        WHERE s.search @@ {_QUERY} AND t.lexeme = ANY({_LEXEMES}) GROUP BY t.lexeme
-    )
-    SELECT {_LEXEMES} AS lexemes, (SELECT lexemes FROM speakers) AS speakers,
-           (SELECT count(*) FROM sample) AS n, (SELECT avg(token_count) FROM sample) AS avgdl,
-           ARRAY(SELECT lexeme FROM df ORDER BY lexeme) AS df_lexemes,
-           ARRAY(SELECT df FROM df ORDER BY lexeme) AS df_counts
+    ), df AS (SELECT t.lexeme, count(*) AS df FROM sample s, unnest(s.search) t GROUP BY t.lexeme)
+    SELECT (SELECT count(*) FROM sample) AS n, (SELECT avg(token_count) FROM sample) AS avgdl,
+           (SELECT coalesce({_NAMES}, '{{}}') FROM (SELECT DISTINCT name FROM sample) d) AS speakers,
+           (SELECT coalesce(array_agg(lexeme ORDER BY lexeme), '{{}}') FROM df) AS lexemes,
+           (SELECT coalesce(array_agg(df ORDER BY lexeme), '{{}}') FROM df) AS counts
 """
+)
 
 
 def wide_ctes(scope: str) -> str:
     """The newest `:bm25_pool` messages in scope matching any of the (rarer) terms, with each term's count."""
     return f"""
+    terms AS MATERIALIZED (SELECT CAST(:lexemes AS text[]) AS lexemes),  -- once (generic plans, above)
     hits AS (
         SELECT p.id, p.token_count AS length, t.lexeme, cardinality(t.positions) AS tf
         FROM (
@@ -77,10 +92,12 @@ def wide_ctes(scope: str) -> str:
             WHERE m.user_id = :user AND m.search @@ CAST(:rare AS tsquery)
               AND c.end_user = :end_user AND {SCOPE_FILTER[scope]}
             ORDER BY m.id DESC LIMIT :bm25_pool
-        ) p, unnest(p.search) t WHERE t.lexeme = ANY(CAST(:lexemes AS text[]))
+        ) p, terms q, unnest(p.search) t WHERE t.lexeme = ANY(q.lexemes)
     ),
-    df AS (SELECT * FROM unnest(CAST(:df_lexemes AS text[]), CAST(:df_counts AS float8[])) AS df(lexeme, df)),
-    corpus AS (SELECT CAST(:corpus_n AS float8) AS n, CAST(:avgdl AS float8) AS avgdl)
+    df AS MATERIALIZED (
+        SELECT * FROM unnest(CAST(:df_lexemes AS text[]), CAST(:df_counts AS float8[])) AS df(lexeme, df)
+    ),
+    corpus AS MATERIALIZED (SELECT CAST(:corpus_n AS float8) AS n, CAST(:avgdl AS float8) AS avgdl)
 """
 
 
@@ -102,12 +119,73 @@ LEX_CTE = """
 
 
 @dataclass(frozen=True, slots=True)
+class Sample:
+    """Term counts of a user's newest messages: the wider scopes' IDF."""
+
+    n: int
+    avgdl: float
+    df: dict[str, int]
+    speakers: frozenset[str]  # the speakers' names as lexemes
+    taken: float  # time.monotonic()
+
+
+class Samples:
+    """The wider scopes' statistics per user: read once, then refreshed in the background when older
+    than `max_age` seconds. Counting terms over the user's newest thousand messages cost ~2 ms of every
+    recall (several times that on a busy machine), and IDF over a thousand messages barely moves in a
+    minute. New messages are found at once all the same: matching and scoring read the live rows."""
+
+    def __init__(self, max_age: float = 60.0, users: int = 1000) -> None:
+        self.max_age = max_age
+        self._users = users
+        self._samples: OrderedDict[int, Sample] = OrderedDict()  # LRU
+        self._refreshing: dict[int, asyncio.Task[None]] = {}
+
+    async def get(self, session: AsyncSession, user_id: int, size: int) -> Sample:
+        found = self._samples.get(user_id)
+        if found is None:
+            found = await _read_sample(session, user_id, size)
+            self._keep(user_id, found)
+        elif time.monotonic() - found.taken > self.max_age and user_id not in self._refreshing:
+            task = asyncio.create_task(self._refresh(session.bind, user_id, size))
+            self._refreshing[user_id] = task
+        self._samples.move_to_end(user_id)
+        return found
+
+    def _keep(self, user_id: int, sample: Sample) -> None:
+        self._samples[user_id] = sample
+        while len(self._samples) > self._users:
+            self._samples.popitem(last=False)
+
+    async def _refresh(self, bind: Any, user_id: int, size: int) -> None:
+        try:
+            async with AsyncSession(bind) as session:
+                self._keep(user_id, await _read_sample(session, user_id, size))
+        except Exception as exc:  # the stale sample serves until the next try
+            log.info("recall: refreshing user %s's term statistics failed: %s", user_id, exc)
+        finally:
+            self._refreshing.pop(user_id, None)
+
+
+async def _read_sample(session: AsyncSession, user_id: int, size: int) -> Sample:
+    row = (await session.execute(SAMPLE, {"user": user_id, "sample": size})).one()
+    return Sample(
+        n=int(row.n),
+        avgdl=float(row.avgdl or 1.0),
+        df=dict(zip(row.lexemes, row.counts, strict=True)),
+        speakers=frozenset(row.speakers),
+        taken=time.monotonic(),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class BM25:
     k1: float = 1.2
     b: float = 0.75
     sample: int = 1000  # wider scopes: IDF measured on the user's newest messages
     pool: int = 400  # wider scopes: newest matching messages scored
     max_df: float = 0.2  # wider scopes: terms in more of the sample than this do not select candidates
+    samples: Samples = field(default_factory=Samples, compare=False, repr=False)  # wider scopes' IDF
 
 
 def ts_query(query: str) -> str | None:
@@ -131,29 +209,24 @@ def branch_params(query: str, bm25: BM25) -> dict[str, Any] | None:
 async def wide_params(
     session: AsyncSession, query: str, params: dict[str, Any], bm25: BM25, settings: str = ""
 ) -> dict[str, Any] | None:
-    """The statistics `wide_ctes` needs, measured on the user's newest messages (one statement, which
-    also applies `settings`, recall's `set_config` calls for the vector leg), or None with no term."""
-    tsq = ts_query(query)
-    if tsq is None:
-        return None
-    sql = WIDE_TERMS + (f", {settings}" if settings else "")
-    row = (
-        await session.execute(text(sql), params | {"tsq": tsq, "text": query, "sample": bm25.sample})
-    ).one()
-    speakers = set(row.speakers or ())
-    lexemes = [x for x in row.lexemes or () if x not in speakers and len(x) > 1][:32]
+    """The statistics `wide_ctes` needs, for the query's terms (one statement: Postgres stems the query;
+    it also applies `settings`, recall's `set_config` calls for the vector leg), or None with no term."""
+    sample = await bm25.samples.get(session, params["user"], bm25.sample)
+    sql = f"SELECT {_LEXEMES} AS lexemes" + (f", {settings}" if settings else "")
+    found = await session.scalar(text(sql), params | {"text": query})
+    lexemes = [x for x in found or () if x not in sample.speakers and len(x) > 1][:32]
     if not lexemes:
         return None
-    df = dict(zip(row.df_lexemes, row.df_counts, strict=True))
-    n = int(row.n) or bm25.sample
-    rare = [x for x in lexemes if df.get(x, 0) <= bm25.max_df * n] or lexemes
+    n = sample.n or bm25.sample
+    df = {x: sample.df.get(x, 0) for x in lexemes}
+    rare = [x for x in lexemes if df[x] <= bm25.max_df * n] or lexemes
     return {
         "rare": tsquery_literal(rare),
         "lexemes": lexemes,
-        "df_lexemes": list(df),
+        "df_lexemes": lexemes,
         "df_counts": [float(c) for c in df.values()],
         "corpus_n": float(n),
-        "avgdl": float(row.avgdl or 1.0),
+        "avgdl": sample.avgdl,
         "bm25_pool": bm25.pool,
         "k1": float(bm25.k1),
         "b": float(bm25.b),

@@ -101,24 +101,25 @@ def _vector_cte(scope: Scope) -> str:
     if scope == "branch":  # OFFSET 0: distances before grouping (sorting the vectors themselves cost 10 ms)
         nearest = """
             SELECT id, min(distance) AS distance FROM (
-                SELECT e.message_id AS id, e.embedding <=> CAST(:q AS vector) AS distance
-                FROM message_embedding e JOIN docs d ON d.id = e.message_id
+                SELECT e.message_id AS id, e.embedding <=> q.v AS distance
+                FROM message_embedding e JOIN docs d ON d.id = e.message_id, probe q
                 WHERE e.user_id = :user AND NOT (e.message_id = ANY(:exclude)) OFFSET 0
-            ) chunks GROUP BY id ORDER BY distance, id LIMIT :n
+            ) chunks GROUP BY id ORDER BY distance, id DESC LIMIT :n
         """
     else:
         nearest = f"""
             SELECT hits.id, min(hits.distance) AS distance FROM (
-                SELECT e.message_id AS id, e.conversation_id, e.embedding <=> CAST(:q AS vector) AS distance
-                FROM message_embedding e WHERE e.user_id = :user
-                ORDER BY e.embedding <=> CAST(:q AS vector) LIMIT :vec_pool
+                SELECT e.message_id AS id, e.conversation_id, e.embedding <=> q.v AS distance
+                FROM message_embedding e, probe q WHERE e.user_id = :user
+                ORDER BY e.embedding <=> (SELECT v FROM probe) LIMIT :vec_pool
             ) hits JOIN conversation c ON c.id = hits.conversation_id
             WHERE c.end_user = :end_user AND {SCOPE_FILTER[scope]} AND NOT (hits.id = ANY(:exclude))
-            GROUP BY hits.id ORDER BY distance, hits.id LIMIT :n
+            GROUP BY hits.id ORDER BY distance, hits.id DESC LIMIT :n
         """
     return f"""
+    probe AS MATERIALIZED (SELECT CAST(:q AS vector) AS v),  -- once: memory/lexical.py on generic plans
     vec AS (
-        SELECT id, row_number() OVER (ORDER BY distance, id) AS rank
+        SELECT id, row_number() OVER (ORDER BY distance, id DESC) AS rank
         FROM ({nearest}) nearest WHERE 1 - distance >= :min_similarity
     )"""
 
