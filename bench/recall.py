@@ -6,7 +6,9 @@ sentences embedded with the real ONNX MiniLM each time. Scopes: `branch` (one ch
 branch, the default) and `user` (every message of the user: the HNSW path).
 With `--baseline REV` (e.g. main) that revision's recall code runs on the same data, alternating with
 this one query by query, so a busy machine's load hits both alike: the ratios are the figures to trust,
-and the query embedding's p50 says how loaded the machine was (about 4 ms idle here). Also printed:
+and the query embedding's p50 says how loaded the machine was (about 4 ms idle here). "cpu" is the CPU
+time one recall costs, this process's thread plus its Postgres backend (read from /proc): what the
+recall would take on an idle machine, less the hand-offs between the two. Also printed:
 how often both return the same memories in the same order, and their overlap.
 Targets: p95 <= 20 ms at 100k, <= 50 ms at 1M, query embedding included.
 Run: .venv/bin/python bench/recall.py [--sizes 10000,100000[,1000000]] [--queries N] [--baseline main]
@@ -28,6 +30,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from sqlalchemy import text as sql_text
+
 from bench.baseline import recall_at
 from bench.memory_fill import filled
 from memory import recall as current
@@ -48,8 +52,14 @@ QUERIES = [
 TARGETS = {100_000: 20.0, 1_000_000: 50.0}
 HEADER = (
     f"{'size':>9} {'scope':>7} {'code':>9} {'embed p50':>10} {'sql p50':>8} {'sql p95':>8} "
-    f"{'total p50':>10} {'total p95':>10} {'total p99':>10}  target"
+    f"{'total p50':>10} {'total p95':>10} {'total p99':>10} {'cpu p50':>8}  target"
 )
+
+
+def on_cpu(pid: int) -> float:
+    """Seconds process `pid` (a Postgres backend) has run on a CPU (ns resolution, unlike its
+    utime): CPU time barely depends on the machine's load, unlike wall time."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
 
 
 def pct(values: list[float], q: int) -> float:
@@ -59,14 +69,18 @@ def pct(values: list[float], q: int) -> float:
 async def measure(
     url: str, models: Path, n: int, k: int, codes: dict[str, ModuleType]
 ) -> dict[str, dict[str, dict[str, Any]]]:
-    engine = make_engine(url, pool_size=2)
+    engine = make_engine(url, pool_size=1, max_overflow=0)  # one backend, whose CPU time is read
     sessions = make_sessionmaker(engine)
     embedder = await asyncio.to_thread(OnnxMiniLMEmbedder.load, models)
+    async with sessions() as s:
+        backend = int(await s.scalar(sql_text("SELECT pg_backend_pid()")))
     anchor = 1000  # the last message of chat 1: its branch holds 1,000 messages
     out: dict[str, dict[str, dict[str, Any]]] = {}
+    fusions = {name: code.Fusion() for name, code in codes.items()}  # long-lived, as the app's
     for scope in ("branch", "user"):
         embed_ms: list[float] = []
         sql_ms: dict[str, list[float]] = {name: [] for name in codes}
+        cpu_ms: dict[str, list[float]] = {name: [] for name in codes}
         found: dict[str, list[list[int]]] = {name: [] for name in codes}
         for i in range(n + 5):
             text = QUERIES[i % len(QUERIES)]
@@ -75,14 +89,15 @@ async def measure(
             embed = 1000 * (time.perf_counter() - t0)
             order = list(codes.items()) if i % 2 == 0 else list(reversed(codes.items()))
             for name, code in order:  # alternating who goes first
-                t1 = time.perf_counter()
+                t1, cpu = time.perf_counter(), time.thread_time() + on_cpu(backend)
                 async with sessions() as s:
                     query = code.RecallQuery(
                         user_id=1, text=text, embedding=vector, scope=scope, anchor_id=anchor, k=k
                     )
-                    hits = await code.recall(s, query, code.Fusion())
+                    hits = await code.recall(s, query, fusions[name])
                 if i >= 5:  # warm-up
                     sql_ms[name].append(1000 * (time.perf_counter() - t1))
+                    cpu_ms[name].append(1000 * (time.thread_time() + on_cpu(backend) - cpu))
                     found[name].append([m.message_id for m in hits])
             if i >= 5:
                 embed_ms.append(embed)
@@ -97,6 +112,7 @@ async def measure(
                 "total_p50": pct(total, 50),
                 "total_p95": pct(total, 95),
                 "total_p99": pct(total, 99),
+                "cpu_p50": pct(cpu_ms[name], 50),
                 "found": found[name],
             }
     await engine.dispose()
@@ -117,7 +133,7 @@ def show(size: int, results: dict[str, dict[str, dict[str, Any]]]) -> bool:
             print(
                 f"{size:>9,} {scope:>7} {name:>9} {r['embed_p50']:>10.2f} {r['sql_p50']:>8.2f} "
                 f"{r['sql_p95']:>8.2f} {r['total_p50']:>10.2f} {r['total_p95']:>10.2f} "
-                f"{r['total_p99']:>10.2f}  {verdict}"
+                f"{r['total_p99']:>10.2f} {r['cpu_p50']:>8.2f}  {verdict}"
             )
         if len(by_code) == 2:
             new, old = by_code["this"], next(v for n, v in by_code.items() if n != "this")
@@ -128,6 +144,7 @@ def show(size: int, results: dict[str, dict[str, dict[str, Any]]]) -> bool:
                 f"{'':>9} {scope:>7} {'ratio':>9} {'':>10} {new['sql_p50'] / old['sql_p50']:>8.2f} "
                 f"{new['sql_p95'] / old['sql_p95']:>8.2f} {new['total_p50'] / old['total_p50']:>10.2f} "
                 f"{new['total_p95'] / old['total_p95']:>10.2f} {new['total_p99'] / old['total_p99']:>10.2f}"
+                f" {new['cpu_p50'] / old['cpu_p50']:>8.2f}"
                 f"  (this / baseline; same memories in the same order: {same:.0%}, in common {shared:.0%})"
             )
     return failed

@@ -270,7 +270,16 @@ REAL: dict[str, tuple[Fusion, int]] = {
     ),
     "recall() min_similarity 0.2": (dataclasses.replace(Fusion(), min_similarity=0.2), 40),
     "recall() min_similarity 0": (dataclasses.replace(Fusion(), min_similarity=0.0), 40),
+    # user scope: every question over all 12 chats (7,200 messages), where BM25's sample and pool count
+    "user scope: defaults (sample 1000, pool 400)": (Fusion(), 40),
+    "user scope: BM25 pool 200": (Fusion(bm25=BM25(pool=200)), 40),
+    "user scope: BM25 sample 500, pool 200": (Fusion(bm25=BM25(sample=500, pool=200)), 40),
+    "user scope: k=30": (Fusion(), 30),
 }
+
+
+def scope_of(name: str) -> str:
+    return "user" if name.startswith(("user scope", "baseline user scope")) else "branch"
 
 
 async def real(
@@ -289,13 +298,15 @@ async def real(
     ]
     if baseline is not None:
         variants.insert(1, ("baseline recall() defaults", baseline, baseline.Fusion(), 40))
+        variants.append(("baseline user scope: defaults", baseline, baseline.Fusion(), 40))
     paired = 2 if baseline is not None else 1
     results: dict[str, dict[str, list[list[float]]]] = defaultdict(lambda: defaultdict(list))
     latency: dict[str, list[float]] = defaultdict(list)
     for group in (variants[:paired], *([v] for v in variants[paired:])):
         for i, ((st, q), vec) in enumerate(zip(questions, vectors, strict=True)):
             for name, code, fusion, k in group if i % 2 == 0 else reversed(group):
-                query = code.RecallQuery(user, q.text, list(map(float, vec)), "branch", st.ids[-1], k=k)
+                scope, anchor = scope_of(name), st.ids[-1]
+                query = code.RecallQuery(user, q.text, list(map(float, vec)), scope, anchor, k=k)
                 t0 = time.perf_counter()
                 async with sessions() as s:
                     found = await code.recall(s, query, fusion)
