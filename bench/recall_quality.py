@@ -7,11 +7,16 @@ embedding throughput in turns/s). Each question is then ranked in branch scope o
 question is asked after the chat; nothing excluded) by:
 - the old ranking, replayed: "[date] Name: text" embeddings, names in the full text, ts_rank_cd, 2:1;
 - each leg alone (dense on the text, old ts_rank_cd, BM25) and reciprocal-rank fusions of dense and BM25;
-- the real `memory.recall` with the shipped defaults and with the speaker/neighbour rules varied.
+- the real `memory.recall` with the shipped defaults and with the speaker/neighbour rules varied;
+- the real `memory.recall` in user scope (each question over all 12 chats), with BM25's sample and pool
+  varied (they only matter in the wider scopes).
+With `--baseline REV` (e.g. main) that revision's recall runs too, alternating question by question with
+this one's defaults (the latency ratio is the figure to trust on a shared machine). `--no-replay` skips
+the replayed legs.
 Prints evidence Recall@1/5/10/20 (share of a question's evidence turns in the top k, averaged) per
 question type, the share of evidence that reaches the prompt when memories are quoted in rank order
 into 1,000 and 2,000 tokens, and the real recall's latency.
-Run: .venv/bin/python bench/recall_quality.py [--seed N]
+Run: .venv/bin/python bench/recall_quality.py [--seed N] [--baseline main] [--no-replay]
 """
 
 from __future__ import annotations
@@ -117,12 +122,12 @@ def speaker_boosted(
     return {m: s + (boost if store_.rows[m][0].lower() in words else 0.0) for m, s in ranking.items()}
 
 
-def metrics(order: Sequence[int], evidence: Sequence[int], store_: Stored) -> list[float]:
+def metrics(order: Sequence[int], evidence: Sequence[int], rows: dict[int, Any]) -> list[float]:
     found = [sum(e in order[:k] for e in evidence) / len(evidence) for k in KS]
     spent = 0
     within: dict[int, set[int]] = {b: set() for b in BUDGETS}
     for m in order:
-        spent += store_.rows[m][3]
+        spent += rows[m][3]
         for b in BUDGETS:
             if spent <= b:
                 within[b].add(m)
@@ -250,7 +255,7 @@ async def replayed(sessions: Any, user: int, questions: list[Any], vectors: np.n
                 for r in (await s.execute(text(OLD_TEXT), {"anchor": st.ids[-1], "tsq": tsq})).all()
             ]
         for name, variant in variants.items():
-            results[name][q.kind].append(metrics(variant(st, q.text, vec, bm25, ts), evidence, st))
+            results[name][q.kind].append(metrics(variant(st, q.text, vec, bm25, ts), evidence, st.rows))
     print(f"\n{'ranking (replayed legs)':<34} {header}")
     for name in variants:
         report(name, results[name])
@@ -300,6 +305,7 @@ async def real(
         variants.insert(1, ("baseline recall() defaults", baseline, baseline.Fusion(), 40))
         variants.append(("baseline user scope: defaults", baseline, baseline.Fusion(), 40))
     paired = 2 if baseline is not None else 1
+    rows = {m: row for st in {id(st): st for st, _ in questions}.values() for m, row in st.rows.items()}
     results: dict[str, dict[str, list[list[float]]]] = defaultdict(lambda: defaultdict(list))
     latency: dict[str, list[float]] = defaultdict(list)
     for group in (variants[:paired], *([v] for v in variants[paired:])):
@@ -312,16 +318,16 @@ async def real(
                     found = await code.recall(s, query, fusion)
                 latency[name].append(1000 * (time.perf_counter() - t0))
                 results[name][q.kind].append(
-                    metrics([m.message_id for m in found], [st.ids[i] for i in q.evidence], st)
+                    metrics([m.message_id for m in found], [st.ids[i] for i in q.evidence], rows)
                 )
         for name, *_ in group:
             report(name, results[name], latency[name])
-    if baseline is not None:
-        new, old = latency[variants[0][0]], latency["baseline recall() defaults"]
-        print(
-            f"latency this / baseline, same questions alternating: p50 {pct(new, 50) / pct(old, 50):.2f}"
-            f" p95 {pct(new, 95) / pct(old, 95):.2f}"
-        )
+        if len(group) == 2:
+            new, old = (latency[name] for name, *_ in group)
+            print(
+                f"latency this / baseline, same questions alternating: p50 {pct(new, 50) / pct(old, 50):.2f}"
+                f" p95 {pct(new, 95) / pct(old, 95):.2f}"
+            )
     by_type("recall() defaults", results[variants[0][0]])
 
 
