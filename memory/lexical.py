@@ -84,7 +84,7 @@ def wide_ctes(scope: str) -> str:
     """The newest `:bm25_pool` messages in scope matching any of the (rarer) terms, with each term's count."""
     return f"""
     terms AS MATERIALIZED (SELECT CAST(:lexemes AS text[]) AS lexemes),  -- once (generic plans, above)
-    hits AS (
+    hits AS MATERIALIZED (  -- else its join to `df` is rebuilt for every pool row
         SELECT p.id, p.token_count AS length, t.lexeme, cardinality(t.positions) AS tf
         FROM (
             SELECT m.id, m.search, m.token_count FROM message m
