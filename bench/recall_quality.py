@@ -7,11 +7,16 @@ embedding throughput in turns/s). Each question is then ranked in branch scope o
 question is asked after the chat; nothing excluded) by:
 - the old ranking, replayed: "[date] Name: text" embeddings, names in the full text, ts_rank_cd, 2:1;
 - each leg alone (dense on the text, old ts_rank_cd, BM25) and reciprocal-rank fusions of dense and BM25;
-- the real `memory.recall` with the shipped defaults and with the speaker/neighbour rules varied.
+- the real `memory.recall` with the shipped defaults and with the speaker/neighbour rules varied;
+- the real `memory.recall` in user scope (each question over all 12 chats), with BM25's sample and pool
+  varied (they only matter in the wider scopes).
+With `--baseline REV` (e.g. main) that revision's recall runs too, alternating question by question with
+this one's defaults (the latency ratio is the figure to trust on a shared machine). `--no-replay` skips
+the replayed legs.
 Prints evidence Recall@1/5/10/20 (share of a question's evidence turns in the top k, averaged) per
 question type, the share of evidence that reaches the prompt when memories are quoted in rank order
 into 1,000 and 2,000 tokens, and the real recall's latency.
-Run: .venv/bin/python bench/recall_quality.py [--seed N]
+Run: .venv/bin/python bench/recall_quality.py [--seed N] [--baseline main] [--no-replay]
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -34,13 +40,15 @@ from sqlalchemy import text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.baseline import recall_at
 from bench.long_chats import Chat, generate
 from memory import history
+from memory import recall as recall_module
 from memory.budget import TokenCounter
 from memory.db import EmbeddedPostgres, make_engine, make_sessionmaker, upgrade_schema
 from memory.embedder import OnnxMiniLMEmbedder, chunk_text
 from memory.lexical import BM25
-from memory.recall import Fusion, RecallQuery, fuse, recall, text_leg
+from memory.recall import Fusion, RecallQuery, fuse, text_leg
 from memory.types import Message
 from memory.users import create_key
 from memory.workers import EmbeddingWorker
@@ -114,12 +122,12 @@ def speaker_boosted(
     return {m: s + (boost if store_.rows[m][0].lower() in words else 0.0) for m, s in ranking.items()}
 
 
-def metrics(order: Sequence[int], evidence: Sequence[int], store_: Stored) -> list[float]:
+def metrics(order: Sequence[int], evidence: Sequence[int], rows: dict[int, Any]) -> list[float]:
     found = [sum(e in order[:k] for e in evidence) / len(evidence) for k in KS]
     spent = 0
     within: dict[int, set[int]] = {b: set() for b in BUDGETS}
     for m in order:
-        spent += store_.rows[m][3]
+        spent += rows[m][3]
         for b in BUDGETS:
             if spent <= b:
                 within[b].add(m)
@@ -140,7 +148,7 @@ def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-async def run(url: str, models: Path, seed: int) -> None:
+async def run(url: str, models: Path, seed: int, baseline: str | None, replay: bool) -> None:
     engine = make_engine(url, pool_size=2)
     sessions = make_sessionmaker(engine)
     embedder = await asyncio.to_thread(OnnxMiniLMEmbedder.load, models)
@@ -160,7 +168,7 @@ async def run(url: str, models: Path, seed: int) -> None:
         await load(sessions, embedder, counter, chat, chat_ids)
         for chat, chat_ids in zip(chats, ids, strict=True)
     ]
-    await evaluate(sessions, embedder, user, stores)
+    await evaluate(sessions, embedder, user, stores, baseline, replay)
     await engine.dispose()
 
 
@@ -184,7 +192,22 @@ async def load(sessions: Any, embedder: Any, counter: TokenCounter, chat: Chat, 
     return Stored(chat, ids, rows, plain, prefixed)
 
 
-async def evaluate(sessions: Any, embedder: Any, user: int, stores: list[Stored]) -> None:
+async def evaluate(
+    sessions: Any, embedder: Any, user: int, stores: list[Stored], baseline: str | None, replay: bool
+) -> None:
+    questions = [(st, q) for st in stores for q in st.chat.questions]
+    vectors = np.array(await embedder.embed([q.text for _, q in questions]), dtype=np.float32)
+    header = (
+        " ".join(f"{'R@' + str(k):>6}" for k in KS)
+        + " "
+        + " ".join(f"{str(b // 1000) + 'k tok':>6}" for b in BUDGETS)
+    )
+    if replay:
+        await replayed(sessions, user, questions, vectors, header)
+    await real(sessions, user, questions, vectors, header, recall_at(baseline) if baseline else None)
+
+
+async def replayed(sessions: Any, user: int, questions: list[Any], vectors: np.ndarray, header: str) -> None:
     Variant = Callable[[Stored, str, np.ndarray, Ranking, Ranking], list[int]]
 
     def rrf(vw: float, tw: float, k: int, *, boost: float = 0.0, recency: float = 0.0) -> Variant:
@@ -219,8 +242,6 @@ async def evaluate(sessions: Any, embedder: Any, user: int, stores: list[Stored]
     for recency in (0.25, 0.5):
         variants[f"RRF 2:1 + speaker 1 + recency {recency}"] = rrf(2, 1, 60, boost=1.0, recency=recency)
     results: dict[str, dict[str, list[list[float]]]] = defaultdict(lambda: defaultdict(list))
-    questions = [(st, q) for st in stores for q in st.chat.questions]
-    vectors = np.array(await embedder.embed([q.text for _, q in questions]), dtype=np.float32)
     for (st, q), vec in zip(questions, vectors, strict=True):
         evidence = [st.ids[i] for i in q.evidence]
         async with sessions() as s:
@@ -234,49 +255,80 @@ async def evaluate(sessions: Any, embedder: Any, user: int, stores: list[Stored]
                 for r in (await s.execute(text(OLD_TEXT), {"anchor": st.ids[-1], "tsq": tsq})).all()
             ]
         for name, variant in variants.items():
-            results[name][q.kind].append(metrics(variant(st, q.text, vec, bm25, ts), evidence, st))
-    header = (
-        " ".join(f"{'R@' + str(k):>6}" for k in KS)
-        + " "
-        + " ".join(f"{str(b // 1000) + 'k tok':>6}" for b in BUDGETS)
-    )
+            results[name][q.kind].append(metrics(variant(st, q.text, vec, bm25, ts), evidence, st.rows))
     print(f"\n{'ranking (replayed legs)':<34} {header}")
     for name in variants:
         report(name, results[name])
     by_type("the old ranking (replayed)", results["old: 2:1 prefixed dense + ts_rank_cd"])
-    await real(sessions, user, questions, vectors, header)
 
 
-REAL = {
-    "recall() defaults (2:1, speaker 1)": Fusion(),
-    "recall() without the speaker rule": dataclasses.replace(Fusion(), speaker_boost=0.0),
-    "recall() 1:1": dataclasses.replace(Fusion(), vector_weight=1.0),
-    "recall() + neighbours of best 3": dataclasses.replace(Fusion(), neighbours=3),
-    "recall() + neighbours of best 5 x0.8": dataclasses.replace(Fusion(), neighbours=5, neighbour_factor=0.8),
-    "recall() min_similarity 0.2": dataclasses.replace(Fusion(), min_similarity=0.2),
-    "recall() min_similarity 0": dataclasses.replace(Fusion(), min_similarity=0.0),
+REAL: dict[str, tuple[Fusion, int]] = {
+    "recall() defaults (2:1, speaker 1)": (Fusion(), 40),
+    "recall() k=30": (Fusion(), 30),
+    "recall() k=20": (Fusion(), 20),
+    "recall() without the speaker rule": (dataclasses.replace(Fusion(), speaker_boost=0.0), 40),
+    "recall() 1:1": (dataclasses.replace(Fusion(), vector_weight=1.0), 40),
+    "recall() + neighbours of best 3": (dataclasses.replace(Fusion(), neighbours=3), 40),
+    "recall() + neighbours of best 5 x0.8": (
+        dataclasses.replace(Fusion(), neighbours=5, neighbour_factor=0.8),
+        40,
+    ),
+    "recall() min_similarity 0.2": (dataclasses.replace(Fusion(), min_similarity=0.2), 40),
+    "recall() min_similarity 0": (dataclasses.replace(Fusion(), min_similarity=0.0), 40),
+    # user scope: every question over all 12 chats (7,200 messages), where BM25's sample and pool count
+    "user scope: defaults (sample 1000, pool 400)": (Fusion(), 40),
+    "user scope: BM25 pool 200": (Fusion(bm25=BM25(pool=200)), 40),
+    "user scope: BM25 sample 500, pool 200": (Fusion(bm25=BM25(sample=500, pool=200)), 40),
+    "user scope: k=30": (Fusion(), 30),
 }
 
 
-async def real(sessions: Any, user: int, questions: list[Any], vectors: np.ndarray, header: str) -> None:
-    print(f"\n{'real memory.recall (k=40)':<34} {header}")
-    chosen: dict[str, list[list[float]]] = {}
-    for name, fusion in REAL.items():
-        results: dict[str, list[list[float]]] = defaultdict(list)
-        latency = []
-        for (st, q), vec in zip(questions, vectors, strict=True):
-            query = RecallQuery(user, q.text, list(map(float, vec)), "branch", st.ids[-1], k=40)
-            t0 = time.perf_counter()
-            async with sessions() as s:
-                found = await recall(s, query, fusion)
-            latency.append(1000 * (time.perf_counter() - t0))
-            results[q.kind].append(
-                metrics([m.message_id for m in found], [st.ids[i] for i in q.evidence], st)
+def scope_of(name: str) -> str:
+    return "user" if name.startswith(("user scope", "baseline user scope")) else "branch"
+
+
+async def real(
+    sessions: Any,
+    user: int,
+    questions: list[Any],
+    vectors: np.ndarray,
+    header: str,
+    baseline: ModuleType | None,
+) -> None:
+    """The shipped code path; with a baseline revision, its defaults too, alternating question by question
+    with this code's defaults (same data, same load: the latency ratio is the figure to trust)."""
+    print(f"\n{'real memory.recall':<34} {header}")
+    variants: list[tuple[str, ModuleType, Fusion, int]] = [
+        (name, recall_module, fusion, k) for name, (fusion, k) in REAL.items()
+    ]
+    if baseline is not None:
+        variants.insert(1, ("baseline recall() defaults", baseline, baseline.Fusion(), 40))
+        variants.append(("baseline user scope: defaults", baseline, baseline.Fusion(), 40))
+    paired = 2 if baseline is not None else 1
+    rows = {m: row for st in {id(st): st for st, _ in questions}.values() for m, row in st.rows.items()}
+    results: dict[str, dict[str, list[list[float]]]] = defaultdict(lambda: defaultdict(list))
+    latency: dict[str, list[float]] = defaultdict(list)
+    for group in (variants[:paired], *([v] for v in variants[paired:])):
+        for i, ((st, q), vec) in enumerate(zip(questions, vectors, strict=True)):
+            for name, code, fusion, k in group if i % 2 == 0 else reversed(group):
+                scope, anchor = scope_of(name), st.ids[-1]
+                query = code.RecallQuery(user, q.text, list(map(float, vec)), scope, anchor, k=k)
+                t0 = time.perf_counter()
+                async with sessions() as s:
+                    found = await code.recall(s, query, fusion)
+                latency[name].append(1000 * (time.perf_counter() - t0))
+                results[name][q.kind].append(
+                    metrics([m.message_id for m in found], [st.ids[i] for i in q.evidence], rows)
+                )
+        for name, *_ in group:
+            report(name, results[name], latency[name])
+        if len(group) == 2:
+            new, old = (latency[name] for name, *_ in group)
+            print(
+                f"latency this / baseline, same questions alternating: p50 {pct(new, 50) / pct(old, 50):.2f}"
+                f" p95 {pct(new, 95) / pct(old, 95):.2f}"
             )
-        report(name, results, latency)
-        if name == next(iter(REAL)):
-            chosen = results
-    by_type("recall() defaults", chosen)
+    by_type("recall() defaults", results[variants[0][0]])
 
 
 def by_type(title: str, results: dict[str, list[list[float]]]) -> None:
@@ -293,13 +345,16 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--baseline", help="also run this git revision's recall code (e.g. main)")
+    parser.add_argument("--no-replay", action="store_true", help="only the real recall code paths")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         server = EmbeddedPostgres(Path(tmp) / "data")
         url = server.start()
         try:
             upgrade_schema(url)
-            asyncio.run(run(url, Path(tempfile.gettempdir()) / "anima-bench-models", args.seed))
+            models = Path(tempfile.gettempdir()) / "anima-bench-models"
+            asyncio.run(run(url, models, args.seed, args.baseline, not args.no_replay))
         finally:
             server.stop()
 

@@ -11,13 +11,14 @@ user's chats (HNSW with pgvector's iterative scan so the user filter does not st
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from memory import lexical
@@ -35,13 +36,29 @@ _VOCATIVE = re.compile(
     re.IGNORECASE,
 )
 
-_BRANCH = """
-    WITH RECURSIVE branch AS (
-        SELECT id, parent_id FROM message WHERE id = :anchor AND user_id = :user
+# the branch, walked once for both legs (with what BM25 needs)
+_DOCS = """
+    docs AS (
+        SELECT id, parent_id, search, token_count, name FROM message WHERE id = :anchor AND user_id = :user
         UNION ALL
-        SELECT m.id, m.parent_id FROM message m JOIN branch b ON m.id = b.parent_id
+        SELECT m.id, m.parent_id, m.search, m.token_count, m.name
+        FROM message m JOIN docs b ON m.id = b.parent_id
     )
 """
+# pgvector's iterative scan for the wider scopes' HNSW scan (the user filter must not starve the
+# pool), applied for the transaction by the statement before the main one. Raising ef_search to the
+# pool instead (one pass) cost as much and found less: bench/recall_quality.py's user scope lost
+# 1.7 points of Recall@10, so ef_search stays pgvector's default.
+_HNSW = "set_config('hnsw.iterative_scan', 'relaxed_order', true) AS iterative"
+_FUSED = """
+    , fused AS (SELECT id, sum(score) AS score FROM ({legs}) legs GROUP BY id)
+    SELECT m.id, c.public_id, m.role, m.name, m.content, m.created_at, m.metadata,
+           m.emotion_label, m.importance, m.token_count, m.parent_id, f.score
+    FROM fused f JOIN message m ON m.id = f.id JOIN conversation c ON c.id = m.conversation_id
+    WHERE m.user_id = :user
+"""
+_VECTOR_RANK = "SELECT id, CAST(:vector_weight AS float8) / (:rrf_k + rank) AS score FROM vec"
+_TEXT_RANK = "SELECT id, CAST(:text_weight AS float8) / (:rrf_k + rank) AS score FROM lex"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,27 +94,50 @@ class Fusion:
     bm25: BM25 = field(default_factory=BM25)
 
 
-def _vector_sql(scope: Scope) -> str:
+def _vector_cte(scope: Scope) -> str:
     """Branch: an exact scan over the branch's rows. Wider scopes: an HNSW-ordered pool of candidates
     first (the ORDER BY must be the bare distance for the index to serve it), then scope filters and
-    one row per message (long messages have several chunks)."""
-    if scope == "branch":
-        return f"""{_BRANCH}
-            SELECT e.message_id AS id, min(e.embedding <=> CAST(:q AS vector)) AS distance
-            FROM message_embedding e JOIN branch b ON b.id = e.message_id
-            WHERE e.user_id = :user AND NOT (e.message_id = ANY(:exclude))
-            GROUP BY e.message_id ORDER BY distance LIMIT :n
+    one row per message (long messages have several chunks); ranked, the nearest first."""
+    if scope == "branch":  # OFFSET 0: distances before grouping (sorting the vectors themselves cost 10 ms)
+        nearest = """
+            SELECT id, min(distance) AS distance FROM (
+                SELECT e.message_id AS id, e.embedding <=> q.v AS distance
+                FROM message_embedding e JOIN docs d ON d.id = e.message_id, probe q
+                WHERE e.user_id = :user AND NOT (e.message_id = ANY(:exclude)) OFFSET 0
+            ) chunks GROUP BY id ORDER BY distance, id DESC LIMIT :n
         """
-    conversation_filter = SCOPE_FILTER[scope]
+    else:
+        nearest = f"""
+            SELECT hits.id, min(hits.distance) AS distance FROM (
+                SELECT e.message_id AS id, e.conversation_id, e.embedding <=> q.v AS distance
+                FROM message_embedding e, probe q WHERE e.user_id = :user
+                ORDER BY e.embedding <=> (SELECT v FROM probe) LIMIT :vec_pool
+            ) hits JOIN conversation c ON c.id = hits.conversation_id
+            WHERE c.end_user = :end_user AND {SCOPE_FILTER[scope]} AND NOT (hits.id = ANY(:exclude))
+            GROUP BY hits.id ORDER BY distance, hits.id DESC LIMIT :n
+        """
     return f"""
-        SELECT hits.id, min(hits.distance) AS distance FROM (
-            SELECT e.message_id AS id, e.conversation_id, e.embedding <=> CAST(:q AS vector) AS distance
-            FROM message_embedding e WHERE e.user_id = :user
-            ORDER BY e.embedding <=> CAST(:q AS vector) LIMIT :pool
-        ) hits JOIN conversation c ON c.id = hits.conversation_id
-        WHERE c.end_user = :end_user AND {conversation_filter} AND NOT (hits.id = ANY(:exclude))
-        GROUP BY hits.id ORDER BY distance LIMIT :n
-    """
+    probe AS MATERIALIZED (SELECT CAST(:q AS vector) AS v),  -- once: memory/lexical.py on generic plans
+    vec AS (
+        SELECT id, row_number() OVER (ORDER BY distance, id DESC) AS rank
+        FROM ({nearest}) nearest WHERE 1 - distance >= :min_similarity
+    )"""
+
+
+@functools.cache
+def _statement(scope: Scope, *, vector: bool, lexical_leg: bool, fused: bool = True) -> TextClause:
+    """Recall's statement with the legs asked for (the branch walk shared by both): the fused candidates
+    with their details, or (not `fused`) the lexical leg's ids and scores, best first."""
+    parts = [_DOCS] if scope == "branch" else []
+    if vector:
+        parts.append(_vector_cte(scope))
+    if lexical_leg:
+        parts += [lexical.BRANCH_CTES if scope == "branch" else lexical.wide_ctes(scope), lexical.LEX_CTE]
+    legs = [leg for leg, on in ((_VECTOR_RANK, vector), (_TEXT_RANK, lexical_leg)) if on]
+    select = (
+        _FUSED.format(legs=" UNION ALL ".join(legs)) if fused else " SELECT id, score FROM lex ORDER BY rank"
+    )
+    return text("WITH RECURSIVE " + ",".join(parts) + select)
 
 
 _DETAILS = text(
@@ -126,33 +166,63 @@ def _params(query: RecallQuery) -> dict[str, Any]:
         "end_user": query.end_user,
         "exclude": list(query.exclude),
         "n": n,
-        "pool": max(HNSW_EF_SEARCH, n),  # beyond ef_search, pgvector scans the graph again
+        "vec_pool": max(HNSW_EF_SEARCH, n),  # beyond ef_search, pgvector's iterative scan goes on
     }
 
 
-async def vector_leg(
-    session: AsyncSession, query: RecallQuery, min_similarity: float
-) -> list[tuple[int, float]]:
-    """(message id, cosine similarity) of the nearest messages, best first."""
-    if query.embedding is None:
-        return []
-    if query.scope != "branch":
-        await session.execute(text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
-    vector = "[" + ",".join(f"{x:.6f}" for x in query.embedding) + "]"
-    rows = (await session.execute(text(_vector_sql(query.scope)), _params(query) | {"q": vector})).all()
-    return [(r.id, 1 - r.distance) for r in rows if 1 - r.distance >= min_similarity]
+async def _lexical_params(
+    session: AsyncSession, query: RecallQuery, bm25: BM25, params: dict[str, Any], settings: str
+) -> dict[str, Any] | None:
+    """The lexical leg's parameters (None: no term to match). Wider scopes read the statistics first,
+    in one statement that also applies `settings`."""
+    if query.scope == "branch":
+        return lexical.branch_params(query.text, bm25)
+    if lexical.ts_query(query.text) is None:
+        return None
+    return await lexical.wide_params(session, query.text, params, bm25, settings)
 
 
 async def text_leg(session: AsyncSession, query: RecallQuery, bm25: BM25) -> list[tuple[int, float]]:
-    """(message id, BM25) of the messages sharing words with the query, best first."""
+    """(message id, BM25) of the messages sharing words with the query, best first (for tests, benches)."""
     params = _params(query)
-    hits = await lexical.search(session, query=query.text, scope=query.scope, params=params, bm25=bm25)
-    excluded = set(query.exclude)
-    return [hit for hit in hits if hit[0] not in excluded][: params["n"]]
+    found = await _lexical_params(session, query, bm25, params, "")
+    if found is None or (query.scope == "branch" and query.anchor_id is None):
+        return []
+    statement = _statement(query.scope, vector=False, lexical_leg=True, fused=False)
+    return [(r.id, r.score) for r in (await session.execute(statement, params | found)).all()]
+
+
+async def _candidates(session: AsyncSession, query: RecallQuery, fusion: Fusion) -> list[Memory]:
+    """Both legs, fused by weighted reciprocal rank, with the messages' details: one statement (two in
+    the wider scopes, whose BM25 statistics are read first)."""
+    params = _params(query) | {"rrf_k": fusion.rrf_k}
+    vector = fusion.vector_weight > 0 and query.embedding is not None
+    wide_vector = vector and query.scope != "branch"
+    if vector:
+        literal = "[" + ",".join(f"{x:.6f}" for x in query.embedding or ()) + "]"
+        params |= {
+            "q": literal,
+            "min_similarity": fusion.min_similarity,
+            "vector_weight": fusion.vector_weight,
+        }
+    found, settings = None, _HNSW if wide_vector else ""
+    if fusion.text_weight > 0:
+        found = await _lexical_params(session, query, fusion.bm25, params, settings)
+        params |= (found or {}) | {"text_weight": fusion.text_weight}
+        if lexical.ts_query(query.text) is not None:
+            settings = ""  # the wider scopes' statistics statement applied them
+    if settings:
+        await session.execute(text("SELECT " + settings), params)
+    if not vector and found is None:
+        return []
+    statement = _statement(query.scope, vector=vector, lexical_leg=found is not None)
+    rows = (await session.execute(statement, params)).all()
+    return [_memory(r, r.score) for r in rows]
 
 
 def fuse(legs: Sequence[tuple[float, Sequence[tuple[int, float]]]], rrf_k: int) -> dict[int, float]:
-    """Weighted reciprocal-rank fusion: each leg adds weight / (rrf_k + rank)."""
+    """Weighted reciprocal-rank fusion, as recall's statement does it: each leg adds weight / (rrf_k + rank)
+    (the benches replay it on their own legs)."""
     scores: dict[int, float] = {}
     for weight, hits in legs:
         if weight <= 0:
@@ -175,12 +245,9 @@ async def recall(
     """
     if query.k <= 0 or (query.scope == "branch" and query.anchor_id is None):
         return []
-    vector = await vector_leg(session, query, fusion.min_similarity) if fusion.vector_weight > 0 else []
-    lexical_hits = await text_leg(session, query, fusion.bm25) if fusion.text_weight > 0 else []
-    scores = fuse([(fusion.vector_weight, vector), (fusion.text_weight, lexical_hits)], fusion.rrf_k)
-    if not scores:
+    memories = await _candidates(session, query, fusion)
+    if not memories:
         return []
-    memories = await _details(session, query.user_id, scores)
     if inspect.isawaitable(boost):
         boost = await boost
     named = {w.lower() for w in _WORD.findall(_VOCATIVE.sub(" ", query.text))}

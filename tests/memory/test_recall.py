@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Sequence
 
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memory import history
 from memory.budget import TokenCounter
-from memory.lexical import BM25
+from memory.lexical import BM25, Samples
 from memory.recall import Fusion, RecallQuery, recall, text_leg
-from memory.types import Message, StoredMessage
+from memory.types import Memory, Message, StoredMessage
 from tests.fakes import FakeEmbedder
 
 LEXICAL = Fusion(vector_weight=0.0, text_weight=1.0, speaker_boost=0.0)
@@ -221,3 +222,114 @@ async def test_both_legs_fused_by_weighted_reciprocal_rank(
         found = await recall(s, q, Fusion(vector_weight=2.0, text_weight=1.0, speaker_boost=0.0))
     assert [m.message_id for m in found] == [stored[1].id]  # the violin line is below min_similarity
     assert found[0].score == approx(2 / 61 + 1 / 61)
+
+
+async def embedded_chat(
+    sessions: async_sessionmaker[AsyncSession],
+    counter: TokenCounter,
+    user: int,
+    lines: Sequence[tuple[str, str]],
+) -> list[StoredMessage]:
+    """A chat whose messages are embedded (by the fake embedder: the same text, the same vector)."""
+    stored = await chat(sessions, counter, user, lines)
+    async with sessions.begin() as s:
+        for m in stored:
+            await s.execute(
+                text(
+                    "INSERT INTO message_embedding (message_id, user_id, conversation_id, chunk, embedding)"
+                    " SELECT id, user_id, conversation_id, 0, :v FROM message WHERE id = :i"
+                ),
+                {"v": str((await FakeEmbedder().embed([m.content]))[0]), "i": m.id},
+            )
+    return stored
+
+
+async def test_one_round_trip_per_recall_in_branch_scope_two_in_wider_scopes(
+    sessions: async_sessionmaker[AsyncSession], counter: TokenCounter, user: int
+) -> None:
+    """On a busy machine each statement's round trip cost more than its work: the old code made three
+    per recall in branch scope (vector leg, lexical leg, details) and five in user scope. Now both legs,
+    the fusion and the details are one statement (the wider scopes read their BM25 statistics first)."""
+    stored = await embedded_chat(
+        sessions, counter, user, [("Ann", "violin lessons on monday"), ("Bob", "the cello sounds warm")]
+    )
+    vector = (await FakeEmbedder().embed(["cello"]))[0]
+    fusion = Fusion(speaker_boost=0.0)
+    async with sessions() as s:  # the wider scopes' term statistics are read once, then kept
+        await recall(s, RecallQuery(user, "cello", vector, "user", None), fusion)
+    seen: list[str] = []
+    for scope, round_trips in (("branch", 1), ("user", 2), ("persona", 2)):
+        seen.clear()
+        async with sessions() as s:
+            connection = (await s.connection()).sync_connection
+            event.listen(connection, "before_cursor_execute", lambda *call: seen.append(call[2]))
+            q = RecallQuery(user, "cello", vector, scope, stored[-1].id)  # type: ignore[arg-type]
+            found = await recall(s, q, fusion)
+        assert len(seen) == round_trips, scope
+        assert [m.message_id for m in found] == [stored[1].id]
+        assert (found[0].score, found[0].content) == (approx(2 / 61 + 1 / 61), "the cello sounds warm")
+
+
+async def test_the_wider_scopes_scan_the_graph_iteratively_also_without_a_lexical_leg(
+    sessions: async_sessionmaker[AsyncSession], counter: TokenCounter, user: int
+) -> None:
+    """pgvector's iterative HNSW scan (so the user filter does not starve the pool) is set by the
+    statement that reads the BM25 terms; a question with no word skips that one and must still set it,
+    for this transaction only."""
+    stored = await embedded_chat(sessions, counter, user, [("Ann", "violin lessons on monday")])
+    vector = (await FakeEmbedder().embed(["violin lessons on monday"]))[0]
+    async with sessions() as s:
+        found = await recall(s, RecallQuery(user, "?!", vector, "user", None, k=40), Fusion())
+        setting = await s.scalar(text("SELECT current_setting('hnsw.iterative_scan')"))
+        assert setting == "relaxed_order"
+    async with sessions() as s:
+        assert await s.scalar(text("SELECT current_setting('hnsw.iterative_scan', true)")) in ("off", None)
+    assert [m.message_id for m in found] == [stored[0].id]
+
+
+async def test_wider_scopes_keep_their_idf_statistics_and_refresh_them_in_the_background(
+    sessions: async_sessionmaker[AsyncSession], counter: TokenCounter, user: int
+) -> None:
+    """Counting terms over the user's newest messages cost part of every recall: now the counts are
+    kept and, once older than `max_age`, served while a background read replaces them. New messages
+    are found at once all the same (only their share in the IDF waits for the refresh)."""
+    samples = Samples(max_age=3600.0)
+    fusion = Fusion(vector_weight=0.0, speaker_boost=0.0, bm25=BM25(samples=samples))
+    one = await chat(sessions, counter, user, [("Ann", "Porto was lovely."), ("Ann", "Rain all day.")], "one")
+    q = query(user, "Porto", None, scope="user")
+    async with sessions() as s:
+        first = await recall(s, q, fusion)
+    two = await chat(sessions, counter, user, [("Bob", "Porto again, Porto!")], "two")
+    async with sessions() as s:
+        kept = await recall(s, q, fusion)
+    idf_then = math.log(1 + (2 - 1 + 0.5) / (1 + 0.5))  # n = 2 messages, Porto in 1
+    assert [m.message_id for m in first] == [one[0].id]
+    assert [m.message_id for m in kept] == [two[0].id, one[0].id]  # the new message is found at once
+    assert text_score(kept, one[0].id) == approx(1 / 62)
+    async with sessions() as s:
+        lexical_only = await text_leg(s, q, fusion.bm25)
+    avgdl = (one[0].token_count + one[1].token_count) / 2
+    assert dict(lexical_only)[one[0].id] == approx(idf_then * bm25_tf(1, one[0].token_count, avgdl))
+
+    samples.max_age = 0.0  # stale: served once more while the refresh runs
+    async with sessions() as s:
+        stale = await text_leg(s, q, fusion.bm25)
+    assert dict(stale)[one[0].id] == approx(idf_then * bm25_tf(1, one[0].token_count, avgdl))
+    for _ in range(200):  # poll for the background read
+        await asyncio.sleep(0.05)
+        if not samples._refreshing:
+            break
+    samples.max_age = 3600.0
+    async with sessions() as s:
+        fresh = await text_leg(s, q, fusion.bm25)
+    avgdl3 = sum(m.token_count for m in (*one, *two)) / 3
+    assert dict(fresh)[one[0].id] == approx(bm25(1, 2, 3, one[0].token_count, avgdl3))
+
+
+def bm25_tf(tf: int, length: int, avgdl: float) -> float:
+    """BM25's term-frequency part (k1 = 1.2, b = 0.75), to multiply by an IDF."""
+    return tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * length / avgdl))
+
+
+def text_score(found: Sequence[Memory], message_id: int) -> float:
+    return next(m.score for m in found if m.message_id == message_id)
