@@ -45,7 +45,8 @@ def free_port() -> int:
 
 def start(source: Path, data_dir: Path, workdir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PYTHONPATH=str(source), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    env.update(ANIMA_DATA_DIR=str(data_dir), ANIMA_PORT=str(port), ANIMA_CONFIG=str(workdir / "none.toml"))
+    env.pop("ANIMA_CONFIG", None)  # the empty working folder has no ./anima.toml: the defaults
+    env.update(ANIMA_DATA_DIR=str(data_dir), ANIMA_PORT=str(port))
     command = [sys.executable, "-m", "proxy", "serve"]
     with log.open("ab") as out:
         return subprocess.Popen(command, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT)
