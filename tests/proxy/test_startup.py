@@ -31,12 +31,15 @@ settings = Settings(
     models=[RouteSettings(name="up/x", backend="up", model="x")],
 )
 db.start_early(settings.data_dir)  # as `anima serve` does before uvicorn imports the app
+from proxy import early
+early.begin(settings)  # and the models
 
 async def main() -> None:
     services = await build_services(settings)
     try:
         assert services.memory is not None and services.emotion and services.emotion.detector
         assert db._early == {}, "the app adopted the early Postgres"
+        assert early._begun == {}, "and the models"
         async with services.memory.sessions() as session:
             from sqlalchemy import text
             print("schema", await session.scalar(text("SELECT count(*) FROM alembic_version")))
@@ -65,7 +68,7 @@ def run(code: str, *args: str, env: dict[str, str] | None = None) -> subprocess.
 def test_serving_opens_cached_graphs_without_torch(
     detector: MiniLMEmotionDetector, embedder: Embedder, tmp_path: Path
 ) -> None:
-    """A fresh data dir: Postgres started early and adopted, migrated, both models up; torch,
+    """A fresh data dir: Postgres and the models started early and adopted, migrated; torch,
     transformers and sentence-transformers never imported (they only build the graphs)."""
     done = run(SERVE_PATH, str(tmp_path / "data"))
     assert done.returncode == 0, done.stderr[-3000:]
