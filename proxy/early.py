@@ -85,8 +85,12 @@ def begin(settings: Settings) -> None:
     from proxy.backends.registry import build_backends
 
     start("tokens", TokenCounter)
-    backends = build_backends(settings.backends)  # adapters only: their modules imported here
-    start(backends_key(settings.backends), lambda: warmed(backends))
+    try:
+        backends = build_backends(settings.backends)  # adapters only: their modules imported here
+    except Exception:  # build_services builds them again and reports it as start-up's error
+        pass
+    else:
+        start(backends_key(settings.backends), lambda: warmed(backends))
     if settings.emotion.enabled:
         confidence = settings.emotion.min_confidence
         start(emotion_key(confidence), lambda: MiniLMEmotionDetector.load(min_confidence=confidence))

@@ -65,3 +65,14 @@ async def test_an_early_load_that_fails_fails_start_up(tmp_path: Path) -> None:
     with pytest.raises(BackendUnavailable, match="not found"):
         await build_services(settings)
     early._begun.clear()  # what the failed start-up left (the token counter) dies with the process
+
+
+async def test_a_backend_that_cannot_be_built_is_reported_by_start_up_not_by_begin(tmp_path: Path) -> None:
+    """`begin` runs before uvicorn: a bad backend must fail start-up as it always did (uvicorn's
+    lifespan error), not crash `anima serve` with a traceback before it."""
+    settings = make_settings(data_dir=tmp_path, backends={"g": BackendSettings(kind="gemini")})
+    early.begin(settings)
+    assert early.backends_key(settings.backends) not in early._begun
+    with pytest.raises(ValueError, match="needs an api_key"):
+        await build_services(settings)
+    early._begun.clear()
