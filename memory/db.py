@@ -258,6 +258,14 @@ def start_early(data_dir: Path) -> None:
     wait on child processes while Python imports everything else, and the app's start-up adopts the
     running server (`started_early`) instead of starting its own. Only for one process serving.
     """
+    # Imported here, before the thread starts: two threads importing one package's modules from
+    # different entry points can meet a partially initialised module. Seen about once in 25 starts:
+    # Alembic's import of sqlalchemy.dialects.postgresql in the thread against the app's, via pgvector.
+    import pgserver.postgres_server  # noqa: F401
+    import psycopg  # noqa: F401
+
+    import memory.models  # noqa: F401  (pgvector, the postgresql dialect; alembic/env.py imports it)
+
     server = EmbeddedPostgres(data_dir)
     future: Future[tuple[EmbeddedPostgres, str]] = Future()
 

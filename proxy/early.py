@@ -11,7 +11,7 @@ readiness means the same either way: every model loaded, the database migrated a
 from __future__ import annotations
 
 import asyncio
-import logging
+import contextlib
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from proxy.backends.base import Backend
     from proxy.settings import BackendSettings, Settings
 
-log = logging.getLogger("anima")
 T = TypeVar("T")
 
 _begun: dict[str, Future[Any]] = {}
@@ -77,8 +76,8 @@ def warmed(backends: dict[str, Backend]) -> dict[str, Backend]:
 
 def begin(settings: Settings) -> None:
     """Begin every model load `build_services` would do for these settings. The modules are imported
-    here, on the calling thread, so the threads only run the loads (no two threads importing one
-    package's modules in opposite orders)."""
+    here, on the calling thread, so the threads only run the loads: two threads importing one
+    package's modules from different entry points can meet a partially initialised module."""
     from emotion.detector import MiniLMEmotionDetector
     from memory.budget import TokenCounter
     from memory.embedder import load_embedder
@@ -90,7 +89,13 @@ def begin(settings: Settings) -> None:
     except Exception:  # build_services builds them again and reports it as start-up's error
         pass
     else:
+        if any(hasattr(backend, "warm_up") for backend in backends.values()):
+            with contextlib.suppress(ImportError):  # then warming up says what is missing
+                import llama_cpp  # noqa: F401  (the embedded backend's; jinja2 and numpy with it)
         start(backends_key(settings.backends), lambda: warmed(backends))
+    if settings.emotion.enabled or settings.memory.enabled:
+        with contextlib.suppress(ImportError):  # load_embedder falls back to sentence-transformers
+            import onnxruntime  # noqa: F401
     if settings.emotion.enabled:
         confidence = settings.emotion.min_confidence
         start(emotion_key(confidence), lambda: MiniLMEmotionDetector.load(min_confidence=confidence))

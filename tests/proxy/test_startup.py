@@ -120,3 +120,22 @@ def test_a_fresh_data_dir_starts_from_the_template_cluster(tmp_path: Path) -> No
         assert "(1 row)" in server._server.psql("SELECT 1 FROM pg_database WHERE datname = 'anima';")
     finally:
         server.stop()
+
+
+SHARED_IMPORTS = """
+import sys
+from pathlib import Path
+from memory import db
+db.start_early(Path("/dev/null/anima"))  # the thread fails at once (no folder there): no Postgres
+shared = ("memory.models", "psycopg", "sqlalchemy.dialects.postgresql", "pgserver.postgres_server")
+print("imported first", [m for m in shared if m not in sys.modules])
+"""
+
+
+def test_start_early_imports_what_its_thread_shares_with_the_app_before_starting_it() -> None:
+    """The early Postgres thread (Alembic, psycopg, pgserver) and the app's imports on the main
+    thread once met sqlalchemy.dialects.postgresql half-initialised (an ImportError about once in
+    25 starts): every module both import is imported before the thread starts."""
+    done = run(SHARED_IMPORTS)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "imported first []" in done.stdout, done.stdout
