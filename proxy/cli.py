@@ -196,6 +196,10 @@ def serve(settings: Settings) -> None:
         from memory.db import start_early
 
         start_early(settings.data_dir)  # overlaps the app's imports; the app adopts it
+    if settings.workers == 1:
+        from proxy import early
+
+        early.begin(settings)  # the models too
     import uvicorn
 
     with metrics_folder(settings.workers):

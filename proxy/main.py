@@ -38,6 +38,8 @@ from memory.service import MemoryConfig, MemoryService
 from memory.users import Users
 from personas.client_card import CardIndex
 from personas.store import PersonaStore
+from proxy import early
+from proxy.backends.base import Backend
 from proxy.backends.registry import Registry, build_backends
 from proxy.errors import install_error_handlers
 from proxy.knowledge import Knowledge, start_facts
@@ -73,15 +75,14 @@ async def build_services(settings: Settings) -> Services:
     """Everything start-up waits for, started at once: the embedded Postgres (start + migrations), the
     emotion and recall graphs (opened from the shared model cache, never exported here), the token
     counter and any embedded backend's weights. Only the assembly of memory waits for its parts."""
-    registry = Registry(build_backends(settings.backends), settings.models)
     memory_on = settings.memory.enabled
     database = embedder = None
     steps: dict[str, float] = {}
     started, cpu_before = time.perf_counter(), time.process_time()
     try:
         async with asyncio.TaskGroup() as group:
-            tokens = group.create_task(timed(steps, "tokenizer", anyio.to_thread.run_sync(TokenCounter)))
-            group.create_task(timed(steps, "backends", warm_up(registry)))
+            tokens = group.create_task(timed(steps, "tokenizer", early.adopt("tokens", TokenCounter)))
+            backends = group.create_task(timed(steps, "backends", open_backends(settings)))
             emotion = group.create_task(timed(steps, "emotion", open_emotion(settings)))
             if memory_on:
                 database = group.create_task(timed(steps, "database", open_database(settings)))
@@ -90,6 +91,7 @@ async def build_services(settings: Settings) -> Services:
         if database is not None and database.done() and not database.cancelled() and not database.exception():
             await close_database(*database.result())
         raise failed.exceptions[0] from None  # the reason, not a group of one
+    registry = Registry(backends.result(), settings.models)
     services = Services(registry=registry, tokens=tokens.result(), emotion=emotion.result())
     if database is not None and embedder is not None:
         services.embedded, services.engine = database.result()
@@ -97,7 +99,8 @@ async def build_services(settings: Settings) -> Services:
     await open_personas(settings, services)
     parts = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in steps.items())
     log.info(
-        "services up in %.1f s (process CPU so far %.1f s, %.1f s before start-up), concurrently: %s",
+        "services up in %.1f s (process CPU so far %.1f s, %.1f s before start-up), concurrently"
+        " (or waited for, when begun before the app's imports): %s",
         time.perf_counter() - started,
         time.process_time(),
         cpu_before,
@@ -115,12 +118,17 @@ async def timed(steps: dict[str, float], name: str, step: Awaitable[T]) -> T:
         steps[name] = time.perf_counter() - started
 
 
-async def warm_up(registry: Registry) -> None:
-    """Load embedded weights now, not on the first request."""
-    for backend in registry.backends.values():
+async def open_backends(settings: Settings) -> dict[str, Backend]:
+    """Every configured backend, embedded weights loaded now rather than on the first request."""
+    key = early.backends_key(settings.backends)
+    if early.begun(key):
+        return await early.adopt(key, dict)
+    backends = build_backends(settings.backends)
+    for backend in backends.values():
         warm = getattr(backend, "warm_up", None)
         if warm is not None:
             await warm()
+    return backends
 
 
 async def open_personas(settings: Settings, services: Services) -> None:
@@ -143,8 +151,9 @@ async def open_emotion(settings: Settings) -> EmotionService:
     if e.enabled:
         from emotion.detector import MiniLMEmotionDetector
 
-        detector = await anyio.to_thread.run_sync(
-            lambda: MiniLMEmotionDetector.load(min_confidence=e.min_confidence)
+        detector = await early.adopt(
+            early.emotion_key(e.min_confidence),
+            lambda: MiniLMEmotionDetector.load(min_confidence=e.min_confidence),
         )
     return EmotionService(detector, emotion_config(settings))
 
@@ -186,7 +195,7 @@ async def open_embedder() -> Embedder:
     """The recall embedder from the shared model cache (a thread: opening the graph takes ~1 s)."""
     from memory.embedder import load_embedder
 
-    embedder = await anyio.to_thread.run_sync(load_embedder)
+    embedder = await early.adopt("embedder", load_embedder)
     if embedder.dim != EMBEDDING_DIM:
         raise DatabaseError(
             f"the embedder makes {embedder.dim}-d vectors; the schema stores {EMBEDDING_DIM}-d"

@@ -31,12 +31,15 @@ settings = Settings(
     models=[RouteSettings(name="up/x", backend="up", model="x")],
 )
 db.start_early(settings.data_dir)  # as `anima serve` does before uvicorn imports the app
+from proxy import early
+early.begin(settings)  # and the models
 
 async def main() -> None:
     services = await build_services(settings)
     try:
         assert services.memory is not None and services.emotion and services.emotion.detector
         assert db._early == {}, "the app adopted the early Postgres"
+        assert early._begun == {}, "and the models"
         async with services.memory.sessions() as session:
             from sqlalchemy import text
             print("schema", await session.scalar(text("SELECT count(*) FROM alembic_version")))
@@ -65,7 +68,7 @@ def run(code: str, *args: str, env: dict[str, str] | None = None) -> subprocess.
 def test_serving_opens_cached_graphs_without_torch(
     detector: MiniLMEmotionDetector, embedder: Embedder, tmp_path: Path
 ) -> None:
-    """A fresh data dir: Postgres started early and adopted, migrated, both models up; torch,
+    """A fresh data dir: Postgres and the models started early and adopted, migrated; torch,
     transformers and sentence-transformers never imported (they only build the graphs)."""
     done = run(SERVE_PATH, str(tmp_path / "data"))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -117,3 +120,22 @@ def test_a_fresh_data_dir_starts_from_the_template_cluster(tmp_path: Path) -> No
         assert "(1 row)" in server._server.psql("SELECT 1 FROM pg_database WHERE datname = 'anima';")
     finally:
         server.stop()
+
+
+SHARED_IMPORTS = """
+import sys
+from pathlib import Path
+from memory import db
+db.start_early(Path("/dev/null/anima"))  # the thread fails at once (no folder there): no Postgres
+shared = ("memory.models", "psycopg", "sqlalchemy.dialects.postgresql", "pgserver.postgres_server")
+print("imported first", [m for m in shared if m not in sys.modules])
+"""
+
+
+def test_start_early_imports_what_its_thread_shares_with_the_app_before_starting_it() -> None:
+    """The early Postgres thread (Alembic, psycopg, pgserver) and the app's imports on the main
+    thread once met sqlalchemy.dialects.postgresql half-initialised (an ImportError about once in
+    25 starts): every module both import is imported before the thread starts."""
+    done = run(SHARED_IMPORTS)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "imported first []" in done.stdout, done.stdout
