@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("anima.turn")
 
+VECTOR_WAIT_S = 5.0
+
 
 @dataclass(frozen=True, slots=True)
 class PersonaUse:
@@ -65,6 +67,20 @@ class MemoryTurn:
     persona: PersonaUse | None = None
     incoming: tuple[Message, ...] = ()  # the request's messages (the journal re-recognises them)
     unstored: bool = False  # memory is on but was down: journal the turn
+    query: str = ""  # the newest user message's text, embedded for recall ...
+    embedding: asyncio.Future[list[float] | None] | None = None  # ... and its vector, stored with it
+
+    async def vectors(self) -> dict[str, list[float]]:
+        """The vectors this turn computed, by text, for storing them with their messages (the store
+        asks after the reply; a vector not ready within `VECTOR_WAIT_S` is left to the worker)."""
+        pending = self.embedding
+        if pending is None:
+            return {}
+        await asyncio.wait({pending}, timeout=VECTOR_WAIT_S)
+        if not pending.done() or pending.cancelled() or pending.exception() is not None:
+            return {}
+        vector = pending.result()
+        return {self.query: vector} if vector is not None else {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +187,11 @@ class TurnBuilder:
         block = self.emotion.block(emotion, thread.path, recall.memories) if self.emotion else None
         indexed = await _indexed(indexing)
         outgoing = await self._fit_card(messages, indexed, turn, embedding)
-        embedding.cancel()  # unless recall or the card used it
+        stored_with = _newest_user(thread) == query
+        if stored_with:  # its vector is stored with it once done; a failure was recall's to report
+            embedding.add_done_callback(lambda f: f.cancelled() or f.exception())
+        else:
+            embedding.cancel()  # unless recall or the card used it
         known = (
             await self.knowledge.blocks(knowing, turn.persona, turn.budget)
             if self.knowledge and knowing
@@ -196,6 +216,8 @@ class TurnBuilder:
             newest=self._annotation(thread, emotion),
             persona=self._used(turn.persona, indexed),
             incoming=messages,
+            query=query,
+            embedding=embedding if stored_with else None,
         )
 
     def _assemble(
@@ -268,6 +290,11 @@ class TurnBuilder:
     async def _boost(self, feeling: asyncio.Future[Emotion | None]) -> Boost | None:
         assert self.emotion is not None
         return self.emotion.boost(await self.emotion.reading(feeling))
+
+
+def _newest_user(thread: Thread) -> str | None:
+    """The text of the user message this turn stores last, if it stores one."""
+    return thread.new[-1].content if thread.new and thread.new[-1].role == "user" else None
 
 
 async def _indexed(indexing: asyncio.Future[IndexedCard] | None) -> IndexedCard | None:

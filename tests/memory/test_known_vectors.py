@@ -1,0 +1,94 @@
+"""One encoder pass per message: the recall query's vector is the vector its message is stored with.
+
+The app runs with the real MiniLM embedder and chunker and with its embedding worker off, so whatever
+vector a row has after a turn was stored by the turn itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from memory.budget import TokenCounter
+from memory.embedder import Embedder, chunk_text
+from memory.service import MemoryConfig, MemoryService
+from memory.users import Users, create_key
+from proxy.backends.registry import Registry, build_backends
+from proxy.main import Services, create_app
+from proxy.settings import BackendSettings, MemorySettings, RouteSettings
+from tests.conftest import make_settings
+from tests.memory.test_api import running, say
+
+SHORT = "My sister Amelia moved to Lisbon last spring and she loves the trams there."
+FOLLOW_UP = "Do you remember where my sister lives now?"
+LONG = " ".join(
+    f"Sentence {i} of a very long story about the old lighthouse keeper and his dog." for i in range(40)
+)
+
+
+@pytest.fixture
+async def app(
+    stub_url: str, sessions: async_sessionmaker[AsyncSession], counter: TokenCounter, embedder: Embedder
+) -> AsyncIterator[tuple[str, MemoryService]]:
+    backends = {"stub": BackendSettings(kind="openai", base_url=f"{stub_url}/v1")}
+    routes = [RouteSettings(name="stub/echo", backend="stub", model="echo", context_window=8192)]
+    settings = make_settings(backends=backends, models=routes, memory=MemorySettings(enabled=True), retries=0)
+    service = MemoryService(sessions, counter, embedder, MemoryConfig(deadline_s=10), chunker=chunk_text)
+    service.embeddings = None  # the worker off: nothing but the turn itself can embed a row
+    services = Services(
+        Registry(build_backends(backends), routes), counter, memory=service, users=Users(sessions)
+    )
+    async with running(create_app(settings, services)) as url:
+        yield url, service
+
+
+async def stored_vectors(
+    sessions: async_sessionmaker[AsyncSession], user_id: int
+) -> dict[str, tuple[bool, list[np.ndarray]]]:
+    """Each stored message's text → (marked embedded, its chunk vectors)."""
+    async with sessions() as s:
+        rows = (
+            await s.execute(
+                text(
+                    "SELECT m.content, m.embedded, e.embedding::text AS v FROM message m"
+                    " LEFT JOIN message_embedding e ON e.message_id = m.id"
+                    " WHERE m.user_id = :u ORDER BY m.id, e.chunk"
+                ),
+                {"u": user_id},
+            )
+        ).all()
+    found: dict[str, tuple[bool, list[np.ndarray]]] = {}
+    for r in rows:
+        chunks = found.setdefault(r.content, (r.embedded, []))[1]
+        if r.v is not None:
+            chunks.append(np.array([float(x) for x in r.v.strip("[]").split(",")]))
+    return found
+
+
+async def test_the_query_vector_is_stored_with_its_message_without_the_worker(
+    app: tuple[str, MemoryService], sessions: async_sessionmaker[AsyncSession], embedder: Embedder
+) -> None:
+    url, service = app
+    async with sessions.begin() as s:
+        user_id, key = await create_key(s, "known-vectors")
+    chat = [{"role": "user", "content": SHORT}]
+    await say(url, key, chat, extra_headers={"X-Anima-Conversation": "amelia"})  # new chat: no recall
+    await service.settle()
+    chat += [{"role": "assistant", "content": "Hello from the stub!"}, {"role": "user", "content": FOLLOW_UP}]
+    await say(url, key, chat, extra_headers={"X-Anima-Conversation": "amelia"})  # recall awaits the vector
+    await service.settle()
+    await say(url, key, [{"role": "user", "content": LONG}], extra_headers={"X-Anima-Conversation": "long"})
+    await service.settle()
+
+    found = await stored_vectors(sessions, user_id)
+    worker = {t: np.array((await embedder.embed(chunk_text(t)))[0]) for t in (SHORT, FOLLOW_UP)}
+    for said in (SHORT, FOLLOW_UP):
+        embedded, chunks = found[said]
+        assert embedded and len(chunks) == 1, said
+        assert np.abs(chunks[0] - worker[said]).max() < 1e-5  # the worker's vector for that text
+    assert found["Hello from the stub!"] == (False, [])  # the reply: the worker's (no request embedded it)
+    assert len(chunk_text(LONG)) > 1 and found[LONG] == (False, [])  # chunked: not the query's vector
