@@ -141,6 +141,16 @@ class TurnBuilder:
         emotion = await self.emotion.reading(self.emotion.read(chat[-1].content))
         return self.emotion.block(emotion, (), ())
 
+    def _read(
+        self, query: str, turn: TurnRequest, session: SessionKey, memory: MemoryService
+    ) -> tuple[asyncio.Future[Emotion | None] | None, asyncio.Future[list[float] | None]]:
+        """Start the newest user message's emotion reading and its recall vector: one encoder pass
+        for both when the detector has the joint graph, else two."""
+        if self.emotion is None or not self._emotion_for(turn.persona, session.character):
+            return None, memory.embed_query(query)
+        both = self.emotion.read_and_embed(query) if memory.embedder is not None else None
+        return both if both is not None else (self.emotion.read(query), memory.embed_query(query))
+
     def _emotion_for(self, persona: Resolved | None, character: str | None) -> bool:
         if self.emotion is None or (persona is not None and not persona.persona.emotion):
             return False
@@ -152,12 +162,7 @@ class TurnBuilder:
         """Recognise, recall and assemble; a memory failure degrades to the plain path, never an error."""
         messages = turn.messages
         query = next((m.content for m in reversed(messages) if m.role == "user"), "")
-        feeling = (
-            self.emotion.read(query)
-            if self.emotion and self._emotion_for(turn.persona, session.character)
-            else None
-        )
-        embedding = memory.embed_query(query)  # in a thread, while recognition queries Postgres
+        feeling, embedding = self._read(query, turn, session, memory)  # in a thread, while recognition runs
         indexing = self._index_card(session, messages, turn.character)
         try:
             with timed("recognise"):

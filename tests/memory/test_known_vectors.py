@@ -6,13 +6,19 @@ vector a row has after a turn was stored by the turn itself.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import numpy as np
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from emotion.detector import MiniLMEmotionDetector
+from emotion.joint import JointEncoder
+from emotion.joint import build_graph as build_joint
+from emotion.joint import graph_name as joint_graph
+from emotion.service import EmotionConfig, EmotionService
+from memory import model_cache
 from memory.budget import TokenCounter
 from memory.embedder import Embedder, chunk_text
 from memory.service import MemoryConfig, MemoryService
@@ -92,3 +98,53 @@ async def test_the_query_vector_is_stored_with_its_message_without_the_worker(
         assert np.abs(chunks[0] - worker[said]).max() < 1e-5  # the worker's vector for that text
     assert found["Hello from the stub!"] == (False, [])  # the reply: the worker's (no request embedded it)
     assert len(chunk_text(LONG)) > 1 and found[LONG] == (False, [])  # chunked: not the query's vector
+
+
+class Counted:
+    """The real embedder, counting the calls that reach it."""
+
+    def __init__(self, embedder: Embedder) -> None:
+        self.inner, self.dim, self.calls = embedder, embedder.dim, 0
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        self.calls += 1
+        return await self.inner.embed(texts)
+
+
+async def test_with_emotion_on_one_joint_pass_reads_and_embeds_the_message(
+    stub_url: str,
+    sessions: async_sessionmaker[AsyncSession],
+    counter: TokenCounter,
+    embedder: Embedder,
+    detector: MiniLMEmotionDetector,
+) -> None:
+    """The newest user message's emotion and recall vector come from the joint graph: the separate
+    embedder is never asked, and the stored vector is the one it would have made."""
+    joint = JointEncoder.from_file(model_cache.ensure(joint_graph(), build_joint, "joint"))
+    emotion = EmotionService(detector.with_joint(joint), EmotionConfig(deadline_s=10))
+    counted = Counted(embedder)
+    backends = {"stub": BackendSettings(kind="openai", base_url=f"{stub_url}/v1")}
+    routes = [RouteSettings(name="stub/echo", backend="stub", model="echo", context_window=8192)]
+    settings = make_settings(backends=backends, models=routes, memory=MemorySettings(enabled=True), retries=0)
+    service = MemoryService(
+        sessions, counter, counted, MemoryConfig(deadline_s=10), chunker=chunk_text, annotate=emotion.annotate
+    )
+    service.embeddings = None
+    registry = Registry(build_backends(backends), routes)
+    services = Services(registry, counter, memory=service, users=Users(sessions), emotion=emotion)
+    async with sessions.begin() as s:
+        user_id, key = await create_key(s, "joint-pass")
+    said = "I'm so scared about the exam tomorrow, I can't sleep."
+    async with running(create_app(settings, services)) as url:
+        await say(
+            url, key, [{"role": "user", "content": said}], extra_headers={"X-Anima-Conversation": "exam"}
+        )
+        await service.settle()
+    assert counted.calls == 0
+    embedded, chunks = (await stored_vectors(sessions, user_id))[said]
+    assert embedded and np.abs(chunks[0] - np.array((await embedder.embed([said]))[0])).max() < 1e-5
+    async with sessions() as s:
+        label = await s.scalar(
+            text("SELECT emotion_label FROM message WHERE user_id = :u AND role = 'user'"), {"u": user_id}
+        )
+    assert label == (await detector.detect([said]))[0].label
