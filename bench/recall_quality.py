@@ -140,10 +140,13 @@ def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-async def run(url: str, models: Path, seed: int) -> None:
+async def run(url: str, models: Path, seed: int, graph: Path | None = None) -> None:
     engine = make_engine(url, pool_size=2)
     sessions = make_sessionmaker(engine)
-    embedder = await asyncio.to_thread(OnnxMiniLMEmbedder.load, models)
+    if graph is not None:  # another graph of the same model (a quantised one): its quality here
+        embedder = await asyncio.to_thread(OnnxMiniLMEmbedder.from_file, graph)
+    else:
+        embedder = await asyncio.to_thread(OnnxMiniLMEmbedder.load, models)
     counter = TokenCounter()
     async with sessions.begin() as s:
         user, _ = await create_key(s, "quality")
@@ -293,13 +296,14 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--graph", type=Path, help="embed with this ONNX graph (e.g. an int8 one)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         server = EmbeddedPostgres(Path(tmp) / "data")
         url = server.start()
         try:
             upgrade_schema(url)
-            asyncio.run(run(url, Path(tempfile.gettempdir()) / "anima-bench-models", args.seed))
+            asyncio.run(run(url, Path(tempfile.gettempdir()) / "anima-bench-models", args.seed, args.graph))
         finally:
             server.stop()
 
