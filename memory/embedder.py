@@ -223,7 +223,8 @@ def _encode_batch(tokenizer: Tokenizer, texts: list[str]) -> tuple[np.ndarray, n
 
 
 class OnnxMiniLMEmbedder:
-    """all-MiniLM-L6-v2 through onnxruntime on one thread; fp32 (int8 lost too much quality, see bench)."""
+    """all-MiniLM-L6-v2 through onnxruntime on one thread; fp32 (dynamic int8 lost too much quality and
+    depends on batch-mates; static int8 moved worst-case vectors further: docs/benchmarks.md)."""
 
     dim = EMBEDDING_DIM
 

@@ -18,11 +18,13 @@ from emotion.joint import JointEncoder
 from emotion.joint import build_graph as build_joint
 from emotion.joint import graph_name as joint_graph
 from emotion.service import EmotionConfig, EmotionService
-from memory import model_cache
+from memory import history, model_cache
 from memory.budget import TokenCounter
 from memory.embedder import Embedder, chunk_text
 from memory.service import MemoryConfig, MemoryService
+from memory.types import Message
 from memory.users import Users, create_key
+from memory.workers import store_known
 from proxy.backends.registry import Registry, build_backends
 from proxy.main import Services, create_app
 from proxy.settings import BackendSettings, MemorySettings, RouteSettings
@@ -148,3 +150,42 @@ async def test_with_emotion_on_one_joint_pass_reads_and_embeds_the_message(
             text("SELECT emotion_label FROM message WHERE user_id = :u AND role = 'user'"), {"u": user_id}
         )
     assert label == (await detector.detect([said]))[0].label
+
+
+async def test_a_known_vector_waits_for_the_worker_where_it_still_has_work(
+    sessions: async_sessionmaker[AsyncSession], counter: TokenCounter, user: int
+) -> None:
+    """Rows already embedded keep their vector; rows the worker must still annotate (stored without
+    importance) and texts it would chunk are left to it."""
+    texts = ["annotated already", "not annotated yet", LONG, "embedded already"]
+    async with sessions.begin() as s:
+        row = await history.create_conversation(s, user_id=user, public_id="known")
+        rows = await history.append(
+            s,
+            user_id=user,
+            conversation_id=row.id,
+            parent_id=None,
+            messages=[Message("user", t) for t in texts],
+            token_counts=[counter.count(t) for t in texts],
+            extras=[{"importance": 0.5}, {}, {"importance": 0.5}, {"importance": 0.5, "embedded": True}],
+        )
+        known = {t: [1.0] + [0.0] * 383 for t in texts}
+        taken = await store_known(
+            s, rows, known, user_id=user, conversation_id=row.id, chunker=chunk_text, annotating=True
+        )
+    assert taken == {rows[0].id}
+    async with sessions() as s:
+        embedded: dict[int, bool] = dict(
+            (
+                await s.execute(
+                    text("SELECT id, embedded FROM message WHERE conversation_id = :c"), {"c": row.id}
+                )
+            ).all()
+        )
+        vectors = await s.scalar(
+            text("SELECT count(*) FROM message_embedding WHERE conversation_id = :c"), {"c": row.id}
+        )
+    assert (
+        embedded == {rows[0].id: True, rows[1].id: False, rows[2].id: False, rows[3].id: True}
+        and vectors == 1
+    )
