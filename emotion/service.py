@@ -99,9 +99,15 @@ class EmotionService:
             _settle(feeling, emotion)
             _settle(vector, embedding)
 
+        def done(task: asyncio.Future[None]) -> None:
+            self._running.discard(task)
+            _settle(feeling, None)  # never left waiting, whatever ended the pass
+            if not vector.done():
+                vector.set_exception(RuntimeError("the joint encoder pass ended without a vector"))
+
         task = asyncio.ensure_future(both())
         self._running.add(task)
-        task.add_done_callback(self._running.discard)
+        task.add_done_callback(done)
         return feeling, vector
 
     async def reading(self, pending: asyncio.Future[Emotion | None]) -> Emotion | None:
