@@ -148,10 +148,15 @@ def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-async def run(url: str, models: Path, seed: int, baseline: str | None, replay: bool) -> None:
+async def run(
+    url: str, models: Path, seed: int, baseline: str | None, replay: bool, graph: Path | None = None
+) -> None:
     engine = make_engine(url, pool_size=2)
     sessions = make_sessionmaker(engine)
-    embedder = await asyncio.to_thread(OnnxMiniLMEmbedder.load, models)
+    if graph is not None:  # another graph of the same model (a quantised one): its quality here
+        embedder = await asyncio.to_thread(OnnxMiniLMEmbedder.from_file, graph)
+    else:
+        embedder = await asyncio.to_thread(OnnxMiniLMEmbedder.load, models)
     counter = TokenCounter()
     async with sessions.begin() as s:
         user, _ = await create_key(s, "quality")
@@ -347,6 +352,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--baseline", help="also run this git revision's recall code (e.g. main)")
     parser.add_argument("--no-replay", action="store_true", help="only the real recall code paths")
+    parser.add_argument("--graph", type=Path, help="embed with this ONNX graph (e.g. an int8 one)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         server = EmbeddedPostgres(Path(tmp) / "data")
@@ -354,7 +360,7 @@ def main() -> None:
         try:
             upgrade_schema(url)
             models = Path(tempfile.gettempdir()) / "anima-bench-models"
-            asyncio.run(run(url, models, args.seed, args.baseline, not args.no_replay))
+            asyncio.run(run(url, models, args.seed, args.baseline, not args.no_replay, args.graph))
         finally:
             server.stop()
 

@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -130,6 +130,25 @@ def build_graph(target: Path, model_dir: Path = MODEL_DIR) -> None:
 
 def _export_onnx(target: Path, model_dir: Path) -> None:
     """Package MiniLM + the tuned layers and head → one graph from token ids to class probabilities."""
+    model = classifier(model_dir)
+    ids, mask = _encode_batch(_tokenizer(), [prepare_text(p) for p in PROBES])  # padded: mask is traced
+    export_graph(
+        model,
+        ids,
+        mask,
+        target,
+        output="scores",
+        agrees=lambda got, expected: float(np.abs(got - expected).max()) <= 1e-3,
+        stale="emotion-minilm-*.onnx",
+    )
+
+
+PROBES = ("I can't believe they did that to me!", "ok", "Thanks so much, this made my day :)")
+
+
+def classifier(model_dir: Path = MODEL_DIR) -> Any:
+    """The fine-tuned model in torch (eval mode): the package's MiniLM with the shipped tuned layers
+    and head loaded over it (export time only: needs torch)."""
     import torch
     from safetensors.torch import load_file
     from transformers import BertModel
@@ -149,37 +168,50 @@ def _export_onnx(target: Path, model_dir: Path) -> None:
     if missing:
         raise RuntimeError(f"emotion weights do not fit the base model: {sorted(missing)[:3]}")
     model.load_state_dict(tuned, strict=False)
-    probes = ["I can't believe they did that to me!", "ok", "Thanks so much, this made my day :)"]
-    ids, mask = _encode_batch(_tokenizer(), [prepare_text(p) for p in probes])  # padded: mask is traced
-    export_graph(
-        model.eval(),
-        ids,
-        mask,
-        target,
-        output="scores",
-        agrees=lambda got, expected: float(np.abs(got - expected).max()) <= 1e-3,
-        stale="emotion-minilm-*.onnx",
-    )
+    return model.eval()
 
 
 def _tokenizer() -> Tokenizer:
     return _load_tokenizer(truncate_at=MAX_TOKENS)
 
 
+class Joint(Protocol):
+    """emotion/joint.py's `JointEncoder`: class probabilities for prepared texts and recall vectors
+    for texts as written, from one shared-trunk pass."""
+
+    def run(self, emotion_texts: list[str], recall_texts: list[str]) -> tuple[np.ndarray, np.ndarray]: ...
+
+
 class MiniLMEmotionDetector:
-    """The default detector: fine-tuned MiniLM through onnxruntime on one thread."""
+    """The default detector: fine-tuned MiniLM through onnxruntime on one thread; with the joint graph
+    (`joint`) it also embeds a message for recall in the same pass (`detect_and_embed`)."""
 
     def __init__(
-        self, session: onnxruntime.InferenceSession, tokenizer: Tokenizer, calibration: Calibration
+        self,
+        session: onnxruntime.InferenceSession,
+        tokenizer: Tokenizer,
+        calibration: Calibration,
+        joint: Joint | None = None,
     ) -> None:
         self._session, self._tokenizer, self.calibration = session, tokenizer, calibration
+        self.joint = joint
+
+    def with_joint(self, joint: Joint | None) -> MiniLMEmotionDetector:
+        """The same detector reading through `joint` too (benches and tests open a graph they built)."""
+        return MiniLMEmotionDetector(self._session, self._tokenizer, self.calibration, joint)
 
     @classmethod
     def load(
-        cls, cache_dir: Path | None = None, *, min_confidence: float = 0.3, model_dir: Path = MODEL_DIR
+        cls,
+        cache_dir: Path | None = None,
+        *,
+        min_confidence: float = 0.3,
+        model_dir: Path = MODEL_DIR,
+        with_joint: bool = True,
     ) -> MiniLMEmotionDetector:
         """Blocking start-up step: open the graph from the shared model cache (`cache_dir` given: from
-        that folder, exporting it there first if missing)."""
+        that folder, exporting it there first if missing), and the joint graph when it is there (it is
+        never built here: `anima models build` does, at install)."""
         if cache_dir is None:
             name = graph_name(model_dir)
             model_file = model_cache.ensure(name, lambda t: build_graph(t, model_dir), "emotion detector")
@@ -190,7 +222,8 @@ class MiniLMEmotionDetector:
                 build_graph(model_file, model_dir)
                 log.info("exported %s in %.1f s", model_file.name, time.perf_counter() - started)
         thresholds = tuple(float(t) for t in model_meta(model_dir)["thresholds"])
-        detector = cls(_session(model_file), _tokenizer(), Calibration(thresholds, min_confidence))
+        joint = _joint(cache_dir, model_dir) if with_joint else None
+        detector = cls(_session(model_file), _tokenizer(), Calibration(thresholds, min_confidence), joint)
         detector.detect_sync(["Warming up."])  # the first run allocates: not on a user's request
         return detector
 
@@ -203,10 +236,12 @@ class MiniLMEmotionDetector:
         """Class probabilities, one row per text, with the chat rules applied (emotion/chat.py)."""
         return self._read(texts)[0]
 
-    def _read(self, texts: list[str]) -> tuple[np.ndarray, list[Views]]:
+    def _read(
+        self, texts: list[str], model: Callable[[list[str]], np.ndarray] | None = None
+    ) -> tuple[np.ndarray, list[Views]]:
         seen = [views(text) for text in texts]
         focus = [i for i, v in enumerate(seen) if v.focus is not None]
-        raw = self._raw([v.main for v in seen] + [seen[i].focus or "" for i in focus])
+        raw = (model or self._raw)([v.main for v in seen] + [seen[i].focus or "" for i in focus])
         out = raw[: len(texts)].copy()
         extra = dict(zip(focus, raw[len(texts) :], strict=True))
         for i, v in enumerate(seen):
@@ -225,8 +260,41 @@ class MiniLMEmotionDetector:
         return out
 
     def detect_sync(self, texts: list[str]) -> list[Emotion]:
-        scores, seen = self._read(texts)
+        return self._emotions(*self._read(texts))
+
+    def _emotions(self, scores: np.ndarray, seen: list[Views]) -> list[Emotion]:
         return [
             self.calibration.read(v.main, row, unknown_language=None if v.emoji else v.language)
             for row, v in zip(scores, seen, strict=True)
         ]
+
+    async def detect_and_embed(
+        self, texts: Sequence[str], recall: Sequence[str]
+    ) -> tuple[list[Emotion], list[list[float]]]:
+        """Emotions of `texts` and recall vectors of `recall` from one joint pass (needs `joint`)."""
+        return await anyio.to_thread.run_sync(self.detect_and_embed_sync, list(texts), list(recall))
+
+    def detect_and_embed_sync(
+        self, texts: list[str], recall: list[str]
+    ) -> tuple[list[Emotion], list[list[float]]]:
+        joint = self.joint
+        if joint is None:
+            raise RuntimeError("the joint emotion+recall graph is not loaded")
+        vectors: list[list[float]] = []
+
+        def model(inputs: list[str]) -> np.ndarray:
+            scores, found = joint.run([prepare_text(t) or "." for t in inputs], recall)
+            vectors.extend(found.tolist())
+            return scores
+
+        return self._emotions(*self._read(texts, model)), vectors
+
+
+def _joint(cache_dir: Path | None, model_dir: Path) -> Joint | None:
+    """The joint graph if install built it (from `cache_dir` when given), else None."""
+    from emotion.joint import JointEncoder, graph_name
+
+    if cache_dir is None:
+        return JointEncoder.open(model_dir)
+    found = cache_dir / graph_name(model_dir)
+    return JointEncoder.from_file(found) if found.exists() else None

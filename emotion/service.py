@@ -14,7 +14,7 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from emotion.detector import Emotion, EmotionDetector
 from emotion.guidance import emotional_context
@@ -44,6 +44,7 @@ class EmotionService:
         self.detector, self.config = detector, config
         self.failures = 0
         self.deadline_misses = 0  # read by proxy/metrics.py
+        self._running: set[asyncio.Future[None]] = set()  # joint passes in flight (kept referenced)
 
     def active_for(self, persona: str | None) -> bool:
         """Emotion is on for the deployment (a detector is loaded) and not off for this persona."""
@@ -67,6 +68,47 @@ class EmotionService:
                 return None
 
         return asyncio.ensure_future(detect())
+
+    def read_and_embed(
+        self, text: str
+    ) -> tuple[asyncio.Future[Emotion | None], asyncio.Future[list[float] | None]] | None:
+        """`read()` that also embeds the text for recall in the same encoder pass (the joint graph:
+        emotion/joint.py), or None when the detector has no joint graph (the caller embeds apart).
+        The two futures resolve together; cancelling one leaves the other."""
+        detector = self.detector
+        if not isinstance(detector, JointDetector) or detector.joint is None:
+            return None
+        loop = asyncio.get_running_loop()
+        feeling: asyncio.Future[Emotion | None] = loop.create_future()
+        vector: asyncio.Future[list[float] | None] = loop.create_future()
+
+        async def both() -> None:
+            if not text.strip():
+                emotion, embedding = None, None
+            else:
+                try:
+                    found, vectors = await detector.detect_and_embed([text], [text])
+                except Exception as exc:
+                    self.failures += 1
+                    log.warning("emotion detection failed: %s", type(exc).__name__)  # never the text
+                    _settle(feeling, None)
+                    if not vector.done():
+                        vector.set_exception(exc)  # recall reports it as it reports its own embedding
+                    return
+                emotion, embedding = found[0], vectors[0]
+            _settle(feeling, emotion)
+            _settle(vector, embedding)
+
+        def done(task: asyncio.Future[None]) -> None:
+            self._running.discard(task)
+            _settle(feeling, None)  # never left waiting, whatever ended the pass
+            if not vector.done():
+                vector.set_exception(RuntimeError("the joint encoder pass ended without a vector"))
+
+        task = asyncio.ensure_future(both())
+        self._running.add(task)
+        task.add_done_callback(done)
+        return feeling, vector
 
     async def reading(self, pending: asyncio.Future[Emotion | None]) -> Emotion | None:
         """The detection result, or None when it failed or missed its deadline (never an error).
@@ -187,6 +229,23 @@ class EmotionService:
                 }
             )
         return out
+
+
+def _settle(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+@runtime_checkable
+class JointDetector(Protocol):
+    """A detector that can also embed for recall in the same pass (MiniLMEmotionDetector with the joint
+    graph loaded: `joint` is None without it)."""
+
+    joint: object | None
+
+    async def detect_and_embed(
+        self, texts: Sequence[str], recall: Sequence[str]
+    ) -> tuple[list[Emotion], list[list[float]]]: ...
 
 
 def _excerpt(text: str) -> str:

@@ -147,27 +147,49 @@ def export_graph(
 ) -> None:
     """Export a torch module (token ids, mask → one output) to ONNX, check onnxruntime agrees with
     torch on the probe batch, then publish it atomically and remove older exports matching `stale`."""
+    export_onnx(
+        model,
+        {"input_ids": ids, "attention_mask": mask},
+        {output: {0: "batch"}},
+        target,
+        agrees=lambda got, expected: agrees(got[0], expected[0]),
+        stale=stale,
+    )
+
+
+def export_onnx(
+    model: Any,
+    inputs: dict[str, np.ndarray],
+    outputs: dict[str, dict[int, str]],
+    target: Path,
+    *,
+    agrees: Callable[[list[np.ndarray], list[np.ndarray]], bool],
+    stale: str,
+) -> None:
+    """`export_graph` for any named inputs and outputs: token inputs get dynamic batch and sequence
+    axes, other inputs a dynamic first axis; `outputs` names each output's dynamic axes."""
     import torch
 
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tensors = tuple(torch.from_numpy(v) for v in inputs.values())
+    axes: dict[str, dict[int, str]] = {
+        name: {0: "batch", 1: "sequence"} if value.ndim == 2 else {0: name} for name, value in inputs.items()
+    }
     try:
         with torch.no_grad():
             torch.onnx.export(
                 model,
-                (torch.from_numpy(ids), torch.from_numpy(mask)),
+                tensors,
                 str(tmp),
-                input_names=["input_ids", "attention_mask"],
-                output_names=[output],
-                dynamic_axes={
-                    "input_ids": {0: "batch", 1: "sequence"},
-                    "attention_mask": {0: "batch", 1: "sequence"},
-                    output: {0: "batch"},
-                },
+                input_names=list(inputs),
+                output_names=list(outputs),
+                dynamic_axes=axes | outputs,
                 opset_version=_OPSET,
                 dynamo=False,  # the torch.export-based exporter would need the onnxscript package
             )
-            expected = model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
-        got = _session(tmp).run(None, {"input_ids": ids, "attention_mask": mask})[0]
+            expected = model(*tensors)
+        expected = [t.numpy() for t in expected] if isinstance(expected, tuple) else [expected.numpy()]
+        got = _session(tmp).run(list(outputs), inputs)
         if not agrees(got, expected):
             raise RuntimeError(f"ONNX export {target.name} disagrees with torch")
         os.replace(tmp, target)  # atomic: a reader sees the old file, no file, or the whole new one
@@ -201,7 +223,8 @@ def _encode_batch(tokenizer: Tokenizer, texts: list[str]) -> tuple[np.ndarray, n
 
 
 class OnnxMiniLMEmbedder:
-    """all-MiniLM-L6-v2 through onnxruntime on one thread; fp32 (int8 lost too much quality, see bench)."""
+    """all-MiniLM-L6-v2 through onnxruntime on one thread; fp32 (dynamic int8 lost too much quality and
+    depends on batch-mates; static int8 moved worst-case vectors further: docs/benchmarks.md)."""
 
     dim = EMBEDDING_DIM
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,11 +24,11 @@ from memory.journal import InFlight, JournalEntry, TurnJournal
 from memory.privacy import erase_user
 from memory.recall import Boost, Fusion, RecallQuery, Scope, recall
 from memory.recognition import Recognizer
-from memory.store import TurnStore, unreachable
+from memory.store import TurnStore, Vectors, unreachable
 from memory.summaries import SummaryJob, SummaryWorker, branch_summaries
 from memory.types import Message, Recall, SessionKey, StoredMessage, Thread, TurnRecord
 from memory.window import WorkingMemory
-from memory.workers import Annotate, EmbeddingWorker
+from memory.workers import Annotate, EmbeddingWorker, store_known
 
 if TYPE_CHECKING:
     from memory.embedder import Embedder
@@ -59,6 +59,10 @@ class MemoryConfig:
     drain_concurrency: int = 4  # conversations whose journaled turns are stored at once (pool minus headroom)
 
 
+def _whole(text: str) -> list[str]:
+    return [text]
+
+
 class MemoryService:
     def __init__(
         self,
@@ -78,7 +82,7 @@ class MemoryService:
             EmbeddingWorker(
                 sessions,
                 embedder,
-                chunker=chunker or (lambda t: [t]),
+                chunker=chunker or _whole,
                 batch=config.embed_batch,
                 annotate=annotate,
             )
@@ -106,12 +110,15 @@ class MemoryService:
             store_wait_s=config.store_wait_s,
             stored=self._wake_embedder,
             known=self._known,
+            vectors=self._store_vectors if embedder is not None else None,
         )
         self.drain = (
             JournalDrain(journal, self.store.replay, unreachable, concurrency=config.drain_concurrency)
             if journal is not None
             else None
         )
+        self.chunker = chunker or _whole
+        self._annotating = annotate is not None
         self._public_ids: OrderedDict[tuple[int, str], int] = OrderedDict()  # (user, public id) → row id
 
     # -- recognising the conversation -------------------------------------------------------------
@@ -241,10 +248,17 @@ class MemoryService:
         return self.inflight.begin(JournalEntry(session, turn)) if self.inflight is not None else None
 
     def remember(
-        self, session: SessionKey, thread: Thread, turn: TurnRecord, *, wal: Path | None = None
+        self,
+        session: SessionKey,
+        thread: Thread,
+        turn: TurnRecord,
+        *,
+        wal: Path | None = None,
+        vectors: Vectors | None = None,
     ) -> None:
-        """Store the turn in the background, right after the reply (journaled if that fails)."""
-        self.store.remember(session, thread, turn, wal=wal)
+        """Store the turn in the background, right after the reply (journaled if that fails); `vectors`:
+        what the request embedded, stored with the messages of those texts (asked for when storing)."""
+        self.store.remember(session, thread, turn, wal=wal, vectors=vectors)
 
     def journal_later(self, session: SessionKey, turn: TurnRecord, *, wal: Path | None = None) -> None:
         self.store.journal_later(session, turn, wal=wal)
@@ -275,6 +289,25 @@ class MemoryService:
                 known += [m for m in entry.turn.incoming if m.role != "system" and m not in known]
                 known.append(Message("assistant", entry.turn.reply))
         return tuple(known)
+
+    async def _store_vectors(
+        self,
+        s: AsyncSession,
+        rows: Sequence[StoredMessage],
+        known: Mapping[str, Sequence[float]],
+        user_id: int,
+        conversation_id: int,
+    ) -> None:
+        """The store's hook: rows whose vector the request computed are embedded now, not by the worker."""
+        await store_known(
+            s,
+            rows,
+            known,
+            user_id=user_id,
+            conversation_id=conversation_id,
+            chunker=self.chunker,
+            annotating=self._annotating,
+        )
 
     def _wake_embedder(self) -> None:
         if self.embeddings is not None:

@@ -9,9 +9,10 @@ and content) and adds nothing twice. Any exception while storing an answered tur
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,13 @@ from memory.types import Message, SessionKey, StoredMessage, Thread, TurnRecord
 from memory.window import WorkingMemory
 
 log = logging.getLogger("anima.memory.store")
+
+# stores vectors the request computed with the rows of those texts (memory.workers.store_known)
+KnownVectors = Callable[
+    [AsyncSession, Sequence[StoredMessage], Mapping[str, Sequence[float]], int, int], Awaitable[object]
+]
+
+Vectors = Callable[[], Awaitable[dict[str, list[float]]]]  # the request's vectors, once computed
 
 
 def unreachable(exc: BaseException) -> bool:
@@ -85,10 +93,11 @@ class TurnStore:
         store_wait_s: float = 10.0,
         stored: Callable[[], None] = lambda: None,
         known: Callable[[int, str, int], None] = lambda u, p, c: None,
+        vectors: KnownVectors | None = None,
     ) -> None:
         self.sessions, self.counter, self.window, self.recognizer = sessions, counter, window, recognizer
         self.journal, self.store_wait_s = journal, store_wait_s
-        self._stored, self._known = stored, known
+        self._stored, self._known, self._vectors = stored, known, vectors
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending: dict[tuple[int, str | None], set[asyncio.Task[None]]] = {}
         self.failures = 0  # stores that failed and were journaled
@@ -97,11 +106,20 @@ class TurnStore:
     # -- scheduling ------------------------------------------------------------------------------
 
     def remember(
-        self, session: SessionKey, thread: Thread, turn: TurnRecord, *, wal: Path | None = None
+        self,
+        session: SessionKey,
+        thread: Thread,
+        turn: TurnRecord,
+        *,
+        wal: Path | None = None,
+        vectors: Vectors | None = None,
     ) -> None:
         """Store the turn in the background, right after the reply; the store keeps the task. The turn's
-        write-ahead file (`wal`) goes once the turn is stored or journaled."""
-        task = asyncio.get_running_loop().create_task(self._store_or_journal(session, thread, turn, wal))
+        write-ahead file (`wal`) goes once the turn is stored or journaled. `vectors` (the request's
+        own embeddings, by text) are awaited in that task and stored with their messages."""
+        task = asyncio.get_running_loop().create_task(
+            self._store_or_journal(session, thread, turn, wal, vectors)
+        )
         self._track(task, [(session.user_id, None), (session.user_id, thread.public_id)])
 
     def _track(self, task: asyncio.Task[None], keys: list[tuple[int, str | None]]) -> None:
@@ -135,8 +153,10 @@ class TurnStore:
             await asyncio.gather(*list(pending), return_exceptions=True)
 
     async def _store_or_journal(
-        self, session: SessionKey, thread: Thread, turn: TurnRecord, wal: Path | None
+        self, session: SessionKey, thread: Thread, turn: TurnRecord, wal: Path | None, vectors: Vectors | None
     ) -> None:
+        if vectors is not None:
+            turn = dataclasses.replace(turn, vectors=await vectors())
         try:
             await self.store_turn(session, thread, turn)
         except Exception as exc:  # any failure: pool exhausted, outage, a bad statement; nothing is dropped
@@ -201,6 +221,8 @@ class TurnStore:
                 added, reply_id = added[:-1], added[-1:]
             else:
                 reply_id = await self._reply(s, session, thread, turn, conversation_id, added)
+            if turn.vectors and self._vectors is not None:
+                await self._vectors(s, added, turn.vectors, session.user_id, conversation_id)
             added += [r for r in reply_id if r not in added]
             s.add(
                 TurnContext(

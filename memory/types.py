@@ -177,6 +177,9 @@ class TurnRecord:
     persona_id: int | None = None  # the conversation's persona from now on
     incoming: tuple[Message, ...] = ()  # the request's messages: what the journal re-recognises
     reply_tool_calls: tuple[ToolCall, ...] = ()  # the reply's function calls (stored with it)
+    # vectors the request already computed, by the exact text embedded (the recall query): stored with
+    # the message of that text instead of encoding it again (memory.workers.store_known)
+    vectors: dict[str, list[float]] = field(default_factory=dict)
     turn_id: str = field(
         default_factory=lambda: uuid.uuid4().hex
     )  # one turn is stored once, whatever retries

@@ -7,6 +7,10 @@ content are still the ones embedded: no row lock is held while the encoder runs,
 share the work without embedding a row twice, and a claim left by a crashed worker expires.
 What is embedded is the message's text (the chunks of a long one), exactly what recall compares with
 the question: a "[date] Name:" prefix pulled the other speaker's turns. Speaker and date stay columns.
+
+A vector the request path already computed (the recall query is the newest user message's text) is
+stored with its message by `store_known`, in the transaction that stores the message: the worker
+never sees that row, so no message is encoded twice.
 """
 
 from __future__ import annotations
@@ -14,14 +18,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import insert, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memory.models import MessageEmbedding, MessageRow
-from memory.types import Annotation
+from memory.types import Annotation, StoredMessage
 
 if TYPE_CHECKING:
     from memory.embedder import Embedder
@@ -54,8 +58,46 @@ _DONE = text(
     RETURNING m.id
     """
 )
+_TAKE = text(
+    """
+    UPDATE message SET embedded = true, embed_claimed_at = NULL
+    WHERE id = ANY(CAST(:ids AS bigint[])) AND NOT embedded AND (importance IS NOT NULL OR NOT :annotating)
+    RETURNING id
+    """
+)
 _RELEASE = text("UPDATE message SET embed_claimed_at = NULL WHERE id = ANY(:ids) AND NOT embedded")
 _FORGET = text("DELETE FROM message_embedding WHERE message_id = ANY(:ids)")
+
+
+async def store_known(
+    session: AsyncSession,
+    rows: Sequence[StoredMessage],
+    known: Mapping[str, Sequence[float]],
+    *,
+    user_id: int,
+    conversation_id: int,
+    chunker: Callable[[str], list[str]],
+    annotating: bool = False,
+) -> set[int]:
+    """Store the vectors the request already computed with the rows whose text they embed, in the
+    caller's transaction; returns the ids embedded here. A vector counts only where the worker would
+    embed exactly that text (one chunk: the text itself); rows already embedded keep theirs, and so
+    do rows the worker still has to annotate (`annotating`: it annotates rows stored without importance)."""
+    fits = {r.id: known[r.content] for r in rows if r.content in known and chunker(r.content) == [r.content]}
+    if not fits:
+        return set()
+    taken = {int(i) for i in (await session.scalars(_TAKE, {"ids": list(fits), "annotating": annotating}))}
+    if taken:
+        await session.execute(_FORGET, {"ids": list(taken)})
+        await session.execute(
+            insert(MessageEmbedding),
+            [
+                {"message_id": i, "user_id": user_id, "conversation_id": conversation_id, "chunk": 0}
+                | {"embedding": list(fits[i])}
+                for i in sorted(taken)
+            ],
+        )
+    return taken
 
 
 class EmbeddingWorker:

@@ -250,7 +250,7 @@ async def list_models(settings: Settings) -> list[tuple[str, str]]:
 def build_models(*, prune: bool = False) -> int:
     """Install-time step: every ONNX graph `anima serve` opens, exported into the shared model cache
     (memory/model_cache.py) unless already there. Prints each graph's path; exit status 1 on failure."""
-    from emotion import detector
+    from emotion import detector, joint
     from memory import embedder, model_cache
     from memory.db import build_template, template_name
 
@@ -258,6 +258,7 @@ def build_models(*, prune: bool = False) -> int:
     graphs = [
         ("recall embedder", embedder.graph_name(), embedder.build_graph),
         ("emotion detector", detector.graph_name(), detector.build_graph),
+        ("joint emotion+recall", joint.graph_name(), joint.build_graph),  # one trunk pass for both
     ]
     kept: set[Path] = set()
     missing = [name for _, name, _ in graphs if model_cache.find(name) is None]
@@ -291,7 +292,9 @@ def build_models(*, prune: bool = False) -> int:
             print(f"  skipped: {exc}", file=sys.stderr)
         else:
             print(f"  built in {time.perf_counter() - started:.1f} s", flush=True)
-    for old in model_cache.stale(kept, ("all-MiniLM-L6-v2-*.onnx", "emotion-minilm-*.onnx")):
+    for old in model_cache.stale(
+        kept, ("all-MiniLM-L6-v2-*.onnx", "emotion-minilm-*.onnx", "joint-minilm-*.onnx")
+    ):
         if prune:
             old.unlink(missing_ok=True)
         print(f"{'removed' if prune else 'older graph (--prune removes it)'}: {old}")

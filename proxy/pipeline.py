@@ -265,7 +265,7 @@ class ChatPipeline:
             if turn.unstored:
                 self.memory.journal_later(turn.session, record, wal=chat.wal)
             return
-        self.memory.remember(turn.session, turn.thread, record, wal=chat.wal)
+        self.memory.remember(turn.session, turn.thread, record, wal=chat.wal, vectors=turn.vectors)
 
     async def _open(
         self, chain: list[Route], messages: tuple[Message, ...], body: ChatCompletionRequest

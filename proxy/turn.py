@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("anima.turn")
 
+VECTOR_WAIT_S = 5.0
+
 
 @dataclass(frozen=True, slots=True)
 class PersonaUse:
@@ -65,6 +67,20 @@ class MemoryTurn:
     persona: PersonaUse | None = None
     incoming: tuple[Message, ...] = ()  # the request's messages (the journal re-recognises them)
     unstored: bool = False  # memory is on but was down: journal the turn
+    query: str = ""  # the newest user message's text, embedded for recall ...
+    embedding: asyncio.Future[list[float] | None] | None = None  # ... and its vector, stored with it
+
+    async def vectors(self) -> dict[str, list[float]]:
+        """The vectors this turn computed, by text, for storing them with their messages (the store
+        asks after the reply; a vector not ready within `VECTOR_WAIT_S` is left to the worker)."""
+        pending = self.embedding
+        if pending is None:
+            return {}
+        await asyncio.wait({pending}, timeout=VECTOR_WAIT_S)
+        if not pending.done() or pending.cancelled() or pending.exception() is not None:
+            return {}
+        vector = pending.result()
+        return {self.query: vector} if vector is not None else {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +141,16 @@ class TurnBuilder:
         emotion = await self.emotion.reading(self.emotion.read(chat[-1].content))
         return self.emotion.block(emotion, (), ())
 
+    def _read(
+        self, query: str, turn: TurnRequest, session: SessionKey, memory: MemoryService
+    ) -> tuple[asyncio.Future[Emotion | None] | None, asyncio.Future[list[float] | None]]:
+        """Start the newest user message's emotion reading and its recall vector: one encoder pass
+        for both when the detector has the joint graph, else two."""
+        if self.emotion is None or not self._emotion_for(turn.persona, session.character):
+            return None, memory.embed_query(query)
+        both = self.emotion.read_and_embed(query) if memory.embedder is not None else None
+        return both if both is not None else (self.emotion.read(query), memory.embed_query(query))
+
     def _emotion_for(self, persona: Resolved | None, character: str | None) -> bool:
         if self.emotion is None or (persona is not None and not persona.persona.emotion):
             return False
@@ -136,12 +162,7 @@ class TurnBuilder:
         """Recognise, recall and assemble; a memory failure degrades to the plain path, never an error."""
         messages = turn.messages
         query = next((m.content for m in reversed(messages) if m.role == "user"), "")
-        feeling = (
-            self.emotion.read(query)
-            if self.emotion and self._emotion_for(turn.persona, session.character)
-            else None
-        )
-        embedding = memory.embed_query(query)  # in a thread, while recognition queries Postgres
+        feeling, embedding = self._read(query, turn, session, memory)  # in a thread, while recognition runs
         indexing = self._index_card(session, messages, turn.character)
         try:
             with timed("recognise"):
@@ -171,7 +192,11 @@ class TurnBuilder:
         block = self.emotion.block(emotion, thread.path, recall.memories) if self.emotion else None
         indexed = await _indexed(indexing)
         outgoing = await self._fit_card(messages, indexed, turn, embedding)
-        embedding.cancel()  # unless recall or the card used it
+        stored_with = _newest_user(thread) == query
+        if stored_with:  # its vector is stored with it once done; a failure was recall's to report
+            embedding.add_done_callback(lambda f: f.cancelled() or f.exception())
+        else:
+            embedding.cancel()  # unless recall or the card used it
         known = (
             await self.knowledge.blocks(knowing, turn.persona, turn.budget)
             if self.knowledge and knowing
@@ -196,6 +221,8 @@ class TurnBuilder:
             newest=self._annotation(thread, emotion),
             persona=self._used(turn.persona, indexed),
             incoming=messages,
+            query=query,
+            embedding=embedding if stored_with else None,
         )
 
     def _assemble(
@@ -268,6 +295,11 @@ class TurnBuilder:
     async def _boost(self, feeling: asyncio.Future[Emotion | None]) -> Boost | None:
         assert self.emotion is not None
         return self.emotion.boost(await self.emotion.reading(feeling))
+
+
+def _newest_user(thread: Thread) -> str | None:
+    """The text of the user message this turn stores last, if it stores one."""
+    return thread.new[-1].content if thread.new and thread.new[-1].role == "user" else None
 
 
 async def _indexed(indexing: asyncio.Future[IndexedCard] | None) -> IndexedCard | None:
