@@ -83,7 +83,7 @@ async def per_row(
                 source="imported",
                 status="complete",
             )
-            row.created_at = now  # type: ignore[assignment]
+            row.created_at = now
             s.add(row)
             await s.flush()
             parent = row.id

@@ -29,7 +29,7 @@ from memory.budget import Budget, Shares, TokenCounter
 from memory.db import EmbeddedPostgres, make_engine, make_sessionmaker, upgrade_schema
 from memory.embedder import OnnxMiniLMEmbedder, chunk_text
 from memory.recall import Fusion, RecallQuery, recall
-from memory.types import Message, Recall, Thread
+from memory.types import Message, StoredMessage, Thread
 from memory.users import create_key
 from memory.workers import EmbeddingWorker
 from personas.prompt import assemble_prompt, parts_for
@@ -150,7 +150,7 @@ async def score(
         hits = await recall(s, query, fusion)
     ranked = [h.message_id for h in hits]
     thread = Thread(0, "q", False, "turn", stored[-1].id, tuple(stored[-24:]), (Message("user", probe),))
-    parts = parts_for([Message("user", probe)], Recall(thread=thread, memories=tuple(hits)))
+    parts = parts_for([Message("user", probe)], thread, memories=tuple(hits))
     fits = [
         fact_id in assemble_prompt(parts, Budget.for_model(window, 512, Shares()), counter).memory_ids
         for window in (4096, 8192)
@@ -166,7 +166,7 @@ async def run(url: str, models: Path, n_conversations: int, turns: int) -> None:
     rng = random.Random(7)
     async with sessions.begin() as s:
         user, _ = await create_key(s, "quality")
-    probes = []  # (stored messages of the chat, fact message id, probe text)
+    probes: list[tuple[list[StoredMessage], int, str, str]] = []  # (chat, fact id, paraphrase, word probe)
     started = time.perf_counter()
     for c in range(n_conversations):
         messages, planted = conversation(rng, turns)
@@ -187,12 +187,17 @@ async def run(url: str, models: Path, n_conversations: int, turns: int) -> None:
         f"{n_conversations} conversations x {2 * turns} messages stored and embedded in "
         f"{time.perf_counter() - started:.0f} s; {len(probes)} probes"
     )
-    for kind, column in (("paraphrase probes", 2), ("probes naming a distinctive word", 3)):
+    kinds = {
+        "paraphrase probes": [p[2] for p in probes],
+        "probes naming a distinctive word": [p[3] for p in probes],
+    }
+    for kind, texts in kinds.items():
         print(f"\n{kind}:")
         print(f"{'ranking':<16} {'@1':>5} {'@5':>5} {'@10':>5} {'in 4k prompt':>13} {'in 8k prompt':>13}")
         for name, fusion in FUSIONS.items():
             scores = [
-                await score(sessions, embedder, counter, user, fusion, p[0], p[1], p[column]) for p in probes
+                await score(sessions, embedder, counter, user, fusion, p[0], p[1], text)
+                for p, text in zip(probes, texts, strict=True)
             ]
             n = len(scores)
             r = [sum(s[i] for s in scores) / n for i in range(5)]

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -121,7 +122,7 @@ async def test_mood_trajectory_smooths_over_turns(
     app: tuple[str, MemoryService], key: str, stub: StubState
 ) -> None:
     url, service = app
-    history: list[dict[str, str]] = []
+    history: list[ChatCompletionMessageParam] = []
     lines = [SAD, "I miss her so much, I feel so sad and lonely.", "Thanks, that actually made me smile :)"]
     for line in lines:
         history.append({"role": "user", "content": line})

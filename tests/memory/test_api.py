@@ -8,13 +8,14 @@ wait on the memory service directly; tests/memory/test_e2e.py runs the productio
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -28,6 +29,7 @@ from proxy.main import Services, create_app
 from proxy.settings import BackendSettings, MemorySettings, RouteSettings
 from tests.conftest import make_settings
 from tests.fakes import FakeEmbedder
+from tests.openai_sdk import asgi_sdk
 from tests.servers.openai_stub import StubState
 
 
@@ -80,18 +82,18 @@ async def key(sessions: async_sessionmaker[AsyncSession]) -> str:
 
 
 def sdk(url: str, key: str) -> openai.AsyncOpenAI:
-    http = httpx.AsyncClient(transport=TRANSPORTS[url])
-    return openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, http_client=http)
+    return asgi_sdk(TRANSPORTS[url], f"{url}/v1", key)
 
 
-async def say(url: str, key: str, messages: list[dict[str, str]], **kwargs: Any) -> httpx.Headers:
+async def say(
+    url: str, key: str, messages: Sequence[ChatCompletionMessageParam], **kwargs: Any
+) -> Mapping[str, str]:
     raw = await sdk(url, key).chat.completions.with_raw_response.create(
-        model=kwargs.pop("model", "stub/echo"),
-        messages=messages,
-        **kwargs,  # type: ignore[arg-type]
+        model=kwargs.pop("model", "stub/echo"), messages=messages, **kwargs
     )
     raw.parse()
-    return raw.headers
+    headers: Mapping[str, str] = raw.headers  # `**kwargs` leaves `stream` open: mypy sees `raw` as Any
+    return headers
 
 
 def api(url: str, key: str) -> httpx.AsyncClient:

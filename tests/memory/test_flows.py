@@ -10,6 +10,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from openai.types.chat import (
+    ChatCompletionAssistantMessageParam,
+    ChatCompletionMessageParam,
+    ChatCompletionSystemMessageParam,
+    ChatCompletionUserMessageParam,
+)
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memory.budget import TokenCounter
@@ -18,11 +24,14 @@ from tests.memory.test_api import api, build, running, say
 from tests.servers.openai_stub import StubState
 
 REPLY = "Hello from the stub!"
-CARD = {
+CARD: ChatCompletionSystemMessageParam = {
     "role": "system",
     "content": "Write Seraphina's next reply in a fictional chat between Seraphina and You.",
 }
-GREETING = {"role": "assistant", "content": "*Seraphina looks up.* Welcome, traveller."}
+GREETING: ChatCompletionAssistantMessageParam = {
+    "role": "assistant",
+    "content": "*Seraphina looks up.* Welcome, traveller.",
+}
 CONTINUE = "[Continue your last message without repeating its original content.]"
 
 
@@ -44,12 +53,15 @@ async def key(sessions: async_sessionmaker[AsyncSession]) -> str:
     return value
 
 
-def user(text: str) -> dict[str, str]:
+def user(text: str) -> ChatCompletionUserMessageParam:
     return {"role": "user", "content": text}
 
 
-def bot(text: str, **extra: str) -> dict[str, str]:
-    return {"role": "assistant", "content": text, **extra}
+def bot(text: str, name: str | None = None) -> ChatCompletionAssistantMessageParam:
+    message: ChatCompletionAssistantMessageParam = {"role": "assistant", "content": text}
+    if name is not None:
+        message["name"] = name
+    return message
 
 
 async def stored(url: str, key: str) -> list[list[dict[str, Any]]]:
@@ -75,7 +87,7 @@ async def test_forty_turn_chat_that_fits_reaches_the_backend_verbatim(
 ) -> None:
     """Item 1: history was capped at 24 stored messages whatever the context; summaries fired needlessly."""
     url, service = app
-    chat: list[dict[str, str]] = [GREETING]
+    chat: list[ChatCompletionMessageParam] = [GREETING]
     for turn in range(40):
         chat.append(user(f"Turn {turn}: tell me about the mountain pass number {turn}."))
         await say(url, key, [CARD, *chat])
@@ -97,7 +109,13 @@ async def test_a_reply_shown_with_a_name_or_prefix_is_not_stored_again(
     await service.settle()
     await say(url, key, [CARD, GREETING, user("Hi"), bot(REPLY, name="Seraphina"), user("How are you?")])
     await service.settle()
-    prefixed = [CARD, GREETING, user("Hi"), bot(f"Seraphina: {REPLY}"), user("How are you?")]
+    prefixed: list[ChatCompletionMessageParam] = [
+        CARD,
+        GREETING,
+        user("Hi"),
+        bot(f"Seraphina: {REPLY}"),
+        user("How are you?"),
+    ]
     await say(url, key, [*prefixed, bot(f"Seraphina: {REPLY}"), user("Good.")])
     await service.settle()
     (conversation,) = await stored(url, key)
@@ -119,10 +137,16 @@ async def test_a_group_members_turn_is_stored_with_its_speaker(
 ) -> None:
     """Item 3: the later speaker's request ends with an assistant message and a group nudge."""
     url, service = app
-    nudge = {"role": "system", "content": "[Write the next reply only as Alice.]"}
+    nudge: ChatCompletionSystemMessageParam = {
+        "role": "system",
+        "content": "[Write the next reply only as Alice.]",
+    }
     await say(url, key, [CARD, GREETING, user("Hello both"), nudge])
     await service.settle()
-    bob_nudge = {"role": "system", "content": "[Write the next reply only as Bob.]"}
+    bob_nudge: ChatCompletionSystemMessageParam = {
+        "role": "system",
+        "content": "[Write the next reply only as Bob.]",
+    }
     await say(url, key, [CARD, GREETING, user("Hello both"), bot(f"Alice: {REPLY}"), bob_nudge])
     await service.settle()
     (conversation,) = await stored(url, key)
@@ -155,7 +179,13 @@ async def test_continue_extends_the_stored_reply_in_both_modes(
     await service.settle()
     (conversation,) = await stored(url, key)
     assert len(conversation) == 3 and conversation[2]["content"] == f"{REPLY} {REPLY} {REPLY}"
-    chat = [CARD, GREETING, user("Tell me a story"), bot(f"{REPLY} {REPLY} {REPLY}"), user("And the")]
+    chat: list[ChatCompletionMessageParam] = [
+        CARD,
+        GREETING,
+        user("Tell me a story"),
+        bot(f"{REPLY} {REPLY} {REPLY}"),
+        user("And the"),
+    ]
     await say(url, key, [*chat, {"role": "system", "content": CONTINUE}])  # continue of the user's line
     await service.settle()
     (conversation,) = await stored(url, key)
@@ -264,7 +294,7 @@ async def test_a_thin_client_gets_the_whole_stored_history_that_fits(
     """Item 1: with an explicit id, a client that sent 43 messages had 25 forwarded."""
     url, service = app
     headers = {"X-Anima-Conversation": "thin-client"}
-    chat: list[dict[str, str]] = []
+    chat: list[ChatCompletionMessageParam] = []
     for turn in range(22):
         chat.append(user(f"Message {turn} about the lighthouse keeper."))
         await say(url, key, list(chat), extra_headers=headers)

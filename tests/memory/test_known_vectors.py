@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import numpy as np
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -83,7 +84,7 @@ async def test_the_query_vector_is_stored_with_its_message_without_the_worker(
     url, service = app
     async with sessions.begin() as s:
         user_id, key = await create_key(s, "known-vectors")
-    chat = [{"role": "user", "content": SHORT}]
+    chat: list[ChatCompletionMessageParam] = [{"role": "user", "content": SHORT}]
     await say(url, key, chat, extra_headers={"X-Anima-Conversation": "amelia"})  # new chat: no recall
     await service.settle()
     chat += [{"role": "assistant", "content": "Hello from the stub!"}, {"role": "user", "content": FOLLOW_UP}]

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
-import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -30,6 +30,7 @@ from proxy.backends.registry import Registry, build_backends
 from proxy.main import Services, create_app
 from proxy.settings import BackendSettings, MemorySettings, PersonaSettings, RouteSettings
 from tests.conftest import make_settings
+from tests.openai_sdk import asgi_sdk
 from tests.servers.openai_stub import StubState
 
 URL = "http://anima"
@@ -108,14 +109,14 @@ def api(key: str) -> httpx.AsyncClient:
     )
 
 
-async def chat(key: str, messages: list[dict[str, str]], **kwargs: Any) -> httpx.Headers:
-    http = httpx.AsyncClient(transport=TRANSPORTS[URL])
-    client = openai.AsyncOpenAI(base_url=f"{URL}/v1", api_key=key, max_retries=0, http_client=http)
+async def chat(key: str, messages: list[ChatCompletionMessageParam], **kwargs: Any) -> Mapping[str, str]:
+    client = asgi_sdk(TRANSPORTS[URL], f"{URL}/v1", key)
     raw = await client.chat.completions.with_raw_response.create(
         model=kwargs.pop("model", "stub/echo"), messages=messages, **kwargs
     )
     raw.parse()
-    return raw.headers
+    headers: Mapping[str, str] = raw.headers  # `**kwargs` leaves `stream` open: mypy sees `raw` as Any
+    return headers
 
 
 def sent(stub: StubState) -> list[dict[str, str]]:
@@ -123,7 +124,7 @@ def sent(stub: StubState) -> list[dict[str, str]]:
     return messages
 
 
-HI = [{"role": "user", "content": "Hi there"}]
+HI: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hi there"}]
 
 
 # -- the API -------------------------------------------------------------------------------------------
@@ -261,7 +262,7 @@ async def test_trait_patch_shows_in_the_next_turns_prompt_and_the_reply_records_
         first = await chat(key, HI, model="juno@stub/echo")
         assert "Joke" not in sent(stub)[0]["content"]
         await client.patch("/personas/juno", json={"trait": "humor", "action": "increase", "intensity": 0.4})
-        messages = [
+        messages: list[ChatCompletionMessageParam] = [
             *HI,
             {"role": "assistant", "content": "Hello from the stub!"},
             {"role": "user", "content": "More"},
@@ -356,7 +357,7 @@ async def test_an_oversized_client_card_is_stored_chunked_and_recalled_piecewise
     card = big_card()
     # far over the persona share of a 1024-token window (~160), within that of an 8192 one (~1300)
     assert 500 < counter.count(card) < 1300
-    question = [
+    question: list[ChatCompletionMessageParam] = [
         {"role": "system", "content": card},
         {"role": "user", "content": "What is your sister's name?"},
     ]
@@ -367,7 +368,7 @@ async def test_an_oversized_client_card_is_stored_chunked_and_recalled_piecewise
     assert "town number 35" not in system and len(system) < len(card) / 3
     assert headers["x-anima-persona"] == "card-bob;v=1"
 
-    other = [
+    other: list[ChatCompletionMessageParam] = [
         {"role": "system", "content": card},
         {"role": "user", "content": "Tell me about the fish market of town number 35"},
     ]
@@ -545,7 +546,10 @@ async def test_learning_from_a_stored_conversation(app: Services, key: str, stub
 
 async def test_the_model_list_stays_short(app: Services, key: str, stub: StubState) -> None:
     """Issue 11 item 8: every persona x every model was listed, auto-created card personas included."""
-    card = [{"role": "system", "content": "Bob's personality: gruff.\n" + "He forges axes. " * 60}, *HI]
+    card: list[ChatCompletionMessageParam] = [
+        {"role": "system", "content": "Bob's personality: gruff.\n" + "He forges axes. " * 60},
+        *HI,
+    ]
     await chat(key, card, model="stub/echo", extra_headers={"X-ST-Char": "Bob"})
     await app.memory.settle()  # type: ignore[union-attr]
     async with api(key) as client:

@@ -7,15 +7,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
-import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -32,6 +32,7 @@ from proxy.main import Services, create_app
 from proxy.settings import BackendSettings, LimitSettings, MemorySettings, RouteSettings
 from tests.conftest import make_settings
 from tests.fakes import FakeEmbedder
+from tests.openai_sdk import asgi_sdk
 
 URL = "http://anima"
 HI = [{"role": "user", "content": "Hi there"}]
@@ -81,11 +82,11 @@ def client(transport: httpx.ASGITransport, key: str | None = None, **headers: st
     return httpx.AsyncClient(transport=transport, base_url=f"{URL}/v1", headers=auth | headers)
 
 
-async def say(transport: httpx.ASGITransport, key: str, messages: list[dict[str, str]]) -> httpx.Headers:
-    sdk = openai.AsyncOpenAI(
-        base_url=f"{URL}/v1", api_key=key, max_retries=0, http_client=httpx.AsyncClient(transport=transport)
-    )
-    raw = await sdk.chat.completions.with_raw_response.create(model="stub/echo", messages=messages)  # type: ignore[arg-type]
+async def say(
+    transport: httpx.ASGITransport, key: str, messages: list[ChatCompletionMessageParam]
+) -> Mapping[str, str]:
+    sdk = asgi_sdk(transport, f"{URL}/v1", key)
+    raw = await sdk.chat.completions.with_raw_response.create(model="stub/echo", messages=messages)
     raw.parse()
     return raw.headers
 
@@ -115,6 +116,7 @@ def test_keys_from_the_cli_are_shown_once_and_stored_as_hashes(
             ).scalar_one()
     finally:
         engine.dispose()
+    assert stored is not None
     assert stored != key and len(stored) == 64 and stored == hashlib.sha256(key.encode()).hexdigest()
     main(["keys", "revoke", "cli-alice"])
     assert "revoked 1 key" in capsys.readouterr().out
@@ -128,7 +130,9 @@ async def test_keys_isolate_users(
     transport, memory = app
     _, alice = await new_key(sessions, "alice")
     _, bob = await new_key(sessions, "bob")
-    secret = [{"role": "user", "content": "My locker code is 4-8-15, keep it secret."}]
+    secret: list[ChatCompletionMessageParam] = [
+        {"role": "user", "content": "My locker code is 4-8-15, keep it secret."}
+    ]
     conversation = (await say(transport, alice, secret))["x-anima-conversation"]
     await memory.settle()
     async with client(transport) as nobody, client(transport, "anima-wrong") as wrong:
@@ -274,7 +278,7 @@ async def test_export_then_erase_everything_of_a_key(
         assert is_error(await c.get("/users/me"), 401)  # the key went with its data
     async with sessions() as s:
         for table in (ConversationRow, MessageRow, PersonaRef):
-            count = select(func.count()).select_from(table).where(table.user_id == erin_id)  # type: ignore[attr-defined]
+            count = select(func.count()).select_from(table).where(table.user_id == erin_id)
             assert await s.scalar(count) == 0, table.__tablename__
         assert (
             await s.scalar(select(func.count()).select_from(MessageRow).where(MessageRow.user_id == frank_id))

@@ -7,11 +7,13 @@ import json
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
+from openai.types.shared_params.response_format_json_schema import JSONSchema
 
 from tests.servers.openai_stub import REPLY, USAGE, StubState
 
 TEXT = "".join(REPLY)
-HELLO = [{"role": "user", "content": "hi"}]
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
 
 def sync_client(url: str) -> openai.OpenAI:
@@ -118,7 +120,7 @@ def test_chat_passes_sampling_parameters_through(anima_url: str, stub: StubState
 
 
 def test_chat_accepts_array_content_and_names(anima_url: str, stub: StubState) -> None:
-    messages = [
+    messages: list[ChatCompletionMessageParam] = [
         {"role": "system", "content": "Be brief."},
         {"role": "developer", "content": "No emojis."},
         {
@@ -131,7 +133,7 @@ def test_chat_accepts_array_content_and_names(anima_url: str, stub: StubState) -
             ],
         },
     ]
-    sync_client(anima_url).chat.completions.create(model="stub/echo", messages=messages)  # type: ignore[arg-type]
+    sync_client(anima_url).chat.completions.create(model="stub/echo", messages=messages)
     assert stub.requests[0]["messages"] == [
         {"role": "system", "content": "Be brief."},
         {"role": "system", "content": "No emojis."},
@@ -140,12 +142,15 @@ def test_chat_accepts_array_content_and_names(anima_url: str, stub: StubState) -
 
 
 def test_chat_max_tokens_spelling_and_json_schema(anima_url: str, stub: StubState) -> None:
-    schema = {"name": "answer", "schema": {"type": "object", "properties": {"a": {"type": "string"}}}}
+    schema: JSONSchema = {
+        "name": "answer",
+        "schema": {"type": "object", "properties": {"a": {"type": "string"}}},
+    }
     sync_client(anima_url).chat.completions.create(
         model="stub/echo",
         messages=HELLO,
         max_tokens=9,
-        response_format={"type": "json_schema", "json_schema": schema},  # type: ignore[typeddict-item]
+        response_format={"type": "json_schema", "json_schema": schema},
     )
     assert stub.requests[0]["max_tokens"] == 9
     assert stub.requests[0]["response_format"] == {"type": "json_schema", "json_schema": schema}

@@ -135,7 +135,7 @@ async def settled(
 async def test_fifty_concurrent_turns_on_one_conversation(
     two_workers: str, key: str, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
-    bodies = [
+    bodies: list[tuple[dict[str, object], dict[str, str]]] = [
         (
             {"model": "stub/mirror", "messages": [{"role": "user", "content": f"one-{i}"}]},
             {"X-Anima-Conversation": "conc-one"},

@@ -8,6 +8,7 @@ import json
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from proxy.main import create_app
 from proxy.settings import BackendSettings, RouteSettings
@@ -15,7 +16,7 @@ from tests.conftest import closed_port, make_settings
 from tests.servers.openai_stub import StubState
 from tests.servers.runner import serving
 
-HELLO = [{"role": "user", "content": "hi"}]
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
 
 def client(url: str) -> openai.OpenAI:

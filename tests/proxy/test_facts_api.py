@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import openai
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -29,6 +28,7 @@ from proxy.main import Services, create_app
 from proxy.settings import BackendSettings, MemorySettings, PersonaSettings, RouteSettings, Settings
 from tests.conftest import make_settings
 from tests.fakes import FakeEmbedder
+from tests.openai_sdk import asgi_sdk
 from tests.servers.openai_stub import StubState
 
 URL = "http://anima"
@@ -57,8 +57,7 @@ class Anima:
         )
 
     async def say(self, key: str, text: str, conversation: str, persona: str = "mira") -> None:
-        http = httpx.AsyncClient(transport=self.transport)
-        sdk = openai.AsyncOpenAI(base_url=f"{URL}/v1", api_key=key, max_retries=0, http_client=http)
+        sdk = asgi_sdk(self.transport, f"{URL}/v1", key)
         await sdk.chat.completions.create(
             model="stub/echo",
             messages=[{"role": "system", "content": "Be kind."}, {"role": "user", "content": text}],

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from proxy.main import create_app
 from proxy.settings import BackendSettings, RouteSettings
@@ -19,7 +20,7 @@ from tests.conftest import make_settings
 from tests.servers.runner import serving
 
 pytestmark = pytest.mark.slow
-HELLO = [{"role": "user", "content": "Say hello."}]
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello."}]
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,9 @@ async def test_llamacpp_async_sdk_respects_max_tokens(
 ) -> None:
     url = request.getfixturevalue(fixture)
     client = async_client(url)
-    long_prompt = [{"role": "user", "content": "Write a long story about a dragon."}]
+    long_prompt: list[ChatCompletionMessageParam] = [
+        {"role": "user", "content": "Write a long story about a dragon."}
+    ]
     completion = await client.chat.completions.create(model=model, messages=long_prompt, max_tokens=5)
     assert completion.choices[0].finish_reason == "length"
     stream = await client.chat.completions.create(
@@ -121,7 +124,7 @@ def test_embedded_models_and_health(embedded: str) -> None:
 
 
 def test_llamacpp_server_prompt_beyond_context_is_a_clear_error(via_server: str) -> None:
-    huge = [{"role": "user", "content": "word " * 5000}]
+    huge: list[ChatCompletionMessageParam] = [{"role": "user", "content": "word " * 5000}]
     with pytest.raises(openai.APIStatusError) as info:
         sync_client(via_server).chat.completions.create(model="llamacpp/smollm2", messages=huge, max_tokens=4)
     assert 400 <= info.value.status_code < 600

@@ -9,6 +9,7 @@ from typing import Any
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from memory.types import Message
 from proxy.backends.base import BackendRequest, Delta, TokenUsage
@@ -139,16 +140,16 @@ def anima(ollama_url: str) -> Iterator[str]:
 
 def test_ollama_through_anima_with_the_sync_sdk(anima: str, seen: OllamaState) -> None:
     client = openai.OpenAI(base_url=f"{anima}/v1", api_key="x", max_retries=0)
-    messages = [{"role": "user", "content": "Hi"}]
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hi"}]
     completion = client.chat.completions.create(
         model="ollama/llama3.1", messages=messages, max_tokens=20, seed=3
-    )  # type: ignore[arg-type]
+    )
     assert completion.choices[0].message.content == TEXT
     assert completion.usage is not None and (
         completion.usage.prompt_tokens,
         completion.usage.completion_tokens,
     ) == (12, 3)
-    stream = client.chat.completions.create(model="ollama/llama3.1", messages=messages, stream=True)  # type: ignore[arg-type]
+    stream = client.chat.completions.create(model="ollama/llama3.1", messages=messages, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == TEXT
     chats = [r for r in seen.requests if "messages" in r]  # not the /api/show that tells the window
     assert chats[0]["options"] == {"num_predict": 20, "seed": 3}
@@ -157,17 +158,17 @@ def test_ollama_through_anima_with_the_sync_sdk(anima: str, seen: OllamaState) -
 
 async def test_ollama_through_anima_with_the_async_sdk(anima: str, seen: OllamaState) -> None:
     client = openai.AsyncOpenAI(base_url=f"{anima}/v1", api_key="x", max_retries=0)
-    hello = [{"role": "user", "content": "Hi"}]
-    stream = await client.chat.completions.create(model="ollama/thinker", messages=hello, stream=True)  # type: ignore[arg-type]
+    hello: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hi"}]
+    stream = await client.chat.completions.create(model="ollama/thinker", messages=hello, stream=True)
     chunks = [c async for c in stream]
     assert [(c.choices[0].delta.model_extra or {}).get("reasoning_content") for c in chunks[:2]][
         1
     ] == "Pondering."
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == TEXT
     with pytest.raises(openai.NotFoundError):
-        await client.chat.completions.create(model="ollama/nope", messages=hello)  # type: ignore[arg-type]
+        await client.chat.completions.create(model="ollama/nope", messages=hello)
     with pytest.raises(openai.APIStatusError) as failed:
-        await client.chat.completions.create(model="ollama/fail-500", messages=hello)  # type: ignore[arg-type]
+        await client.chat.completions.create(model="ollama/fail-500", messages=hello)
     assert failed.value.status_code == 502
     assert [r["model"] for r in seen.requests if r.get("model") == "fail-500" and "messages" in r] == [
         "fail-500",
