@@ -49,7 +49,7 @@ class JournalDrain:
         self._retry_at: dict[str, float] = {}
         self._discarded: set[str] = set()  # turns of deleted conversations: never replayed
         self.active = 0  # conversations draining right now
-        self.peak = 0  # the most that ever drained at once (read by tests and /health)
+        self.peak = 0  # the most that ever drained at once (what tests observe)
 
     def lock(self, chat: Chat) -> asyncio.Lock:
         if chat not in self._locks:

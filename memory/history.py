@@ -290,6 +290,7 @@ async def append(
     extras: Sequence[dict[str, Any]] | None = None,
     parent_depth: int | None = None,
     reuse: bool = False,
+    client_copies: int = 0,
     persona_id: int | None = None,
 ) -> list[StoredMessage]:
     """Store `messages` as a chain under `parent_id`; returns them with their ids.
@@ -300,7 +301,9 @@ async def append(
     a message that is already stored under the same parent (same role and text) is taken instead of
     stored again; a request recognised before the previous turn's store landed (another worker, a
     slow store) then adds only what is really new. Only a leading run can be reused: the first new
-    message has no children yet, so nothing after it can exist. `persona_id`: the persona the
+    message has no children yet, so nothing after it can exist. The first `client_copies` messages are
+    the client's own copies: an assistant one among them may be the part of a broken-off reply it
+    kept, which is then that stored reply, revised to the client's text. `persona_id`: the persona the
     conversation talks to now, set in the same UPDATE that marks the conversation updated.
     """
     depth = parent_depth if parent_depth is not None else await depth_of(session, parent_id)
@@ -308,7 +311,7 @@ async def append(
     start = 0
     while reuse and start < len(messages):
         existing = await _stored_child(session, conversation_id, parent_id, messages[start])
-        if existing is None:
+        if existing is None and start < client_copies:
             existing = await _kept_part(session, user_id, conversation_id, parent_id, messages[start])
         if existing is None:
             break

@@ -78,11 +78,12 @@ class MemoryService:
     ) -> None:
         self.sessions, self.counter, self.embedder, self.config = sessions, counter, embedder, config
         self.window = WorkingMemory(turns=config.window_turns, conversations=config.window_conversations)
+        self.chunker = chunker or _whole  # what the worker embeds per message, and what a known vector fits
         self.embeddings = (
             EmbeddingWorker(
                 sessions,
                 embedder,
-                chunker=chunker or _whole,
+                chunker=self.chunker,
                 batch=config.embed_batch,
                 annotate=annotate,
             )
@@ -117,7 +118,6 @@ class MemoryService:
             if journal is not None
             else None
         )
-        self.chunker = chunker or _whole
         self._annotating = annotate is not None
         self._public_ids: OrderedDict[tuple[int, str], int] = OrderedDict()  # (user, public id) → row id
 

@@ -286,6 +286,7 @@ class TurnStore:
             messages=messages,
             token_counts=[self.counter.of(m.content, m.tool_calls) for m in messages],
             reuse=True,
+            client_copies=len(thread.new),  # not the reply: a generated reply is never a client's copy
             extras=extras,
             metadata=metadata,
             persona_id=turn.persona_id,  # recall's persona scope follows the conversation's persona

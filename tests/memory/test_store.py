@@ -182,6 +182,21 @@ async def test_a_partial_stored_between_recognising_and_storing_the_next_turn_is
     ]
 
 
+async def test_a_swipe_that_begins_like_a_broken_off_reply_is_a_reply_of_its_own(
+    memory: MemoryService, user: int, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """Only the client's copy of a reply can be the part of a broken-off one it kept: a generated reply
+    that happens to begin the same way is a new swipe, and the stored partial keeps its text."""
+    session = SessionKey(user_id=user)
+    opening = [Message("assistant", "Welcome."), Message("user", "Tell me")]
+    stopped = await memory.recognise(session, opening)
+    partial = TurnRecord(reply="Hello from the stub", status="partial", model="m", prompt=[], tokens={})
+    await memory.store_turn(session, stopped, partial)
+    await memory.store_turn(session, await memory.recognise(session, opening), record("Hello"))
+    stored = [c for _, c, _ in await rows(sessions, user)]
+    assert stored == ["Welcome.", "Tell me", "Hello from the stub", "Hello"]
+
+
 async def test_a_turn_behind_journaled_turns_of_its_conversation_comes_after_them(
     user: int, counter: TokenCounter, sessions: async_sessionmaker[AsyncSession], tmp_path: Path
 ) -> None:
