@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from memory.budget import MESSAGE_OVERHEAD, Budget, TokenCounter
 from memory.quoting import memory_line
 from memory.types import Memory, Message, StoredMessage, Summary, Thread
-from personas.toolgroups import cut_results, oldest_within, previous_start, starts, with_newest
+from personas.toolgroups import cut_results, message_cost, oldest_within, previous_start, starts, with_newest
 
 MEMORY_PREAMBLE = (
     "Memory: quoted excerpts from earlier conversations with this user, retrieved because they may be"
@@ -106,11 +106,9 @@ def quote_memory(memory: Memory) -> str:
 def cost(message: StoredMessage | Message, counter: TokenCounter) -> int:
     """Tokens a message takes, its tool calls included; stored messages were counted when stored (rows
     with tool calls are recounted: rows stored before calls were counted held their text only)."""
-    if message.tool_calls:
-        return counter.of(message.content, message.tool_calls) + MESSAGE_OVERHEAD
-    if isinstance(message, StoredMessage):
+    if isinstance(message, StoredMessage) and not message.tool_calls:
         return message.token_count + MESSAGE_OVERHEAD
-    return counter.message(message.content)
+    return message_cost(message, counter)
 
 
 def assemble_prompt(parts: PromptParts, budget: Budget, counter: TokenCounter) -> Prompt:

@@ -59,7 +59,8 @@ def with_newest(body: Sequence[Message], newest: Message | None) -> int:
     return len(body) - index
 
 
-def message_cost(message: Message, counter: TokenCounter) -> int:
+def message_cost(message: Message | StoredMessage, counter: TokenCounter) -> int:
+    """Tokens a message takes in a prompt, counted now: its text, its tool calls and its framing."""
     return counter.of(message.content, message.tool_calls) + MESSAGE_OVERHEAD
 
 
