@@ -11,21 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from personas.sources import (
-    ExportError,
-    Identity,
-    Line,
-    RawSender,
-    merge,
-    read_export,
-    read_mbox,
-    read_slack,
-    read_whatsapp,
-    resolve,
-    select,
-    speakers,
-    strip_reply,
-)
+from personas.mail_export import read_mbox, strip_reply
+from personas.people import Identity, Line, RawSender, merge, resolve, select, speakers
+from personas.sources import ExportError, read_export, read_slack, read_whatsapp
 
 EXPORTS = Path(__file__).parent.parent / "fixtures" / "exports"
 
