@@ -51,7 +51,8 @@ SCOPE_FILTER = {  # which conversations a wider scope covers (recall's vector le
 
 # A message's tsvector cut to the query's lexemes (stored vectors are all weight D: marked A, then kept),
 # so `unnest` builds a row (with its positions array) for each query term the message has, not for
-# each of its words: 0.4-0.6 ms less backend CPU per recall at 100k (the same terms and counts).
+# each of its words (the same terms and counts): 0.4-0.6 ms less backend CPU per recall on the bench's
+# one-line messages, 10.8 -> 3.4 ms for a pool of 400 replies of ~100 lexemes (docs/benchmarks.md).
 _ONLY = "ts_filter(setweight({vector}, 'A', q.lexemes), '{{a}}')"
 
 # branch scope: `docs` (the branch, walked once by recall for both legs) gives the terms' counts too
