@@ -71,6 +71,27 @@ async def test_a_rare_word_outweighs_a_common_one_repeated(
     assert len(hits) == 10  # every message holds one of the words
 
 
+async def test_wider_scopes_count_each_query_term_in_a_message_exactly(
+    sessions: async_sessionmaker[AsyncSession], counter: TokenCounter, user: int
+) -> None:
+    """The pool's messages are cut to the query's terms before their counts are read (memory/lexical.py):
+    a term repeated among other words counts every time, words the query lacks count for nothing."""
+    lines = [
+        ("Ann", "Coffee, coffee, coffee: nothing but coffee today."),
+        ("Bob", "My sister moved to Porto, lovely Porto."),
+        ("Ann", "Tea in the garden."),
+    ]
+    stored = await chat(sessions, counter, user, lines)
+    async with sessions() as s:
+        hits = dict(await text_leg(s, query(user, "coffee in Porto?", None, scope="user"), BM25()))
+    coffees, porto, _tea = stored  # tea shares no word with the query
+    avgdl = sum(m.token_count for m in stored) / len(stored)
+    assert hits == {
+        coffees.id: approx(bm25(4, 1, 3, coffees.token_count, avgdl)),
+        porto.id: approx(bm25(2, 1, 3, porto.token_count, avgdl)),
+    }
+
+
 def approx(value: float) -> object:
     import pytest
 
