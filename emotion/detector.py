@@ -24,7 +24,16 @@ from emotion.chat import NEGATIVE, Views, views
 from emotion.labels import LABELS, plain_question, prepare_text
 from emotion.negation import negate
 from memory import model_cache
-from memory.embedder import _encode_batch, _load_tokenizer, _model_dir, _session, export_graph, mean_pooled
+from memory.embedder import (
+    _encode_batch,
+    _load_tokenizer,
+    _model_dir,
+    _session,
+    export_graph,
+    mean_pooled,
+    padded,
+    runs,
+)
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -250,13 +259,12 @@ class MiniLMEmotionDetector:
         return out, seen
 
     def _raw(self, texts: list[str]) -> np.ndarray:
-        """The model's class probabilities, one row per text (batched by length)."""
+        """The model's class probabilities, one row per text (in runs of similar length: `runs`)."""
         out = np.zeros((len(texts), len(LABELS)), dtype=np.float32)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        for start in range(0, len(order), 32):
-            chunk = order[start : start + 32]
-            ids, mask = _encode_batch(self._tokenizer, [prepare_text(texts[i]) or "." for i in chunk])
-            out[chunk] = self._session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        tokens = [self._tokenizer.encode(prepare_text(text) or ".").ids for text in texts]
+        for run in runs([len(t) for t in tokens], 32):
+            ids, mask = padded([tokens[i] for i in run])
+            out[run] = self._session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
         return out
 
     def detect_sync(self, texts: list[str]) -> list[Emotion]:

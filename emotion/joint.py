@@ -23,7 +23,7 @@ import numpy as np
 from emotion.detector import MAX_TOKENS, MODEL_DIR, PROBES, classifier, model_meta
 from emotion.labels import prepare_text
 from memory import embedder, model_cache
-from memory.embedder import _encode_batch, _load_tokenizer, _max_seq_length, _model_dir, _session
+from memory.embedder import _encode_batch, _load_tokenizer, _max_seq_length, _model_dir, _session, padded
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -179,20 +179,10 @@ class JointEncoder:
             return np.array([sequences.setdefault(i, len(sequences)) for i in ids], dtype=np.int64)
 
         emotion_rows, embed_rows = rows(self._emotion, emotion_texts), rows(self._recall, recall_texts)
-        ids, mask = _padded(list(sequences))
+        ids, mask = padded(list(sequences))
         return {
             "input_ids": ids,
             "attention_mask": mask,
             "embed_rows": embed_rows,
             "emotion_rows": emotion_rows,
         }
-
-
-def _padded(sequences: list[tuple[int, ...]]) -> tuple[np.ndarray, np.ndarray]:
-    width = max(len(s) for s in sequences)
-    ids = np.zeros((len(sequences), width), dtype=np.int64)
-    mask = np.zeros((len(sequences), width), dtype=np.int64)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = seq
-        mask[row, : len(seq)] = 1
-    return ids, mask

