@@ -88,7 +88,7 @@ async def key(sessions: async_sessionmaker[AsyncSession]) -> str:
 
 
 def sent_text(stub: StubState) -> str:
-    return "\n".join(m["content"] for m in stub.requests[-1]["messages"])
+    return "\n".join(m["content"] for m in stub.last_chat()["messages"])
 
 
 async def test_sad_message_gets_the_block_and_is_stored_with_its_emotion(
@@ -271,9 +271,9 @@ def test_without_memory_the_block_goes_in_as_a_system_message(
     with serving(create_app(settings)) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
         client.chat.completions.create(model="stub/echo", messages=[{"role": "user", "content": SAD}])
-        sad = stub.requests[-1]["messages"]
+        sad = stub.last_chat()["messages"]
         client.chat.completions.create(model="stub/echo", messages=[{"role": "user", "content": NEUTRAL}])
-        neutral = stub.requests[-1]["messages"]
+        neutral = stub.last_chat()["messages"]
         health = httpx.get(f"{url}/health").json()
     assert [m["role"] for m in sad] == ["system", "user"] and sad[0]["content"].startswith(BLOCK)
     assert [m["role"] for m in neutral] == ["user"]

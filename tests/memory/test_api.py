@@ -139,7 +139,7 @@ async def test_explicit_id_header_beats_metadata_and_thin_clients_get_history(
         extra_headers={"X-Anima-Conversation": "lyon"},
     )
     assert headers["x-anima-conversation"] == "lyon"
-    sent = [m["content"] for m in stub.requests[-1]["messages"]]
+    sent = [m["content"] for m in stub.last_chat()["messages"]]
     assert sent[:3] == ["I live in Lyon.", "Hello from the stub!", "Where do I live?"]
     await service.settle()
     by_metadata = await say(
@@ -170,7 +170,7 @@ async def test_long_chat_recalls_an_early_fact_after_history_is_cut(
         model="stub/small",
         extra_headers=header,
     )
-    sent = stub.requests[-1]["messages"]
+    sent = stub.last_chat()["messages"]
     history = [m["content"] for m in sent if m["role"] in ("user", "assistant")]
     assert "By the way, my cat is called Whiskerface." not in history  # cut from the history window...
     memory_block = next(m["content"] for m in sent if m["content"].startswith(MEMORY_PREAMBLE))
@@ -209,7 +209,7 @@ async def test_cut_history_is_summarised_and_the_summary_used(
     assert service.summaries.written >= 1
     await say(url, key, [{"role": "user", "content": "Go on."}], model="stub/small", extra_headers=header)
     summary = [
-        m["content"] for m in stub.requests[-1]["messages"] if m["content"].startswith(SUMMARY_PREAMBLE)
+        m["content"] for m in stub.last_chat()["messages"] if m["content"].startswith(SUMMARY_PREAMBLE)
     ]
     assert summary and "Hello from the stub!" in summary[0]  # the stub wrote the summary
     summariser = [
@@ -306,7 +306,7 @@ async def test_a_second_key_never_sees_recalls_or_deletes_the_first_keys_rows(
         [{"role": "user", "content": "What is my bank PIN?"}],
         extra_headers={"X-Anima-Conversation": "private"},
     )
-    assert "4321" not in str(stub.requests[-1]["messages"])
+    assert "4321" not in str(stub.last_chat()["messages"])
     async with api(url, key) as client:
         assert (await client.get("/conversations/private")).status_code == 200
     async with api(url, "anima-not-a-key") as client:

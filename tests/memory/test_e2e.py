@@ -134,7 +134,7 @@ async def test_configured_database_recalls_by_meaning(
         }
         assert (await client.post("/chat/completions", json=chat)).status_code == 200
     block = next(
-        m["content"] for m in stub.requests[-1]["messages"] if m["content"].startswith(MEMORY_PREAMBLE)
+        m["content"] for m in stub.last_chat()["messages"] if m["content"].startswith(MEMORY_PREAMBLE)
     )
     lines = block.splitlines()[1:]
     assert "Rex" in lines[0]  # ranked first by meaning: no word of the question occurs in it

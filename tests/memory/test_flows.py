@@ -93,7 +93,7 @@ async def test_forty_turn_chat_that_fits_reaches_the_backend_verbatim(
         await say(url, key, [CARD, *chat])
         await service.settle()
         chat.append(bot(REPLY))
-    sent = [{"role": m["role"], "content": m["content"]} for m in stub.requests[-1]["messages"]]
+    sent = [{"role": m["role"], "content": m["content"]} for m in stub.last_chat()["messages"]]
     assert sent == [CARD, *chat[:-1]]  # every message the client sent, in order, nothing added or lost
     assert service.summaries.queue.empty() and service.summaries.written == 0
     (conversation,) = await stored(url, key)
@@ -301,7 +301,7 @@ async def test_a_thin_client_gets_the_whole_stored_history_that_fits(
         await service.settle()
         chat.append(bot(REPLY))
     await say(url, key, [user("And the last one?")], extra_headers=headers)
-    sent = [{"role": m["role"], "content": m["content"]} for m in stub.requests[-1]["messages"]]
+    sent = [{"role": m["role"], "content": m["content"]} for m in stub.last_chat()["messages"]]
     assert sent == [*chat, user("And the last one?")]
 
 

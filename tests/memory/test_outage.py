@@ -87,7 +87,7 @@ async def test_postgres_outage_answers_journals_and_flushes_once(
             await anyio.to_thread.run_sync(server.stop)  # Postgres goes away mid-service
             answered = await ask(client, "What is my name?")
             assert answered.status_code == 200 and answered.headers["x-anima-memory"] == "degraded"
-            sent = [m["content"] for m in stub.requests[-1]["messages"]]
+            sent = [m["content"] for m in stub.last_chat()["messages"]]
             assert "My name is Ada Lovelace." in sent and sent[-1] == "What is my name?"  # the RAM window
             third = await ask(client, "And my favourite number is 7.")
             assert third.status_code == 200

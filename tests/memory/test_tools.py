@@ -97,7 +97,7 @@ def test_a_tool_using_conversation_is_stored_once_and_resumed(anima: str, key: s
     ]
     second = client.chat.completions.create(model="stub/echo", messages=history, tools=WEATHER)
     assert second.choices[0].message.content == "The tool said: 21 C; 25 C"
-    sent = [m for m in stub.requests[-1]["messages"] if m["role"] != "system"]
+    sent = [m for m in stub.last_chat()["messages"] if m["role"] != "system"]
     assert sent == [
         ask[0],
         {"role": "assistant", "content": None, "tool_calls": history[1]["tool_calls"]},
@@ -117,7 +117,7 @@ def test_a_tool_using_conversation_is_stored_once_and_resumed(anima: str, key: s
     assert rows[2]["metadata"]["tool_call_id"] == "call_0"
 
     client.chat.completions.create(model="stub/echo", messages=[{"role": "user", "content": "Thanks!"}])
-    resumed = [m for m in stub.requests[-1]["messages"] if m["role"] != "system"]
+    resumed = [m for m in stub.last_chat()["messages"] if m["role"] != "system"]
     assert resumed[:4] == sent  # the history from the store, tool calls and ids included
     assert resumed[-1] == {"role": "user", "content": "Thanks!"}
     assert len(stored(anima, key, "weather", 7)) == 7
@@ -145,7 +145,7 @@ def test_images_are_stored_as_markers_and_resent_from_the_client(
         {"role": "user", "content": "And the colours?"},
     ]
     client.chat.completions.create(model="stub/echo", messages=history)
-    sent = [m for m in stub.requests[-1]["messages"] if m["role"] != "system"]
+    sent = [m for m in stub.last_chat()["messages"] if m["role"] != "system"]
     assert sent[0] == {"role": "user", "content": content}  # the client's copy, image and all
     assert len(stored(anima, key, "photo", 4)) == 4
 
@@ -261,7 +261,7 @@ def test_a_tool_using_chat_fits_a_small_window_with_nothing_silently_lost(
     ]
     reply = client.chat.completions.create(model="stub/small", messages=messages, tools=tools, max_tokens=100)
     assert reply.choices[0].message.content is not None
-    sent = stub.requests[-1]["messages"]
+    sent = stub.last_chat()["messages"]
     assert paired(sent)
     counter = TokenCounter()
     assert tokens(sent, tools, counter) <= SMALL - 100
@@ -366,7 +366,7 @@ def test_a_resumed_tool_conversation_comes_back_in_whole_groups_within_a_small_w
     client.chat.completions.create(
         model="stub/small", messages=[{"role": "user", "content": "Thanks!"}], max_tokens=100
     )
-    sent = stub.requests[-1]["messages"]
+    sent = stub.last_chat()["messages"]
     assert paired(sent) and sent[-1] == {"role": "user", "content": "Thanks!"}
     assert tokens(sent, [], TokenCounter()) <= SMALL - 100
     calls = [m for m in sent if m.get("tool_calls")]

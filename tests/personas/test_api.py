@@ -120,7 +120,7 @@ async def chat(key: str, messages: list[ChatCompletionMessageParam], **kwargs: A
 
 
 def sent(stub: StubState) -> list[dict[str, str]]:
-    messages: list[dict[str, str]] = stub.requests[-1]["messages"]
+    messages: list[dict[str, str]] = stub.last_chat()["messages"]
     return messages
 
 
@@ -220,7 +220,7 @@ async def test_selection_precedence_header_alias_route_default(
     assert sent(stub)[0] == {"role": "user", "content": "Hi there"}  # none configured: none sent
     again = await chat(key, HI, model="aria@stub/echo")
     assert again["x-anima-conversation"] != plain["x-anima-conversation"] != headers["x-anima-conversation"]
-    assert stub.requests[-1]["model"] == "echo"
+    assert stub.last_chat()["model"] == "echo"
 
     async with api(key) as client:
         ids = [m["id"] for m in (await client.get("/models")).json()["data"]]

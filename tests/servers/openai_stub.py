@@ -47,7 +47,7 @@ import re
 import struct
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +56,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from memory.summaries import INSTRUCTION as SUMMARY_INSTRUCTION
 from tests.servers import facts_stub
 
 REPLY = ("Hello", " from the", " stub!")
@@ -106,6 +107,19 @@ class StubState:
     words: int = 4  # `numbered`: words after "Reply N:"
     delay_s: float = 0.0  # `numbered`: pause between chunks
     script: dict[str, list[str]] = field(default_factory=dict)  # `numbered`: message content → replies
+
+    def last_chat(self) -> dict[str, Any]:
+        """The newest request a client's turn caused. The summary and fact workers send their own
+        requests in the background, and one may land after the turn a test just made."""
+        chats = [request for request in self.requests if not background(request)]
+        assert chats, "no chat request reached the stub"
+        return chats[-1]
+
+
+def background(request: Mapping[str, Any]) -> bool:
+    """A memory worker's request: fact extraction (asks for a JSON schema) or a summary."""
+    contents = [str(m.get("content", "")) for m in request.get("messages", [])]
+    return "response_format" in request or any(c.startswith(SUMMARY_INSTRUCTION) for c in contents)
 
 
 def _chunk(
