@@ -1,14 +1,19 @@
 """Round trips to Postgres per turn (issue 15): every statement costs a round trip and CPU on both sides,
-so recognising and storing a turn of a growing chat take as few as the data allows. Counted with
-SQLAlchemy's cursor event on a real Postgres: no timing involved."""
+so recognising and storing a turn of a growing chat take as few as the data allows. Counted from libpq's
+own trace of what each pooled connection sends (a simple query, or an extended-protocol Sync): BEGIN,
+COMMIT, ROLLBACK and the pool's pings count, as they cost the same. Real Postgres, no timing involved."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from psycopg import pq
+from sqlalchemy import event, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memory.budget import TokenCounter
@@ -17,20 +22,58 @@ from memory.service import MemoryConfig, MemoryService
 from memory.types import Message, SessionKey, TurnRecord
 from tests.fakes import FakeEmbedder
 
-Counted = tuple[async_sessionmaker[AsyncSession], list[str]]
+
+class Trace:
+    """Everything the engine's connections send, as libpq traces it; `sent()` the round trips since
+    the last `clear()` (the statements, in order)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self._offset = path, 0
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+
+    def attach(self, engine: Any) -> None:
+        @event.listens_for(engine.sync_engine, "connect")
+        def traced(dbapi_connection: Any, record: Any) -> None:
+            pgconn = dbapi_connection.driver_connection.pgconn
+            pgconn.trace(self.fd)
+            pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+
+    def lines(self) -> list[str]:
+        return self.path.read_text().splitlines()
+
+    def clear(self) -> None:
+        self._offset = len(self.lines())
+
+    def sent(self) -> list[str]:
+        """A round trip ends with a simple Query or with the Sync after Parse/Bind/Execute."""
+        trips, statement = [], ""
+        for line in self.lines()[self._offset :]:
+            fields = line.split("\t")
+            if len(fields) < 3 or fields[0] != "F":
+                continue
+            if fields[2] in ("Query", "Parse"):
+                statement = fields[3].strip().strip('"') if len(fields) > 3 else ""
+            if fields[2] in ("Query", "Sync"):
+                trips.append(statement)
+        return trips
+
+
+Counted = tuple[async_sessionmaker[AsyncSession], Trace]
 
 
 @pytest.fixture
-async def counted(pg_url: str) -> AsyncIterator[Counted]:
-    """Sessions on an engine that records every statement it sends."""
+def trace(tmp_path: Path) -> Iterator[Trace]:
+    t = Trace(tmp_path / "libpq.trace")
+    yield t
+    os.close(t.fd)
+
+
+@pytest.fixture
+async def counted(pg_url: str, trace: Trace) -> AsyncIterator[Counted]:
+    """Sessions on an engine whose connections trace what they send."""
     engine = make_engine(pg_url, pool_size=2)
-    statements: list[str] = []
-
-    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
-
-    event.listen(engine.sync_engine, "before_cursor_execute", seen)
-    yield make_sessionmaker(engine), statements
+    trace.attach(engine)
+    yield make_sessionmaker(engine), trace
     await engine.dispose()
 
 
@@ -38,12 +81,14 @@ def record(reply: str, incoming: list[Message]) -> TurnRecord:
     return TurnRecord(reply, "complete", "m", [], {}, incoming=tuple(incoming))
 
 
-async def test_a_growing_chat_is_recognised_in_one_statement_and_stored_in_seven(
+async def test_a_growing_chat_is_recognised_in_one_round_trip_and_stored_in_nine(
     counted: Counted, user: int, counter: TokenCounter
 ) -> None:
     """SillyTavern resends the chat every turn. Recognition took four statements (candidates, then
     grandchildren, the public id and the earlier-history walk, each a round trip) and storing a turn
-    eleven (the reply went in its own INSERT, after a reuse check under a parent stored a moment before)."""
+    eleven (the reply went in its own INSERT, after a reuse check under a parent stored a moment before).
+    Then each checkout cost a ping (`pool_pre_ping`), and recognition's one read a BEGIN and a ROLLBACK
+    too: four round trips to recognise, ten to store."""
     sessions, statements = counted
     memory = MemoryService(sessions, counter, FakeEmbedder(), MemoryConfig(deadline_s=30))
     session = SessionKey(user_id=user)
@@ -52,13 +97,15 @@ async def test_a_growing_chat_is_recognised_in_one_statement_and_stored_in_seven
     for turn in range(4):
         statements.clear()
         thread = await memory.recognise(session, chat)
-        recognised.append(len(statements))
+        recognised.append(len(statements.sent()))
         statements.clear()
         await memory.store_turn(session, thread, record(f"Reply {turn}.", chat))
-        stored.append(len(statements))
+        stored.append(statements.sent())
         chat += [Message("assistant", f"Reply {turn}."), Message("user", f"And after {turn}?")]
     assert recognised[1:] == [1, 1, 1]  # the first turn of a new chat has no candidates to look further at
-    assert stored[1:] == [7, 7, 7]  # lock, stored already?, reuse check, ids, INSERT, conversation, context
+    # BEGIN, lock, stored already?, reuse check, ids, INSERT, conversation, context, COMMIT
+    assert [len(s) for s in stored[1:]] == [9, 9, 9]
+    assert stored[-1][0].startswith("BEGIN") and stored[-1][-1] == "COMMIT"
     thread = await memory.recognise(session, chat)
     assert thread.kind == "turn" and [m.content for m in thread.new] == ["And after 3?"]
 
@@ -77,6 +124,39 @@ async def test_a_trimmed_chat_walks_the_earlier_history_in_one_more_statement(
         chat += [Message("assistant", f"Maybe {turn}."), Message("user", f"Who, {turn}?")]
     statements.clear()
     thread = await memory.recognise(session, chat[3:], earlier_tokens=1000)
-    assert len(statements) == 2
+    assert len(statements.sent()) == 2  # no BEGIN, no ROLLBACK, no ping
     assert [m.content for m in thread.earlier] == [m.content for m in chat[:3]]
     assert [m.content for m in thread.new] == ["Who, 2?"]
+
+
+async def test_a_pooled_connection_is_pinged_only_after_idling(pg_url: str, trace: Trace) -> None:
+    """A connection that died in the pool is replaced before use once it idled `ping_idle_s`; one used
+    a moment ago is not pinged, so its death fails one statement, after which the pool is renewed."""
+    name = "anima-ping-test"
+    for idle_s, survives in ((0.0, True), (3600.0, False)):
+        engine = make_engine(pg_url, pool_size=1, ping_idle_s=idle_s, connect_args={"application_name": name})
+        trace.attach(engine)
+        sessions = make_sessionmaker(engine)
+        async with sessions() as s:
+            assert await s.scalar(text("SELECT 1")) == 1
+        await kill_backends(pg_url, name)  # Postgres restarted, say
+        trace.clear()
+        try:
+            async with sessions() as s:
+                assert await s.scalar(text("SELECT 2")) == 2
+            assert survives and trace.sent()[0] == ";"  # the ping, then a fresh connection's statements
+        except OperationalError:
+            assert not survives and ";" not in trace.sent()
+            async with sessions() as s:  # the pool was renewed
+                assert await s.scalar(text("SELECT 3")) == 3
+        await engine.dispose()
+
+
+async def kill_backends(pg_url: str, application_name: str) -> None:
+    engine = make_engine(pg_url, pool_size=1, isolation_level="AUTOCOMMIT")
+    async with engine.connect() as conn:
+        await conn.execute(
+            text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = :name"),
+            {"name": application_name},
+        )
+    await engine.dispose()
