@@ -20,6 +20,7 @@ from memory.budget import TokenCounter
 from memory.db import make_engine, make_sessionmaker
 from memory.service import MemoryConfig, MemoryService
 from memory.types import Message, SessionKey, TurnRecord
+from memory.workers import EmbeddingWorker
 from tests.fakes import FakeEmbedder
 
 
@@ -160,3 +161,22 @@ async def kill_backends(pg_url: str, application_name: str) -> None:
             {"name": application_name},
         )
     await engine.dispose()
+
+
+async def test_the_embedding_worker_embeds_a_stored_turn_in_five_round_trips(
+    counted: Counted, user: int, counter: TokenCounter
+) -> None:
+    """The claim is one UPDATE in autocommit; marking done drops replaced vectors in the same statement;
+    nothing is released when every claimed row was written. It took eleven: a ping and BEGIN/COMMIT
+    around the claim, a ping, then a separate DELETE and an empty release in the write."""
+    sessions, trace = counted
+    memory = MemoryService(sessions, counter, None, MemoryConfig(deadline_s=30))
+    chat = [Message("user", "Which crate holds the compass?")]
+    session = SessionKey(user_id=user)
+    await memory.store_turn(session, await memory.recognise(session, chat), record("The blue one.", chat))
+    worker = EmbeddingWorker(sessions, FakeEmbedder(), chunker=lambda t: [t])
+    trace.clear()
+    assert await worker.step() >= 2
+    sent = trace.sent()
+    assert len(sent) == 5, sent  # claim; BEGIN, done, INSERT vectors, COMMIT
+    assert sent[1].startswith("BEGIN") and sent[-1] == "COMMIT"
