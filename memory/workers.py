@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import insert, text, update
+from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memory.db import autocommit
-from memory.models import MessageEmbedding, MessageRow
+from memory.models import MessageEmbedding
 from memory.types import Annotation, StoredMessage
 
 if TYPE_CHECKING:
@@ -76,6 +77,17 @@ _TAKE = text(
         DELETE FROM message_embedding e USING taken WHERE e.message_id = taken.id
     )
     SELECT id FROM taken
+    """
+)
+# The annotations of a batch in one UPDATE (it was one per row).
+_ANNOTATE = text(
+    """
+    UPDATE message m SET importance = a.importance, emotion_label = a.emotion_label,
+        emotion_confidence = a.emotion_confidence, emotion_scores = a.emotion_scores
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+        AS a(id bigint, importance float8, emotion_label text, emotion_confidence float8,
+             emotion_scores jsonb)
+    WHERE m.id = a.id
     """
 )
 _RELEASE = text("UPDATE message SET embed_claimed_at = NULL WHERE id = ANY(:ids) AND NOT embedded")
@@ -170,11 +182,9 @@ class EmbeddingWorker:
                         if m in done
                     ],
                 )
-            for row, annotation in zip(missing, annotations, strict=True):
-                if row.id in done:
-                    await session.execute(
-                        update(MessageRow).where(MessageRow.id == row.id).values(**annotation.columns())
-                    )
+            annotated = [{"id": r.id} | a.columns() for r, a in zip(missing, annotations, strict=True)]
+            if annotated := [a for a in annotated if a["id"] in done]:
+                await session.execute(_ANNOTATE, {"rows": json.dumps(annotated)})
             if len(done) < len(rows):
                 await session.execute(_RELEASE, {"ids": [r.id for r in rows if r.id not in done]})
 

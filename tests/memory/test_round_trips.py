@@ -6,20 +6,22 @@ COMMIT, ROLLBACK and the pool's pings count, as they cost the same. Real Postgre
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from psycopg import pq
-from sqlalchemy import event, text
+from sqlalchemy import event, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from memory.archive import Incoming
 from memory.budget import TokenCounter
 from memory.db import make_engine, make_sessionmaker
+from memory.models import MessageRow
 from memory.service import MemoryConfig, MemoryService
-from memory.types import Message, SessionKey, TurnRecord
+from memory.types import Annotation, Message, SessionKey, TurnRecord
 from memory.workers import EmbeddingWorker
 from tests.fakes import FakeEmbedder
 
@@ -171,6 +173,7 @@ async def test_the_embedding_worker_embeds_a_stored_turn_in_five_round_trips(
     around the claim, a ping, then a separate DELETE and an empty release in the write."""
     sessions, trace = counted
     memory = MemoryService(sessions, counter, None, MemoryConfig(deadline_s=30))
+    await EmbeddingWorker(sessions, FakeEmbedder(), chunker=lambda t: [t]).drain()  # earlier tests' rows
     chat = [Message("user", "Which crate holds the compass?")]
     session = SessionKey(user_id=user)
     await memory.store_turn(session, await memory.recognise(session, chat), record("The blue one.", chat))
@@ -180,3 +183,37 @@ async def test_the_embedding_worker_embeds_a_stored_turn_in_five_round_trips(
     sent = trace.sent()
     assert len(sent) == 5, sent  # claim; BEGIN, done, INSERT vectors, COMMIT
     assert sent[1].startswith("BEGIN") and sent[-1] == "COMMIT"
+
+
+async def test_a_batch_is_annotated_in_one_statement(
+    counted: Counted, user: int, counter: TokenCounter
+) -> None:
+    """Imported messages and replies are stored without the emotion step: the worker annotates a batch
+    in one UPDATE (it took one per row), each row with exactly its own annotation."""
+    sessions, trace = counted
+    memory = MemoryService(sessions, counter, None, MemoryConfig(deadline_s=30))
+    await EmbeddingWorker(sessions, FakeEmbedder(), chunker=lambda t: [t]).drain()  # earlier tests' rows
+    texts = ["The storm took the mast.", "We rowed until dawn.", "Land, at last!"]
+    await memory.archive.create(user, [Incoming("user", t) for t in texts])
+    feel = {
+        t: Annotation(0.1 * (i + 1), "joy" if i else None, 0.5 + i / 10, {"joy": i / 4})
+        for i, t in enumerate(texts)
+    }
+
+    async def annotate(messages: Sequence[tuple[str, str]]) -> list[Annotation]:
+        return [feel[content] for _, content in messages]
+
+    worker = EmbeddingWorker(sessions, FakeEmbedder(), chunker=lambda t: [t], annotate=annotate)
+    trace.clear()
+    assert await worker.step() >= 3
+    sent = trace.sent()
+    assert len(sent) == 6, sent  # claim; BEGIN, done, INSERT vectors, annotations, COMMIT
+    async with sessions() as s:
+        rows = (
+            await s.execute(
+                select(MessageRow.content, MessageRow.importance, MessageRow.emotion_label)
+                .add_columns(MessageRow.emotion_confidence, MessageRow.emotion_scores, MessageRow.embedded)
+                .where(MessageRow.user_id == user)
+            )
+        ).all()
+    assert {r[0]: (Annotation(*r[1:5]), r[5]) for r in rows} == {t: (feel[t], True) for t in texts}
