@@ -20,6 +20,7 @@ from memory.archive import Incoming
 from memory.budget import TokenCounter
 from memory.db import make_engine, make_sessionmaker
 from memory.models import MessageRow
+from memory.recall import Scope
 from memory.service import MemoryConfig, MemoryService
 from memory.types import Annotation, Message, SessionKey, TurnRecord
 from memory.workers import EmbeddingWorker
@@ -217,3 +218,27 @@ async def test_a_batch_is_annotated_in_one_statement(
             )
         ).all()
     assert {r[0]: (Annotation(*r[1:5]), r[5]) for r in rows} == {t: (feel[t], True) for t in texts}
+
+
+async def test_branch_recall_needs_no_transaction(counted: Counted, user: int, counter: TokenCounter) -> None:
+    """Recall in the branch scope is one read: no BEGIN and ROLLBACK around it (it took three round
+    trips, four with the ping). The wider scopes keep their transaction: their `set_config` holds
+    for it only."""
+    sessions, trace = counted
+    chat = [Message("assistant", "*The hold smells of tar.*"), Message("user", "Where are the crates?")]
+    scopes: tuple[tuple[Scope, bool], ...] = (("branch", False), ("user", True))
+    for scope, transaction in scopes:
+        memory = MemoryService(sessions, counter, FakeEmbedder(), MemoryConfig(deadline_s=30, scope=scope))
+        session = SessionKey(user_id=user)
+        thread = await memory.recognise(session, chat)
+        await memory.store_turn(session, thread, record("Below deck.", chat))
+        chat += [Message("assistant", "Below deck."), Message("user", "Which crates?")]
+        thread = await memory.recognise(session, chat)
+        trace.clear()
+        found = await memory.recall(session, thread, "crates below deck")
+        assert not found.degraded
+        sent = trace.sent()
+        assert sent[0].startswith("BEGIN") == transaction and (sent[-1] == "ROLLBACK") == transaction, sent
+        assert transaction or len(sent) == 1, (
+            sent
+        )  # the fused statement (the chat is too short for summaries)
