@@ -81,8 +81,8 @@ async def counted(pg_url: str, trace: Trace) -> AsyncIterator[Counted]:
     await engine.dispose()
 
 
-def record(reply: str, incoming: list[Message]) -> TurnRecord:
-    return TurnRecord(reply, "complete", "m", [], {}, incoming=tuple(incoming))
+def record(reply: str, incoming: list[Message], newest: Annotation | None = None) -> TurnRecord:
+    return TurnRecord(reply, "complete", "m", [], {}, incoming=tuple(incoming), newest=newest)
 
 
 async def test_a_growing_chat_is_recognised_in_one_round_trip_and_stored_in_nine(
@@ -91,8 +91,9 @@ async def test_a_growing_chat_is_recognised_in_one_round_trip_and_stored_in_nine
     """SillyTavern resends the chat every turn. Recognition took four statements (candidates, then
     grandchildren, the public id and the earlier-history walk, each a round trip) and storing a turn
     eleven (the reply went in its own INSERT, after a reuse check under a parent stored a moment before).
-    Then each checkout cost a ping (`pool_pre_ping`), and recognition's one read a BEGIN and a ROLLBACK
-    too: four round trips to recognise, ten to store."""
+    Then each checkout cost a ping (`pool_pre_ping`), recognition's one read a BEGIN and a ROLLBACK
+    too, and a user message read by the emotion step went in another INSERT than the reply (the ORM's
+    bulk insert groups rows by the columns they set): four round trips to recognise, eleven to store."""
     sessions, statements = counted
     memory = MemoryService(sessions, counter, FakeEmbedder(), MemoryConfig(deadline_s=30))
     session = SessionKey(user_id=user)
@@ -103,7 +104,8 @@ async def test_a_growing_chat_is_recognised_in_one_round_trip_and_stored_in_nine
         thread = await memory.recognise(session, chat)
         recognised.append(len(statements.sent()))
         statements.clear()
-        await memory.store_turn(session, thread, record(f"Reply {turn}.", chat))
+        feeling = Annotation(0.5, "curiosity", 0.7, {"curiosity": 0.7})  # the user's, not the reply's
+        await memory.store_turn(session, thread, record(f"Reply {turn}.", chat, feeling))
         stored.append(statements.sent())
         chat += [Message("assistant", f"Reply {turn}."), Message("user", f"And after {turn}?")]
     assert recognised[1:] == [1, 1, 1]  # the first turn of a new chat has no candidates to look further at
@@ -112,6 +114,18 @@ async def test_a_growing_chat_is_recognised_in_one_round_trip_and_stored_in_nine
     assert stored[-1][0].startswith("BEGIN") and stored[-1][-1] == "COMMIT"
     thread = await memory.recognise(session, chat)
     assert thread.kind == "turn" and [m.content for m in thread.new] == ["And after 3?"]
+    async with sessions() as s:
+        rows = (
+            await s.execute(
+                select(MessageRow.role, MessageRow.emotion_label, MessageRow.emotion_scores, MessageRow.meta)
+                .where(MessageRow.user_id == user)
+                .order_by(MessageRow.id)
+            )
+        ).all()
+    assert [tuple(r) for r in rows[-2:]] == [
+        ("user", "curiosity", {"curiosity": 0.7}, None),
+        ("assistant", None, None, None),  # SQL NULLs, not JSON nulls
+    ]
 
 
 async def test_a_trimmed_chat_walks_the_earlier_history_in_one_more_statement(
