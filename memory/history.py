@@ -411,16 +411,36 @@ _DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
 async def _insert_chain(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
     """The rows in one INSERT from a JSON record set. The ORM's bulk insert leaves a row's None columns
     out and sends one INSERT per set of columns: a user message with its emotion and the reply without
-    took two round trips (issue 15). A JSON null is SQL NULL here, as an omitted column was."""
+    took two round trips (issue 15). As there, a column a row leaves out or sets None gets its server
+    default, else SQL NULL (a JSON null is SQL NULL here, never JSON 'null')."""
     keys = list(dict.fromkeys(key for row in rows for key in row))
     columns = [MessageRow.__mapper__.columns[key] for key in keys]
-    names = ", ".join(f'"{c.name}"' for c in columns)
-    spec = ", ".join(f'"{c.name}" {c.type.compile(dialect=_DIALECT)}' for c in columns)
+    names = ", ".join(_quoted(c) for c in columns)
+    spec = ", ".join(f"{_quoted(c)} {c.type.compile(dialect=_DIALECT)}" for c in columns)
+    gaps = [any(row.get(key) is None for row in rows) for key in keys]
+    values = ", ".join(_or_default(c, gap) for c, gap in zip(columns, gaps, strict=True))
     records = [{c.name: row.get(key) for key, c in zip(keys, columns, strict=True)} for row in rows]
     await session.execute(
-        text(f"INSERT INTO message ({names}) SELECT {names} FROM {_RECORDS} AS r({spec})"),
+        text(f"INSERT INTO message ({names}) SELECT {values} FROM {_RECORDS} AS r({spec})"),
         {"rows": json.dumps(records, default=_json_default)},
     )
+
+
+def _quoted(column: Any) -> str:
+    return f'"{column.name}"'
+
+
+def _or_default(column: Any, missing: bool) -> str:
+    """The record's value, or the column's server default where some row has none."""
+    default = getattr(column.server_default, "arg", None)
+    if not missing or default is None:
+        return f"r.{_quoted(column)}"
+    sql = str(default.compile(dialect=_DIALECT)) if hasattr(default, "compile") else _literal(str(default))
+    return f"COALESCE(r.{_quoted(column)}, {sql})"
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
 
 
 def _json_default(value: object) -> str:
