@@ -16,11 +16,17 @@ backlog to drain, so background work is in the figure and in its turns/s. `on` t
 `X-Anima-Memory: degraded` lost their recall; at the end every `on` chat must be stored exactly (the
 greeting plus one user message and one reply per answered turn).
 
+`--old ROOT DATA` adds a second memory-on target, `old`, running the checkout at ROOT (e.g. an export of
+main: `git archive main | tar -x -C ROOT`) on DATA, a copy of a stopped --data dir, alternated with
+`on` round by round, and prints the two side by side with ratios. `--statements` has each memory
+target's Postgres log every statement (`log_statement = all`, reset at the end) and counts them per
+turn by kind (logging costs Postgres CPU: count in one run, time in another).
+
 Targets (issue 15): memory on, 1 client: added p50 <= 15 ms and <= 25 ms CPU per turn; 8 clients:
 >= 60 turns/s with 0 degraded turns and the backlog drained; memory off: <= 1.5x the pass-through's CPU.
 Prints tables, then the figures as JSON on the last line; exit 1 on an error or a missed target.
 Run: .venv/bin/python bench/overhead.py [--quick] [--clients 1 8] [--stored N] [--data DIR] [--stream]
-     [--targets direct pass off on] [--persona NAME] [--json PATH]
+     [--targets direct pass off on] [--persona NAME] [--json PATH] [--old ROOT DATA] [--statements]
 """
 
 from __future__ import annotations
