@@ -16,11 +16,17 @@ backlog to drain, so background work is in the figure and in its turns/s. `on` t
 `X-Anima-Memory: degraded` lost their recall; at the end every `on` chat must be stored exactly (the
 greeting plus one user message and one reply per answered turn).
 
+`--old ROOT DATA` adds a second memory-on target, `old`, running the checkout at ROOT (e.g. an export of
+main: `git archive main | tar -x -C ROOT`) on DATA, a copy of a stopped --data dir, alternated with
+`on` round by round, and prints the two side by side with ratios. `--statements` has each memory
+target's Postgres log every statement (`log_statement = all`, reset at the end) and counts them per
+turn by kind (logging costs Postgres CPU: count in one run, time in another).
+
 Targets (issue 15): memory on, 1 client: added p50 <= 15 ms and <= 25 ms CPU per turn; 8 clients:
 >= 60 turns/s with 0 degraded turns and the backlog drained; memory off: <= 1.5x the pass-through's CPU.
 Prints tables, then the figures as JSON on the last line; exit 1 on an error or a missed target.
 Run: .venv/bin/python bench/overhead.py [--quick] [--clients 1 8] [--stored N] [--data DIR] [--stream]
-     [--targets direct pass off on] [--persona NAME] [--json PATH]
+     [--targets direct pass off on] [--persona NAME] [--json PATH] [--old ROOT DATA] [--statements]
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -65,6 +72,7 @@ class Target:
     model: str
     roots: list[int]  # process trees whose CPU is this target's (none for `direct`: the backend is shared)
     database: str | None = None  # `on`: the Postgres it stores in (the backlog is read there)
+    pgdata: Path | None = None  # `on`: that Postgres's data dir (its log counts statements)
 
     def cpu(self) -> list[float]:
         """CPU seconds of each process tree (Anima, then its Postgres)."""
@@ -84,6 +92,7 @@ class Tally:
     backlog_max: int = 0
     backlog_end: int = 0
     cpu_s: list[float] = field(default_factory=list)  # per process tree: Anima, then its Postgres
+    statements: dict[str, int] = field(default_factory=dict)  # --statements: what its Postgres ran, by kind
 
 
 class _Forgetful(list[Any]):
@@ -208,6 +217,61 @@ async def turn(client: httpx.AsyncClient, target: Target, chat: Chat, tally: Tal
     chat.answer(text)
 
 
+STATEMENT_LOG = re.compile(r" LOG:  (?:statement|execute [^:]*): (.*)")
+BENCH_QUERIES = ("SELECT count(*) FROM message",)  # the bench's own (backlog, stored exactly)
+
+
+async def log_statements(targets: list[Target], on: bool) -> None:
+    """--statements: have each memory target's Postgres log every statement (off again at the end)."""
+    for target in targets:
+        if target.database is not None:
+            async with await psycopg.AsyncConnection.connect(target.database, autocommit=True) as conn:
+                await conn.execute(
+                    "ALTER SYSTEM SET log_statement = 'all'" if on else "ALTER SYSTEM RESET log_statement"
+                )
+                await conn.execute("SELECT pg_reload_conf()")
+
+
+def log_size(target: Target) -> int:
+    assert target.pgdata is not None
+    return (target.pgdata / "log").stat().st_size
+
+
+def statement_kind(sql: str) -> str:
+    """A statement's first words (enough to tell BEGIN, SELECT 1, DEALLOCATE ALL and the tables apart)."""
+    words = " ".join(sql.split())
+    table = re.search(r"\b(?:FROM|INTO|UPDATE)\s+(\w+)", words, re.IGNORECASE)
+    head = " ".join(words.split()[:2]).upper() or "(empty: the pool's ping)"
+    return f"{head} .. {table.group(1)}" if table and head.split()[0] != "DEALLOCATE" else head
+
+
+def statements_since(target: Target, offset: int) -> dict[str, int]:
+    """The statements its Postgres logged since `offset` in its log, by kind, the bench's own left out."""
+    assert target.pgdata is not None
+    with (target.pgdata / "log").open("rb") as f:
+        f.seek(offset)
+        lines = f.read().decode(errors="replace").splitlines()
+    kinds: dict[str, int] = {}
+    for i, line in enumerate(lines):
+        found = STATEMENT_LOG.search(line)
+        if found is None:
+            continue
+        sql = " ".join([found.group(1), *next_lines(lines, i + 1)])  # a statement may go on over lines
+        if not any(q in sql for q in BENCH_QUERIES):
+            kinds[statement_kind(sql)] = kinds.get(statement_kind(sql), 0) + 1
+    return kinds
+
+
+def next_lines(lines: list[str], start: int) -> list[str]:
+    """The lines a logged statement goes on over (up to the next log line, which starts with a date)."""
+    more = []
+    for line in lines[start : start + 40]:
+        if re.match(r"\d{4}-\d\d-\d\d ", line):
+            break
+        more.append(line)
+    return more
+
+
 async def backlog(url: str) -> int:
     """Stored messages the embedding worker has not embedded yet."""
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
@@ -266,10 +330,14 @@ async def run_level(
 
     for target in targets:  # warm-up: first connections, first chats, caches
         await play(target, 2, Tally())
+    logs = {t.name: log_size(t) for t in targets if args.statements and t.pgdata is not None}
     cpu0, bench0 = {t.name: t.cpu() for t in targets}, time.process_time()
     for r in range(args.rounds):
         for target in targets[r % len(targets) :] + targets[: r % len(targets)]:
             await play(target, per_round, level.tallies[target.name])
+    for target in targets:
+        if target.name in logs:
+            level.tallies[target.name].statements = statements_since(target, logs[target.name])
     for target in targets:
         level.tallies[target.name].cpu_s = [
             b - a for a, b in zip(cpu0[target.name], target.cpu(), strict=True)
@@ -308,6 +376,9 @@ def level_rows(level: Level) -> dict[str, dict[str, Any]]:
         row |= {"cpu_vs_pass": cpu / pass_cpu if name not in ("direct", "pass") else None}
         row |= {"degraded": t.degraded, "backlog_max": t.backlog_max, "backlog_end": t.backlog_end}
         row |= {"drain_s": t.drain_s, "cpu_ms_each": [1000 * c / max(1, t.turns) for c in t.cpu_s]}
+        if t.statements:
+            row["statements"] = sum(t.statements.values()) / max(1, t.turns)
+            row["statement_kinds"] = {k: v / max(1, t.turns) for k, v in sorted(t.statements.items())}
         rows[name] = row
     return rows
 
@@ -424,9 +495,31 @@ def report(fig: dict[str, Any]) -> None:
             f"{clients} client(s), each its own chat (ms; CPU: the target's processes, `on` with Postgres):",
             body,
         )
+    for clients, rows in fig["levels"].items():
+        if "old" in rows and "on" in rows:
+            compare(clients, rows["on"], rows["old"])
     print()
     for what, value, target, met in verdicts(fig):
         print(f"{what}: {value:.2f} (target {target})", "PASS" if met else "MISS")
+
+
+def compare(clients: str, new: dict[str, Any], old: dict[str, Any]) -> None:
+    """`on` (this checkout) against `old` (--old), measured alternately in the same run."""
+    body: list[list[Any]] = [["per turn", "old", "new", "new/old"]]
+    pairs = [("CPU ms, Anima + Postgres", old["cpu_ms"], new["cpu_ms"])]
+    pairs += [
+        (f"CPU ms, {who}", o, n)
+        for who, o, n in zip(("Anima", "Postgres"), old["cpu_ms_each"], new["cpu_ms_each"], strict=True)
+    ]
+    pairs += [("added p50 ms", old["added_p50"], new["added_p50"])]
+    if "statements" in old and "statements" in new:
+        pairs.append(("statements", old["statements"], new["statements"]))
+        kinds = sorted(set(old["statement_kinds"]) | set(new["statement_kinds"]))
+        pairs += [
+            (f"  {k}", old["statement_kinds"].get(k, 0.0), new["statement_kinds"].get(k, 0.0)) for k in kinds
+        ]
+    body += [[what, o, n, n / o if o else "-"] for what, o, n in pairs]
+    table(f"{clients} client(s): this checkout (new) against --old, side by side:", body)
 
 
 def parse_args() -> argparse.Namespace:
@@ -448,6 +541,16 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--persona", help="Anima targets ask for PERSONA@bench/echo (e.g. aria, shipped)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument(
+        "--old",
+        nargs=2,
+        type=Path,
+        metavar=("ROOT", "DATA"),
+        help="also run memory on from checkout ROOT (`git archive main`) on DATA, a copy of a --data dir",
+    )
+    parser.add_argument(
+        "--statements", action="store_true", help="count each memory target's statements (Postgres logs them)"
+    )
     args = parser.parse_args()
     for key, full, quick in (("rounds", 6, 3), ("turns", 48, 24)):
         if getattr(args, key) is None:
@@ -469,6 +572,18 @@ def database(stack: contextlib.ExitStack, args: argparse.Namespace, tmp: Path) -
     return stack.enter_context(filled(data, args.stored)), data / "postgres"
 
 
+def reused(stack: contextlib.ExitStack, data: Path) -> tuple[str, Path]:
+    """A Postgres filled before (`--old`'s copy of a --data dir), started for this run."""
+    from memory.db import EmbeddedPostgres
+
+    if not (data / "postgres").exists():
+        raise SystemExit(f"{data} holds no Postgres: copy a stopped --data dir there first")
+    server = EmbeddedPostgres(data)
+    url = server.start()
+    stack.callback(server.stop)
+    return url, data / "postgres"
+
+
 def uvicorn(factory: str, port: int) -> list[str]:
     cmd = [sys.executable, "-m", "uvicorn", factory, "--factory", "--app-dir", str(ROOT)]
     return [*cmd, "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"]
@@ -478,7 +593,7 @@ def servers(
     stack: contextlib.ExitStack, args: argparse.Namespace, tmp: Path
 ) -> tuple[list[Target], list[tuple[str, subprocess.Popen[bytes]]]]:
     """Start the backend and every target's server; the targets in the order of --targets."""
-    ports = {name: free_port() for name in ("backend", "pass", "off", "on")}
+    ports = {name: free_port() for name in ("backend", "pass", "off", "on", "old")}
     url: Callable[[str], str] = lambda name: f"http://127.0.0.1:{ports[name]}/v1"  # noqa: E731
     log, env = tmp / "servers.log", dict(os.environ) | {"HF_HUB_OFFLINE": "1"}
     backend = stack.enter_context(
@@ -508,20 +623,45 @@ def servers(
         targets["off"] = Target("off", url("off"), model, [proc.pid])
         started.append(("off", proc))
     if "on" in args.targets:
-        memory_url, pgdata = database(stack, args, tmp)
-        (tmp / "on").mkdir()
-        proc = stack.enter_context(
-            process(
-                anima,
-                anima_env(url("backend"), ports["on"], memory_url, str(tmp / "on")) | {"HF_HUB_OFFLINE": "1"},
-                str(tmp),
-                log,
-            )
-        )
-        plain = memory_url.replace("postgresql+psycopg", "postgresql")
-        targets["on"] = Target("on", url("on"), model, [proc.pid, postmaster_pid(pgdata)], plain)
+        targets["on"], proc = memory_target("on", stack, database(stack, args, tmp), tmp, env, url, model)
         started.append(("on", proc))
-    return [targets[name] for name in dict.fromkeys(["direct", *args.targets]) if name in targets], started
+    if args.old is not None:  # the same `on`, run from another checkout on a copy of the database
+        root, data = args.old
+        old_env = env | {"PYTHONPATH": str(root.resolve())}
+        targets["old"], proc = memory_target("old", stack, reused(stack, data), tmp, old_env, url, model)
+        started.append(("old", proc))
+    names = ["direct", *args.targets, *(["old"] if args.old else [])]
+    return [targets[name] for name in dict.fromkeys(names) if name in targets], started
+
+
+def memory_target(
+    name: str,
+    stack: contextlib.ExitStack,
+    db: tuple[str, Path],
+    tmp: Path,
+    env: dict[str, str],
+    url: Callable[[str], str],
+    model: str,
+) -> tuple[Target, subprocess.Popen[bytes]]:
+    """Anima with memory on, storing in `db` (URL, data dir); `env` says which code it runs."""
+    memory_url, pgdata = db
+    (tmp / name).mkdir()
+    proc = stack.enter_context(
+        process(
+            [sys.executable, "-m", "proxy", "serve"],
+            anima_env(url("backend"), free_port_of(url, name), memory_url, str(tmp / name))
+            | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": env.get("PYTHONPATH", "")},
+            str(tmp),
+            tmp / "servers.log",
+        )
+    )
+    plain = memory_url.replace("postgresql+psycopg", "postgresql")
+    target = Target(name, url(name), model, [proc.pid, postmaster_pid(pgdata)], plain, pgdata)
+    return target, proc
+
+
+def free_port_of(url: Callable[[str], str], name: str) -> int:
+    return int(url(name).rsplit(":", 1)[1].split("/")[0])
 
 
 async def measure(
@@ -536,14 +676,18 @@ async def measure(
         urls = {t.name: t.url for t in targets} | {"backend": targets[0].url}
         for name, proc in started:
             await wait_ready(users[0], urls[name], proc, name)
+        if args.statements:
+            await log_statements(targets, True)
+            stack.push_async_callback(log_statements, targets, False)
         exact = checked = 0
         for clients in args.clients:
             level = await run_level(users, targets, clients, args)
             levels[str(clients)] = level_rows(level)
-            on = next((t for t in targets if t.name == "on"), None)
-            if on is not None and on.database is not None:
+            for memory in targets:
+                if memory.database is None:
+                    continue
                 e, c = await stored_exactly(
-                    on.database, [ch for (n, _), ch in level.chats.items() if n == "on"]
+                    memory.database, [ch for (n, _), ch in level.chats.items() if n == memory.name]
                 )
                 exact, checked = exact + e, checked + c
         stored = (exact, checked) if checked else None

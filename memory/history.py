@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import delete, exists, func, insert, select, text, update
+from sqlalchemy import delete, exists, func, select, text, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -349,7 +351,7 @@ async def append(
                 | (extras[i] if extras else {})
             )
             parent_id = ids[offset]
-        await session.execute(insert(MessageRow), rows)
+        await _insert_chain(session, rows)
         stored += [_stored_row(row) for row in rows]
     now_talking = {"persona_id": persona_id} if persona_id is not None else {}
     await session.execute(
@@ -400,6 +402,51 @@ async def _kept_part(
     return next(
         (r for r in stored if r.status == "partial" and same_or_trimmed(message.content, r.content)), None
     )
+
+
+_RECORDS = "jsonb_to_recordset(CAST(:rows AS jsonb))"
+_DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
+
+
+async def _insert_chain(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """The rows in one INSERT from a JSON record set. The ORM's bulk insert leaves a row's None columns
+    out and sends one INSERT per set of columns: a user message with its emotion and the reply without
+    took two round trips (issue 15). As there, a column a row leaves out or sets None gets its server
+    default, else SQL NULL (a JSON null is SQL NULL here, never JSON 'null')."""
+    keys = list(dict.fromkeys(key for row in rows for key in row))
+    columns = [MessageRow.__mapper__.columns[key] for key in keys]
+    names = ", ".join(_quoted(c) for c in columns)
+    spec = ", ".join(f"{_quoted(c)} {c.type.compile(dialect=_DIALECT)}" for c in columns)
+    gaps = [any(row.get(key) is None for row in rows) for key in keys]
+    values = ", ".join(_or_default(c, gap) for c, gap in zip(columns, gaps, strict=True))
+    records = [{c.name: row.get(key) for key, c in zip(keys, columns, strict=True)} for row in rows]
+    await session.execute(
+        text(f"INSERT INTO message ({names}) SELECT {values} FROM {_RECORDS} AS r({spec})"),
+        {"rows": json.dumps(records, default=_json_default)},
+    )
+
+
+def _quoted(column: Any) -> str:
+    return f'"{column.name}"'
+
+
+def _or_default(column: Any, missing: bool) -> str:
+    """The record's value, or the column's server default where some row has none."""
+    default = getattr(column.server_default, "arg", None)
+    if not missing or default is None:
+        return f"r.{_quoted(column)}"
+    sql = str(default.compile(dialect=_DIALECT)) if hasattr(default, "compile") else _literal(str(default))
+    return f"COALESCE(r.{_quoted(column)}, {sql})"
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot store {type(value).__name__} in a message row")
 
 
 def _stored_row(row: dict[str, Any]) -> StoredMessage:

@@ -50,6 +50,15 @@ _DOCS = """
 # pool instead (one pass) cost as much and found less: bench/recall_quality.py's user scope lost
 # 1.7 points of Recall@10, so ef_search stays pgvector's default.
 _HNSW = "set_config('hnsw.iterative_scan', 'relaxed_order', true) AS iterative"
+
+
+def needs_transaction(scope: Scope) -> bool:
+    """Whether recall in `scope` must run in a transaction: the wider scopes' `set_config` holds for
+    the transaction only. The branch scope's reads need none (issue 15: BEGIN and ROLLBACK are two of
+    a turn's round trips)."""
+    return scope != "branch"
+
+
 _FUSED = """
     , fused AS (SELECT id, sum(score) AS score FROM ({legs}) legs GROUP BY id)
     SELECT m.id, c.public_id, m.role, m.name, m.content, m.created_at, m.metadata,

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memory import history
+from memory.db import autocommit
 from memory.threads import (
     Match,
     Shape,
@@ -43,6 +44,7 @@ class Located:
 class Recognizer:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], window: WorkingMemory) -> None:
         self.sessions, self.window = sessions, window
+        self.reads = autocommit(sessions)  # recognition only reads: no BEGIN and ROLLBACK round trips
 
     async def recognise(
         self, session: SessionKey, messages: Sequence[Message], *, earlier_tokens: int, replay: bool = False
@@ -51,7 +53,7 @@ class Recognizer:
         prompt (what a trimmed or thin client did not send)."""
         shape = classify(messages)
         chat = shape.history
-        async with self.sessions() as s:
+        async with self.reads() as s:
             located = await self._locate(s, session, chat, replay)
             located = await self._trimmed_tip(s, session, located, chat)
             path = await self._path(s, session, located)

@@ -19,10 +19,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memory.archive import Archive
 from memory.budget import TokenCounter
+from memory.db import autocommit
 from memory.drain import JournalDrain
 from memory.journal import InFlight, JournalEntry, TurnJournal
 from memory.privacy import erase_user
-from memory.recall import Boost, Fusion, RecallQuery, Scope, recall
+from memory.recall import Boost, Fusion, RecallQuery, Scope, needs_transaction, recall
 from memory.recognition import Recognizer
 from memory.store import TurnStore, Vectors, unreachable
 from memory.summaries import SummaryJob, SummaryWorker, branch_summaries
@@ -77,6 +78,7 @@ class MemoryService:
         inflight: InFlight | None = None,
     ) -> None:
         self.sessions, self.counter, self.embedder, self.config = sessions, counter, embedder, config
+        self.reads = autocommit(sessions)  # reads that need no transaction: no BEGIN/ROLLBACK round trips
         self.window = WorkingMemory(turns=config.window_turns, conversations=config.window_conversations)
         self.chunker = chunker or _whole  # what the worker embeds per message, and what a known vector fits
         self.embeddings = (
@@ -196,7 +198,7 @@ class MemoryService:
         try:
             async with asyncio.timeout(self.config.deadline_s):
                 vector = await pending
-                async with self.sessions() as s:
+                async with (self.sessions if needs_transaction(self.config.scope) else self.reads)() as s:
                     memories = await recall(
                         s, self._query(session, thread, query, vector, persona_id), self.config.fusion, boost
                     )

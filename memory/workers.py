@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import insert, text, update
+from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from memory.models import MessageEmbedding, MessageRow
+from memory.db import autocommit
+from memory.models import MessageEmbedding
 from memory.types import Annotation, StoredMessage
 
 if TYPE_CHECKING:
@@ -49,24 +51,46 @@ _CLAIM = text(
               m.embed_claimed_at
     """
 )
+# Marks done and drops the vectors a re-embed replaces, in one round trip.
 _DONE = text(
     """
-    UPDATE message m SET embedded = true, embed_claimed_at = NULL
-    FROM unnest(CAST(:ids AS bigint[]), CAST(:claims AS timestamptz[]), CAST(:hashes AS text[]))
-        AS c(id, claimed, hash)
-    WHERE m.id = c.id AND NOT m.embedded AND m.embed_claimed_at = c.claimed AND m.content_hash = c.hash
-    RETURNING m.id
+    WITH done AS (
+        UPDATE message m SET embedded = true, embed_claimed_at = NULL
+        FROM unnest(CAST(:ids AS bigint[]), CAST(:claims AS timestamptz[]), CAST(:hashes AS text[]))
+            AS c(id, claimed, hash)
+        WHERE m.id = c.id AND NOT m.embedded AND m.embed_claimed_at = c.claimed AND m.content_hash = c.hash
+        RETURNING m.id
+    ), replaced AS (
+        DELETE FROM message_embedding e USING done WHERE e.message_id = done.id
+    )
+    SELECT id FROM done
     """
 )
 _TAKE = text(
     """
-    UPDATE message SET embedded = true, embed_claimed_at = NULL
-    WHERE id = ANY(CAST(:ids AS bigint[])) AND NOT embedded AND (importance IS NOT NULL OR NOT :annotating)
-    RETURNING id
+    WITH taken AS (
+        UPDATE message SET embedded = true, embed_claimed_at = NULL
+        WHERE id = ANY(CAST(:ids AS bigint[])) AND NOT embedded
+            AND (importance IS NOT NULL OR NOT :annotating)
+        RETURNING id
+    ), replaced AS (
+        DELETE FROM message_embedding e USING taken WHERE e.message_id = taken.id
+    )
+    SELECT id FROM taken
+    """
+)
+# The annotations of a batch in one UPDATE (it was one per row).
+_ANNOTATE = text(
+    """
+    UPDATE message m SET importance = a.importance, emotion_label = a.emotion_label,
+        emotion_confidence = a.emotion_confidence, emotion_scores = a.emotion_scores
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+        AS a(id bigint, importance float8, emotion_label text, emotion_confidence float8,
+             emotion_scores jsonb)
+    WHERE m.id = a.id
     """
 )
 _RELEASE = text("UPDATE message SET embed_claimed_at = NULL WHERE id = ANY(:ids) AND NOT embedded")
-_FORGET = text("DELETE FROM message_embedding WHERE message_id = ANY(:ids)")
 
 
 async def store_known(
@@ -87,8 +111,7 @@ async def store_known(
     if not fits:
         return set()
     taken = {int(i) for i in (await session.scalars(_TAKE, {"ids": list(fits), "annotating": annotating}))}
-    if taken:
-        await session.execute(_FORGET, {"ids": list(taken)})
+    if taken:  # their old vectors, if any, went with the UPDATE
         await session.execute(
             insert(MessageEmbedding),
             [
@@ -108,18 +131,20 @@ class EmbeddingWorker:
         *,
         chunker: Callable[[str], list[str]],
         batch: int = 64,
-        idle_s: float = 2.0,
+        idle_s: float = 30.0,
         annotate: Annotate | None = None,
     ) -> None:
         self._sessions, self._embedder, self._chunk = sessions, embedder, chunker
         self._batch, self._idle_s, self._annotate = batch, idle_s, annotate
-        self.wake = asyncio.Event()
+        self._claims = autocommit(sessions)  # a claim is one UPDATE: no BEGIN and COMMIT round trips
+        self.wake = asyncio.Event()  # set when this process stores messages to embed
+        self._backlog = asyncio.Event()  # set while full batches are claimed: the second loop joins in
         self._encoder = asyncio.Lock()  # one batch encodes at a time; the other loop does its database work
         self.failures = 0
 
     async def step(self) -> int:
         """Claim, embed and write one batch; returns how many messages it claimed."""
-        async with self._sessions.begin() as session:
+        async with self._claims() as session:
             rows = (await session.execute(_CLAIM, {"n": self._batch, "lease": CLAIM_LEASE_S})).all()
         if not rows:
             return 0
@@ -147,9 +172,8 @@ class EmbeddingWorker:
             if self._annotate is not None and missing:
                 annotations = await self._annotate([(r.role, r.content) for r in missing])
         async with self._sessions.begin() as session:
-            done = await self._mark_done(session, rows)
+            done = await self._mark_done(session, rows)  # a re-embed's old vectors go with it
             if done:
-                await session.execute(_FORGET, {"ids": list(done)})  # a re-embed replaces old vectors
                 await session.execute(
                     insert(MessageEmbedding),
                     [
@@ -158,12 +182,11 @@ class EmbeddingWorker:
                         if m in done
                     ],
                 )
-            for row, annotation in zip(missing, annotations, strict=True):
-                if row.id in done:
-                    await session.execute(
-                        update(MessageRow).where(MessageRow.id == row.id).values(**annotation.columns())
-                    )
-            await session.execute(_RELEASE, {"ids": [r.id for r in rows if r.id not in done]})
+            annotated = [{"id": r.id} | a.columns() for r, a in zip(missing, annotations, strict=True)]
+            if annotated := [a for a in annotated if a["id"] in done]:
+                await session.execute(_ANNOTATE, {"rows": json.dumps(annotated)})
+            if len(done) < len(rows):
+                await session.execute(_RELEASE, {"ids": [r.id for r in rows if r.id not in done]})
 
     @staticmethod
     async def _mark_done(session: AsyncSession, rows: Sequence[Any]) -> set[int]:
@@ -180,30 +203,35 @@ class EmbeddingWorker:
         return {r.id for r in result}
 
     async def run(self) -> None:
-        """Until cancelled: two loops, so one batch's claim and write overlap the next one's encoding."""
+        """Until cancelled: two loops, so one batch's claim and write overlap the next one's encoding.
+        The first wakes when this process stores messages (or after `idle_s`, for what no wake
+        announced: another process's leftovers, an expired claim, a failed batch); the second joins it
+        only while full batches are claimed, so a turn's one or two messages cost one claim, not an
+        empty second one."""
         async with asyncio.TaskGroup() as group:
-            for _ in range(2):
-                group.create_task(self._loop())
+            group.create_task(self._loop(self.wake, self._idle_s))
+            group.create_task(self._loop(self._backlog, None))
 
-    async def _loop(self) -> None:
-        """Drain the backlog, then sleep until woken or `idle_s` passes."""
+    async def _loop(self, woken: asyncio.Event, idle_s: float | None) -> None:
+        """Claim batches while they come back full, then sleep until `woken` is set (or `idle_s`)."""
         while True:
+            woken.clear()  # before the claim: a store committed during this batch wakes the next
             try:
-                done = await self.step()
+                claimed = await self.step()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database may be restarting: back off, never die
                 self.failures += 1
                 log.warning("embedding batch failed: %s", exc)
-                done = 0
-            if done:
+                claimed = 0
+            if claimed >= self._batch:
+                self._backlog.set()
                 continue
-            self.wake.clear()
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that lands as the
             # event fires, and this loop would then never stop (seen as a hung shutdown).
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._idle_s):
-                    await self.wake.wait()
+                async with asyncio.timeout(idle_s):
+                    await woken.wait()
 
     async def drain(self) -> None:
         """Embed everything pending now (tests, imports), with the same overlap as `run`."""

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memory import fact_store
 from memory.budget import Budget, TokenCounter
+from memory.db import autocommit
 from memory.fact_store import Scope
 from memory.fact_worker import Completion, Extract, FactConfig, FactWorker, NoModel
 from memory.facts import Current, ranked
@@ -56,6 +57,7 @@ class Knowledge:
         deadline_s: float = 0.25,
     ) -> None:
         self._sessions, self._counter, self.share, self.deadline_s = sessions, counter, share, deadline_s
+        self._reads = autocommit(sessions)  # a turn's fact reads: no BEGIN and ROLLBACK round trips
 
     def read(self, session: SessionKey, thread: Thread, persona: Resolved | None) -> asyncio.Future[Known]:
         scope = Scope(
@@ -64,7 +66,7 @@ class Knowledge:
         ladder = persona is not None and bool(persona.persona.relationship)
 
         async def fetch() -> Known:
-            async with self._sessions() as s:
+            async with self._reads() as s:
                 found = await fact_store.current(s, scope)
                 rel = await fact_store.relationship(s, scope) if ladder else None
             return Known(scope, found, rel)

@@ -187,8 +187,9 @@ async def open_database(settings: Settings) -> tuple[EmbeddedPostgres | None, As
     return embedded, engine
 
 
-def pool(settings: Settings) -> dict[str, int]:
-    return {"pool_size": settings.memory.db_pool_size, "max_overflow": settings.memory.db_max_overflow}
+def pool(settings: Settings) -> dict[str, float]:
+    m = settings.memory
+    return {"pool_size": m.db_pool_size, "max_overflow": m.db_max_overflow, "ping_idle_s": m.db_ping_idle_s}
 
 
 async def open_embedder() -> Embedder:

@@ -153,6 +153,11 @@ class MemorySettings(BaseModel):
     )
     db_pool_size: int = Field(default=10, ge=1, description="Postgres connections kept per worker process")
     db_max_overflow: int = Field(default=20, ge=0, description="extra connections per process under load")
+    db_ping_idle_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="a pooled connection unused this long is pinged before use (0: each use)",
+    )
     character_header: str = Field(default="x-st-char", description="client header naming the character")
     user_header: str = Field(default="x-st-user", description="client header naming the user")
 
