@@ -20,7 +20,7 @@ Targets (issue 15): memory on, 1 client: added p50 <= 15 ms and <= 25 ms CPU per
 >= 60 turns/s with 0 degraded turns and the backlog drained; memory off: <= 1.5x the pass-through's CPU.
 Prints tables, then the figures as JSON on the last line; exit 1 on an error or a missed target.
 Run: .venv/bin/python bench/overhead.py [--quick] [--clients 1 8] [--stored N] [--data DIR] [--stream]
-     [--targets direct pass off on] [--persona NAME] [--json PATH]
+     [--targets direct pass off on] [--persona NAME] [--json PATH] [--baseline CHECKOUT]
 """
 
 from __future__ import annotations
@@ -448,6 +448,11 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--persona", help="Anima targets ask for PERSONA@bench/echo (e.g. aria, shipped)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="also run target `base`: Anima memory off from this checkout (e.g. the old code, side by side)",
+    )
     args = parser.parse_args()
     for key, full, quick in (("rounds", 6, 3), ("turns", 48, 24)):
         if getattr(args, key) is None:
@@ -478,7 +483,7 @@ def servers(
     stack: contextlib.ExitStack, args: argparse.Namespace, tmp: Path
 ) -> tuple[list[Target], list[tuple[str, subprocess.Popen[bytes]]]]:
     """Start the backend and every target's server; the targets in the order of --targets."""
-    ports = {name: free_port() for name in ("backend", "pass", "off", "on")}
+    ports = {name: free_port() for name in ("backend", "pass", "off", "on", "base")}
     url: Callable[[str], str] = lambda name: f"http://127.0.0.1:{ports[name]}/v1"  # noqa: E731
     log, env = tmp / "servers.log", dict(os.environ) | {"HF_HUB_OFFLINE": "1"}
     backend = stack.enter_context(
@@ -507,6 +512,13 @@ def servers(
         )
         targets["off"] = Target("off", url("off"), model, [proc.pid])
         started.append(("off", proc))
+    if args.baseline is not None:  # the same `off` target run from another checkout's code
+        (tmp / "base").mkdir()
+        env_base = anima_env(url("backend"), ports["base"], None, str(tmp / "base"))
+        env_base |= {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(args.baseline.resolve())}
+        proc = stack.enter_context(process(anima, env_base, str(tmp), log))
+        targets["base"] = Target("base", url("base"), model, [proc.pid])
+        started.append(("base", proc))
     if "on" in args.targets:
         memory_url, pgdata = database(stack, args, tmp)
         (tmp / "on").mkdir()
@@ -521,7 +533,8 @@ def servers(
         plain = memory_url.replace("postgresql+psycopg", "postgresql")
         targets["on"] = Target("on", url("on"), model, [proc.pid, postmaster_pid(pgdata)], plain)
         started.append(("on", proc))
-    return [targets[name] for name in dict.fromkeys(["direct", *args.targets]) if name in targets], started
+    names = dict.fromkeys(["direct", *args.targets, *(["base"] if args.baseline else [])])
+    return [targets[name] for name in names if name in targets], started
 
 
 async def measure(
