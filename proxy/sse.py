@@ -11,7 +11,7 @@ request's own task; one helper task listens for the disconnect, a second sends p
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from datetime import UTC, datetime
 
 import anyio
@@ -25,7 +25,11 @@ class EventStream(StreamingResponse):
     """`text/event-stream` with the headers SSE needs through proxies; `ping_s` 0: no pings."""
 
     def __init__(
-        self, events: AsyncIterator[bytes], *, headers: Mapping[str, str] | None = None, ping_s: float = 0
+        self,
+        events: AsyncGenerator[bytes, None],
+        *,
+        headers: Mapping[str, str] | None = None,
+        ping_s: float = 0,
     ) -> None:
         sse = {"Cache-Control": "no-store", "Connection": "keep-alive", "X-Accel-Buffering": "no"}
         super().__init__(events, headers={**sse, **(headers or {})}, media_type="text/event-stream")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,7 +141,7 @@ def _chunk(chat: PreparedChat, choices: list[chunks.Json], usage: Usage | None =
     return chunks.chunk(chat.id, chat.created, chat.model, choices, tokens)
 
 
-async def stream_sse(chat: PreparedChat, pipeline: ChatPipeline) -> AsyncIterator[bytes]:
+async def stream_sse(chat: PreparedChat, pipeline: ChatPipeline) -> AsyncGenerator[bytes, None]:
     """The OpenAI stream: role first, content deltas, a finish chunk, optional usage, `[DONE]`.
 
     Deltas the backend read from upstream at once (`Delta.more`) go out in one write, as a
