@@ -37,12 +37,18 @@ class EventStream(StreamingResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        failed: Exception | None = None
         async with anyio.create_task_group() as group:
             group.start_soon(_disconnected, receive, group.cancel_scope)
             if self.ping_s > 0:
                 group.start_soon(_ping, send, self.ping_s)
-            await self._send_events(send)
+            try:
+                await self._send_events(send)
+            except Exception as exc:  # raised as itself below, not wrapped in the group's ExceptionGroup
+                failed = exc
             group.cancel_scope.cancel()  # the helpers: the stream is over
+        if failed is not None:
+            raise failed
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _send_events(self, send: Send) -> None:
