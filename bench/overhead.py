@@ -27,6 +27,7 @@ Targets (issue 15): memory on, 1 client: added p50 <= 15 ms and <= 25 ms CPU per
 Prints tables, then the figures as JSON on the last line; exit 1 on an error or a missed target.
 Run: .venv/bin/python bench/overhead.py [--quick] [--clients 1 8] [--stored N] [--data DIR] [--stream]
      [--targets direct pass off on] [--persona NAME] [--json PATH] [--old ROOT DATA] [--statements]
+     [--baseline CHECKOUT]
 """
 
 from __future__ import annotations
@@ -551,6 +552,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--statements", action="store_true", help="count each memory target's statements (Postgres logs them)"
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="also run target `base`: Anima memory off from this checkout (e.g. the old code, side by side)",
+    )
     args = parser.parse_args()
     for key, full, quick in (("rounds", 6, 3), ("turns", 48, 24)):
         if getattr(args, key) is None:
@@ -593,7 +599,7 @@ def servers(
     stack: contextlib.ExitStack, args: argparse.Namespace, tmp: Path
 ) -> tuple[list[Target], list[tuple[str, subprocess.Popen[bytes]]]]:
     """Start the backend and every target's server; the targets in the order of --targets."""
-    ports = {name: free_port() for name in ("backend", "pass", "off", "on", "old")}
+    ports = {name: free_port() for name in ("backend", "pass", "off", "on", "old", "base")}
     url: Callable[[str], str] = lambda name: f"http://127.0.0.1:{ports[name]}/v1"  # noqa: E731
     log, env = tmp / "servers.log", dict(os.environ) | {"HF_HUB_OFFLINE": "1"}
     backend = stack.enter_context(
@@ -622,6 +628,13 @@ def servers(
         )
         targets["off"] = Target("off", url("off"), model, [proc.pid])
         started.append(("off", proc))
+    if args.baseline is not None:  # the same `off` target run from another checkout's code
+        (tmp / "base").mkdir()
+        env_base = anima_env(url("backend"), ports["base"], None, str(tmp / "base"))
+        env_base |= {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(args.baseline.resolve())}
+        proc = stack.enter_context(process(anima, env_base, str(tmp), log))
+        targets["base"] = Target("base", url("base"), model, [proc.pid])
+        started.append(("base", proc))
     if "on" in args.targets:
         targets["on"], proc = memory_target("on", stack, database(stack, args, tmp), tmp, env, url, model)
         started.append(("on", proc))
@@ -630,7 +643,7 @@ def servers(
         old_env = env | {"PYTHONPATH": str(root.resolve())}
         targets["old"], proc = memory_target("old", stack, reused(stack, data), tmp, old_env, url, model)
         started.append(("old", proc))
-    names = ["direct", *args.targets, *(["old"] if args.old else [])]
+    names = ["direct", *args.targets, *(["base"] if args.baseline else []), *(["old"] if args.old else [])]
     return [targets[name] for name in dict.fromkeys(names) if name in targets], started
 
 

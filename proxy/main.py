@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import ipaddress
 import logging
 import time
@@ -384,6 +385,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             tasks.append(
                 asyncio.get_running_loop().create_task(built.personas.watch(settings.personas.reload_s))
             )
+        gc.freeze()  # what start-up built lives as long as the process: the collector skips it from now on
         log.info(
             "Anima ready: %d backend(s), memory %s, emotion %s",
             len(built.registry.backends),

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sse_starlette import ServerSentEvent
-
 from memory.journal import InFlight
 from memory.types import ToolCall as StoredCall
+from proxy import chunks
 from proxy.backends.base import Delta, ToolCallDelta
 from proxy.errors import ProxyError
 from proxy.metrics import count_tokens
@@ -18,14 +17,9 @@ from proxy.pipeline import ChatPipeline, PreparedChat
 from proxy.protocol import (
     AssistantMessage,
     ChatCompletion,
-    ChatCompletionChunk,
     Choice,
-    ChunkChoice,
-    DeltaMessage,
     FunctionCall,
-    FunctionChunk,
     ToolCall,
-    ToolCallChunk,
     Usage,
 )
 
@@ -49,22 +43,20 @@ class ChoiceBuffer:
     logprobs: list[dict[str, Any]] = field(default_factory=list)
     finish_reason: str | None = None
 
-    def add(self, delta: Delta) -> DeltaMessage | None:
-        """Record the delta; the client-visible part of it, if any."""
+    def add(self, delta: Delta) -> chunks.Json | None:
+        """Record the delta; the client-visible part of it (a chunk's `delta`), if any."""
         if delta.finish_reason is not None:
             self.finish_reason = delta.finish_reason
         if delta.logprobs:
             self.logprobs.append(delta.logprobs)
-        chunks = [self._call(c) for c in delta.tool_calls]
-        if not (delta.text or delta.reasoning or chunks):
+        calls = [self._call(c) for c in delta.tool_calls]
+        if not (delta.text or delta.reasoning or calls):
             return None
         self.text.append(delta.text)
         self.reasoning.append(delta.reasoning)
-        return DeltaMessage(
-            content=delta.text or None, reasoning_content=delta.reasoning or None, tool_calls=chunks or None
-        )
+        return chunks.delta(delta.text or None, delta.reasoning or None, calls or None)
 
-    def _call(self, fragment: ToolCallDelta) -> ToolCallChunk:
+    def _call(self, fragment: ToolCallDelta) -> chunks.Json:
         """The fragment as OpenAI streams it: id, type and name once per call, then only arguments.
         (llama-cpp-python repeats the name in every chunk; the OpenAI SDK would concatenate them.)"""
         first = fragment.index not in self.calls
@@ -73,12 +65,7 @@ class ChoiceBuffer:
         new_name = fragment.name if fragment.name and not call.name else None
         call.id, call.name = call.id or new_id or "", call.name or new_name or ""
         call.arguments.append(fragment.arguments)
-        return ToolCallChunk(
-            index=fragment.index,
-            id=new_id,
-            type="function" if first or new_id else None,
-            function=FunctionChunk(name=new_name, arguments=fragment.arguments),
-        )
+        return chunks.tool_call(fragment, new_id, "function" if first or new_id else None, new_name)
 
     def tool_calls(self) -> list[ToolCall] | None:
         calls = [self.calls[i] for i in sorted(self.calls)]
@@ -123,8 +110,8 @@ class ReplyBuffer:
         """The first choice's text: the reply memory stores."""
         return "".join(self.first.text)
 
-    async def drain(self, chat: PreparedChat) -> AsyncIterator[ChunkChoice]:
-        """Consume the backend stream, yielding the client-visible part of each delta."""
+    async def drain(self, chat: PreparedChat) -> AsyncIterator[tuple[Delta, chunks.Json | None]]:
+        """Consume the backend stream: each delta, with the chunk choice the client sees of it, if any."""
         async for delta in chat.deltas:
             if delta.usage is not None:
                 self.reported_usage = (delta.usage.prompt_tokens, delta.usage.completion_tokens)
@@ -133,9 +120,9 @@ class ReplyBuffer:
             choice = self.choices.setdefault(delta.choice, ChoiceBuffer())
             visible = choice.add(delta)
             if visible is not None or delta.logprobs:
-                yield ChunkChoice(
-                    index=delta.choice, delta=visible or DeltaMessage(), logprobs=delta.logprobs
-                )
+                yield delta, chunks.choice(delta.choice, visible or {}, logprobs=delta.logprobs)
+            else:
+                yield delta, None
 
     def finished(self, pipeline: ChatPipeline, chat: PreparedChat, *, complete: bool) -> Usage:
         """Hand the turn to memory and count its tokens (after the reply: never on the client's time)."""
@@ -149,45 +136,43 @@ class ReplyBuffer:
         return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
-def _event(data: str) -> ServerSentEvent:
-    return ServerSentEvent(data=data, sep="\n")
+def _chunk(chat: PreparedChat, choices: list[chunks.Json], usage: Usage | None = None) -> bytes:
+    tokens = (usage.prompt_tokens, usage.completion_tokens) if usage is not None else None
+    return chunks.chunk(chat.id, chat.created, chat.model, choices, tokens)
 
 
-def _chunk(chat: PreparedChat, choices: list[ChunkChoice], usage: Usage | None = None) -> ServerSentEvent:
-    chunk = ChatCompletionChunk(
-        id=chat.id, created=chat.created, model=chat.model, choices=choices, usage=usage
-    )
-    return _event(chunk.model_dump_json())
-
-
-async def stream_sse(chat: PreparedChat, pipeline: ChatPipeline) -> AsyncIterator[ServerSentEvent]:
+async def stream_sse(chat: PreparedChat, pipeline: ChatPipeline) -> AsyncGenerator[bytes, None]:
     """The OpenAI stream: role first, content deltas, a finish chunk, optional usage, `[DONE]`.
 
+    Deltas the backend read from upstream at once (`Delta.more`) go out in one write, as a
+    pass-through would relay that read: the role chunk with the first, the closing chunks together.
     An error after the 200 went out is sent in-band as `data: {"error": ...}` (the OpenAI SDK raises
     it, SillyTavern shows it) and the stream ends. A client disconnect closes `chat.deltas`, which
     cancels the upstream request. Either way the turn is handed to memory, marked partial.
     """
     reply, handed = ReplyBuffer(), False
+    role = chunks.delta("", role="assistant")
+    out = [_chunk(chat, [chunks.choice(index, role)]) for index in range(chat.request.n or 1)]
     try:
-        for index in range(chat.request.n or 1):
-            yield _chunk(chat, [ChunkChoice(index=index, delta=DeltaMessage(role="assistant", content=""))])
         try:
-            async for choice in reply.drain(chat):
-                yield _chunk(chat, [choice])
+            async for delta, choice in reply.drain(chat):
+                if choice is not None:
+                    out.append(_chunk(chat, [choice]))
+                if out and not delta.more:
+                    yield b"".join(out)
+                    out.clear()
         except ProxyError as exc:
             log.warning("stream %s failed after the first byte: %s", chat.id, exc.message)
-            yield _event(exc.body().model_dump_json())
+            yield b"".join([*out, chunks.event(exc.body().model_dump_json().encode())])
             return
         # handed to memory before the client can see the end: its next request must find this turn's
         # store in flight (and wait for it), or it would be recognised against a stale branch
         usage, handed = reply.finished(pipeline, chat, complete=True), True
         for index, buffer in sorted(reply.choices.items()):
-            yield _chunk(
-                chat, [ChunkChoice(index=index, delta=DeltaMessage(), finish_reason=buffer.finish())]
-            )
+            out.append(_chunk(chat, [chunks.choice(index, {}, buffer.finish())]))
         if chat.include_usage:
-            yield _chunk(chat, [], usage)
-        yield _event("[DONE]")
+            out.append(_chunk(chat, [], usage))
+        yield b"".join([*out, chunks.DONE])
     finally:
         if not handed:
             reply.finished(pipeline, chat, complete=False)

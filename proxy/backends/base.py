@@ -47,7 +47,9 @@ class Delta:
     """A piece of the reply. The last one a backend yields carries `finish_reason` (and usage if known).
 
     `choice` is the OpenAI choice index (n > 1); `logprobs` is the OpenAI `logprobs` object of this
-    piece, passed through untouched."""
+    piece, passed through untouched. `more` says another delta of the same upstream read follows at
+    once, with no wait: the stream writes them to the client together (one write, as a pass-through
+    relays one read), never holding a delta back for data not yet received."""
 
     text: str = ""
     reasoning: str = ""
@@ -56,6 +58,7 @@ class Delta:
     tool_calls: tuple[ToolCallDelta, ...] = ()
     choice: int = 0
     logprobs: dict[str, Any] | None = field(default=None, hash=False, compare=False)
+    more: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@ LM Studio, OpenAI itself. Always streams upstream, so one code path serves both 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -99,14 +100,18 @@ class OpenAICompatBackend:
                 if resp.status_code >= 400:
                     await resp.aread()
                     raise status_error(self.name, resp.status_code, error_text(resp))
-                finished = False
+                finished, lines = False, SSELines()
                 try:
-                    async for line in resp.aiter_lines():
-                        finished = finished or line.startswith("data: [DONE]")
-                        delta = self._parse_line(line)
-                        if delta is not None:
+                    async for data in resp.aiter_bytes():  # one read: its events go on together
+                        deltas, done = self._parse_lines(lines.feed(data))
+                        finished = finished or done
+                        for delta in deltas:
                             finished = finished or delta.finish_reason is not None
                             yield delta
+                    deltas, done = self._parse_lines(lines.flush())
+                    finished = finished or done or any(d.finish_reason is not None for d in deltas)
+                    for delta in deltas:
+                        yield delta
                 except httpx.TimeoutException as exc:  # its message is empty: name what happened
                     raise BackendTimeout(
                         f"backend '{self.name}' stopped sending mid-reply ({type(exc).__name__})"
@@ -118,11 +123,21 @@ class OpenAICompatBackend:
                 if not finished:  # e.g. llama_cpp.server on a prompt beyond n_ctx: 200, then nothing
                     raise BackendServerError(f"backend '{self.name}' ended the reply without finishing it")
 
-    def _parse_line(self, line: str) -> Delta | None:
-        if not line.startswith("data:"):
+    def _parse_lines(self, lines: list[bytes]) -> tuple[list[Delta], bool]:
+        """The deltas of one read's lines, each but the last marked `more`; and whether `[DONE]` came."""
+        deltas, done = [], False
+        for line in lines:
+            done = done or line.startswith(b"data: [DONE]")
+            delta = self._parse_line(line)
+            if delta is not None:
+                deltas.append(delta)
+        return [dataclasses.replace(d, more=True) for d in deltas[:-1]] + deltas[-1:], done
+
+    def _parse_line(self, line: bytes) -> Delta | None:
+        if not line.startswith(b"data:"):
             return None
         data = line[5:].strip()
-        if not data or data == "[DONE]":
+        if not data or data == b"[DONE]":
             return None
         chunk = orjson.loads(data)
         if "error" in chunk:
@@ -191,6 +206,27 @@ class OpenAICompatBackend:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+class SSELines:
+    """Server-sent-event lines out of the bytes of each read: a line ends at CRLF, LF or CR (the SSE
+    spec's three), and a line cut by the read boundary waits for the rest. Bytes, not text: orjson
+    parses bytes, and no UTF-8 sequence contains a line-end byte."""
+
+    def __init__(self) -> None:
+        self._rest = b""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The lines completed by `data`, without their line ends."""
+        parts = (self._rest + data).splitlines(keepends=True)
+        # the last part is unfinished unless it ends in LF (a CR may be the first half of a CRLF)
+        self._rest = parts.pop() if parts and not parts[-1].endswith(b"\n") else b""
+        return [part.rstrip(b"\r\n") for part in parts]
+
+    def flush(self) -> list[bytes]:
+        """What is left when the body ends: its last line, if it had no line end."""
+        rest, self._rest = self._rest, b""
+        return [rest.rstrip(b"\r\n")] if rest else []
 
 
 def wire_message(m: Message) -> dict[str, Any]:

@@ -7,7 +7,6 @@ import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
-from sse_starlette import EventSourceResponse
 
 from memory.types import SessionKey
 from memory.users import User
@@ -18,6 +17,7 @@ from proxy.pipeline import ChatPipeline
 from proxy.protocol import ChatCompletionRequest
 from proxy.session import identify_session, requested_persona
 from proxy.settings import Settings
+from proxy.sse import EventStream
 from proxy.streaming import collect, stream_sse
 
 router = APIRouter()
@@ -47,8 +47,7 @@ async def create_chat_completion(
         )
     headers = chat.headers()
     if body.stream:
-        ping = int(settings.sse_ping_s) or None
-        return EventSourceResponse(stream_sse(chat, pipeline), sep="\n", ping=ping, headers=headers)
+        return EventStream(stream_sse(chat, pipeline), headers=headers, ping_s=settings.sse_ping_s)
     completion = await cancel_on_disconnect(request, collect(chat, pipeline))
     if completion is None:
         return Response(status_code=499)  # nobody is listening any more

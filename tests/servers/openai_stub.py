@@ -23,6 +23,7 @@ that a client disconnect really cancelled the upstream request. Also the "instan
                   when `script` holds a reply for the request (keyed by the content of one of its
                   messages, the latest that is a key), it streams that instead, word by word
                   (replaying a recorded SillyTavern flow: tests/fixtures/sillytavern/flows)
+    one-write     the `echo` stream in a single write, its lines ended CRLF (the upstream parser's test)
     facts-*       fact extractors reading Anima's extraction prompt (tests/servers/facts_stub.py)
 
 Every model also does what OpenAI does with these request fields:
@@ -300,7 +301,15 @@ def stub_app(state: StubState | None = None) -> Starlette:
         yield _chunk({}, "stop", None if model == "no-usage" else USAGE)
         yield b"data: [DONE]\n\n"
 
+    async def one_write(model: str, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        """`one-write`: the whole `echo` stream in one write, lines ended CRLF (both are allowed)."""
+        yield b"".join([piece async for piece in scripted("echo", body)]).replace(b"\n", b"\r\n")
+
     async def tracked(model: str, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        if model == "one-write":
+            async for piece in one_write(model, body):
+                yield piece
+            return
         try:
             async for piece in scripted(model, body):
                 yield piece
