@@ -2,9 +2,9 @@
 
 A reply streams a dozen or more chunks, so they are built as plain dicts and dumped with orjson
 rather than as pydantic models (whose validation and wrap serializers cost more than the rest of
-the chunk's way). The shape is the one `proxy.protocol.ChatCompletionChunk` documents, field for
-field and in its order: `choices` always present (empty on the usage chunk, as SillyTavern
-requires), a delta carrying only the fields that say something, `usage` only when known.
+the chunk's way). The shape is OpenAI's `chat.completion.chunk`, field for field and in its order
+(`tests/proxy/test_stream_wire.py` pins it): `choices` always present (empty on the usage chunk,
+as SillyTavern requires), a delta carrying only the fields that say something, `usage` only when known.
 """
 
 from __future__ import annotations

@@ -214,67 +214,6 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
-class FunctionChunk(BaseModel):
-    name: str | None = None
-    arguments: str | None = None
-
-    @model_serializer(mode="wrap")
-    def _drop_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return {k: v for k, v in handler(self).items() if v is not None}
-
-
-class ToolCallChunk(BaseModel):
-    """A streamed fragment of a tool call: the first of each `index` has its id, type and name, the
-    rest only more `arguments` (what the OpenAI SDK's accumulator expects)."""
-
-    index: int
-    id: str | None = None
-    type: Literal["function"] | None = None
-    function: FunctionChunk
-
-    @model_serializer(mode="wrap")
-    def _drop_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return {k: v for k, v in handler(self).items() if v is not None}
-
-
-class DeltaMessage(BaseModel):
-    """Only the fields that carry something are sent, as OpenAI does."""
-
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-    reasoning_content: str | None = None
-    tool_calls: list[ToolCallChunk] | None = None
-
-    @model_serializer(mode="wrap")
-    def _drop_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return {k: v for k, v in handler(self).items() if v is not None}
-
-
-class ChunkChoice(BaseModel):
-    index: int = 0
-    delta: DeltaMessage
-    finish_reason: str | None = None
-    logprobs: dict[str, Any] | None = None
-
-
-class ChatCompletionChunk(BaseModel):
-    """A stream chunk. `choices` is always present (empty on the usage chunk), as SillyTavern requires."""
-
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    choices: list[ChunkChoice]
-    usage: Usage | None = None
-
-    @model_serializer(mode="wrap")
-    def _usage_only_when_known(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        if data.get("usage") is None:
-            data.pop("usage", None)
-        return data
-
-
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
