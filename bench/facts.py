@@ -34,7 +34,8 @@ from sqlalchemy import select, text
 from memory import fact_store
 from memory.archive import Archive, Incoming
 from memory.budget import Budget, Shares, TokenCounter
-from memory.db import EmbeddedPostgres, make_engine, make_sessionmaker, upgrade_schema
+from memory.db import make_engine, make_sessionmaker, upgrade_schema
+from memory.embedded_pg import EmbeddedPostgres
 from memory.fact_store import Scope
 from memory.fact_worker import Completion, FactConfig, FactWorker
 from memory.facts import normal, ranked

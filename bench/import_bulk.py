@@ -22,7 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memory.archive import Archive, Incoming
 from memory.budget import TokenCounter
-from memory.db import EmbeddedPostgres, make_engine, make_sessionmaker, upgrade_schema
+from memory.db import make_engine, make_sessionmaker, upgrade_schema
+from memory.embedded_pg import EmbeddedPostgres
 from memory.models import ConversationRow, MessageRow
 from memory.recall import Fusion
 from memory.threads import content_hash, new_public_id

@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from memory.budget import TokenCounter  # noqa: E402
-from memory.db import EmbeddedPostgres, make_engine, make_sessionmaker, upgrade_schema  # noqa: E402
+from memory.db import make_engine, make_sessionmaker, upgrade_schema  # noqa: E402
+from memory.embedded_pg import EmbeddedPostgres  # noqa: E402
 from memory.journal import JournalEntry, TurnJournal  # noqa: E402
 from memory.service import MemoryConfig, MemoryService  # noqa: E402
 from memory.types import Message, SessionKey, TurnRecord  # noqa: E402

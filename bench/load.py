@@ -50,7 +50,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.overhead import anima_env, free_port, pct, table  # noqa: E402
-from memory.db import EmbeddedPostgres, upgrade_schema  # noqa: E402
+from memory.db import upgrade_schema  # noqa: E402
+from memory.embedded_pg import EmbeddedPostgres  # noqa: E402
 
 HISTORY = 10  # messages of history sent before the new user message (5 turns)
 TIMEOUT_S = 30.0  # per request, whole stream included

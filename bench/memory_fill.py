@@ -16,7 +16,8 @@ from pathlib import Path
 
 import psycopg
 
-from memory.db import EmbeddedPostgres, upgrade_schema
+from memory.db import upgrade_schema
+from memory.embedded_pg import EmbeddedPostgres
 
 TOPICS = "ARRAY['weather','work','family','travel','food','music','books','sports','health','money']"
 

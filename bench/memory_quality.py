@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from memory import history
 from memory.budget import Budget, Shares, TokenCounter
-from memory.db import EmbeddedPostgres, make_engine, make_sessionmaker, upgrade_schema
+from memory.db import make_engine, make_sessionmaker, upgrade_schema
+from memory.embedded_pg import EmbeddedPostgres
 from memory.embedder import OnnxMiniLMEmbedder, chunk_text
 from memory.recall import Fusion, RecallQuery, recall
 from memory.types import Message, StoredMessage, Thread

@@ -567,7 +567,7 @@ def parse_args() -> argparse.Namespace:
 def database(stack: contextlib.ExitStack, args: argparse.Namespace, tmp: Path) -> tuple[str, Path]:
     """The Postgres `on` stores in: filled with --stored messages, or the --data one filled before."""
     from bench.memory_fill import filled
-    from memory.db import EmbeddedPostgres
+    from memory.embedded_pg import EmbeddedPostgres
 
     data = args.data or tmp / "data"
     if (data / "postgres").exists():
@@ -580,7 +580,7 @@ def database(stack: contextlib.ExitStack, args: argparse.Namespace, tmp: Path) -
 
 def reused(stack: contextlib.ExitStack, data: Path) -> tuple[str, Path]:
     """A Postgres filled before (`--old`'s copy of a --data dir), started for this run."""
-    from memory.db import EmbeddedPostgres
+    from memory.embedded_pg import EmbeddedPostgres
 
     if not (data / "postgres").exists():
         raise SystemExit(f"{data} holds no Postgres: copy a stopped --data dir there first")

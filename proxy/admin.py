@@ -13,7 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memory.archive import Archive
 from memory.budget import TokenCounter
-from memory.db import EmbeddedPostgres, check_pgvector, make_engine, make_sessionmaker, upgrade_schema
+from memory.db import check_pgvector, make_engine, make_sessionmaker, upgrade_schema
+from memory.embedded_pg import EmbeddedPostgres
 from memory.importers import read_chat
 from memory.recall import Fusion
 from memory.users import create_key, list_keys, local_user, revoke_key, user_for_key

@@ -193,7 +193,7 @@ def serve(settings: Settings) -> None:
     config = log_config(settings.log_level, json=settings.log_json)
     logging.config.dictConfig(config)
     if settings.memory.enabled and settings.database_url is None and settings.workers == 1:
-        from memory.db import start_early
+        from memory.embedded_pg import start_early
 
         start_early(settings.data_dir)  # overlaps the app's imports; the app adopts it
     if settings.workers == 1:
@@ -252,7 +252,7 @@ def build_models(*, prune: bool = False) -> int:
     (memory/model_cache.py) unless already there. Prints each graph's path; exit status 1 on failure."""
     from emotion import detector, joint
     from memory import embedder, model_cache
-    from memory.db import build_template, template_name
+    from memory.embedded_pg import build_template, template_name
 
     logging.getLogger("anima").setLevel(logging.INFO)
     graphs = [

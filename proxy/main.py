@@ -22,11 +22,13 @@ from emotion.service import EmotionConfig, EmotionService
 from memory.budget import Shares, TokenCounter
 from memory.db import (
     DatabaseError,
-    EmbeddedPostgres,
     check_pgvector,
     check_schema,
     make_engine,
     make_sessionmaker,
+)
+from memory.embedded_pg import (
+    EmbeddedPostgres,
     started_early,
 )
 from memory.embedder import Embedder

@@ -22,7 +22,8 @@ from emotion.detector import MiniLMEmotionDetector
 from emotion.detector import graph_name as emotion_graph_name
 from memory import model_cache
 from memory.budget import TokenCounter
-from memory.db import EmbeddedPostgres, make_engine, make_sessionmaker, upgrade_schema
+from memory.db import make_engine, make_sessionmaker, upgrade_schema
+from memory.embedded_pg import EmbeddedPostgres
 from memory.embedder import Embedder, load_embedder
 from memory.users import create_key
 from proxy.backends.llamacpp import default_model_path

@@ -19,7 +19,8 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memory import model_cache
-from memory.db import DatabaseError, EmbeddedPostgres, make_engine
+from memory.db import DatabaseError, make_engine
+from memory.embedded_pg import EmbeddedPostgres
 from memory.embedder import Embedder, graph_name
 from memory.users import create_key
 from personas.prompt import MEMORY_PREAMBLE

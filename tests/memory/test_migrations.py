@@ -11,7 +11,7 @@ import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from memory import db
+from memory import db, embedded_pg
 
 
 def alembic_head() -> str:
@@ -47,8 +47,8 @@ def database(pg_url: str) -> Iterator[str]:
     admin = pg_url.replace("/anima?", "/postgres?")
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute("DROP DATABASE IF EXISTS migrations_test")
-        db.create_database(admin, "migrations_test")
-        db.create_database(admin, "migrations_test")  # a second call finds it
+        embedded_pg.create_database(admin, "migrations_test")
+        embedded_pg.create_database(admin, "migrations_test")  # a second call finds it
     yield pg_url.replace("/anima?", "/migrations_test?")
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute("DROP DATABASE migrations_test WITH (FORCE)")

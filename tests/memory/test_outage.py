@@ -16,7 +16,8 @@ import pytest
 from sqlalchemy import select
 
 from memory.budget import TokenCounter
-from memory.db import EmbeddedPostgres, make_engine, make_sessionmaker, upgrade_schema
+from memory.db import make_engine, make_sessionmaker, upgrade_schema
+from memory.embedded_pg import EmbeddedPostgres
 from memory.journal import JournalEntry, TurnJournal
 from memory.models import ConversationRow, MessageRow
 from memory.service import MemoryConfig, MemoryService

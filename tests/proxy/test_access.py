@@ -20,7 +20,8 @@ from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memory.budget import TokenCounter
-from memory.db import EmbeddedPostgres, upgrade_schema
+from memory.db import upgrade_schema
+from memory.embedded_pg import EmbeddedPostgres
 from memory.models import AppUser, ConversationRow, MessageRow, PersonaRef
 from memory.personas import PersonaRecords
 from memory.service import MemoryConfig, MemoryService

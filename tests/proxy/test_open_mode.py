@@ -13,7 +13,8 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memory.budget import TokenCounter
-from memory.db import EmbeddedPostgres, make_engine, make_sessionmaker, upgrade_schema
+from memory.db import make_engine, make_sessionmaker, upgrade_schema
+from memory.embedded_pg import EmbeddedPostgres
 from memory.users import revoke_key
 from tests.proxy.test_access import build, client, new_key, running
 

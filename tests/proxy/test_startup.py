@@ -13,7 +13,7 @@ import pytest
 
 from emotion.detector import MiniLMEmotionDetector
 from emotion.detector import graph_name as emotion_graph
-from memory import db, model_cache
+from memory import embedded_pg, model_cache
 from memory.embedder import Embedder
 from memory.embedder import graph_name as embedder_graph
 
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 SERVE_PATH = """
 import asyncio, sys
-from memory import db
+from memory import embedded_pg
 from proxy.main import build_services, close_services
 from proxy.settings import BackendSettings, EmotionSettings, MemorySettings, RouteSettings, Settings
 
@@ -30,7 +30,7 @@ settings = Settings(
     backends={"up": BackendSettings(kind="openai", base_url="http://127.0.0.1:9/v1")},
     models=[RouteSettings(name="up/x", backend="up", model="x")],
 )
-db.start_early(settings.data_dir)  # as `anima serve` does before uvicorn imports the app
+embedded_pg.start_early(settings.data_dir)  # as `anima serve` does before uvicorn imports the app
 from proxy import early
 early.begin(settings)  # and the models
 
@@ -38,7 +38,7 @@ async def main() -> None:
     services = await build_services(settings)
     try:
         assert services.memory is not None and services.emotion and services.emotion.detector
-        assert db._early == {}, "the app adopted the early Postgres"
+        assert embedded_pg._early == {}, "the app adopted the early Postgres"
         assert early._begun == {}, "and the models"
         async with services.memory.sessions() as session:
             from sqlalchemy import text
@@ -108,10 +108,10 @@ def test_cache_dirs_follow_the_override(tmp_path: Path, monkeypatch: pytest.Monk
 def test_a_fresh_data_dir_starts_from_the_template_cluster(tmp_path: Path) -> None:
     """No initdb on a new data dir: the install-time template is copied (owned by the user Postgres
     runs as, private), then started and used like any other."""
-    if model_cache.find_dir(db.template_name()) is None:  # `make test` builds it at install
-        db.build_template(model_cache.build_dir() / db.template_name())
-    server = db.EmbeddedPostgres(tmp_path / "data")
-    assert db.copy_template(server.pgdata)
+    if model_cache.find_dir(embedded_pg.template_name()) is None:  # `make test` builds it at install
+        embedded_pg.build_template(model_cache.build_dir() / embedded_pg.template_name())
+    server = embedded_pg.EmbeddedPostgres(tmp_path / "data")
+    assert embedded_pg.copy_template(server.pgdata)
     assert (server.pgdata / "PG_VERSION").exists() and not (server.pgdata / "postmaster.pid").exists()
     assert server.pgdata.stat().st_mode & 0o777 == 0o700
     url = server.start(migrate=True)
@@ -125,8 +125,8 @@ def test_a_fresh_data_dir_starts_from_the_template_cluster(tmp_path: Path) -> No
 SHARED_IMPORTS = """
 import sys
 from pathlib import Path
-from memory import db
-db.start_early(Path("/dev/null/anima"))  # the thread fails at once (no folder there): no Postgres
+from memory import embedded_pg
+embedded_pg.start_early(Path("/dev/null/anima"))  # the thread fails at once (no folder there): no Postgres
 shared = ("memory.models", "psycopg", "sqlalchemy.dialects.postgresql", "pgserver.postgres_server")
 print("imported first", [m for m in shared if m not in sys.modules])
 """
