@@ -93,12 +93,18 @@ class EmbeddedPostgres:
 
 
 def shared_buffers_mb() -> int:
-    """Postgres's page cache for the embedded server: 1 GiB, or an eighth of the RAM when that is less.
+    """Postgres's page cache for the embedded server: 1 GiB, or an eighth of the RAM (or of a
+    container's memory limit) when that is less.
     Postgres's default (128 MB) is smaller than 100k messages' HNSW index and vectors (~350 MB), so
     recall read pages through the kernel: at 100k stored, 1 GiB took 12% off a branch recall's CPU
     (docs/benchmarks.md). The buffers are touched as used, so an idle server does not hold them."""
-    ram_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
-    return max(128, min(1024, ram_mb // 8))
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:  # a container's memory limit (cgroup v2), when it has one, is the RAM that counts
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        ram = min(ram, int(limit)) if limit.isdigit() else ram
+    except OSError:
+        pass
+    return max(128, min(1024, ram // 2**20 // 8))
 
 
 def tune(pgdata: Path) -> None:
