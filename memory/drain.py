@@ -48,6 +48,7 @@ class JournalDrain:
         self._locks: dict[Chat, asyncio.Lock] = {}
         self._retry_at: dict[str, float] = {}
         self._discarded: set[str] = set()  # turns of deleted conversations: never replayed
+        self._reading = 0  # drains between reading the journal and their end: they may hold discarded turns
         self.active = 0  # conversations draining right now
         self.peak = 0  # the most that ever drained at once (what tests observe)
 
@@ -60,17 +61,28 @@ class JournalDrain:
         """Store journaled turns, each once; returns how many. With a session: only its conversation's
         (a request catching up), or all of its user's when it names none. An outage is raised once
         every conversation in progress has stopped."""
+        self._reading += 1
+        try:
+            chats = self._chats(session)
+            outage: list[BaseException] = []
+            gate = self._gate if session is None else contextlib.nullcontext()  # a request's: its deadline
+            counts = await asyncio.gather(*(self._drain_chat(c, e, outage, gate) for c, e in chats.items()))
+        finally:
+            self._reading -= 1
+            if not self._reading:  # a discarded turn is gone from the journal: only a read before saw it
+                self._discarded.clear()
+        if outage:
+            raise outage[0]
+        return sum(counts)
+
+    def _chats(self, session: SessionKey | None) -> dict[Chat, list[JournalEntry]]:
+        """The journaled turns to drain, by conversation, in journal order."""
         chats: dict[Chat, list[JournalEntry]] = {}
         for entry in self.journal.entries():
             chat = chat_of(entry)
             if session is None or (chat[0] == session.user_id and session.conversation in (None, chat[1])):
                 chats.setdefault(chat, []).append(entry)
-        outage: list[BaseException] = []
-        gate = self._gate if session is None else contextlib.nullcontext()  # a request's own: its deadline
-        counts = await asyncio.gather(*(self._drain_chat(c, e, outage, gate) for c, e in chats.items()))
-        if outage:
-            raise outage[0]
-        return sum(counts)
+        return chats
 
     async def _drain_chat(
         self,
@@ -94,6 +106,7 @@ class JournalDrain:
                     if not await self._stored(entry, outage):
                         break
                     stored.append(entry.turn_id)
+                    self._retry_at.pop(entry.turn_id, None)
                     done += 1
                     if len(stored) >= DRAIN_BATCH:  # removed as it goes: requests see the backlog shrink
                         await asyncio.to_thread(self.journal.remove, set(stored))

@@ -138,7 +138,9 @@ async def test_a_deleted_conversations_journaled_turns_are_not_replayed(
     kept = SessionKey(user_id=user, conversation="kept-journaled")
     journaled_chat(journal, kept, 1)
     await memory.archive.delete(user, "deleted-journaled")
+    assert memory.drain is not None and memory.drain._discarded  # held while a drain may have read them
     assert await memory.drain_journal() == 1 and len(journal) == 0
+    assert not memory.drain._discarded  # gone from the journal and from every read: forgotten, not hoarded
     assert await traces(sessions, user, "deleted-journaled") == 0
     assert await branch(sessions, user, "kept-journaled") == [
         "kept-journaled question 1",
