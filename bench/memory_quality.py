@@ -3,7 +3,7 @@
 12 conversations of 300 turns of varied small talk; 8 facts planted in each at early user turns and
 12 near-miss distractors later (same topics and words, about other people). At the end each fact is
 probed twice: with a paraphrase that shares few words with it, and with a probe naming a distinctive
-word. Everything goes through the real code: messages stored with `memory.history.append`, embedded
+word. Everything goes through the real code: messages stored with `memory.chain.append`, embedded
 by the real `EmbeddingWorker` with the ONNX MiniLM, recalled with `memory.recall` in branch scope,
 excluding the last 24 messages as the request path does. Prints Recall@1/@5/@10 of the planted
 message for dense only, lexical only and several fusions, and how often the evidence reaches an
@@ -24,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from memory import history
+from memory import chain, history
 from memory.budget import Budget, Shares, TokenCounter
 from memory.db import make_engine, make_sessionmaker, upgrade_schema
 from memory.embedded_pg import EmbeddedPostgres
@@ -173,7 +173,7 @@ async def run(url: str, models: Path, n_conversations: int, turns: int) -> None:
         messages, planted = conversation(rng, turns)
         async with sessions.begin() as s:
             row = await history.create_conversation(s, user_id=user, public_id=f"q{c}")
-            stored = await history.append(
+            stored = await chain.append(
                 s,
                 user_id=user,
                 conversation_id=row.id,

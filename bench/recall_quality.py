@@ -2,7 +2,7 @@
 
 12 chats of ~600 turns in 20 dated sessions, 10 questions each with marked evidence turns (types:
 swapped-speaker, temporal, knowledge-update, multi-hop, reply). Every chat is stored with
-`memory.history.append` and embedded by the real `EmbeddingWorker` with the ONNX MiniLM (timed: the
+`memory.chain.append` and embedded by the real `EmbeddingWorker` with the ONNX MiniLM (timed: the
 embedding throughput in turns/s). Each question is then ranked in branch scope over its chat (the
 question is asked after the chat; nothing excluded) by:
 - the old ranking, replayed: "[date] Name: text" embeddings, names in the full text, ts_rank_cd, 2:1;
@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.baseline import recall_at
 from bench.long_chats import Chat, generate
-from memory import history
+from memory import chain, history
 from memory import recall as recall_module
 from memory.budget import TokenCounter
 from memory.db import make_engine, make_sessionmaker, upgrade_schema
@@ -89,7 +89,7 @@ async def store(sessions: Any, counter: TokenCounter, user: int, chats: list[Cha
         ]
         async with sessions.begin() as s:
             row = await history.create_conversation(s, user_id=user, public_id=f"chat{c}")
-            stored = await history.append(
+            stored = await chain.append(
                 s,
                 user_id=user,
                 conversation_id=row.id,

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from memory import history
+from memory import chain, history
 from memory.budget import TokenCounter
 from memory.models import ConversationRow, MessageRow, PersonaRef, TurnContext
 from memory.privacy import redact_recalled
@@ -117,7 +117,7 @@ class Archive:
         parent: int | None,
         messages: Sequence[Incoming],
     ) -> None:
-        await history.append(
+        await chain.append(
             s,
             user_id=user_id,
             conversation_id=conversation_id,

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
-from dataclasses import replace
-from datetime import UTC, datetime
-from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import delete, exists, func, select, text, update
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import delete, exists, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from memory.models import ConversationRow, MessageEmbedding, MessageRow
-from memory.threads import Candidate, content_hash, same_or_trimmed
+from memory.threads import Candidate, content_hash
 from memory.types import Message, StoredMessage, ToolCall
 
 _PATH = text(
@@ -70,12 +65,12 @@ def tool_meta(message: Message) -> dict[str, Any]:
     return meta
 
 
-def _with_tool_meta(meta: dict[str, Any] | None, message: Message) -> dict[str, Any] | None:
+def with_tool_meta(meta: dict[str, Any] | None, message: Message) -> dict[str, Any] | None:
     extra = tool_meta(message)
     return (meta or {}) | extra if extra else meta
 
 
-def _stored(row: Any) -> StoredMessage:
+def stored_row_of(row: Any) -> StoredMessage:
     meta = getattr(row, "meta", None) if isinstance(row, MessageRow) else getattr(row, "metadata", None)
     meta = meta if isinstance(meta, dict) else {}
     return StoredMessage(
@@ -163,7 +158,7 @@ async def replies(
         .order_by(MessageRow.id.desc())
         .limit(32)
     )
-    return [_stored(r) for r in rows]
+    return [stored_row_of(r) for r in rows]
 
 
 async def conversation_by_public_id(
@@ -248,7 +243,7 @@ async def path(
             "skip_first": skip_first,
         }
         rows = (await session.execute(_PATH_TOKENS, params)).all()
-    return [_stored(r) for r in rows]
+    return [stored_row_of(r) for r in rows]
 
 
 async def revise(
@@ -275,181 +270,3 @@ async def depth_of(session: AsyncSession, message_id: int | None) -> int:
         return -1
     value = await session.scalar(select(MessageRow.depth).where(MessageRow.id == message_id))
     return int(value) if value is not None else -1
-
-
-async def append(
-    session: AsyncSession,
-    *,
-    user_id: int,
-    conversation_id: int,
-    parent_id: int | None,
-    messages: Sequence[Message],
-    token_counts: Sequence[int],
-    source: str = "chat",
-    status: str = "complete",
-    created_at: Sequence[datetime | None] | None = None,
-    metadata: Sequence[dict[str, Any] | None] | None = None,
-    extras: Sequence[dict[str, Any]] | None = None,
-    parent_depth: int | None = None,
-    reuse: bool = False,
-    client_copies: int = 0,
-    persona_id: int | None = None,
-) -> list[StoredMessage]:
-    """Store `messages` as a chain under `parent_id`; returns them with their ids.
-
-    One bulk INSERT (executemany) for the whole chain: the ids are drawn from the table's sequence
-    first, so each row's parent id is known before anything is written. `parent_depth`, when the
-    caller knows it, saves a lookup, and timestamps are set here so nothing is read back. `reuse`:
-    a message that is already stored under the same parent (same role and text) is taken instead of
-    stored again; a request recognised before the previous turn's store landed (another worker, a
-    slow store) then adds only what is really new. Only a leading run can be reused: the first new
-    message has no children yet, so nothing after it can exist. The first `client_copies` messages are
-    the client's own copies: an assistant one among them may be the part of a broken-off reply it
-    kept, which is then that stored reply, revised to the client's text. `persona_id`: the persona the
-    conversation talks to now, set in the same UPDATE that marks the conversation updated.
-    """
-    depth = parent_depth if parent_depth is not None else await depth_of(session, parent_id)
-    stored: list[StoredMessage] = []
-    start = 0
-    while reuse and start < len(messages):
-        existing = await _stored_child(session, conversation_id, parent_id, messages[start])
-        if existing is None and start < client_copies:
-            existing = await _kept_part(session, user_id, conversation_id, parent_id, messages[start])
-        if existing is None:
-            break
-        if existing.content != messages[start].content:  # the part of a broken-off reply the client kept
-            message = messages[start]
-            await revise(
-                session, user_id=user_id, message_id=existing.id, message=message, tokens=token_counts[start]
-            )
-            existing = replace(existing, content=message.content)
-        stored.append(existing)
-        parent_id, depth, start = existing.id, existing.depth, start + 1
-    if start < len(messages):
-        now = datetime.now(UTC)
-        ids = await _new_ids(session, len(messages) - start)
-        rows: list[dict[str, Any]] = []
-        for offset, i in enumerate(range(start, len(messages))):
-            message, depth = messages[i], depth + 1
-            rows.append(
-                {
-                    "id": ids[offset],
-                    "conversation_id": conversation_id,
-                    "user_id": user_id,
-                    "parent_id": parent_id,
-                    "depth": depth,
-                    "role": message.role,
-                    "name": message.name,
-                    "content": message.content,
-                    "content_hash": content_hash(message),
-                    "token_count": token_counts[i],
-                    "source": source,
-                    "status": status,
-                    "meta": _with_tool_meta(metadata[i] if metadata else None, message),
-                    "created_at": created_at[i] if created_at and created_at[i] is not None else now,
-                }
-                | (extras[i] if extras else {})
-            )
-            parent_id = ids[offset]
-        await _insert_chain(session, rows)
-        stored += [_stored_row(row) for row in rows]
-    now_talking = {"persona_id": persona_id} if persona_id is not None else {}
-    await session.execute(
-        update(ConversationRow)
-        .where(ConversationRow.id == conversation_id)
-        .values(updated_at=func.now(), **now_talking)
-    )
-    return stored
-
-
-async def _new_ids(session: AsyncSession, count: int) -> list[int]:
-    """`count` fresh message ids, ascending (storage order is id order)."""
-    rows = await session.scalars(
-        text("SELECT nextval(pg_get_serial_sequence('message', 'id')) FROM generate_series(1, :n)"),
-        {"n": count},
-    )
-    return sorted(int(i) for i in rows)
-
-
-async def _stored_child(
-    session: AsyncSession, conversation_id: int, parent_id: int | None, message: Message
-) -> StoredMessage | None:
-    """The message with this role and text already stored under `parent_id`, if any."""
-    same_parent = MessageRow.parent_id.is_(None) if parent_id is None else MessageRow.parent_id == parent_id
-    existing = await session.scalar(
-        select(MessageRow)
-        .where(
-            MessageRow.conversation_id == conversation_id,
-            same_parent,
-            MessageRow.content_hash == content_hash(message),
-            MessageRow.role == message.role,
-        )
-        .order_by(MessageRow.id)
-        .limit(1)
-    )
-    return _stored(existing) if existing is not None else None
-
-
-async def _kept_part(
-    session: AsyncSession, user_id: int, conversation_id: int, parent_id: int | None, message: Message
-) -> StoredMessage | None:
-    """A broken-off (partial) reply stored under `parent_id` of which `message` is the part the client
-    kept after Stop: its store can land between the recognition and the store of the client's next turn,
-    which then carries that shorter copy as new."""
-    if message.role != "assistant" or parent_id is None:
-        return None
-    stored = await replies(session, user_id=user_id, parent_id=parent_id, conversation_id=conversation_id)
-    return next(
-        (r for r in stored if r.status == "partial" and same_or_trimmed(message.content, r.content)), None
-    )
-
-
-_RECORDS = "jsonb_to_recordset(CAST(:rows AS jsonb))"
-_DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
-
-
-async def _insert_chain(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
-    """The rows in one INSERT from a JSON record set. The ORM's bulk insert leaves a row's None columns
-    out and sends one INSERT per set of columns: a user message with its emotion and the reply without
-    took two round trips (issue 15). As there, a column a row leaves out or sets None gets its server
-    default, else SQL NULL (a JSON null is SQL NULL here, never JSON 'null')."""
-    keys = list(dict.fromkeys(key for row in rows for key in row))
-    columns = [MessageRow.__mapper__.columns[key] for key in keys]
-    names = ", ".join(_quoted(c) for c in columns)
-    spec = ", ".join(f"{_quoted(c)} {c.type.compile(dialect=_DIALECT)}" for c in columns)
-    gaps = [any(row.get(key) is None for row in rows) for key in keys]
-    values = ", ".join(_or_default(c, gap) for c, gap in zip(columns, gaps, strict=True))
-    records = [{c.name: row.get(key) for key, c in zip(keys, columns, strict=True)} for row in rows]
-    await session.execute(
-        text(f"INSERT INTO message ({names}) SELECT {values} FROM {_RECORDS} AS r({spec})"),
-        {"rows": json.dumps(records, default=_json_default)},
-    )
-
-
-def _quoted(column: Any) -> str:
-    return f'"{column.name}"'
-
-
-def _or_default(column: Any, missing: bool) -> str:
-    """The record's value, or the column's server default where some row has none."""
-    default = getattr(column.server_default, "arg", None)
-    if not missing or default is None:
-        return f"r.{_quoted(column)}"
-    sql = str(default.compile(dialect=_DIALECT)) if hasattr(default, "compile") else _literal(str(default))
-    return f"COALESCE(r.{_quoted(column)}, {sql})"
-
-
-def _literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def _json_default(value: object) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"cannot store {type(value).__name__} in a message row")
-
-
-def _stored_row(row: dict[str, Any]) -> StoredMessage:
-    """A row just inserted in bulk, as `_stored` reads rows (emotion columns default to unset)."""
-    unset = {"emotion_label": None, "importance": None, "emotion_scores": None, "emotion_confidence": None}
-    return _stored(SimpleNamespace(**(unset | row), metadata=row.get("meta")))

@@ -20,7 +20,7 @@ from sqlalchemy import literal, select, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from memory import history
+from memory import chain, history
 from memory.budget import TokenCounter
 from memory.journal import InFlight, JournalEntry, TurnJournal
 from memory.models import ConversationRow, TurnContext
@@ -277,7 +277,7 @@ class TurnStore:
         if reply is not None:
             messages, extras = [*messages, reply], [*extras, {}]
             metadata.append({"persona": turn.persona} if turn.persona else None)
-        return await history.append(
+        return await chain.append(
             s,
             user_id=session.user_id,
             conversation_id=conversation_id,
@@ -327,7 +327,7 @@ class TurnStore:
             kept = await self._kept_copy(s, session, conversation_id, parent, content)  # a fast next turn)
             if kept is not None:
                 return [kept]
-        return await history.append(
+        return await chain.append(
             s,
             user_id=session.user_id,
             conversation_id=conversation_id,

@@ -14,7 +14,7 @@ import httpx
 from sqlalchemy import event, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from memory import history
+from memory import chain, history
 from memory.archive import Archive, Incoming
 from memory.budget import TokenCounter
 from memory.models import ConversationRow, MessageRow
@@ -67,7 +67,7 @@ async def test_bulk_append_reuses_the_messages_already_under_the_parent(
     said = [Message("user", "a"), Message("assistant", "b"), Message("user", "c")]
     async with sessions.begin() as s:
         conversation = await history.create_conversation(s, user_id=user, public_id="bulk-reuse")
-        first = await history.append(
+        first = await chain.append(
             s,
             user_id=user,
             conversation_id=conversation.id,
@@ -75,7 +75,7 @@ async def test_bulk_append_reuses_the_messages_already_under_the_parent(
             messages=said,
             token_counts=[1, 1, 1],
         )
-        again = await history.append(
+        again = await chain.append(
             s,
             user_id=user,
             conversation_id=conversation.id,

@@ -19,7 +19,7 @@ from emotion.joint import JointEncoder
 from emotion.joint import build_graph as build_joint
 from emotion.joint import graph_name as joint_graph
 from emotion.service import EmotionConfig, EmotionService
-from memory import history, model_cache
+from memory import chain, history, model_cache
 from memory.budget import TokenCounter
 from memory.embedder import Embedder, chunk_text
 from memory.service import MemoryConfig, MemoryService
@@ -161,7 +161,7 @@ async def test_a_known_vector_waits_for_the_worker_where_it_still_has_work(
     texts = ["annotated already", "not annotated yet", LONG, "embedded already"]
     async with sessions.begin() as s:
         row = await history.create_conversation(s, user_id=user, public_id="known")
-        rows = await history.append(
+        rows = await chain.append(
             s,
             user_id=user,
             conversation_id=row.id,

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from memory import history
+from memory import chain, history
 from memory.budget import TokenCounter
 from memory.lexical import BM25, Samples
 from memory.recall import Fusion, RecallQuery, recall, text_leg
@@ -31,7 +31,7 @@ async def chat(
     messages = [Message("user" if who == first else "assistant", said, who) for who, said in lines]
     async with sessions.begin() as s:
         row = await history.create_conversation(s, user_id=user, public_id=public_id)
-        return await history.append(
+        return await chain.append(
             s,
             user_id=user,
             conversation_id=row.id,

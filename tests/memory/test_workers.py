@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from memory import history
+from memory import chain, history
 from memory.budget import TokenCounter
 from memory.types import Message, StoredMessage
 from memory.workers import EmbeddingWorker
@@ -34,7 +34,7 @@ async def stored(
 ) -> list[StoredMessage]:
     async with sessions.begin() as s:
         row = await history.create_conversation(s, user_id=user, public_id="w")
-        return await history.append(
+        return await chain.append(
             s,
             user_id=user,
             conversation_id=row.id,
