@@ -101,11 +101,13 @@ def _reexport(target: Path) -> None:
         weights = attention_mask.to(x.dtype).unsqueeze(-1)
         return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
 
-    original, embedder.mean_pooled = embedder.mean_pooled, mean_pooled
+    from memory import onnx_export
+
+    original, onnx_export.mean_pooled = onnx_export.mean_pooled, mean_pooled
     try:
         embedder.build_graph(target)
     finally:
-        embedder.mean_pooled = original
+        onnx_export.mean_pooled = original
     model = onnx.load(str(target))
     made = {o: n for n in model.graph.node for o in n.output}
     for node in model.graph.node:  # scores * 1/sqrt(d)  ->  scores / sqrt(d)

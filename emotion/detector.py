@@ -29,11 +29,10 @@ from memory.embedder import (
     _load_tokenizer,
     _model_dir,
     _session,
-    export_graph,
-    mean_pooled,
     padded,
     runs,
 )
+from memory.onnx_export import export_graph, mean_pooled
 
 if TYPE_CHECKING:
     import onnxruntime

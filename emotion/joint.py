@@ -22,7 +22,7 @@ import numpy as np
 
 from emotion.detector import MAX_TOKENS, MODEL_DIR, PROBES, classifier, model_meta
 from emotion.labels import prepare_text
-from memory import embedder, model_cache
+from memory import embedder, model_cache, onnx_export
 from memory.embedder import _encode_batch, _load_tokenizer, _max_seq_length, _model_dir, _session, padded
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ def _export(target: Path, model_dir: Path) -> None:
     with torch.no_grad():
         tokens = (torch.from_numpy(ids), torch.from_numpy(mask))
         alone = [embedding_model(base)(*tokens).numpy(), tuned(*tokens).numpy()]
-    embedder.export_onnx(
+    onnx_export.export_onnx(
         Joint().eval(),
         {"input_ids": ids, "attention_mask": mask, "embed_rows": rows, "emotion_rows": rows[::-1].copy()},
         {"sentence_embedding": {0: "embed_rows"}, "scores": {0: "emotion_rows"}},
@@ -134,7 +134,7 @@ def embedding_model(bert: Any) -> Any:
 
     def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.normalize(
-            embedder.mean_pooled(bert, input_ids, attention_mask), p=2.0, dim=1
+            onnx_export.mean_pooled(bert, input_ids, attention_mask), p=2.0, dim=1
         )
 
     return forward

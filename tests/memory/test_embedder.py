@@ -13,6 +13,7 @@ import pytest
 from tokenizers import Tokenizer
 
 import memory.embedder as embedder_module
+from memory import onnx_export
 from memory.embedder import (
     EMBEDDING_DIM,
     Embedder,
@@ -205,7 +206,7 @@ def test_onnx_embedder_load_reuses_cached_file(
     def no_export(target: Path) -> None:
         raise AssertionError(f"exported again to {target}")
 
-    monkeypatch.setattr(embedder_module, "_export_onnx", no_export)  # not a timing check: a busy machine
+    monkeypatch.setattr(onnx_export, "export_recall_graph", no_export)  # not a timing check: a busy machine
     OnnxMiniLMEmbedder.load(cache_dir)
     assert model_file.stat().st_mtime_ns == before
     assert [p.name for p in cache_dir.iterdir()] == [model_file.name]  # no temporary or stale files
