@@ -8,7 +8,7 @@ from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import Depends, Request, Response
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
@@ -35,8 +35,8 @@ class ChatRoute(APIRoute):
     route's own dependencies (`caller`, `limited`: auth, then the rate limit) and the endpoint called
     directly. Anything else (a body that is not JSON, or not a valid request) goes through FastAPI's
     own handler, so every error is reported exactly as before. The route, its dependencies and its
-    schema stay declared below for FastAPI and the OpenAPI document; `tests/proxy/test_chat_route.py`
-    checks that the short way runs the same dependencies."""
+    schema stay declared (`proxy.routes.add_routes`) for that way and the OpenAPI document;
+    `tests/proxy/test_access.py` checks that both ways check the key and take one request."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         fastapi_handler = super().get_route_handler()
@@ -63,10 +63,6 @@ async def valid_body(request: Request) -> ChatCompletionRequest | None:
         return None
 
 
-router = APIRouter(route_class=ChatRoute)
-
-
-@router.post("/chat/completions", response_model=None)
 async def create_chat_completion(
     body: ChatCompletionRequest,
     request: Request,
