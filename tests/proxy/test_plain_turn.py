@@ -10,7 +10,7 @@ from memory.types import Message, ToolCall
 from personas.prompt import assemble_prompt, parts_for
 from proxy.turn import TurnBuilder, TurnRequest
 
-TEXTS = ("hello there", "café au lait, s'il vous plaît", "🙂🙃 emoji 🤖", "日本語のテキスト", "word " * 500, "")
+TEXTS = ("hello", "café au lait, s'il vous plaît", "🙂🙃 emoji 🤖", "日本語のテキスト", "word " * 500, "")
 
 
 @pytest.fixture(scope="module")
