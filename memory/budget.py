@@ -57,6 +57,25 @@ class TokenCounter:
         return self._enc.decode(self._enc.encode_ordinary(text)[: max(tokens, 0)])
 
 
+class AtMost(TokenCounter):
+    """An upper bound of `TokenCounter`'s counts, without tokenizing: each token of a byte-level BPE
+    stands for at least one byte of UTF-8, so a text has at most as many tokens as bytes. A prompt
+    that fits by this bound fits by the exact count, so it is assembled the same; with memory off
+    nothing stores the counts, and a growing chat's new messages need no tokenizing (issue 15)."""
+
+    def __init__(self, exact: TokenCounter) -> None:  # no encoder of its own
+        self._exact = exact
+
+    def count(self, text: str) -> int:
+        return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+    def calls(self, tool_calls: Sequence[ToolCall]) -> int:
+        return sum(self.count(c.name) + self.count(c.arguments) + CALL_OVERHEAD for c in tool_calls)
+
+    def head(self, text: str, tokens: int) -> str:
+        return self._exact.head(text, tokens)
+
+
 class BudgetExceeded(ValueError):
     """The parts that must fit whole do not: the request cannot be served by this model."""
 

@@ -10,7 +10,40 @@ def unstorable(value: Any, path: str = "") -> str | None:
     """Where `value` (parsed JSON) holds a NUL character, a lone surrogate, NaN or Infinity, or None.
 
     Postgres text and jsonb refuse NUL (U+0000) and lone surrogates cannot be encoded as UTF-8;
-    jsonb has no NaN or Infinity. Iterative, so deeply nested input cannot exhaust the stack."""
+    jsonb has no NaN or Infinity. Iterative, so deeply nested input cannot exhaust the stack. Every
+    chat request is checked: a first pass only looks, and where the problem is is worked out only
+    when there is one (building each node's path cost more than the check)."""
+    return None if _storable(value) else _where(value, path)
+
+
+def _storable(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not _clean(item):
+                return False
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return False
+        elif isinstance(item, dict):
+            if not all(_clean(str(key)) for key in item):
+                return False
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return True
+
+
+def _clean(text: str) -> bool:
+    """No NUL and no lone surrogate (an ASCII string, the usual key or short value, has neither of
+    the latter: `isascii` is a flag look-up, `encode` a copy)."""
+    if "\x00" in text:
+        return False
+    return text.isascii() or _text_problem(text) is None
+
+
+def _where(value: Any, path: str) -> str | None:
     stack: list[tuple[str, Any]] = [(path, value)]
     while stack:
         where, item = stack.pop()

@@ -111,6 +111,18 @@ def cost(message: StoredMessage | Message, counter: TokenCounter) -> int:
     return message_cost(message, counter)
 
 
+def fits_whole(parts: PromptParts, budget: Budget, counter: TokenCounter) -> bool:
+    """Whether every part fits the budget as it is (nothing to cut or shorten, nothing recalled)."""
+    if parts.memories or parts.summaries:
+        return False
+    newest = [parts.newest] if parts.newest is not None else []
+    messages = (*parts.system, *parts.earlier, *parts.body, *newest, *parts.trailing)
+    need = sum(cost(m, counter) for m in messages)
+    need += counter.message("\n\n".join(parts.facts)) if parts.facts else 0
+    need += counter.message("\n".join(parts.volatile)) if parts.volatile else 0
+    return need <= budget.prompt
+
+
 def assemble_prompt(parts: PromptParts, budget: Budget, counter: TokenCounter) -> Prompt:
     """The prompt under the budget: the fixed parts whole (or BudgetExceeded), the client's history whole
     when it fits (memory gets what is left), else cut oldest first with memory's shares kept for recall

@@ -149,6 +149,8 @@ class RequestLog:
     def _done(scope: Scope, seen: dict[str, Any], seconds: float) -> None:
         route, method = route_of(scope), scope["method"]
         observe_request(route, method, seen["status"], seen["backend"], seconds)
+        if not access.isEnabledFor(logging.INFO):  # the usual case in production: no line, no `extra`
+            return
         access.info(
             "%s %s %d %.1fms",
             method,

@@ -52,7 +52,7 @@ from proxy.metrics import Sampler
 from proxy.middleware import BodyLimit, CollapseSlashes, JsonBodies
 from proxy.pipeline import BudgetPolicy, ChatPipeline, RetryPolicy
 from proxy.reason import ReasonPhrase
-from proxy.routes import api_router, ui
+from proxy.routes import add_routes, ui
 from proxy.settings import Settings, get_settings
 
 log = logging.getLogger("anima")
@@ -406,7 +406,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app = FastAPIOffline(title="Anima", version="0.1.0", lifespan=lifespan, static_url="/static/docs")
     app.openapi = _openapi_without_422(app)  # type: ignore[method-assign]
     install_error_handlers(app)
-    app.include_router(api_router())
+    add_routes(app)
     app.mount("/ui/static", ui.assets(), name="ui")
     if settings.cors_origins:  # closed by default: no CORS headers, so browsers block other origins
         app.add_middleware(

@@ -117,7 +117,7 @@ class ReplyBuffer:
                 self.reported_usage = (delta.usage.prompt_tokens, delta.usage.completion_tokens)
             if delta.text and delta.choice == 0 and chat.wal is not None:
                 InFlight.add(chat.wal, delta.text)  # before the client sees it
-            choice = self.choices.setdefault(delta.choice, ChoiceBuffer())
+            choice = self.choices.get(delta.choice) or self.choices.setdefault(delta.choice, ChoiceBuffer())
             visible = choice.add(delta)
             if visible is not None or delta.logprobs:
                 yield delta, chunks.choice(delta.choice, visible or {}, logprobs=delta.logprobs)

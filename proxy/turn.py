@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING
 
 from emotion.detector import Emotion
 from emotion.service import EmotionService
-from memory.budget import Budget, BudgetExceeded, Shares, TokenCounter
+from memory.budget import AtMost, Budget, BudgetExceeded, Shares, TokenCounter
 from memory.recall import Boost
 from memory.service import MemoryService
 from memory.types import Annotation, Memory, Message, SessionKey, StoredMessage, Summary, Thread
 from personas.client_card import CardIndex, IndexedCard, excerpt, leading_system, pick_chunks, recognise_card
-from personas.prompt import Prompt, assemble_prompt, cost, parts_for
+from personas.prompt import Prompt, assemble_prompt, cost, fits_whole, parts_for
 from personas.render import merge_system
 from personas.store import Resolved
 from proxy.errors import ContextTooLong
@@ -107,6 +107,8 @@ class TurnBuilder:
         self.tokens, self.shares = tokens, shares
         self.memory, self.emotion, self.cards = memory, emotion, cards
         self.knowledge = knowledge  # issue 17: what personas know about the user
+        # memory off stores no token counts: a prompt that fits by an upper bound needs no tokenizing
+        self._at_most = AtMost(tokens) if memory is None else None
 
     async def build(self, turn: TurnRequest) -> MemoryTurn:
         """The prompt for this turn and what memory made of the request."""
@@ -240,9 +242,12 @@ class TurnBuilder:
         parts = parts_for(
             messages, thread, earlier=earlier, memories=memories, summaries=summaries, volatile=volatile
         )
+        parts = dataclasses.replace(parts, facts=facts)
+        bound = self._at_most
+        counter = bound if bound is not None and fits_whole(parts, budget, bound) else self.tokens
         try:
             with timed("assemble"):
-                return assemble_prompt(dataclasses.replace(parts, facts=facts), budget, self.tokens)
+                return assemble_prompt(parts, budget, counter)
         except BudgetExceeded as exc:
             raise ContextTooLong(str(exc), param="messages") from exc
 

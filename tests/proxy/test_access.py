@@ -198,6 +198,26 @@ async def test_rate_limits_answer_429_with_retry_after(
             assert is_error(over, 429) and "tokens per minute" in over.json()["error"]["message"]
 
 
+async def test_the_chat_route_checks_the_key_then_takes_one_request_each_way(
+    stub_url: str, sessions: async_sessionmaker[AsyncSession], counter: TokenCounter
+) -> None:
+    """The chat route's short way (proxy/routes/chat.py `ChatRoute`: a valid body) and FastAPI's (an
+    invalid one) run the same dependencies: the key is checked, then one request is taken."""
+    application, _ = build(stub_url, sessions, counter)
+    _, key = await new_key(sessions, "twice", requests_per_minute=2)
+    chat = {"model": "stub/echo", "messages": HI}
+    async with running(application) as transport:
+        async with client(transport) as nobody, client(transport, "anima-wrong") as wrong:
+            assert is_error(await nobody.post("/chat/completions", json=chat), 401)
+            assert is_error(await wrong.post("/chat/completions", json=chat), 401)
+            assert is_error(await wrong.post("/chat/completions", json={"model": "stub/echo"}), 401)
+        async with client(transport, key) as c:
+            invalid = await c.post("/chat/completions", json={"model": "stub/echo", "messages": []})
+            assert is_error(invalid, 400) and invalid.json()["error"]["param"] == "messages"
+            assert (await c.post("/chat/completions", json=chat)).status_code == 200
+            assert is_error(await c.post("/chat/completions", json=chat), 429, "rate_limit_exceeded")
+
+
 async def test_size_limits_answer_413_and_store_nothing(
     stub_url: str, sessions: async_sessionmaker[AsyncSession], counter: TokenCounter
 ) -> None:
