@@ -36,19 +36,27 @@ log = logging.getLogger("anima.workers")
 
 Annotate = Callable[[Sequence[tuple[str, str]]], Awaitable[list[Annotation]]]  # (role, text) -> annotation
 CLAIM_LEASE_S = 300.0  # a claim older than this was left by a worker that died
+SKIPPED_RETRY_S = 0.5  # rows skipped as locked are usually free again within a transaction's time
 
-_CLAIM = text(
-    """
-    UPDATE message m SET embed_claimed_at = clock_timestamp() FROM (
-        SELECT id FROM message
-        WHERE NOT embedded AND (
+_CLAIMABLE = """NOT embedded AND (
             embed_claimed_at IS NULL
             OR embed_claimed_at < clock_timestamp() - make_interval(secs => :lease)
-        )
-        ORDER BY id LIMIT :n FOR UPDATE SKIP LOCKED
-    ) pending WHERE m.id = pending.id
-    RETURNING m.id, m.user_id, m.conversation_id, m.role, m.content, m.content_hash, m.importance,
-              m.embed_claimed_at
+        )"""
+# Claims a batch and says how many rows were claimable when it looked (`waiting`, up to n + 1; one row
+# with only `waiting` when none was claimed): rows another transaction held locked (the fact worker
+# marking them read, say) are skipped, and the worker must look again soon rather than sleep on them.
+_CLAIM = text(
+    f"""
+    WITH pending AS (
+        SELECT id FROM message WHERE {_CLAIMABLE} ORDER BY id LIMIT :n FOR UPDATE SKIP LOCKED
+    ), claimed AS (
+        UPDATE message m SET embed_claimed_at = clock_timestamp() FROM pending WHERE m.id = pending.id
+        RETURNING m.id, m.user_id, m.conversation_id, m.role, m.content, m.content_hash, m.importance,
+                  m.embed_claimed_at
+    )
+    SELECT c.*, w.waiting
+    FROM (SELECT count(*) AS waiting FROM (SELECT 1 FROM message WHERE {_CLAIMABLE} LIMIT :n + 1) x) w
+    LEFT JOIN claimed c ON true
     """
 )
 # Marks done and drops the vectors a re-embed replaces, in one round trip.
@@ -141,11 +149,15 @@ class EmbeddingWorker:
         self._backlog = asyncio.Event()  # set while full batches are claimed: the second loop joins in
         self._encoder = asyncio.Lock()  # one batch encodes at a time; the other loop does its database work
         self.failures = 0
+        self.skipped = False  # the last claim left locked rows behind: look again after SKIPPED_RETRY_S
 
     async def step(self) -> int:
-        """Claim, embed and write one batch; returns how many messages it claimed."""
+        """Claim, embed and write one batch; returns how many messages it claimed. `skipped` says
+        whether claimable rows were left behind because another transaction held them locked."""
         async with self._claims() as session:
-            rows = (await session.execute(_CLAIM, {"n": self._batch, "lease": CLAIM_LEASE_S})).all()
+            found = (await session.execute(_CLAIM, {"n": self._batch, "lease": CLAIM_LEASE_S})).all()
+        rows = [r for r in found if r.id is not None]
+        self.skipped = len(rows) < self._batch and bool(found) and found[0].waiting > len(rows)
         if not rows:
             return 0
         try:
@@ -230,7 +242,7 @@ class EmbeddingWorker:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that lands as the
             # event fires, and this loop would then never stop (seen as a hung shutdown).
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(idle_s):
+                async with asyncio.timeout(SKIPPED_RETRY_S if self.skipped else idle_s):
                     await woken.wait()
 
     async def drain(self) -> None:

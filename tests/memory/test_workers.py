@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 
 from sqlalchemy import text
@@ -121,3 +122,32 @@ async def test_a_message_extended_while_embedding_is_embedded_again_with_its_new
     (vector,) = (await vectors(sessions, [message.id]))[message.id]
     (expected,) = await FakeEmbedder().embed(["The story begins and ends."])
     assert [round(x, 5) for x in vector] == [round(x, 5) for x in expected]
+
+
+async def test_a_row_skipped_while_locked_is_embedded_soon_without_another_wake(
+    sessions: async_sessionmaker[AsyncSession], counter: TokenCounter, user: int
+) -> None:
+    """The worker claims with SKIP LOCKED and then slept its whole idle time (30 s) with a row left
+    behind that another transaction (the fact worker marking it read) held at the moment of the claim:
+    the store's wake had been spent on that claim. A claim that leaves locked rows behind looks again soon."""
+    (message,) = await stored(sessions, counter, user, ["held by another transaction"])
+    worker = EmbeddingWorker(sessions, FakeEmbedder(), chunker=lambda t: [t], idle_s=600)
+    async with sessions.begin() as s:  # as the fact worker's UPDATE holds it
+        await s.execute(text("SELECT id FROM message WHERE id = :id FOR UPDATE"), {"id": message.id})
+        running = asyncio.create_task(worker.run())
+        worker.wake.set()
+        for _ in range(600):  # the first claim runs while the row is held
+            if worker.skipped:
+                break
+            await asyncio.sleep(0.1)
+        assert worker.skipped
+    try:
+        for _ in range(600):  # polls for the background work: a minute at most on a busy machine
+            if await vectors(sessions, [message.id]):
+                break
+            await asyncio.sleep(0.1)
+        assert await vectors(sessions, [message.id])  # not after the 600 s idle time
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
