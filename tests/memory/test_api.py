@@ -25,7 +25,8 @@ from memory.service import MemoryConfig, MemoryService
 from memory.users import Users, create_key
 from personas.prompt import MEMORY_PREAMBLE, SUMMARY_PREAMBLE
 from proxy.backends.registry import Registry, build_backends
-from proxy.main import Services, create_app
+from proxy.main import create_app
+from proxy.services import Services
 from proxy.settings import BackendSettings, MemorySettings, RouteSettings
 from tests.conftest import make_settings
 from tests.fakes import FakeEmbedder

@@ -22,7 +22,8 @@ from memory.types import Memory
 from memory.users import Users
 from personas.store import PersonaStore
 from proxy.backends.registry import Registry, build_backends
-from proxy.main import Services, create_app
+from proxy.main import create_app
+from proxy.services import Services
 from proxy.settings import BackendSettings, MemorySettings, RouteSettings
 from tests.conftest import make_settings
 from tests.fakes import FakeEmbedder

@@ -24,7 +24,8 @@ from memory.service import MemoryConfig, MemoryService
 from memory.types import Message, SessionKey, TurnRecord
 from memory.users import Users
 from proxy.backends.registry import Registry, build_backends
-from proxy.main import Services, create_app
+from proxy.main import create_app
+from proxy.services import Services
 from proxy.settings import BackendSettings, MemorySettings, RouteSettings
 from tests.conftest import make_settings
 from tests.fakes import FakeEmbedder

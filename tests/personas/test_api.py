@@ -27,7 +27,8 @@ from memory.users import Users, create_key
 from personas.client_card import EXCERPT_HEADER, CardIndex
 from personas.store import PersonaStore
 from proxy.backends.registry import Registry, build_backends
-from proxy.main import Services, create_app
+from proxy.main import create_app
+from proxy.services import Services
 from proxy.settings import BackendSettings, MemorySettings, PersonaSettings, RouteSettings
 from tests.conftest import make_settings
 from tests.openai_sdk import asgi_sdk

@@ -29,7 +29,8 @@ from memory.users import Users, create_key
 from personas.store import PersonaStore
 from proxy.backends.registry import Registry, build_backends
 from proxy.cli import main
-from proxy.main import Services, create_app
+from proxy.main import create_app
+from proxy.services import Services
 from proxy.settings import BackendSettings, LimitSettings, MemorySettings, RouteSettings
 from tests.conftest import make_settings
 from tests.fakes import FakeEmbedder

@@ -11,7 +11,7 @@ import pytest
 from memory.budget import TokenCounter
 from proxy import early
 from proxy.errors import BackendUnavailable
-from proxy.main import build_services, close_services
+from proxy.services import build_services, close_services
 from proxy.settings import BackendSettings
 from tests.conftest import make_settings
 

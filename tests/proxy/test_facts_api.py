@@ -24,7 +24,8 @@ from personas.knowing import FACTS_PREAMBLE
 from personas.store import PersonaStore
 from proxy.backends.registry import Registry, build_backends
 from proxy.knowledge import extractor
-from proxy.main import Services, create_app
+from proxy.main import create_app
+from proxy.services import Services
 from proxy.settings import BackendSettings, MemorySettings, PersonaSettings, RouteSettings, Settings
 from tests.conftest import make_settings
 from tests.fakes import FakeEmbedder

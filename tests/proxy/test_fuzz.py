@@ -40,7 +40,8 @@ from memory.users import Users, create_key
 from personas.client_card import CardIndex
 from personas.store import PersonaStore
 from proxy.backends.registry import Registry, build_backends
-from proxy.main import Services, create_app, emotion_config
+from proxy.main import create_app
+from proxy.services import Services, emotion_config
 from proxy.settings import BackendSettings, MemorySettings, PersonaSettings, RouteSettings
 from tests.conftest import make_settings
 from tests.fakes import FakeEmbedder

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVE_PATH = """
 import asyncio, sys
 from memory import embedded_pg
-from proxy.main import build_services, close_services
+from proxy.services import build_services, close_services
 from proxy.settings import BackendSettings, EmotionSettings, MemorySettings, RouteSettings, Settings
 
 settings = Settings(
