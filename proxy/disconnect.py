@@ -8,6 +8,7 @@ from typing import TypeVar
 
 import anyio
 from fastapi import Request
+from starlette.types import Receive
 
 T = TypeVar("T")
 
@@ -17,7 +18,7 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T | None
     then. The work runs in this task (its errors raised as themselves) and one plain task listens:
     an anyio task group spawning both cost more than the rest of a non-streamed reply (issue 15)."""
     with anyio.CancelScope() as scope:
-        watcher = asyncio.ensure_future(_watch(request, scope))
+        watcher = asyncio.ensure_future(cancel_when_gone(request.receive, scope))
         try:
             return await work
         finally:
@@ -25,7 +26,9 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T | None
     return None  # the client left
 
 
-async def _watch(request: Request, scope: anyio.CancelScope) -> None:
-    while (await request.receive()).get("type") != "http.disconnect":
+async def cancel_when_gone(receive: Receive, scope: anyio.CancelScope) -> None:
+    """Wait for the client to leave (the ASGI disconnect message), then cancel `scope`: the work of a
+    non-streamed reply here, the events of a stream in `proxy/sse.py`."""
+    while (await receive())["type"] != "http.disconnect":
         pass
     scope.cancel()

@@ -18,6 +18,8 @@ import anyio
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from proxy.disconnect import cancel_when_gone
+
 CLEANUP_S = 5.0  # how long closing the events (the backend stream, the turn's hand-off) may take
 
 
@@ -39,7 +41,7 @@ class EventStream(StreamingResponse):
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         failed: Exception | None = None
         async with anyio.create_task_group() as group:
-            group.start_soon(_disconnected, receive, group.cancel_scope)
+            group.start_soon(cancel_when_gone, receive, group.cancel_scope)
             if self.ping_s > 0:
                 group.start_soon(_ping, send, self.ping_s)
             try:
@@ -63,13 +65,6 @@ class EventStream(StreamingResponse):
             if not finished:
                 with anyio.move_on_after(CLEANUP_S, shield=True):
                     await self.events.aclose()
-
-
-async def _disconnected(receive: Receive, scope: anyio.CancelScope) -> None:
-    """Wait for the client to leave, then cancel the stream."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    scope.cancel()
 
 
 async def _ping(send: Send, every_s: float) -> None:
