@@ -101,7 +101,7 @@ async def test_the_chunks_keep_openais_exact_shape(anima_url: str, stub: StubSta
 @pytest.fixture(scope="module")
 def pinging_url(stub_url: str) -> Iterator[str]:
     settings = make_settings(
-        backends={"stub": BackendSettings(kind="openai", base_url=f"{stub_url}/v1", timeout_s=5.0)},
+        backends={"stub": BackendSettings(kind="openai", base_url=f"{stub_url}/v1", timeout_s=60.0)},
         models=stub_routes()[:1],
         sse_ping_s=0.05,
     )
