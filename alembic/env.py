@@ -1,5 +1,5 @@
 """Async Alembic environment. The URL is passed in by Anima (`config.attributes["url"]`) or read
-from ANIMA_DATABASE_URL; autogenerate compares against memory.models.Base.metadata."""
+from ANIMA_DATABASE_URL; autogenerate compares against memory.schema.metadata (every table)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from sqlalchemy.engine import Connection
 
 from alembic import context
 from memory.db import make_engine
-from memory.models import Base
+from memory.schema import metadata
 
-target_metadata = Base.metadata
+target_metadata = metadata
 
 
 def _url() -> str:

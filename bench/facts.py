@@ -36,10 +36,10 @@ from memory.archive import Archive, Incoming
 from memory.budget import Budget, Shares, TokenCounter
 from memory.db import make_engine, make_sessionmaker, upgrade_schema
 from memory.embedded_pg import EmbeddedPostgres
+from memory.fact_models import FactRow
 from memory.fact_store import Scope
 from memory.fact_worker import Completion, FactConfig, FactWorker
 from memory.facts import normal, ranked
-from memory.models import FactRow
 from memory.recall import Fusion
 from memory.types import SessionKey, Thread
 from memory.users import create_key

@@ -189,7 +189,7 @@ def start_early(data_dir: Path) -> None:
     import pgserver.postgres_server  # noqa: F401
     import psycopg  # noqa: F401
 
-    import memory.models  # noqa: F401  (pgvector, the postgresql dialect; alembic/env.py imports it)
+    import memory.schema  # noqa: F401  (pgvector, the postgresql dialect, every table: alembic/env.py imports it)
 
     server = EmbeddedPostgres(data_dir)
     future: Future[tuple[EmbeddedPostgres, str]] = Future()

@@ -14,8 +14,8 @@ from sqlalchemy import Select, and_, delete, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from memory.fact_models import FactRow, FactSource, RelationshipRow
 from memory.facts import Action, Candidate, Current, Known, Open, Strengthen
-from memory.models import FactRow, FactSource, RelationshipRow
 
 _LOCK = text("SELECT pg_advisory_xact_lock(1717, CAST(:user AS integer))")  # 1717: the facts namespace
 

@@ -14,9 +14,10 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memory import fact_store, history
+from memory.fact_models import FactRow, RelationshipRow
 from memory.fact_store import FactFilter, Scope
 from memory.facts import Candidate, Ignore, Open, Strengthen, Subject, reconcile
-from memory.models import ConversationRow, FactRow, PersonaRef, RelationshipRow
+from memory.models import ConversationRow, PersonaRef
 
 
 class FactNotFound(LookupError):

@@ -1,4 +1,7 @@
-"""ORM tables; Alembic migrations (alembic/versions) are the only schema source, these mirror them.
+"""ORM tables of users, personas and conversations; Alembic migrations (alembic/versions) are the only
+schema source, these mirror them. Persona versions and card chunks are memory/persona_models.py's, facts
+and relationships memory/fact_models.py's; their foreign keys only point here (or among themselves), so a
+process that imports this module alone can still flush these rows. memory/schema.py gathers them all.
 
 Every row carries `user_id` (the API key's user) and every query filters on it: memory never mixes users.
 """
@@ -45,15 +48,15 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
-def _id() -> Mapped[int]:
+def identity() -> Mapped[int]:
     return mapped_column(BigInteger, Identity(), primary_key=True)
 
 
-def _created() -> Mapped[datetime]:
+def creation_time() -> Mapped[datetime]:
     return mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
-def _owner() -> Mapped[int]:
+def owner() -> Mapped[int]:
     return mapped_column(BigInteger, ForeignKey("app_user.id", ondelete="CASCADE"), index=True)
 
 
@@ -61,7 +64,7 @@ class AppUser(Base):
     """One per API key (`key_hash` = sha256 of the key); the local user of open mode has none."""
 
     __tablename__ = "app_user"
-    id: Mapped[int] = _id()
+    id: Mapped[int] = identity()
     name: Mapped[str] = mapped_column(String(200))
     key_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
     key_prefix: Mapped[str | None] = mapped_column(String(16))  # shown by `anima keys list`
@@ -69,7 +72,7 @@ class AppUser(Base):
     revoked: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     requests_per_minute: Mapped[int | None] = mapped_column(Integer)  # None: the server's default
     tokens_per_minute: Mapped[int | None] = mapped_column(Integer)
-    created_at: Mapped[datetime] = _created()
+    created_at: Mapped[datetime] = creation_time()
 
 
 class PersonaRef(Base):
@@ -84,48 +87,15 @@ class PersonaRef(Base):
         UniqueConstraint("user_id", "name"),
         Index("uq_persona_shared_name", "name", unique=True, postgresql_where=text("user_id IS NULL")),
     )
-    id: Mapped[int] = _id()
+    id: Mapped[int] = identity()
     user_id: Mapped[int | None] = mapped_column(
         BigInteger, ForeignKey("app_user.id", ondelete="CASCADE"), index=True
     )
     name: Mapped[str] = mapped_column(String(200))
     source: Mapped[str] = mapped_column(String(16), server_default="api")  # file | api | card | learned
     version: Mapped[int] = mapped_column(Integer, server_default="0")  # the current version
-    created_at: Mapped[datetime] = _created()
+    created_at: Mapped[datetime] = creation_time()
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-
-
-class PersonaVersionRow(Base):
-    """One immutable version of a persona; replies record which version answered."""
-
-    __tablename__ = "persona_version"
-    __table_args__ = (UniqueConstraint("persona_id", "version"),)
-    id: Mapped[int] = _id()
-    persona_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("persona.id", ondelete="CASCADE"))
-    version: Mapped[int] = mapped_column(Integer)
-    source: Mapped[str] = mapped_column(String(16))
-    content_hash: Mapped[str] = mapped_column(String(32))
-    spec: Mapped[dict[str, Any]] = mapped_column(JSONB)
-    note: Mapped[str | None] = mapped_column(String(500))
-    created_at: Mapped[datetime] = _created()
-
-
-class PersonaChunk(Base):
-    """A piece of a client's character card, embedded so an oversized card is recalled piecewise."""
-
-    __tablename__ = "persona_chunk"
-    __table_args__ = (UniqueConstraint("persona_id", "card_hash", "position"),)
-    id: Mapped[int] = _id()
-    persona_id: Mapped[int] = mapped_column(
-        BigInteger, ForeignKey("persona.id", ondelete="CASCADE"), index=True
-    )
-    user_id: Mapped[int] = _owner()
-    card_hash: Mapped[str] = mapped_column(String(32))
-    position: Mapped[int] = mapped_column(Integer)
-    content: Mapped[str] = mapped_column(Text)
-    token_count: Mapped[int] = mapped_column(Integer)
-    embedding: Mapped[Any | None] = mapped_column(Vector(EMBEDDING_DIM))
-    created_at: Mapped[datetime] = _created()
 
 
 class ConversationRow(Base):
@@ -134,14 +104,14 @@ class ConversationRow(Base):
         UniqueConstraint("user_id", "public_id"),
         Index("ix_conversation_scope", "user_id", "end_user", "updated_at"),
     )
-    id: Mapped[int] = _id()
+    id: Mapped[int] = identity()
     public_id: Mapped[str] = mapped_column(String(200))
-    user_id: Mapped[int] = _owner()
+    user_id: Mapped[int] = owner()
     end_user: Mapped[str] = mapped_column(String(200), server_default="")
     persona_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("persona.id", ondelete="SET NULL"))
     character: Mapped[str | None] = mapped_column(String(200))
     title: Mapped[str | None] = mapped_column(String(500))
-    created_at: Mapped[datetime] = _created()
+    created_at: Mapped[datetime] = creation_time()
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
@@ -157,11 +127,11 @@ class MessageRow(Base):
         Index("ix_message_facts_pending", "conversation_id", "id", postgresql_where=text("NOT facts_done")),
         Index("ix_message_user_newest", "user_id", "id"),  # recall's IDF sample: a user's newest
     )
-    id: Mapped[int] = _id()
+    id: Mapped[int] = identity()
     conversation_id: Mapped[int] = mapped_column(
         BigInteger, ForeignKey("conversation.id", ondelete="CASCADE")
     )
-    user_id: Mapped[int] = _owner()
+    user_id: Mapped[int] = owner()
     parent_id: Mapped[int | None] = mapped_column(
         BigInteger, ForeignKey("message.id", ondelete="CASCADE"), index=True
     )
@@ -181,7 +151,7 @@ class MessageRow(Base):
     embedded: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     facts_done: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))  # read by the fact worker
     embed_claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # worker's lease
-    created_at: Mapped[datetime] = _created()
+    created_at: Mapped[datetime] = creation_time()
     search: Mapped[Any] = mapped_column(
         TSVECTOR, Computed(f"to_tsvector('{TEXT_SEARCH_CONFIG}', content)", persisted=True)
     )  # the content only: a speaker's name in every one of their messages would match them all
@@ -199,14 +169,14 @@ class MessageEmbedding(Base):
             postgresql_ops={"embedding": "vector_cosine_ops"},
         ),
     )
-    id: Mapped[int] = _id()
+    id: Mapped[int] = identity()
     message_id: Mapped[int] = mapped_column(
         BigInteger, ForeignKey("message.id", ondelete="CASCADE"), index=True
     )
     conversation_id: Mapped[int] = mapped_column(
         BigInteger, ForeignKey("conversation.id", ondelete="CASCADE"), index=True
     )
-    user_id: Mapped[int] = _owner()
+    user_id: Mapped[int] = owner()
     chunk: Mapped[int] = mapped_column(Integer, server_default="0")
     embedding: Mapped[Any] = mapped_column(Vector(EMBEDDING_DIM))
 
@@ -215,11 +185,11 @@ class SummaryRow(Base):
     """A summary of the span first_message_id..last_message_id of one branch."""
 
     __tablename__ = "summary"
-    id: Mapped[int] = _id()
+    id: Mapped[int] = identity()
     conversation_id: Mapped[int] = mapped_column(
         BigInteger, ForeignKey("conversation.id", ondelete="CASCADE"), index=True
     )
-    user_id: Mapped[int] = _owner()
+    user_id: Mapped[int] = owner()
     first_message_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("message.id", ondelete="CASCADE"))
     last_message_id: Mapped[int] = mapped_column(
         BigInteger, ForeignKey("message.id", ondelete="CASCADE"), index=True
@@ -228,18 +198,18 @@ class SummaryRow(Base):
     content: Mapped[str] = mapped_column(Text)
     token_count: Mapped[int] = mapped_column(Integer)
     embedding: Mapped[Any | None] = mapped_column(Vector(EMBEDDING_DIM))
-    created_at: Mapped[datetime] = _created()
+    created_at: Mapped[datetime] = creation_time()
 
 
 class TurnContext(Base):
     """The prompt Anima assembled for one turn and its tokens per tier (`GET .../context`)."""
 
     __tablename__ = "turn_context"
-    id: Mapped[int] = _id()
+    id: Mapped[int] = identity()
     conversation_id: Mapped[int] = mapped_column(
         BigInteger, ForeignKey("conversation.id", ondelete="CASCADE"), index=True
     )
-    user_id: Mapped[int] = _owner()
+    user_id: Mapped[int] = owner()
     reply_message_id: Mapped[int | None] = mapped_column(
         BigInteger, ForeignKey("message.id", ondelete="SET NULL")
     )
@@ -248,83 +218,4 @@ class TurnContext(Base):
     tokens: Mapped[dict[str, Any]] = mapped_column(JSONB)
     persona: Mapped[dict[str, Any] | None] = mapped_column(JSONB)  # {"name", "version"} that answered
     turn_id: Mapped[str | None] = mapped_column(String(36), unique=True)  # idempotent journal replays
-    created_at: Mapped[datetime] = _created()
-
-
-class FactRow(Base):
-    """Something a conversation established about the user, the character or a named third party.
-
-    Versions are never overwritten: a changed fact closes the old row (`valid_to`, `superseded_by`)
-    and opens a new one. `attribute` names the slot a value fills ("home city", "sister's job"), so a
-    new value for the same slot is a change and the same value is a repeat (memory/facts.py).
-    """
-
-    __tablename__ = "fact"
-    __table_args__ = (
-        Index(
-            "ix_fact_current",
-            "user_id",
-            "end_user",
-            "subject",
-            "attribute",
-            postgresql_where=text("valid_to IS NULL"),
-        ),
-    )
-    id: Mapped[int] = _id()
-    user_id: Mapped[int] = _owner()
-    end_user: Mapped[str] = mapped_column(String(200), server_default="")
-    persona_id: Mapped[int | None] = mapped_column(
-        BigInteger, ForeignKey("persona.id", ondelete="SET NULL"), index=True
-    )
-    conversation_id: Mapped[int | None] = mapped_column(
-        BigInteger, ForeignKey("conversation.id", ondelete="SET NULL"), index=True
-    )
-    subject: Mapped[str] = mapped_column(String(16))  # user | character | other
-    subject_name: Mapped[str | None] = mapped_column(String(200))  # the third party (or character) named
-    kind: Mapped[str] = mapped_column(String(32))
-    attribute: Mapped[str] = mapped_column(String(200))
-    value: Mapped[str] = mapped_column(Text)
-    statement: Mapped[str] = mapped_column(Text)
-    confidence: Mapped[float] = mapped_column(Float)
-    origin: Mapped[str] = mapped_column(String(16))  # inference | correction
-    valid_from: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    valid_to: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    superseded_by: Mapped[int | None] = mapped_column(
-        BigInteger, ForeignKey("fact.id", ondelete="SET NULL"), index=True
-    )
-    created_at: Mapped[datetime] = _created()
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-
-
-class FactSource(Base):
-    """A message that supports a fact. When a fact's last source is deleted, a trigger deletes the fact
-    (and reopens the version it had superseded): facts only deleted messages supported do not outlive them.
-    Facts the user stated through the API have no sources and are never removed that way."""
-
-    __tablename__ = "fact_source"
-    fact_id: Mapped[int] = mapped_column(
-        BigInteger, ForeignKey("fact.id", ondelete="CASCADE"), primary_key=True
-    )
-    message_id: Mapped[int] = mapped_column(
-        BigInteger, ForeignKey("message.id", ondelete="CASCADE"), primary_key=True, index=True
-    )
-    user_id: Mapped[int] = _owner()
-
-
-class RelationshipRow(Base):
-    """How the user stands with one persona: interactions, emotional trend (`score`, -1..1), and the
-    stage the user set (NULL: the persona's ladder decides from the numbers, personas/relationship.py)."""
-
-    __tablename__ = "relationship"
-    __table_args__ = (UniqueConstraint("user_id", "end_user", "persona_id"),)
-    id: Mapped[int] = _id()
-    user_id: Mapped[int] = _owner()
-    end_user: Mapped[str] = mapped_column(String(200), server_default="")
-    persona_id: Mapped[int] = mapped_column(
-        BigInteger, ForeignKey("persona.id", ondelete="CASCADE"), index=True
-    )
-    stage: Mapped[str | None] = mapped_column(String(64))
-    score: Mapped[float] = mapped_column(Float, server_default="0")
-    interactions: Mapped[int] = mapped_column(Integer, server_default="0")
-    first_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    created_at: Mapped[datetime] = creation_time()

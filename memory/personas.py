@@ -18,7 +18,8 @@ from sqlalchemy import delete, func, or_, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from memory.models import PersonaChunk, PersonaRef, PersonaVersionRow
+from memory.models import PersonaRef
+from memory.persona_models import PersonaChunk, PersonaVersionRow
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,18 +17,9 @@ import orjson
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from memory.models import (
-    AppUser,
-    ConversationRow,
-    FactRow,
-    FactSource,
-    MessageRow,
-    PersonaRef,
-    PersonaVersionRow,
-    RelationshipRow,
-    SummaryRow,
-    TurnContext,
-)
+from memory.fact_models import FactRow, FactSource, RelationshipRow
+from memory.models import AppUser, ConversationRow, MessageRow, PersonaRef, SummaryRow, TurnContext
+from memory.persona_models import PersonaVersionRow
 from memory.quoting import redact_messages
 from memory.users import delete_user
 

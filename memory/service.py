@@ -2,7 +2,8 @@
 
 Reads happen on the request path under a deadline; every write happens after the reply, in a
 background task (memory/store.py), so storing never delays an answer. Recognition (which chat, what
-is new, what kind of turn) is memory/recognition.py's; this module wires the parts together.
+is new, what kind of turn) is memory/recognition.py's, the recall step memory/recaller.py's; this module
+wires the parts together.
 """
 
 from __future__ import annotations
@@ -10,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,15 +19,16 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memory.archive import Archive
 from memory.budget import TokenCounter
+from memory.config import MemoryConfig
 from memory.db import autocommit
 from memory.drain import JournalDrain
 from memory.journal import InFlight, JournalEntry, TurnJournal
 from memory.privacy import erase_user
-from memory.recall import Boost, Fusion, RecallQuery, Scope, needs_transaction, recall
+from memory.recaller import Recaller
 from memory.recognition import Recognizer
 from memory.store import TurnStore, Vectors, unreachable
-from memory.summaries import SummaryJob, SummaryWorker, branch_summaries
-from memory.types import Message, Recall, SessionKey, StoredMessage, Thread, TurnRecord
+from memory.summaries import SummaryJob, SummaryWorker
+from memory.types import Message, SessionKey, StoredMessage, Thread, TurnRecord
 from memory.window import WorkingMemory
 from memory.workers import Annotate, EmbeddingWorker, store_known
 
@@ -43,21 +44,6 @@ class BehindJournal(RuntimeError):
     """A turn of a conversation whose earlier turns are still journaled: storing it now would put it
     before them, so it is answered without memory and journaled after them (they drain in the
     background; the request does not wait)."""
-
-
-@dataclass(frozen=True, slots=True)
-class MemoryConfig:
-    window_turns: int = 64  # messages of each branch's tail cached in RAM: a cache, never a limit
-    window_conversations: int = 1000
-    recall_k: int = 40
-    scope: Scope = "branch"
-    fusion: Fusion = field(default_factory=Fusion)
-    deadline_s: float = 0.25
-    summaries: bool = True
-    summary_min_messages: int = 8
-    embed_batch: int = 64
-    store_wait_s: float = 10.0
-    drain_concurrency: int = 4  # conversations whose journaled turns are stored at once (pool minus headroom)
 
 
 def _whole(text: str) -> list[str]:
@@ -79,6 +65,9 @@ class MemoryService:
     ) -> None:
         self.sessions, self.counter, self.embedder, self.config = sessions, counter, embedder, config
         self.reads = autocommit(sessions)  # reads that need no transaction: no BEGIN/ROLLBACK round trips
+        self.recaller = Recaller(sessions, self.reads, embedder, config)
+        # the recall step is the Recaller's: start embedding the query, then recall under the deadline
+        self.embed_query, self.recall = self.recaller.embed_query, self.recaller.recall
         self.window = WorkingMemory(turns=config.window_turns, conversations=config.window_conversations)
         self.chunker = chunker or _whole  # what the worker embeds per message, and what a known vector fits
         self.embeddings = (
@@ -165,76 +154,7 @@ class MemoryService:
         while len(self._public_ids) > self.config.window_conversations:
             self._public_ids.popitem(last=False)
 
-    # -- recall --------------------------------------------------------------------------------------
-
-    def embed_query(self, query: str) -> asyncio.Future[list[float] | None]:
-        """Start embedding the recall query now, so it runs (in a thread) while recognition queries
-        Postgres; `recall()` awaits it under its deadline."""
-
-        async def embed() -> list[float] | None:
-            if self.embedder is None or not query.strip():
-                return None
-            return (await self.embedder.embed([query]))[0]
-
-        return asyncio.ensure_future(embed())
-
-    async def recall(
-        self,
-        session: SessionKey,
-        thread: Thread,
-        query: str,
-        *,
-        boost: Boost | Awaitable[Boost | None] | None = None,
-        embedding: asyncio.Future[list[float] | None] | None = None,
-        persona_id: int | None = None,
-    ) -> Recall:
-        """Memories and summaries for this turn, within the deadline; a miss degrades, never fails.
-        What the prompt already holds (the client's messages, the earlier history offered) is left out."""
-        pending = embedding if embedding is not None else self.embed_query(query)
-        if not query.strip() or (thread.anchor_id is None and self.config.scope == "branch"):
-            if embedding is None:  # a caller's own future is the caller's to cancel (it may use it)
-                pending.cancel()
-            return Recall(thread=thread)
-        try:
-            async with asyncio.timeout(self.config.deadline_s):
-                vector = await pending
-                async with (self.sessions if needs_transaction(self.config.scope) else self.reads)() as s:
-                    memories = await recall(
-                        s, self._query(session, thread, query, vector, persona_id), self.config.fusion, boost
-                    )
-                    summaries = (
-                        await branch_summaries(s, user_id=session.user_id, anchor_id=thread.anchor_id)
-                        if thread.anchor_id is not None and thread.older and self.config.summaries
-                        else []
-                    )
-        except TimeoutError:
-            log.warning("recall missed its %.0f ms deadline", self.config.deadline_s * 1000)
-            return Recall(thread=thread, degraded=("recall_deadline",))
-        except Exception as exc:
-            log.warning("recall failed: %s", exc)
-            return Recall(thread=thread, degraded=("recall_failed",))
-        return Recall(thread=thread, memories=tuple(memories), summaries=tuple(summaries))
-
-    def _query(
-        self,
-        session: SessionKey,
-        thread: Thread,
-        text: str,
-        vector: list[float] | None,
-        persona_id: int | None,
-    ) -> RecallQuery:
-        return RecallQuery(
-            user_id=session.user_id,
-            text=text,
-            embedding=vector,
-            scope=self.config.scope,
-            anchor_id=thread.anchor_id,
-            character=session.character,
-            persona_id=persona_id,
-            end_user=session.end_user,
-            exclude=[*thread.matched, *(m.id for m in thread.earlier)],
-            k=self.config.recall_k,
-        )
+    # -- summaries ----------------------------------------------------------------------------------
 
     def summarise_later(
         self, session: SessionKey, thread: Thread, last_cut_id: int, cut_count: int, model: str

@@ -21,7 +21,7 @@ import numpy as np
 from memory.budget import TokenCounter
 from memory.types import Message
 from personas.cards import slug
-from personas.store import Records
+from personas.records import Records
 
 if TYPE_CHECKING:
     from memory.embedder import Embedder

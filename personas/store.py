@@ -12,68 +12,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import yaml
-
+from personas.folder import folder_signature, persona_files, read_persona_file
 from personas.models import Persona, PersonaError, TraitChange, adjusted, validate_persona
+from personas.records import Record, Records
 from personas.render import render
 
 log = logging.getLogger("anima.personas")
-
-EXAMPLES = Path(__file__).parent / "examples"
-
-
-class Record(Protocol):
-    """One stored version (read-only: memory.personas.PersonaRecord)."""
-
-    @property
-    def id(self) -> int: ...
-
-    @property
-    def user_id(self) -> int | None: ...
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def source(self) -> str: ...
-
-    @property
-    def version(self) -> int: ...
-
-    @property
-    def spec(self) -> dict[str, Any]: ...
-
-    @property
-    def created_at(self) -> datetime: ...
-
-    @property
-    def note(self) -> str | None: ...
-
-
-class Records(Protocol):
-    """Where versions are stored (memory.personas.PersonaRecords); personas/ validates, it stores."""
-
-    async def get(self, user_id: int | None, name: str, *, shared: bool = True) -> Record | None: ...
-    async def listing(self, user_id: int | None) -> Sequence[Record]: ...
-    async def versions(self, persona_id: int) -> Sequence[Record]: ...
-    async def save(
-        self,
-        user_id: int | None,
-        name: str,
-        spec: dict[str, Any],
-        *,
-        source: str,
-        note: str | None = None,
-        expected_version: int | None = None,
-        reuse: bool = False,
-    ) -> Record: ...
-    async def delete(self, user_id: int | None, name: str) -> bool: ...
 
 
 class PersonaNotFound(LookupError):
@@ -136,28 +85,6 @@ class ReloadReport:
         return {"loaded": list(self.loaded), "changed": list(self.changed), "errors": self.errors}
 
 
-def read_persona_file(path: Path) -> Persona:
-    """One YAML file as a persona; its stem must be the persona's name (or the name is taken from it)."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise PersonaError(f"{path.name}: not readable YAML: {exc}", field=None) from exc
-    if not isinstance(data, dict):
-        raise PersonaError(f"{path.name}: expected a mapping of persona fields", field=None)
-    data.setdefault("name", path.stem)
-    persona = validate_persona(data, where=path.name)
-    if persona.name != path.stem:
-        raise PersonaError(f"{path.name}: name: '{persona.name}' must match the file name", field="name")
-    return persona
-
-
-def write_persona_file(persona: Persona, folder: Path) -> Path:
-    path = folder / f"{persona.name}.yaml"
-    data = persona.model_dump(exclude_defaults=True) | {"name": persona.name}
-    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100), encoding="utf-8")
-    return path
-
-
 class PersonaStore:
     def __init__(
         self,
@@ -177,28 +104,12 @@ class PersonaStore:
     # -- the folder ------------------------------------------------------------------------------------
 
     def _files(self) -> list[Path]:
-        """Shipped examples first, then the folder's files: a folder file overrides an example by name."""
-        folders = ([EXAMPLES] if self.examples else []) + ([self.folder] if self.folder else [])
-        files: list[Path] = []
-        for folder in folders:
-            if folder.is_dir():
-                files += sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
-        return files
-
-    def _stat(self) -> tuple[Any, ...]:
-        out = []
-        for path in self._files():
-            try:
-                st = path.stat()
-            except OSError:
-                continue
-            out.append((str(path), st.st_mtime_ns, st.st_size))
-        return tuple(out)
+        return persona_files(self.folder, examples=self.examples)
 
     async def reload(self) -> ReloadReport:
         """Read the folder again; store changed personas as new versions; report what did not validate."""
         async with self._lock:
-            signature = self._stat()
+            signature = folder_signature(self._files())
             found: dict[str, Persona] = {}
             errors: dict[str, str] = {}
             for path in self._files():
@@ -237,7 +148,7 @@ class PersonaStore:
         while True:
             await asyncio.sleep(interval_s)
             try:
-                if self._stat() != self._signature:
+                if folder_signature(self._files()) != self._signature:
                     report = await self.reload()
                     log.info("personas reloaded: %d loaded, changed %s", len(report.loaded), report.changed)
             except Exception as exc:

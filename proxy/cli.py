@@ -1,24 +1,21 @@
-"""The `anima` command: `anima serve`, `anima models`."""
+"""The `anima` command line: options parsed, settings loaded (errors as one line), each command handed
+to its owner (proxy/launch.py serves, proxy/install.py builds the graphs, proxy/admin.py and
+proxy/persona_commands.py the rest)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
-import shutil
-import socket
-import sys
-import tempfile
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from proxy import persona_commands
+from proxy.install import build_models
+from proxy.launch import preflight, serve
 from proxy.settings import ConfigError, Settings, get_settings
 
 
@@ -142,100 +139,6 @@ def _problem(exc: ConfigError | ValidationError) -> str:
     return f"invalid settings (environment, .env or {where}): " + "; ".join(problems)
 
 
-def check_port(host: str, port: int) -> None:
-    """A port in use is found now, not after the slow start-up (models, embedded Postgres)."""
-    if port == 0:
-        return
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
-        try:
-            sock.bind((host.strip("[]"), port))
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
-            raise ConfigError(f"cannot listen on {host}:{port} (ANIMA_HOST/ANIMA_PORT): {reason}") from exc
-
-
-def check_database(raw_url: str, timeout_s: int = 10) -> None:
-    """A wrong ANIMA_DATABASE_URL is one line, found before the slow start-up."""
-    import psycopg
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    from memory.db import async_url
-
-    try:
-        url = make_url(async_url(raw_url))
-    except (ArgumentError, ValueError) as exc:
-        raise ConfigError(f"ANIMA_DATABASE_URL is not a database URL: {exc}") from exc
-    shown = url.render_as_string(hide_password=True)
-    conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    try:
-        with psycopg.connect(conninfo, connect_timeout=timeout_s):
-            pass
-    except psycopg.Error as exc:
-        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise ConfigError(f"cannot connect to the database {shown} (ANIMA_DATABASE_URL): {reason}") from exc
-
-
-def preflight(settings: Settings) -> None:
-    """What would otherwise fail only after the models load: the port, and the database."""
-    check_port(settings.host, settings.port)
-    if settings.memory.enabled and settings.database_url is not None:
-        check_database(settings.database_url.get_secret_value())
-
-
-def serve(settings: Settings) -> None:
-    import logging.config
-
-    from proxy.logs import log_config
-
-    config = log_config(settings.log_level, json=settings.log_json)
-    logging.config.dictConfig(config)
-    if settings.memory.enabled and settings.database_url is None and settings.workers == 1:
-        from memory.embedded_pg import start_early
-
-        start_early(settings.data_dir)  # overlaps the app's imports; the app adopts it
-    if settings.workers == 1:
-        from proxy import early
-
-        early.begin(settings)  # the models too
-    import uvicorn
-
-    with metrics_folder(settings.workers):
-        uvicorn.run(
-            "proxy.main:app_factory",
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=settings.workers,
-            log_config=config,
-            log_level=settings.log_level,
-            access_log=False,  # proxy/logs.py writes one access line per request, with its latency
-            timeout_graceful_shutdown=10,
-            # uvicorn kills a worker that does not answer its health check in time (5 s by default); a
-            # worker loading models on a busy machine can hold the GIL longer than that, and was killed
-            # and restarted forever.
-            timeout_worker_healthcheck=settings.worker_healthcheck_s,
-        )
-
-
-@contextlib.contextmanager
-def metrics_folder(workers: int) -> Iterator[None]:
-    """Several workers share their metrics through files (prometheus-client's multi-process mode):
-    a fresh folder per run, set before the workers import prometheus-client, removed afterwards."""
-    if workers < 2 or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        yield
-        return
-    folder = tempfile.mkdtemp(prefix="anima-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
-    try:
-        yield
-    finally:
-        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 async def list_models(settings: Settings) -> list[tuple[str, str]]:
     from proxy.backends.registry import Registry, build_backends
 
@@ -245,60 +148,6 @@ async def list_models(settings: Settings) -> list[tuple[str, str]]:
     finally:
         for backend in registry.backends.values():
             await backend.aclose()
-
-
-def build_models(*, prune: bool = False) -> int:
-    """Install-time step: every ONNX graph `anima serve` opens, exported into the shared model cache
-    (memory/model_cache.py) unless already there. Prints each graph's path; exit status 1 on failure."""
-    from emotion import detector, joint
-    from memory import embedder, model_cache
-    from memory.embedded_pg import build_template, template_name
-
-    logging.getLogger("anima").setLevel(logging.INFO)
-    graphs = [
-        ("recall embedder", embedder.graph_name(), embedder.build_graph),
-        ("emotion detector", detector.graph_name(), detector.build_graph),
-        ("joint emotion+recall", joint.graph_name(), joint.build_graph),  # one trunk pass for both
-    ]
-    kept: set[Path] = set()
-    missing = [name for _, name, _ in graphs if model_cache.find(name) is None]
-    if missing and not model_cache.torch_available():
-        print(
-            f"anima models build: torch is needed to build {', '.join(missing)} (pip install torch)",
-            file=sys.stderr,
-        )
-        return 1
-    try:
-        for what, name, build in graphs:
-            found = model_cache.find(name)
-            if found is None:
-                started = time.perf_counter()
-                found = model_cache.build_dir() / name
-                print(f"building the {what} graph into {found} ...", flush=True)
-                build(found)
-                print(f"  built in {time.perf_counter() - started:.1f} s", flush=True)
-            print(f"{what}: {found}")
-            kept.add(found)
-    except (model_cache.ModelCacheError, ImportError, OSError, RuntimeError) as exc:
-        print(f"anima models build: {exc}", file=sys.stderr)
-        return 1
-    if model_cache.find_dir(template_name()) is None:
-        started = time.perf_counter()
-        target = model_cache.build_dir() / template_name()
-        print(f"building the embedded Postgres template cluster into {target} ...", flush=True)
-        try:
-            build_template(target)
-        except Exception as exc:  # a fresh data dir then runs initdb itself: slower, not broken
-            print(f"  skipped: {exc}", file=sys.stderr)
-        else:
-            print(f"  built in {time.perf_counter() - started:.1f} s", flush=True)
-    for old in model_cache.stale(
-        kept, ("all-MiniLM-L6-v2-*.onnx", "emotion-minilm-*.onnx", "joint-minilm-*.onnx")
-    ):
-        if prune:
-            old.unlink(missing_ok=True)
-        print(f"{'removed' if prune else 'older graph (--prune removes it)'}: {old}")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> None:

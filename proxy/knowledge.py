@@ -18,10 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from memory import fact_store
 from memory.budget import Budget, TokenCounter
 from memory.db import autocommit
+from memory.fact_models import RelationshipRow
 from memory.fact_store import Scope
 from memory.fact_worker import Completion, Extract, FactConfig, FactWorker, NoModel
 from memory.facts import Current, ranked
-from memory.models import RelationshipRow
 from memory.types import SessionKey, Thread
 from personas.knowing import current_stage, facts_text, relationship_text
 from personas.store import Resolved

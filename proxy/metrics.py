@@ -2,7 +2,7 @@
 
 The rest of the code only calls the small functions here (`timed("recall")`, `count_tokens(...)`), so
 instrumentation stays one line at each call site. With `anima serve --workers N` uvicorn runs N
-processes: `cli.serve` then points PROMETHEUS_MULTIPROC_DIR at a fresh folder before the workers start,
+processes: `launch.serve` then points PROMETHEUS_MULTIPROC_DIR at a fresh folder before the workers start,
 prometheus-client writes each process's values there, and whichever worker answers a scrape sums them.
 
 Counters kept as plain ints by memory and emotion (they may not import proxy) are copied in as

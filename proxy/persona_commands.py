@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 
 from personas.cards import CardError, read_card
+from personas.folder import write_persona_file
 from personas.people import select, speakers
 from personas.sources import ExportError, read_export
-from personas.store import write_persona_file
 from proxy.settings import Settings
 
 

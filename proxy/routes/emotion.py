@@ -7,9 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 
 from emotion.service import EmotionService
+from proxy.anima_protocol import EmotionAnalyze
 from proxy.deps import ArchiveDep, UserDep
 from proxy.errors import EmotionDisabled
-from proxy.protocol import EmotionAnalyze
 from proxy.routes.memory import mapped
 
 router = APIRouter()

@@ -9,9 +9,9 @@ from typing import Annotated, Any, Literal, TypeVar
 from fastapi import APIRouter, Path, Query
 from pydantic import ConfigDict, Field
 
+from memory.fact_models import RelationshipRow
 from memory.factbook import FactBook, FactNotFound, NotCurrent, Statement, UnknownName
 from memory.facts import KINDS
-from memory.models import RelationshipRow
 from personas.knowing import current_stage
 from proxy.deps import PipelineDep, UserDep
 from proxy.errors import Conflict, InvalidRequest, NotFound

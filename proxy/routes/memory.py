@@ -9,11 +9,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from memory.archive import ConversationExists, ConversationNotFound, Incoming
-from proxy.deps import ArchiveDep, SettingsDep, UserDep
-from proxy.disconnect import cancel_on_disconnect
-from proxy.errors import Conflict, NotFound
-from proxy.limits import check_sizes
-from proxy.protocol import (
+from proxy.anima_protocol import (
     Conversation,
     ConversationCreate,
     MemoryMessage,
@@ -21,6 +17,10 @@ from proxy.protocol import (
     MessagesAppend,
     SearchHit,
 )
+from proxy.deps import ArchiveDep, SettingsDep, UserDep
+from proxy.disconnect import cancel_on_disconnect
+from proxy.errors import Conflict, NotFound
+from proxy.limits import check_sizes
 
 router = APIRouter()
 T = TypeVar("T")

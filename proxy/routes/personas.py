@@ -15,6 +15,7 @@ from memory.personas import VersionConflict
 from personas.learn import ProfileError, learn_profile, profile_persona, sample
 from personas.models import PersonaError, TraitChange, validate_persona
 from personas.store import PersonaNotFound, PersonasReadOnly, PersonaStore
+from proxy.anima_protocol import PersonaLearn
 from proxy.deps import AdminDep, CallerDep, PipelineDep, SettingsDep
 from proxy.errors import (
     BackendError,
@@ -28,7 +29,6 @@ from proxy.errors import (
 )
 from proxy.errors import PersonaNotFound as PersonaMissing
 from proxy.pipeline import ChatPipeline
-from proxy.protocol import PersonaLearn
 
 router = APIRouter()
 log = logging.getLogger("anima.routes.personas")

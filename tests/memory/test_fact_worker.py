@@ -12,9 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memory.archive import Incoming
 from memory.budget import TokenCounter
+from memory.fact_models import FactRow, RelationshipRow
 from memory.fact_worker import Extract, FactConfig, FactWorker
 from memory.factbook import FactBook, FactNotFound, Statement
-from memory.models import FactRow, MessageRow, RelationshipRow
+from memory.models import MessageRow
 from memory.service import MemoryService
 from memory.users import create_key
 from proxy.backends.registry import Registry, build_backends

@@ -20,7 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memory.budget import TokenCounter
 from memory.embedder import Embedder
-from memory.models import ConversationRow, MessageRow, PersonaChunk, PersonaRef, TurnContext
+from memory.models import ConversationRow, MessageRow, PersonaRef, TurnContext
+from memory.persona_models import PersonaChunk
 from memory.personas import PersonaRecords
 from memory.service import MemoryConfig, MemoryService
 from memory.users import Users, create_key

@@ -16,9 +16,10 @@ from personas.client_card import (
     recognise_card,
     split_card,
 )
+from personas.folder import read_persona_file
 from personas.learn import learn_profile, parse_profile, profile_schema, sample
 from personas.models import TRAITS, PersonaError, TraitChange, adjusted, validate_persona
-from personas.store import PersonaStore, read_persona_file
+from personas.store import PersonaStore
 
 TRAITS_JSON = ", ".join(f'"{t}": 0.5' for t in TRAITS)
 VALID = f'{{"summary": "s", "traits": {{{TRAITS_JSON}}}, "communication_style": "c", "interests": []}}'

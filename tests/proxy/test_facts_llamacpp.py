@@ -12,8 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memory.budget import TokenCounter
 from memory.extraction import NOTHING, words
+from memory.fact_models import FactRow, FactSource
 from memory.facts import KINDS, SUBJECTS, normal
-from memory.models import FactRow, FactSource, MessageRow
+from memory.models import MessageRow
 from proxy.settings import BackendSettings, RouteSettings
 from tests.proxy.test_facts_api import new_key, running
 

@@ -127,7 +127,8 @@ import sys
 from pathlib import Path
 from memory import embedded_pg
 embedded_pg.start_early(Path("/dev/null/anima"))  # the thread fails at once (no folder there): no Postgres
-shared = ("memory.models", "psycopg", "sqlalchemy.dialects.postgresql", "pgserver.postgres_server")
+shared = ("memory.schema", "memory.models", "memory.fact_models", "memory.persona_models", "psycopg",
+          "sqlalchemy.dialects.postgresql", "pgserver.postgres_server")
 print("imported first", [m for m in shared if m not in sys.modules])
 """
 
