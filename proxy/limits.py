@@ -11,8 +11,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from memory.budget import TokenCounter
 from memory.users import User
 from proxy.errors import RateLimited, RequestTooLarge
+from proxy.outgoing import to_message, tool_tokens, tools_of
+from proxy.protocol import ChatCompletionRequest
 from proxy.settings import LimitSettings
 
 
@@ -30,6 +33,16 @@ def check_sizes(texts: Sequence[str], limits: LimitSettings) -> None:
                 f"Message {i} is longer than this server accepts ({limits.max_message_chars} characters).",
                 param=f"messages.{i}.content",
             )
+
+
+def prompt_estimate(body: ChatCompletionRequest, counter: TokenCounter) -> int:
+    """What a chat request's prompt takes from the key's token bucket, counted as the prompt budget
+    counts it: each message's text (tool results included) and its tool calls' names and arguments
+    (`TokenCounter.of`), and the tool definitions (`outgoing.tool_tokens`). Text alone let a request
+    made mostly of tool traffic through nearly free."""
+    messages = (to_message(m) for m in body.messages)
+    prompt = sum(counter.of(m.content, m.tool_calls) for m in messages)
+    return prompt + tool_tokens(tools_of(body)["tools"], counter)
 
 
 @dataclass(slots=True)

@@ -16,7 +16,7 @@ from memory.types import SessionKey
 from memory.users import User
 from proxy.deps import PipelineDep, SettingsDep, caller, limited
 from proxy.disconnect import cancel_on_disconnect
-from proxy.limits import RateLimiter, check_sizes
+from proxy.limits import RateLimiter, check_sizes, prompt_estimate
 from proxy.pipeline import ChatPipeline
 from proxy.protocol import ChatCompletionRequest
 from proxy.session import identify_session, requested_persona
@@ -74,7 +74,7 @@ async def create_chat_completion(
     limiter: RateLimiter = request.app.state.limiter
     metered = user is not None and bool(user.tokens_per_minute or settings.limits.tokens_per_minute)
     if metered:
-        prompt = sum(pipeline.tokens.count(m.text()) for m in body.messages)
+        prompt = prompt_estimate(body, pipeline.tokens)
         limiter.tokens(user, prompt)
         limiter.charge(user, prompt)
     session = session_for(request, body, pipeline, settings, user)

@@ -199,6 +199,41 @@ async def test_rate_limits_answer_429_with_retry_after(
             assert is_error(over, 429) and "tokens per minute" in over.json()["error"]["message"]
 
 
+async def test_the_token_limit_counts_tool_calls_definitions_and_results(
+    stub_url: str, sessions: async_sessionmaker[AsyncSession], counter: TokenCounter
+) -> None:
+    """A request whose tokens are mostly tool traffic (an assistant's call arguments, the tool
+    definitions, a tool's result) is estimated as the prompt budget counts it, not by its text alone:
+    after a short request, each of these is over what is left of 60 tokens per minute, though the
+    first two hold a few words of text."""
+    application, _ = build(stub_url, sessions, counter, limits=LimitSettings(tokens_per_minute=60))
+    bulky = json.dumps({"city": "Lisbon " * 100})  # ~200 tokens of arguments or of a result
+    asked = {"role": "user", "content": "Weather?"}
+    call = {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": bulky}}
+    calling = {"role": "assistant", "content": None, "tool_calls": [call]}
+    empty_call = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [call | {"function": {"name": "weather"}}],
+    }
+    spec = {"name": "weather", "description": "Weather. " * 200, "parameters": {"type": "object"}}
+    bodies: dict[str, dict[str, Any]] = {
+        "arguments": {"messages": [asked, calling]},
+        "definitions": {"messages": [asked], "tools": [{"type": "function", "function": spec}]},
+        "results": {
+            "messages": [asked, empty_call, {"role": "tool", "tool_call_id": "call_1", "content": bulky}]
+        },
+    }
+    async with running(application) as transport:
+        for case, body in bodies.items():
+            _, key = await new_key(sessions, case)
+            async with client(transport, key) as c:
+                first = await c.post("/chat/completions", json={"model": "stub/echo", "messages": HI})
+                assert first.status_code == 200  # a full bucket lets any one request through
+                over = await c.post("/chat/completions", json={"model": "stub/echo"} | body)
+            assert is_error(over, 429, "rate_limit_exceeded"), (case, over.status_code, over.text)
+
+
 async def test_the_chat_route_checks_the_key_then_takes_one_request_each_way(
     stub_url: str, sessions: async_sessionmaker[AsyncSession], counter: TokenCounter
 ) -> None:
