@@ -28,7 +28,12 @@ class JournalEntry:
     """One journaled turn: who, the request's messages (re-recognised when stored) and the turn.
 
     The only place the journal's line format is written and read. `public_id`: the conversation the
-    turn was recognised into, when it was (a deletion of that conversation drops the turn)."""
+    turn was recognised into, when it was (a deletion of that conversation drops the turn).
+
+    The turn's `vectors` (the request's query vector, ≈ 8 kB of JSON a line) are left out, and ignored
+    in lines written before: they only spare the embedding worker one message, every replay stores
+    through `TurnStore.store_turn`, which stores a turn without them as unembedded rows the worker
+    embeds, and a vector kept across a restart could come from another embedding model."""
 
     session: SessionKey
     turn: TurnRecord
@@ -38,8 +43,16 @@ class JournalEntry:
     def turn_id(self) -> str:
         return self.turn.turn_id
 
+    def without_vectors(self) -> JournalEntry:
+        """The entry as its line holds it, so a replay is the same from RAM as from the file."""
+        if not self.turn.vectors:
+            return self
+        return dataclasses.replace(self, turn=dataclasses.replace(self.turn, vectors={}))
+
     def to_json(self) -> dict[str, Any]:
-        turn = {f.name: getattr(self.turn, f.name) for f in dataclasses.fields(self.turn)}
+        turn = {
+            f.name: getattr(self.turn, f.name) for f in dataclasses.fields(self.turn) if f.name != "vectors"
+        }
         turn["newest"] = dataclasses.asdict(self.turn.newest) if self.turn.newest else None
         turn["incoming"] = [journal_row(m) for m in self.turn.incoming]
         turn["reply_tool_calls"] = [dataclasses.asdict(c) for c in self.turn.reply_tool_calls]
@@ -49,6 +62,7 @@ class JournalEntry:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> JournalEntry:
         turn = dict(data["turn"])
+        turn.pop("vectors", None)  # written by older versions: the worker embeds instead
         newest = turn.pop("newest", None)
         incoming = tuple(from_journal(row) for row in turn.pop("incoming", None) or data.get("messages", []))
         calls = tuple(ToolCall(**c) for c in turn.pop("reply_tool_calls", None) or ())
@@ -135,6 +149,7 @@ class TurnJournal:
 
     def append(self, entry: JournalEntry) -> bool:
         """Write one turn durably; False when the journal is full."""
+        entry = entry.without_vectors()
         line = json.dumps(entry.to_json(), ensure_ascii=False) + "\n"
         with self._lock:
             if len(self._entries) >= self.max_entries:

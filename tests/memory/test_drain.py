@@ -4,6 +4,8 @@ and a deleted conversation is not brought back by a store in flight or by its jo
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 from pathlib import Path
 
 from sqlalchemy import func, select, text
@@ -146,3 +148,31 @@ async def test_a_deleted_conversations_journaled_turns_are_not_replayed(
         "kept-journaled question 1",
         "kept-journaled answer 1",
     ]
+
+
+async def test_a_journal_line_carries_no_vector_and_the_worker_embeds_the_replayed_turn(
+    user: int, counter: TokenCounter, sessions: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    """The request's query vector made a journal line ≈ 8 kB; it only spared the worker one message, so
+    the line leaves it out (an older line's is ignored) and the replayed message is stored unembedded,
+    then embedded by the worker like any other."""
+    embedder = FakeEmbedder()
+    journal = TurnJournal(tmp_path / "turns.jsonl")
+    memory = MemoryService(sessions, counter, embedder, MemoryConfig(deadline_s=30), journal=journal)
+    asked = Message("user", "where does my sister live now")
+    vector = (await embedder.embed([asked.content]))[0]
+    turn = dataclasses.replace(record("in Lisbon", asked), vectors={asked.content: vector})
+    journal.append(JournalEntry(SessionKey(user_id=user, conversation="unembedded"), turn))
+    line = json.loads(journal.path.read_text(encoding="utf-8"))
+    assert "vectors" not in line["turn"] and len(json.dumps(line)) < 1000
+    older = line | {"turn": line["turn"] | {"vectors": {asked.content: vector}}}
+    assert JournalEntry.from_json(older).turn.vectors == {}
+
+    assert await memory.drain_journal() == 1
+    query = select(MessageRow.embedded).where(MessageRow.user_id == user, MessageRow.content == asked.content)
+    async with sessions() as s:
+        assert await s.scalar(query) is False
+    assert memory.embeddings is not None
+    await memory.embeddings.drain()
+    async with sessions() as s:
+        assert await s.scalar(query) is True
