@@ -20,9 +20,11 @@ from proxy.backends.base import (
     TokenUsage,
     Tool,
     ToolCallDelta,
+    mapped_mid_reply_errors,
+    mapped_transport_errors,
     status_error,
 )
-from proxy.backends.upstream import Upstream, mapped_errors, mapped_mid_reply_errors
+from proxy.backends.upstream import AIOHTTP, Upstream
 from proxy.errors import BackendServerError
 from proxy.settings import BackendSettings
 
@@ -101,12 +103,12 @@ class OpenAICompatBackend:
 
     async def stream(self, request: BackendRequest) -> AsyncIterator[Delta]:
         body = orjson.dumps(self.payload(request))  # 20x faster than json= on a 15 kB prompt
-        with mapped_errors(self.name):
+        with mapped_transport_errors(self.name, AIOHTTP):
             async with await self._upstream.request("POST", self._chat, body, _JSON) as resp:
                 if resp.status >= 400:
                     raise status_error(self.name, resp.status, error_text(await resp.read(), resp.reason))
                 finished, lines = False, SSELines()
-                with mapped_mid_reply_errors(self.name):
+                with mapped_mid_reply_errors(self.name, AIOHTTP):
                     async for data in resp.content.iter_any():  # one read: its events go on together
                         deltas, done = self._parse_lines(lines.feed(data))
                         finished = finished or done
@@ -176,7 +178,7 @@ class OpenAICompatBackend:
 
     async def _fetch(self, method: str, url: URL, body: bytes | None = None) -> tuple[int, str, bytes]:
         """Status, reason and whole body of a small request (embeddings, models)."""
-        with mapped_errors(self.name):
+        with mapped_transport_errors(self.name, AIOHTTP):
             async with await self._upstream.request(method, url, body, _JSON if body else {}) as resp:
                 return resp.status, resp.reason or "", await resp.read()
 
@@ -185,7 +187,7 @@ class OpenAICompatBackend:
     ) -> aiohttp.ClientResponse:
         """Send a request as it came (passthrough routes); the response is streamed, the caller
         releases it."""
-        with mapped_errors(self.name):
+        with mapped_transport_errors(self.name, AIOHTTP):
             return await self._upstream.request(method, self._upstream.url(path), body or None, headers)
 
     async def models(self) -> list[str]:

@@ -1,5 +1,5 @@
 """The HTTP client of the OpenAI-compatible backend: one aiohttp session per backend (a keep-alive
-pool), its failures as BackendErrors naming the backend.
+pool), and aiohttp's exception classes for proxy/backends/base.py's error mapping.
 
 aiohttp rather than httpx: its C HTTP parser and shorter request path cost a fifth of httpx's CPU
 per streamed reply (bench/upstream_client.py), and httpx/httpcore was ≈55% of a plain streamed turn
@@ -10,18 +10,18 @@ belongs to one loop.
 
 from __future__ import annotations
 
-import contextlib
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import aiohttp
 from yarl import URL
 
-from proxy.errors import BackendServerError, BackendTimeout, BackendUnavailable
+from proxy.backends.base import TransportErrors
 
 _KEEPALIVE_S = 5.0  # httpx's keep-alive expiry
 _NO_CONTENT_TYPE = ("Content-Type",)
+AIOHTTP = TransportErrors(aiohttp.ConnectionTimeoutError, aiohttp.ServerTimeoutError, aiohttp.ClientError)
 
 
 class Upstream:
@@ -87,33 +87,3 @@ def env_proxy(url: str) -> str | None:
     if proxy is None or urllib.request.proxy_bypass(parts.hostname or ""):
         return None
     return proxy
-
-
-@contextlib.contextmanager
-def mapped_errors(backend: str) -> Iterator[None]:
-    """Transport failures before the reply as BackendUnavailable / BackendTimeout naming the backend.
-
-    A connect timeout is a connect failure (retryable); a read timeout means the backend took the
-    request and stalled, and retrying would only multiply the client's wait.
-    """
-    try:
-        yield
-    except aiohttp.ConnectionTimeoutError as exc:
-        raise BackendUnavailable(f"backend '{backend}' is unreachable: connect timed out") from exc
-    except aiohttp.ServerTimeoutError as exc:
-        raise BackendTimeout(f"backend '{backend}' did not answer in time ({type(exc).__name__})") from exc
-    except aiohttp.ClientError as exc:
-        raise BackendUnavailable(f"backend '{backend}' is unreachable: {exc or type(exc).__name__}") from exc
-
-
-@contextlib.contextmanager
-def mapped_mid_reply_errors(backend: str) -> Iterator[None]:
-    """Failures after the reply began: a stall is a BackendTimeout, a broken stream a server error."""
-    try:
-        yield
-    except aiohttp.ServerTimeoutError as exc:  # its message says nothing of which backend
-        raise BackendTimeout(f"backend '{backend}' stopped sending mid-reply ({type(exc).__name__})") from exc
-    except aiohttp.ClientError as exc:
-        raise BackendServerError(
-            f"backend '{backend}' broke off the reply: {exc or type(exc).__name__}"
-        ) from exc
