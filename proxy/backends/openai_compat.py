@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
-from yarl import URL
 
 from memory.types import Message
 from proxy.backends.base import (
@@ -24,9 +22,15 @@ from proxy.backends.base import (
     mapped_transport_errors,
     status_error,
 )
-from proxy.backends.upstream import AIOHTTP, Upstream
 from proxy.errors import BackendServerError
 from proxy.settings import BackendSettings
+
+if TYPE_CHECKING:  # aiohttp is imported when such a backend is built: the passthrough routes import
+    # this module at every start, also when no backend is OpenAI-compatible
+    import aiohttp
+    from yarl import URL
+
+    from proxy.backends.upstream import Upstream
 
 _JSON = {"content-type": "application/json"}
 
@@ -42,7 +46,7 @@ class OpenAICompatBackend:
         stream_usage: bool = True,
     ) -> None:
         self.name = name
-        self._upstream = upstream
+        self._upstream, self._errors = upstream, upstream.errors
         self._chat, self._embeddings = upstream.url("/chat/completions"), upstream.url("/embeddings")
         self._models = upstream.url("/models")
         self._sampler_extras, self._schema_style = sampler_extras, schema_style
@@ -51,6 +55,8 @@ class OpenAICompatBackend:
 
     @classmethod
     def from_settings(cls, name: str, config: BackendSettings) -> OpenAICompatBackend:
+        from proxy.backends.upstream import Upstream
+
         upstream = Upstream(
             config.url(),
             api_key=config.api_key.get_secret_value() if config.api_key else None,
@@ -103,12 +109,12 @@ class OpenAICompatBackend:
 
     async def stream(self, request: BackendRequest) -> AsyncIterator[Delta]:
         body = orjson.dumps(self.payload(request))  # 20x faster than json= on a 15 kB prompt
-        with mapped_transport_errors(self.name, AIOHTTP):
+        with mapped_transport_errors(self.name, self._errors):
             async with await self._upstream.request("POST", self._chat, body, _JSON) as resp:
                 if resp.status >= 400:
                     raise status_error(self.name, resp.status, error_text(await resp.read(), resp.reason))
                 finished, lines = False, SSELines()
-                with mapped_mid_reply_errors(self.name, AIOHTTP):
+                with mapped_mid_reply_errors(self.name, self._errors):
                     async for data in resp.content.iter_any():  # one read: its events go on together
                         deltas, done = self._parse_lines(lines.feed(data))
                         finished = finished or done
@@ -178,7 +184,7 @@ class OpenAICompatBackend:
 
     async def _fetch(self, method: str, url: URL, body: bytes | None = None) -> tuple[int, str, bytes]:
         """Status, reason and whole body of a small request (embeddings, models)."""
-        with mapped_transport_errors(self.name, AIOHTTP):
+        with mapped_transport_errors(self.name, self._errors):
             async with await self._upstream.request(method, url, body, _JSON if body else {}) as resp:
                 return resp.status, resp.reason or "", await resp.read()
 
@@ -187,7 +193,7 @@ class OpenAICompatBackend:
     ) -> aiohttp.ClientResponse:
         """Send a request as it came (passthrough routes); the response is streamed, the caller
         releases it."""
-        with mapped_transport_errors(self.name, AIOHTTP):
+        with mapped_transport_errors(self.name, self._errors):
             return await self._upstream.request(method, self._upstream.url(path), body or None, headers)
 
     async def models(self) -> list[str]:

@@ -40,6 +40,7 @@ class Upstream:
         )
         self._proxy = env_proxy(self.base)
         self._session: aiohttp.ClientSession | None = None
+        self.errors = AIOHTTP
 
     def url(self, path: str) -> URL:
         """`path` (with its query, if any) under the base URL (parse the fixed ones once, and keep them)."""

@@ -5,8 +5,8 @@ Anima's OpenAI errors naming the backend. No persona, memory or emotion: these a
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
-import aiohttp
 import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
@@ -17,6 +17,9 @@ from proxy.backends.base import BackendCannot, status_error
 from proxy.backends.openai_compat import OpenAICompatBackend, error_text
 from proxy.deps import PipelineDep, SettingsDep
 from proxy.protocol import CompletionRequest
+
+if TYPE_CHECKING:
+    import aiohttp
 
 router = APIRouter()  # /v1/completions, under every prefix
 fallback = APIRouter()  # the catch-all, under /v1 only, included last
