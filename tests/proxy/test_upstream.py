@@ -1,6 +1,7 @@
 """The OpenAI-compatible backend's HTTP client (proxy/backends/upstream.py, aiohttp): what httpx gave
 for free and the adapter must keep: the backend's key on every call, one kept-alive connection for
-consecutive replies, a connect that never completes reported as the backend being unreachable."""
+consecutive replies, a connect that never completes reported as the backend being unreachable, and
+the pool closed with the backend."""
 
 from __future__ import annotations
 
@@ -10,14 +11,16 @@ from collections.abc import Iterator
 
 import httpx
 import openai
+import psutil
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 from pydantic import SecretStr
 
+from proxy.backends.openai_compat import OpenAICompatBackend
 from proxy.main import create_app
 from proxy.settings import BackendSettings, RouteSettings
 from tests.conftest import make_settings
-from tests.servers.openai_stub import StubState
+from tests.servers.openai_stub import StubState, stub_app
 from tests.servers.runner import serving
 
 HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
@@ -96,3 +99,20 @@ def test_a_connect_that_never_completes_is_502_unreachable(stream: bool) -> None
     error = resp.json()["error"]
     assert error["code"] == "backend_unavailable"
     assert error["message"] == "backend 'down' is unreachable: connect timed out"
+
+
+def connections_to(port: int) -> int:
+    """This process's open TCP connections to `port` (client sockets only: the server's have it local)."""
+    return sum(1 for c in psutil.Process().net_connections("tcp") if c.raddr and c.raddr.port == port)
+
+
+async def test_closing_the_backend_closes_its_pooled_connections() -> None:
+    with serving(stub_app(StubState())) as url:
+        port = int(url.rsplit(":", 1)[1])
+        backend = OpenAICompatBackend.from_settings(
+            "stub", BackendSettings(kind="openai", base_url=f"{url}/v1")
+        )
+        assert await backend.models() == ["echo", "reason", "slow", "numbered"]
+        assert connections_to(port) == 1  # kept alive in the pool
+        await backend.aclose()
+        assert connections_to(port) == 0
