@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Mapping
 
 import aiohttp
+import httpx
 from yarl import URL
 
 from proxy.backends.base import TransportErrors
@@ -64,10 +65,13 @@ class Upstream:
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
+            # TLS trusts what httpx trusted (certifi's roots, or SSL_CERT_FILE / SSL_CERT_DIR), not
+            # only the system's: some Pythons (macOS installers) come with no system roots at all.
+            tls = httpx.create_ssl_context() if self.base.startswith("https:") else True
             self._session = aiohttp.ClientSession(
                 headers=self._headers,
                 timeout=self._timeout,
-                connector=aiohttp.TCPConnector(limit=200, keepalive_timeout=_KEEPALIVE_S),
+                connector=aiohttp.TCPConnector(limit=200, keepalive_timeout=_KEEPALIVE_S, ssl=tls),
                 cookie_jar=aiohttp.DummyCookieJar(),
                 proxy=self._proxy,
             )
