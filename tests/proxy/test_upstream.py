@@ -1,7 +1,7 @@
 """The OpenAI-compatible backend's HTTP client (proxy/backends/upstream.py, aiohttp): what httpx gave
 for free and the adapter must keep: the backend's key on every call, one kept-alive connection for
 consecutive replies, a connect that never completes reported as the backend being unreachable, and
-the pool closed with the backend."""
+the pool closed with the backend, an environment proxy honoured."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from pydantic import SecretStr
 
 from proxy.backends.openai_compat import OpenAICompatBackend
+from proxy.backends.upstream import env_proxy
 from proxy.main import create_app
 from proxy.settings import BackendSettings, RouteSettings
 from tests.conftest import make_settings
@@ -116,3 +117,15 @@ async def test_closing_the_backend_closes_its_pooled_connections() -> None:
         assert connections_to(port) == 1  # kept alive in the pool
         await backend.aclose()
         assert connections_to(port) == 0
+
+
+def test_an_environment_proxy_is_used_as_httpx_used_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    assert env_proxy("https://api.example.com/v1") is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    assert env_proxy("https://api.example.com/v1") == "http://proxy.internal:3128"
+    assert env_proxy("http://127.0.0.1:8080/v1") is None  # HTTPS_PROXY is for https URLs only
+    monkeypatch.setenv("NO_PROXY", "example.com")
+    assert env_proxy("https://api.example.com/v1") is None
