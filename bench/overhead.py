@@ -107,7 +107,8 @@ def stub_factory() -> Starlette:
     """The test stub as an instant backend (bench/load.py), minus its request log."""
     from tests.servers.openai_stub import StubState, stub_app
 
-    return stub_app(StubState(requests=_Forgetful(), headers=_Forgetful(), outcomes=_Forgetful()))
+    forget = _Forgetful
+    return stub_app(StubState(requests=forget(), headers=forget(), outcomes=forget(), peers=forget()))
 
 
 def build_request() -> tuple[dict[str, Any], int]:

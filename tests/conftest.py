@@ -85,6 +85,7 @@ def stub(stub_state: StubState) -> StubState:
     stub_state.calls.clear()
     stub_state.outcomes.clear()
     stub_state.received.clear()
+    stub_state.peers.clear()
     return stub_state
 
 

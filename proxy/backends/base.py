@@ -158,8 +158,20 @@ def status_error(backend: str, status: int, detail: str) -> BackendError:
     return BackendRejected(message, status=status)
 
 
+@dataclass(frozen=True, slots=True)
+class TransportErrors:
+    """An HTTP library's exception classes, so that its failures map the same as any other's."""
+
+    connect_timeout: type[Exception]
+    timeout: type[Exception]  # any other timeout (a subclass or not of `failed`)
+    failed: type[Exception]  # everything else it raises
+
+
+HTTPX = TransportErrors(httpx.ConnectTimeout, httpx.TimeoutException, httpx.HTTPError)
+
+
 @contextlib.contextmanager
-def mapped_httpx_errors(backend: str) -> Iterator[None]:
+def mapped_transport_errors(backend: str, kinds: TransportErrors) -> Iterator[None]:
     """Turn transport failures into BackendTimeout / BackendUnavailable naming the backend.
 
     A connect timeout is a connect failure (retryable); a read timeout means the backend took the
@@ -167,12 +179,30 @@ def mapped_httpx_errors(backend: str) -> Iterator[None]:
     """
     try:
         yield
-    except httpx.ConnectTimeout as exc:
+    except kinds.connect_timeout as exc:
         raise BackendUnavailable(f"backend '{backend}' is unreachable: connect timed out") from exc
-    except httpx.TimeoutException as exc:
+    except kinds.timeout as exc:
         raise BackendTimeout(f"backend '{backend}' did not answer in time ({type(exc).__name__})") from exc
-    except httpx.HTTPError as exc:
+    except kinds.failed as exc:
         raise BackendUnavailable(f"backend '{backend}' is unreachable: {exc or type(exc).__name__}") from exc
+
+
+@contextlib.contextmanager
+def mapped_mid_reply_errors(backend: str, kinds: TransportErrors) -> Iterator[None]:
+    """Transport failures once the reply began: a stall is a BackendTimeout, a broken stream a
+    BackendServerError (the reply cannot be resumed, and resending would repeat what was sent)."""
+    try:
+        yield
+    except kinds.timeout as exc:  # its message says nothing of which backend
+        raise BackendTimeout(f"backend '{backend}' stopped sending mid-reply ({type(exc).__name__})") from exc
+    except kinds.failed as exc:
+        what = str(exc) or type(exc).__name__
+        raise BackendServerError(f"backend '{backend}' broke off the reply: {what}") from exc
+
+
+def mapped_httpx_errors(backend: str) -> contextlib.AbstractContextManager[None]:
+    """httpx's failures before a reply (the Ollama and Gemini clients send through httpx)."""
+    return mapped_transport_errors(backend, HTTPX)
 
 
 def data_url(part: Part) -> tuple[str, str] | None:

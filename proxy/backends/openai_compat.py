@@ -1,13 +1,13 @@
-"""Any OpenAI-compatible server over httpx: llama.cpp (`llama-server`, `llama_cpp.server`), vLLM,
-LM Studio, OpenAI itself. Always streams upstream, so one code path serves both client modes."""
+"""Any OpenAI-compatible server over aiohttp (proxy/backends/upstream.py): llama.cpp (`llama-server`,
+`llama_cpp.server`), vLLM, LM Studio, OpenAI itself. Always streams upstream, so one code path serves
+both client modes."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import orjson
 
 from memory.types import Message
@@ -18,11 +18,19 @@ from proxy.backends.base import (
     TokenUsage,
     Tool,
     ToolCallDelta,
-    mapped_httpx_errors,
+    mapped_mid_reply_errors,
+    mapped_transport_errors,
     status_error,
 )
-from proxy.errors import BackendServerError, BackendTimeout
+from proxy.errors import BackendServerError
 from proxy.settings import BackendSettings
+
+if TYPE_CHECKING:  # aiohttp is imported when such a backend is built: the passthrough routes import
+    # this module at every start, also when no backend is OpenAI-compatible
+    import aiohttp
+    from yarl import URL
+
+    from proxy.backends.upstream import Upstream
 
 _JSON = {"content-type": "application/json"}
 
@@ -31,27 +39,33 @@ class OpenAICompatBackend:
     def __init__(
         self,
         name: str,
-        client: httpx.AsyncClient,
+        upstream: Upstream,
         *,
         sampler_extras: bool = True,
         schema_style: str = "json_schema",
         stream_usage: bool = True,
     ) -> None:
         self.name = name
-        self._client = client
+        self._upstream, self._errors = upstream, upstream.errors
+        self._chat, self._embeddings = upstream.url("/chat/completions"), upstream.url("/embeddings")
+        self._models = upstream.url("/models")
         self._sampler_extras, self._schema_style = sampler_extras, schema_style
         self._stream_usage = stream_usage
         self._context: dict[str, int | None] = {}
 
     @classmethod
     def from_settings(cls, name: str, config: BackendSettings) -> OpenAICompatBackend:
-        headers = {"Authorization": f"Bearer {config.api_key.get_secret_value()}"} if config.api_key else {}
-        timeout = httpx.Timeout(config.timeout_s, connect=config.connect_timeout_s)
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
-        client = httpx.AsyncClient(base_url=config.url(), headers=headers, timeout=timeout, limits=limits)
+        from proxy.backends.upstream import Upstream
+
+        upstream = Upstream(
+            config.url(),
+            api_key=config.api_key.get_secret_value() if config.api_key else None,
+            timeout_s=config.timeout_s,
+            connect_timeout_s=config.connect_timeout_s,
+        )
         return cls(
             name,
-            client,
+            upstream,
             sampler_extras=config.sampler_extras,
             schema_style=config.schema_style,
             stream_usage=config.stream_usage,
@@ -94,15 +108,14 @@ class OpenAICompatBackend:
         return body
 
     async def stream(self, request: BackendRequest) -> AsyncIterator[Delta]:
-        with mapped_httpx_errors(self.name):
-            body = orjson.dumps(self.payload(request))  # 20x faster than json= on a 15 kB prompt
-            async with self._client.stream("POST", "/chat/completions", content=body, headers=_JSON) as resp:
-                if resp.status_code >= 400:
-                    await resp.aread()
-                    raise status_error(self.name, resp.status_code, error_text(resp))
+        body = orjson.dumps(self.payload(request))  # 20x faster than json= on a 15 kB prompt
+        with mapped_transport_errors(self.name, self._errors):
+            async with await self._upstream.request("POST", self._chat, body, _JSON) as resp:
+                if resp.status >= 400:
+                    raise status_error(self.name, resp.status, error_text(await resp.read(), resp.reason))
                 finished, lines = False, SSELines()
-                try:
-                    async for data in resp.aiter_bytes():  # one read: its events go on together
+                with mapped_mid_reply_errors(self.name, self._errors):
+                    async for data in resp.content.iter_any():  # one read: its events go on together
                         deltas, done = self._parse_lines(lines.feed(data))
                         finished = finished or done
                         for delta in deltas:
@@ -112,14 +125,6 @@ class OpenAICompatBackend:
                     finished = finished or done or any(d.finish_reason is not None for d in deltas)
                     for delta in deltas:
                         yield delta
-                except httpx.TimeoutException as exc:  # its message is empty: name what happened
-                    raise BackendTimeout(
-                        f"backend '{self.name}' stopped sending mid-reply ({type(exc).__name__})"
-                    ) from exc
-                except httpx.HTTPError as exc:
-                    raise BackendServerError(
-                        f"backend '{self.name}' broke off the reply: {exc or type(exc).__name__}"
-                    ) from exc
                 if not finished:  # e.g. llama_cpp.server on a prompt beyond n_ctx: 200, then nothing
                     raise BackendServerError(f"backend '{self.name}' ended the reply without finishing it")
 
@@ -165,11 +170,10 @@ class OpenAICompatBackend:
         body: dict[str, Any] = {"model": model, "input": inputs, "encoding_format": "float"}
         if dimensions is not None:
             body["dimensions"] = dimensions
-        with mapped_httpx_errors(self.name):
-            resp = await self._client.post("/embeddings", content=orjson.dumps(body), headers=_JSON)
-        if resp.status_code >= 400:
-            raise status_error(self.name, resp.status_code, error_text(resp))
-        data = resp.json()
+        status, reason, answer = await self._fetch("POST", self._embeddings, orjson.dumps(body))
+        if status >= 400:
+            raise status_error(self.name, status, error_text(answer, reason))
+        data = orjson.loads(answer)
         entries = sorted(data.get("data") or [], key=lambda e: int(e.get("index") or 0))
         if len(entries) != len(inputs):
             raise BackendServerError(
@@ -178,18 +182,25 @@ class OpenAICompatBackend:
         usage = data.get("usage") or {}
         return Embeddings([e["embedding"] for e in entries], usage.get("prompt_tokens"))
 
-    async def forward(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
-        """Send a request as it came (passthrough routes); the response is streamed, the caller closes it."""
-        with mapped_httpx_errors(self.name):
-            request = self._client.build_request(method, path, content=body, headers=headers)
-            return await self._client.send(request, stream=True)
+    async def _fetch(self, method: str, url: URL, body: bytes | None = None) -> tuple[int, str, bytes]:
+        """Status, reason and whole body of a small request (embeddings, models)."""
+        with mapped_transport_errors(self.name, self._errors):
+            async with await self._upstream.request(method, url, body, _JSON if body else {}) as resp:
+                return resp.status, resp.reason or "", await resp.read()
+
+    async def forward(
+        self, method: str, path: str, body: bytes, headers: dict[str, str]
+    ) -> aiohttp.ClientResponse:
+        """Send a request as it came (passthrough routes); the response is streamed, the caller
+        releases it."""
+        with mapped_transport_errors(self.name, self._errors):
+            return await self._upstream.request(method, self._upstream.url(path), body or None, headers)
 
     async def models(self) -> list[str]:
-        with mapped_httpx_errors(self.name):
-            resp = await self._client.get("/models")
-        if resp.status_code >= 400:
-            raise status_error(self.name, resp.status_code, error_text(resp))
-        entries = resp.json().get("data", [])
+        status, reason, answer = await self._fetch("GET", self._models)
+        if status >= 400:
+            raise status_error(self.name, status, error_text(answer, reason))
+        entries = orjson.loads(answer).get("data", [])
         for entry in entries:  # vLLM: max_model_len; llama-server: meta.n_ctx_train
             window = (
                 entry.get("max_model_len")
@@ -205,7 +216,7 @@ class OpenAICompatBackend:
         return self._context.get(model)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._upstream.aclose()
 
 
 class SSELines:
@@ -281,11 +292,15 @@ def _tool_call_delta(fragment: dict[str, Any]) -> ToolCallDelta:
     )
 
 
-def error_text(resp: httpx.Response) -> str:
+def error_text(body: bytes, reason: str | None) -> str:
+    """What an upstream error response says: its OpenAI `error` message, else its text, else its
+    reason phrase."""
+    text = body.decode(errors="replace")
     try:
-        return _message_of(resp.json().get("error", resp.text))
-    except ValueError:
-        return resp.text[:500] or resp.reason_phrase
+        error = orjson.loads(body)
+        return _message_of(error.get("error", text) if isinstance(error, dict) else text[:500])
+    except orjson.JSONDecodeError:
+        return text[:500] or reason or ""
 
 
 def _message_of(error: Any) -> str:

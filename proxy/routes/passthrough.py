@@ -5,8 +5,8 @@ Anima's OpenAI errors naming the backend. No persona, memory or emotion: these a
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
-import httpx
 import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
@@ -18,9 +18,13 @@ from proxy.backends.openai_compat import OpenAICompatBackend, error_text
 from proxy.deps import PipelineDep, SettingsDep
 from proxy.protocol import CompletionRequest
 
+if TYPE_CHECKING:
+    import aiohttp
+
 router = APIRouter()  # /v1/completions, under every prefix
 fallback = APIRouter()  # the catch-all, under /v1 only, included last
 _RELAYED = ("content-type", "accept", "openai-beta")
+_KEPT = ("content-type", "cache-control")  # of the upstream's headers
 
 
 @router.post("/completions", response_model=None)
@@ -79,17 +83,21 @@ async def relay(
     """Forward and stream the answer back; a client that goes away closes the upstream request."""
     headers = {k: v for k, v in request.headers.items() if k in _RELAYED}
     upstream = await backend.forward(method, path, body, headers)
-    if upstream.status_code >= 400:
-        await upstream.aread()
-        await upstream.aclose()
-        raise status_error(backend.name, upstream.status_code, error_text(upstream))
-    kept = {k: v for k, v in upstream.headers.items() if k in ("content-type", "cache-control")}
-    return StreamingResponse(_bytes(upstream), status_code=upstream.status_code, headers=kept)
+    if upstream.status >= 400:
+        try:
+            detail = error_text(await upstream.read(), upstream.reason)
+        finally:
+            upstream.release()
+        raise status_error(backend.name, upstream.status, detail)
+    kept = {k: upstream.headers[k] for k in _KEPT if k in upstream.headers}
+    return StreamingResponse(_bytes(upstream), status_code=upstream.status, headers=kept)
 
 
-async def _bytes(upstream: httpx.Response) -> AsyncIterator[bytes]:
+async def _bytes(upstream: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """The body as it comes; a client gone closes the upstream connection (release of a response
+    not read to its end closes it rather than pooling it)."""
     try:
-        async for piece in upstream.aiter_bytes():
+        async for piece in upstream.content.iter_any():
             yield piece
     finally:
-        await upstream.aclose()
+        upstream.release()

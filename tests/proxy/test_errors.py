@@ -88,7 +88,7 @@ def test_backend_dying_mid_stream_is_an_sse_error_the_sdk_raises(anima_url: str,
         for chunk in stream:
             received.append(chunk.choices[0].delta.content or "")
     assert "".join(received) == "Hello from the"
-    assert "backend 'stub'" in info.value.message
+    assert "backend 'stub' broke off the reply" in info.value.message
 
 
 async def test_mid_stream_error_event_is_openai_shaped_and_ends_stream(

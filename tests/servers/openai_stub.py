@@ -105,6 +105,7 @@ class StubState:
     calls: Counter[str] = field(default_factory=Counter)
     outcomes: list[str] = field(default_factory=list)  # "completed" | "cancelled", per stream
     received: list[float] = field(default_factory=list)  # time.time() of each request, in order
+    peers: list[int] = field(default_factory=list)  # the client port of each chat request (keep-alive)
     words: int = 4  # `numbered`: words after "Reply N:"
     delay_s: float = 0.0  # `numbered`: pause between chunks
     script: dict[str, list[str]] = field(default_factory=dict)  # `numbered`: message content → replies
@@ -323,6 +324,7 @@ def stub_app(state: StubState | None = None) -> Starlette:
         state.requests.append(body)
         state.received.append(time.time())
         state.headers.append(dict(request.headers))
+        state.peers.append(request.client.port if request.client else 0)
         model = str(body.get("model"))
         state.calls[model] += 1
         if model == "fail-500":
