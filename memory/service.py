@@ -21,6 +21,7 @@ from memory.archive import Archive
 from memory.budget import TokenCounter
 from memory.db import autocommit
 from memory.drain import JournalDrain
+from memory.foreground import Foreground
 from memory.journal import InFlight, JournalEntry, TurnJournal
 from memory.privacy import erase_user
 from memory.recall import Boost, Fusion, RecallQuery, Scope, needs_transaction, recall
@@ -121,6 +122,7 @@ class MemoryService:
             else None
         )
         self._annotating = annotate is not None
+        self.foreground = Foreground()  # the pipeline marks its turns; the embedding worker yields to them
         self._public_ids: OrderedDict[tuple[int, str], int] = OrderedDict()  # (user, public id) → row id
 
     # -- recognising the conversation -------------------------------------------------------------
@@ -312,8 +314,9 @@ class MemoryService:
         )
 
     def _wake_embedder(self) -> None:
+        """After a store: the worker embeds what it stored once no turn is being prepared (bounded)."""
         if self.embeddings is not None:
-            self.embeddings.wake.set()
+            self.foreground.after(self.embeddings.wake.set)
 
     async def _before_delete(self, user_id: int, public_id: str) -> None:
         """Before a conversation is deleted: its user's stores in flight land (or are journaled), then
