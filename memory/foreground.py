@@ -5,7 +5,8 @@ that is exactly when the next turn arrives: encoding the reply (a few tens of ms
 competes with that turn's recognition, encoder pass, recall and upstream request for this machine's
 cores. Work that nobody waits for yields: it starts once no turn is being prepared, or after
 `WAKE_DEFER_S` at the latest, so a proxy that is never idle still embeds (in larger batches).
-Issue 15: 0.67-0.96x the added latency at 1 client, 0.84x at 8, side by side (docs/benchmarks.md).
+Issue 15, side by side: 0.67-0.96x the added latency at 1 client, 0.84-0.95x at 8, on a loaded
+machine (docs/benchmarks.md: within its noise, to re-measure quiet).
 """
 
 from __future__ import annotations
