@@ -370,9 +370,11 @@ def level_rows(level: Level) -> dict[str, dict[str, Any]]:
             "turns": t.turns,
             "errors": t.errors,
             "p50": pct(t.ms, 50),
+            "p95": pct(t.ms, 95),
             "p99": pct(t.ms, 99),
         }
         row |= {"added_p50": row["p50"] - pct(direct.ms, 50), "added_p99": row["p99"] - pct(direct.ms, 99)}
+        row["added_p95"] = row["p95"] - pct(direct.ms, 95)
         row |= {"turns_s": t.turns / max(1e-9, t.wall_s + t.drain_s), "cpu_ms": cpu}
         pass_cpu = 1000 * sum(passed.cpu_s) / max(1, passed.turns) if passed else float("nan")
         row |= {"cpu_vs_pass": cpu / pass_cpu if name not in ("direct", "pass") else None}
@@ -514,6 +516,7 @@ def compare(clients: str, new: dict[str, Any], old: dict[str, Any]) -> None:
         for who, o, n in zip(("Anima", "Postgres"), old["cpu_ms_each"], new["cpu_ms_each"], strict=True)
     ]
     pairs += [("added p50 ms", old["added_p50"], new["added_p50"])]
+    pairs += [("added p95 ms", old["added_p95"], new["added_p95"])]
     if "statements" in old and "statements" in new:
         pairs.append(("statements", old["statements"], new["statements"]))
         kinds = sorted(set(old["statement_kinds"]) | set(new["statement_kinds"]))

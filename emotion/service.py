@@ -74,7 +74,8 @@ class EmotionService:
     ) -> tuple[asyncio.Future[Emotion | None], asyncio.Future[list[float] | None]] | None:
         """`read()` that also embeds the text for recall in the same encoder pass (the joint graph:
         emotion/joint.py), or None when the detector has no joint graph (the caller embeds apart).
-        The two futures resolve together; cancelling one leaves the other."""
+        The two futures resolve together; cancelling one leaves the other, cancelling both the pass
+        (its thread, once started, runs to its end)."""
         detector = self.detector
         if not isinstance(detector, JointDetector) or detector.joint is None:
             return None
@@ -105,9 +106,15 @@ class EmotionService:
             if not vector.done():
                 vector.set_exception(RuntimeError("the joint encoder pass ended without a vector"))
 
+        def abandoned(_: asyncio.Future[Any]) -> None:  # nobody waits for either: stop the pass
+            if feeling.cancelled() and vector.cancelled():
+                task.cancel()
+
         task = asyncio.ensure_future(both())
         self._running.add(task)
         task.add_done_callback(done)
+        feeling.add_done_callback(abandoned)
+        vector.add_done_callback(abandoned)
         return feeling, vector
 
     async def reading(self, pending: asyncio.Future[Emotion | None]) -> Emotion | None:

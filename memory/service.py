@@ -22,6 +22,7 @@ from memory.budget import TokenCounter
 from memory.config import MemoryConfig
 from memory.db import autocommit
 from memory.drain import JournalDrain
+from memory.foreground import Foreground
 from memory.journal import InFlight, JournalEntry, TurnJournal
 from memory.privacy import erase_user
 from memory.recaller import Recaller
@@ -110,6 +111,7 @@ class MemoryService:
             else None
         )
         self._annotating = annotate is not None
+        self.foreground = Foreground()  # the pipeline marks its turns; the embedding worker yields to them
         self._public_ids: OrderedDict[tuple[int, str], int] = OrderedDict()  # (user, public id) → row id
 
     # -- recognising the conversation -------------------------------------------------------------
@@ -232,8 +234,9 @@ class MemoryService:
         )
 
     def _wake_embedder(self) -> None:
+        """After a store: the worker embeds what it stored once no turn is being prepared (bounded)."""
         if self.embeddings is not None:
-            self.embeddings.wake.set()
+            self.foreground.after(self.embeddings.wake.set)
 
     async def _before_delete(self, user_id: int, public_id: str) -> None:
         """Before a conversation is deleted: its user's stores in flight land (or are journaled), then

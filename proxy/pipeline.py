@@ -8,6 +8,7 @@ a real HTTP status instead of a 200 stream carrying an error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -105,6 +106,9 @@ class ChatPipeline:
         self.log_content = log_content
         self.knowledge = knowledge  # issue 17: what personas know about the user
         self._windows: dict[tuple[str, str], int | None] = {}
+        self._foreground: Callable[[], contextlib.AbstractContextManager[None]] = (
+            memory.foreground.turn if memory is not None else contextlib.nullcontext
+        )
         self.turns = TurnBuilder(
             tokens, self.budget.shares, memory=memory, emotion=emotion, cards=cards, knowledge=knowledge
         )
@@ -123,9 +127,10 @@ class ChatPipeline:
         tools = tool_tokens(tools_of(body)["tools"], self.tokens)
         budget = Budget.for_model(window, body.reply_limit, self.budget.shares, tools=tools)
         messages = tuple(to_message(m) for m in body.messages)
-        turn = await self.turns.build(TurnRequest(session, messages, budget, body.model, chosen, named))
-        self._log_prompt(turn.prompt.messages)
-        route, request, deltas = await self._open(chain, turn.prompt.messages, body)
+        with self._foreground():  # the embedding worker waits until the request is upstream (bounded)
+            turn = await self._built(TurnRequest(session, messages, budget, body.model, chosen, named))
+            self._log_prompt(turn.prompt.messages)
+            route, request, deltas = await self._open(chain, turn.prompt.messages, body)
         turn_id = uuid.uuid4().hex
         memory_status = self._memory_status(session, turn)
         memory_turn(memory_status, turn.degraded)
@@ -144,6 +149,14 @@ class ChatPipeline:
             turn_id=turn_id,
             wal=self._begin(turn, body.model, turn_id),
         )
+
+    async def _built(self, request: TurnRequest) -> MemoryTurn:
+        """The turn's prompt, shielded from a client that leaves meanwhile (its cancellation lands at the
+        upstream request, right after): memory's reads end within their deadlines, and a statement
+        cancelled half-way would cost its pooled connection (SQLAlchemy drops it, not returned)."""
+        with anyio.CancelScope(shield=True):
+            turn = await self.turns.build(request)
+        return turn
 
     def _begin(self, turn: MemoryTurn, model: str, turn_id: str) -> Path | None:
         """A write-ahead file for a turn memory will store: what the client sees survives a SIGKILL."""

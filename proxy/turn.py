@@ -30,7 +30,7 @@ from proxy.errors import ContextTooLong
 from proxy.metrics import timed
 
 if TYPE_CHECKING:
-    from proxy.knowledge import Knowledge  # issue 17
+    from proxy.knowledge import Knowledge, Known  # issue 17
 
 log = logging.getLogger("anima.turn")
 
@@ -93,6 +93,28 @@ class TurnRequest:
     character: str | None = None  # the character the client named (header), if any
 
 
+@dataclass(slots=True)
+class Ahead:
+    """Work a turn started before it needs the result, so it overlaps recognition and recall: the
+    newest message's encoder pass (emotion and recall vector), the client's card, the facts, the
+    recall boost. It ends with the turn's preparation (`end`): whatever is still pending then is
+    cancelled (a failure, a client gone, a result the turn did not need), except the vector stored
+    with the turn (`keep`, awaited by the store after the reply)."""
+
+    feeling: asyncio.Future[Emotion | None] | None
+    embedding: asyncio.Future[list[float] | None]
+    indexing: asyncio.Future[IndexedCard] | None
+    knowing: asyncio.Future[Known] | None = None
+    boost: asyncio.Future[Boost | None] | None = None
+    keep: asyncio.Future[list[float] | None] | None = None
+
+    def end(self) -> None:
+        self.embedding.add_done_callback(_retrieved)  # its failure was recall's to report
+        for pending in (self.feeling, self.embedding, self.indexing, self.knowing, self.boost):
+            if pending is not None and pending is not self.keep:
+                pending.cancel()  # a no-op once done
+
+
 class TurnBuilder:
     def __init__(
         self,
@@ -140,7 +162,11 @@ class TurnBuilder:
             return None
         if not self._emotion_for(turn.persona, turn.session.character if turn.session else None):
             return None
-        emotion = await self.emotion.reading(self.emotion.read(chat[-1].content))
+        pending = self.emotion.read(chat[-1].content)
+        try:
+            emotion = await self.emotion.reading(pending)
+        finally:
+            pending.cancel()  # a no-op once done; stops the reading of a turn abandoned meanwhile
         return self.emotion.block(emotion, (), ())
 
     def _read(
@@ -161,49 +187,56 @@ class TurnBuilder:
     async def _remembered(
         self, turn: TurnRequest, session: SessionKey, memory: MemoryService
     ) -> MemoryTurn | None:
-        """Recognise, recall and assemble; a memory failure degrades to the plain path, never an error."""
-        messages = turn.messages
-        query = next((m.content for m in reversed(messages) if m.role == "user"), "")
+        """Recognise, recall and assemble; a memory failure degrades to the plain path, never an error.
+        What the turn starts ahead (the encoder pass, the card, the facts) ends with it: cancelled when
+        the turn is abandoned (memory down, an error, the client gone) and whatever it left unused."""
+        query = next((m.content for m in reversed(turn.messages) if m.role == "user"), "")
         feeling, embedding = self._read(query, turn, session, memory)  # in a thread, while recognition runs
-        indexing = self._index_card(session, messages, turn.character)
+        ahead = Ahead(feeling, embedding, self._index_card(session, turn.messages, turn.character))
         try:
-            with timed("recognise"):
-                thread = await memory.recognise(
-                    session, messages, earlier_tokens=int(self.shares.history * turn.budget.window)
-                )
-        except Exception as exc:
-            for pending in (embedding, feeling, indexing):
-                if pending is not None:
-                    pending.cancel()
-            log.warning("memory unavailable, answering from the client's messages: %s", exc)
-            return None
-        knowing = self.knowledge.read(session, thread, turn.persona) if self.knowledge else None
-        if thread.kind in ("quiet", "impersonate") and feeling is not None:  # not the user speaking
-            feeling.cancel()
-            feeling = None
-        boost = asyncio.ensure_future(self._boost(feeling)) if feeling is not None else None
+            try:
+                with timed("recognise"):
+                    thread = await memory.recognise(
+                        session, turn.messages, earlier_tokens=int(self.shares.history * turn.budget.window)
+                    )
+            except Exception as exc:
+                log.warning("memory unavailable, answering from the client's messages: %s", exc)
+                return None
+            return await self._recalled(turn, session, memory, thread, query, ahead)
+        finally:
+            ahead.end()
+
+    async def _recalled(
+        self,
+        turn: TurnRequest,
+        session: SessionKey,
+        memory: MemoryService,
+        thread: Thread,
+        query: str,
+        ahead: Ahead,
+    ) -> MemoryTurn:
+        """The recognised turn's recall, emotion, card and facts, assembled under the budget."""
+        if self.knowledge:  # read while recall runs
+            ahead.knowing = self.knowledge.read(session, thread, turn.persona)
+        if thread.kind in ("quiet", "impersonate") and ahead.feeling is not None:  # not the user speaking
+            ahead.feeling.cancel()
+            ahead.feeling = None
+        feeling, embedding = ahead.feeling, ahead.embedding
+        if feeling is not None:
+            ahead.boost = asyncio.ensure_future(self._boost(feeling))
         persona_id = turn.persona.id if turn.persona else None
         with timed("recall"):
             recall = await memory.recall(
-                session, thread, query, embedding=embedding, boost=boost, persona_id=persona_id
+                session, thread, query, embedding=embedding, boost=ahead.boost, persona_id=persona_id
             )
         emotion = None
         if self.emotion is not None and feeling is not None:
             with timed("emotion"):
                 emotion = await self.emotion.reading(feeling)
         block = self.emotion.block(emotion, thread.path, recall.memories) if self.emotion else None
-        indexed = await _indexed(indexing)
-        outgoing = await self._fit_card(messages, indexed, turn, embedding)
-        stored_with = _newest_user(thread) == query
-        if stored_with:  # its vector is stored with it once done; a failure was recall's to report
-            embedding.add_done_callback(lambda f: f.cancelled() or f.exception())
-        else:
-            embedding.cancel()  # unless recall or the card used it
-        known = (
-            await self.knowledge.blocks(knowing, turn.persona, turn.budget)
-            if self.knowledge and knowing
-            else ()
-        )
+        indexed = await _indexed(ahead.indexing)
+        outgoing = await self._fit_card(turn.messages, indexed, turn, embedding)
+        known = await self._known(ahead.knowing, turn)
         prompt = self._assemble(
             with_persona(outgoing, turn.persona),
             turn.budget,
@@ -215,6 +248,8 @@ class TurnBuilder:
         )
         if prompt.last_cut_id is not None:
             memory.summarise_later(session, thread, prompt.last_cut_id, prompt.cut_count, turn.model)
+        stored_with = _newest_user(thread) == query  # its vector is stored with it once done
+        ahead.keep = embedding if stored_with else None
         return MemoryTurn(
             session=session,
             thread=thread,
@@ -222,10 +257,15 @@ class TurnBuilder:
             degraded=recall.degraded,
             newest=self._annotation(thread, emotion),
             persona=self._used(turn.persona, indexed),
-            incoming=messages,
+            incoming=turn.messages,
             query=query,
-            embedding=embedding if stored_with else None,
+            embedding=ahead.keep,
         )
+
+    async def _known(self, knowing: asyncio.Future[Known] | None, turn: TurnRequest) -> tuple[str, ...]:
+        if self.knowledge is None or knowing is None:
+            return ()
+        return await self.knowledge.blocks(knowing, turn.persona, turn.budget)
 
     def _assemble(
         self,
@@ -300,6 +340,12 @@ class TurnBuilder:
     async def _boost(self, feeling: asyncio.Future[Emotion | None]) -> Boost | None:
         assert self.emotion is not None
         return self.emotion.boost(await self.emotion.reading(feeling))
+
+
+def _retrieved(future: asyncio.Future[list[float] | None]) -> None:
+    """Marks a failed future's exception as seen (asyncio logs unseen ones)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _newest_user(thread: Thread) -> str | None:

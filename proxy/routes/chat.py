@@ -78,18 +78,23 @@ async def create_chat_completion(
         limiter.tokens(user, prompt)
         limiter.charge(user, prompt)
     session = session_for(request, body, pipeline, settings, user)
-    chat = await pipeline.prepare(body, session, persona=requested_persona(request.headers))
-    if metered:
-        chat = dataclasses.replace(
-            chat, after=lambda reply: limiter.charge(user, pipeline.tokens.count(reply))
-        )
-    headers = chat.headers()
-    if body.stream:
-        return EventStream(stream_sse(chat, pipeline), headers=headers, ping_s=settings.sse_ping_s)
-    completion = await cancel_on_disconnect(request, collect(chat, pipeline))
-    if completion is None:
-        return Response(status_code=499)  # nobody is listening any more
-    return Response(completion.model_dump_json(), media_type="application/json", headers=headers)
+
+    async def answer() -> Response:
+        """Until the first byte of a stream, or the whole of a reply: a client that leaves meanwhile
+        cancels it, and with it the turn's started work and the upstream request."""
+        chat = await pipeline.prepare(body, session, persona=requested_persona(request.headers))
+        if metered:
+            chat = dataclasses.replace(
+                chat, after=lambda reply: limiter.charge(user, pipeline.tokens.count(reply))
+            )
+        headers = chat.headers()
+        if body.stream:
+            return EventStream(stream_sse(chat, pipeline), headers=headers, ping_s=settings.sse_ping_s)
+        completion = await collect(chat, pipeline)
+        return Response(completion.model_dump_json(), media_type="application/json", headers=headers)
+
+    response = await cancel_on_disconnect(request, answer())
+    return response if response is not None else Response(status_code=499)  # nobody is listening
 
 
 def session_for(

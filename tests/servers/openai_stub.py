@@ -12,6 +12,8 @@ that a client disconnect really cancelled the upstream request. Also the "instan
     rate-limited  429
     hang          accepts, then sends nothing for 60 s
     stall         one chunk, then nothing for 60 s (a stall after the first byte)
+    late          the response's headers, then nothing for 60 s before the first chunk (a slow
+                  model's prompt processing; its stream's outcome is recorded like `slow`'s)
     die           two chunks, then drops the connection
     slow          one chunk every 50 ms for 30 s (cancellation tests)
     profile-bad-first   a persona profile: prose around broken JSON, then JSON missing `traits`,
@@ -289,6 +291,8 @@ def stub_app(state: StubState | None = None) -> Starlette:
                 await asyncio.sleep(state.delay_s if i else 0)
                 yield _chunk({"content": word})
             reply = ()
+        if model == "late":
+            await asyncio.sleep(60)
         if model == "slow":
             for i in range(600):
                 yield _chunk({"content": f"tick{i} "})
