@@ -180,12 +180,13 @@ async def kill_backends(pg_url: str, application_name: str) -> None:
     await engine.dispose()
 
 
-async def test_the_embedding_worker_embeds_a_stored_turn_in_five_round_trips(
+async def test_the_embedding_worker_embeds_a_stored_turn_in_two_round_trips(
     counted: Counted, user: int, counter: TokenCounter
 ) -> None:
-    """The claim is one UPDATE in autocommit; marking done drops replaced vectors in the same statement;
-    nothing is released when every claimed row was written. It took eleven: a ping and BEGIN/COMMIT
-    around the claim, a ping, then a separate DELETE and an empty release in the write."""
+    """The claim is one UPDATE in autocommit; the write is one statement that marks done, drops replaced
+    vectors and inserts the new ones. It took eleven: a ping and BEGIN/COMMIT around the claim, a ping,
+    then a separate DELETE and an empty release in the write; then five (BEGIN, done, the vectors'
+    INSERT, COMMIT)."""
     sessions, trace = counted
     memory = MemoryService(sessions, counter, None, MemoryConfig(deadline_s=30))
     await EmbeddingWorker(sessions, FakeEmbedder(), chunker=lambda t: [t]).drain()  # earlier tests' rows
@@ -196,8 +197,8 @@ async def test_the_embedding_worker_embeds_a_stored_turn_in_five_round_trips(
     trace.clear()
     assert await worker.step() >= 2
     sent = trace.sent()
-    assert len(sent) == 5, sent  # claim; BEGIN, done, INSERT vectors, COMMIT
-    assert sent[1].startswith("BEGIN") and sent[-1] == "COMMIT"
+    assert len(sent) == 2, sent  # the claim; the write (mark done, old vectors out, new in)
+    assert "BEGIN" not in sent and "COMMIT" not in sent  # one statement is its own transaction
 
 
 async def test_a_batch_is_annotated_in_one_statement(
@@ -222,7 +223,7 @@ async def test_a_batch_is_annotated_in_one_statement(
     trace.clear()
     assert await worker.step() >= 3
     sent = trace.sent()
-    assert len(sent) == 6, sent  # claim; BEGIN, done, INSERT vectors, annotations, COMMIT
+    assert len(sent) == 2, sent  # the claim; the write with the annotations
     async with sessions() as s:
         rows = (
             await s.execute(
