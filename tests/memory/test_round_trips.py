@@ -16,12 +16,14 @@ from sqlalchemy import event, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from memory import chain, history
 from memory.archive import Incoming
 from memory.budget import TokenCounter
 from memory.db import make_engine, make_sessionmaker
-from memory.models import MessageRow
+from memory.models import MessageRow, SummaryRow
 from memory.recall import Scope
 from memory.service import MemoryConfig, MemoryService
+from memory.summaries import SummaryJob, SummaryWorker
 from memory.types import Annotation, Message, SessionKey, TurnRecord
 from memory.workers import EmbeddingWorker
 from tests.fakes import FakeEmbedder
@@ -257,3 +259,43 @@ async def test_branch_recall_needs_no_transaction(counted: Counted, user: int, c
         assert transaction or len(sent) == 1, (
             sent
         )  # the fused statement (the chat is too short for summaries)
+
+
+async def test_a_summary_step_reads_what_is_left_in_one_walk_back_to_the_last_summary(
+    counted: Counted, user: int, counter: TokenCounter
+) -> None:
+    """Each cut of a growing chat asks for a summary up to the cut. The step read the branch's latest
+    summary (a walk to the branch's root), then the whole branch (a second walk, every row made a
+    message), in a transaction: four round trips that grew with the chat. Now one walk, back to the
+    newest summarised message; the spans still follow each other, oldest first."""
+    sessions, trace = counted
+    async with sessions.begin() as s:
+        conversation = await history.create_conversation(s, user_id=user, public_id="summed")
+        said = [Message("user" if i % 2 else "assistant", f"Line {i}.") for i in range(20)]
+        rows = await chain.append(
+            s, user_id=user, conversation_id=conversation.id, parent_id=None, messages=said,
+            token_counts=[3] * 20,
+        )  # fmt: skip
+    excerpts: list[str] = []
+
+    async def summarize(model: str, prompt: str) -> str:
+        excerpts.append(prompt)
+        return f"Summary {len(excerpts)}."
+
+    worker = SummaryWorker(sessions, counter, min_messages=8, max_span=8)
+    job = SummaryJob(user, conversation.id, rows[-1].id, "m")
+    trace.clear()
+    assert await worker.step(job, summarize)
+    assert len(trace.sent()) == 1 + 3  # the read; BEGIN, the summary's INSERT, COMMIT
+    assert await worker.step(job, summarize)
+    assert not await worker.step(job, summarize)  # four left: fewer than eight
+    async with sessions() as s:
+        spans = (
+            await s.execute(
+                select(SummaryRow.first_message_id, SummaryRow.last_message_id)
+                .where(SummaryRow.conversation_id == conversation.id)
+                .order_by(SummaryRow.id)
+            )
+        ).all()
+    assert [tuple(r) for r in spans] == [(rows[0].id, rows[7].id), (rows[8].id, rows[15].id)]
+    assert "Line 8." in excerpts[1] and "Line 7." not in excerpts[1]
