@@ -132,23 +132,33 @@ async def test_a_growing_chat_is_recognised_in_one_round_trip_and_stored_in_eigh
     ]
 
 
-async def test_a_trimmed_chat_walks_the_earlier_history_in_one_more_statement(
+async def test_a_trimmed_chat_reads_the_earlier_history_from_the_window_it_holds(
     counted: Counted, user: int, counter: TokenCounter
 ) -> None:
-    """Once the client trims its oldest messages, what it no longer sends is read in one walk."""
+    """Once the client trims its oldest messages, what it no longer sends is offered from stored history:
+    that walk (one more statement, every row made a message again) is read from the RAM window when
+    the window holds it, and only what lies above the window is walked; the same messages either way."""
     sessions, statements = counted
-    memory = MemoryService(sessions, counter, FakeEmbedder(), MemoryConfig(deadline_s=30))
-    session = SessionKey(user_id=user)
-    chat = [Message("assistant", "*The storm wall looms.*"), Message("user", "Is anyone aboard?")]
-    for turn in range(3):
-        thread = await memory.recognise(session, chat)
-        await memory.store_turn(session, thread, record(f"Maybe {turn}.", chat))
-        chat += [Message("assistant", f"Maybe {turn}."), Message("user", f"Who, {turn}?")]
-    statements.clear()
-    thread = await memory.recognise(session, chat[3:], earlier_tokens=1000)
-    assert len(statements.sent()) == 2  # no BEGIN, no ROLLBACK, no ping
-    assert [m.content for m in thread.earlier] == [m.content for m in chat[:3]]
-    assert [m.content for m in thread.new] == ["Who, 2?"]
+    said = [Message("assistant", "*The storm wall looms.*"), Message("user", "Is anyone aboard?")]
+    for turn in range(5):
+        said += [Message("assistant", f"Maybe {turn}."), Message("user", f"Who, {turn}?")]
+    for window, tokens, walks in ((64, 1000, 0), (4, 1000, 1), (6, 1000, 1), (4, 14, 1), (64, 14, 0)):
+        memory = MemoryService(
+            sessions, counter, FakeEmbedder(), MemoryConfig(deadline_s=30, window_turns=window)
+        )
+        session = SessionKey(user_id=user, conversation=f"trim-{window}-{tokens}")
+        chat = said[:2]
+        for turn in range(5):
+            thread = await memory.recognise(session, chat)
+            await memory.store_turn(session, thread, record(f"Maybe {turn}.", chat))
+            chat = said[: 4 + 2 * turn]
+        statements.clear()
+        thread = await memory.recognise(session, chat[7:], earlier_tokens=tokens)
+        assert len(statements.sent()) == 2 + walks  # the conversation, the candidates (+ the walk above)
+        fits = [m.content for m in chat[:7]] if tokens >= 1000 else ["Maybe 2."]  # 3 tokens + 4 each
+        assert [m.content for m in thread.earlier] == fits, (window, tokens)
+        assert thread.first is not None and thread.first.content == chat[7].content
+        assert [m.content for m in thread.new] == ["Who, 4?"]
 
 
 async def test_a_pooled_connection_is_pinged_only_after_idling(pg_url: str, trace: Trace) -> None:
