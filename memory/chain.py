@@ -58,9 +58,10 @@ async def append(
     """
     depth = parent_depth if parent_depth is not None else await depth_of(session, parent_id)
     stored: list[StoredMessage] = []
-    start = 0
+    start, drawn = 0, list[int]()
     while reuse and start < len(messages):
-        existing = await _stored_child(session, conversation_id, parent_id, messages[start])
+        draw = 0 if start else len(messages)  # the first look draws the ids too: one round trip, not two
+        existing, drawn = await _stored_child(session, conversation_id, parent_id, messages[start], draw)
         if existing is None and start < client_copies:
             existing = await _kept_part(session, user_id, conversation_id, parent_id, messages[start])
         if existing is None:
@@ -75,7 +76,7 @@ async def append(
         parent_id, depth, start = existing.id, existing.depth, start + 1
     if start < len(messages):
         now = datetime.now(UTC)
-        ids = await _new_ids(session, len(messages) - start)
+        ids = drawn[: len(messages) - start] if drawn else await _new_ids(session, len(messages) - start)
         rows: list[dict[str, Any]] = []
         for offset, i in enumerate(range(start, len(messages))):
             message, depth = messages[i], depth + 1
@@ -116,12 +117,19 @@ _NEW_IDS = text("SELECT nextval(pg_get_serial_sequence('message', 'id')) FROM ge
 
 _COLUMNS = """id, role, content, name, token_count, created_at, parent_id, depth, emotion_label, importance,
     status, emotion_scores, emotion_confidence, metadata"""
+# The child with this role and text under a parent, if any, and `:n` fresh ids (an id drawn for a
+# message that then is reused is left unused: ids only need to grow).
 _CHILD, _ROOT = (
     text(
         f"""
-        SELECT {_COLUMNS} FROM message
-        WHERE conversation_id = :c AND {parent} AND content_hash = :hash AND role = :role
-        ORDER BY id LIMIT 1
+        SELECT c.*, ARRAY(
+            SELECT nextval(pg_get_serial_sequence('message', 'id')) FROM generate_series(1, :n)
+        ) AS drawn
+        FROM (SELECT 1) one LEFT JOIN LATERAL (
+            SELECT {_COLUMNS} FROM message
+            WHERE conversation_id = :c AND {parent} AND content_hash = :hash AND role = :role
+            ORDER BY id LIMIT 1
+        ) c ON true
         """
     )
     for parent in ("parent_id = :parent", "parent_id IS NULL")
@@ -138,13 +146,14 @@ _TOUCH_PERSONA = text("UPDATE conversation SET updated_at = now(), persona_id = 
 
 
 async def _stored_child(
-    session: AsyncSession, conversation_id: int, parent_id: int | None, message: Message
-) -> StoredMessage | None:
-    """The message with this role and text already stored under `parent_id`, if any."""
+    session: AsyncSession, conversation_id: int, parent_id: int | None, message: Message, draw: int = 0
+) -> tuple[StoredMessage | None, list[int]]:
+    """The message with this role and text already stored under `parent_id`, if any, and `draw` fresh
+    message ids, ascending."""
     query = _CHILD if parent_id is not None else _ROOT
     params = {"c": conversation_id, "parent": parent_id, "hash": content_hash(message), "role": message.role}
-    existing = (await session.execute(query, params)).first()
-    return stored_row_of(existing) if existing is not None else None
+    found = (await session.execute(query, params | {"n": draw})).one()
+    return (stored_row_of(found) if found.id is not None else None), sorted(int(i) for i in found.drawn)
 
 
 async def _kept_part(

@@ -87,7 +87,7 @@ def record(reply: str, incoming: list[Message], newest: Annotation | None = None
     return TurnRecord(reply, "complete", "m", [], {}, incoming=tuple(incoming), newest=newest)
 
 
-async def test_a_growing_chat_is_recognised_in_one_round_trip_and_stored_in_eight(
+async def test_a_growing_chat_is_recognised_in_one_round_trip_and_stored_in_seven(
     counted: Counted, user: int, counter: TokenCounter
 ) -> None:
     """SillyTavern resends the chat every turn. Recognition took four statements (candidates, then
@@ -96,7 +96,8 @@ async def test_a_growing_chat_is_recognised_in_one_round_trip_and_stored_in_eigh
     Then each checkout cost a ping (`pool_pre_ping`), recognition's one read a BEGIN and a ROLLBACK
     too, and a user message read by the emotion step went in another INSERT than the reply (the ORM's
     bulk insert groups rows by the columns they set): four round trips to recognise, eleven to store.
-    The conversation's UPDATE then went apart from the INSERT: nine."""
+    The conversation's UPDATE then went apart from the INSERT, and the ids were drawn apart from the
+    reuse check: nine."""
     sessions, statements = counted
     memory = MemoryService(sessions, counter, FakeEmbedder(), MemoryConfig(deadline_s=30))
     session = SessionKey(user_id=user)
@@ -112,9 +113,9 @@ async def test_a_growing_chat_is_recognised_in_one_round_trip_and_stored_in_eigh
         stored.append(statements.sent())
         chat += [Message("assistant", f"Reply {turn}."), Message("user", f"And after {turn}?")]
     assert recognised[1:] == [1, 1, 1]  # the first turn of a new chat has no candidates to look further at
-    # BEGIN, lock, stored already?, reuse check, ids, INSERT (marking the conversation updated), context,
-    # COMMIT
-    assert [len(s) for s in stored[1:]] == [8, 8, 8]
+    # BEGIN, lock, stored already?, reuse check with the ids, INSERT (marking the conversation updated),
+    # context, COMMIT
+    assert [len(s) for s in stored[1:]] == [7, 7, 7]
     assert stored[-1][0].startswith("BEGIN") and stored[-1][-1] == "COMMIT"
     thread = await memory.recognise(session, chat)
     assert thread.kind == "turn" and [m.content for m in thread.new] == ["And after 3?"]
