@@ -167,15 +167,18 @@ class Recognizer:
             return (), path[0]
         at = next((i for i, m in enumerate(path) if m.id == first), None) if first is not None else None
         if at is not None:  # the RAM window holds the client's first message: the walk starts there
-            cached, spent, complete = _within(path, at, tokens)
+            above = self.window.above(located.conversation_id) if path and path[0].parent_id else ()
+            branch, at = (*above, *path), at + len(above)
+            cached, spent, complete = _within(branch, at, tokens)
             if complete:
-                return cached, path[at]
-            above = path[0].parent_id
-            assert above is not None  # `_within` is complete at the root
+                return cached, branch[at]
+            top = branch[0].parent_id
+            assert top is not None  # `_within` is complete at the root
             rows = await history.path(
-                s, user_id=session.user_id, anchor_id=above, limit=DEEPEST, max_tokens=tokens - spent
+                s, user_id=session.user_id, anchor_id=top, limit=DEEPEST, max_tokens=tokens - spent
             )
-            return (*rows, *cached), path[at]
+            self.window.keep_above(located.conversation_id, (*rows, *above))  # the next turn needs no walk
+            return (*rows, *cached), branch[at]
         start = first if first is not None else located.anchor_id
         rows = await history.path(
             s,

@@ -136,30 +136,37 @@ async def test_a_growing_chat_is_recognised_in_one_round_trip_and_stored_in_seve
 async def test_a_trimmed_chat_reads_the_earlier_history_from_the_window_it_holds(
     counted: Counted, user: int, counter: TokenCounter
 ) -> None:
-    """Once the client trims its oldest messages, what it no longer sends is offered from stored history:
-    that walk (one more statement, every row made a message again) is read from the RAM window when
-    the window holds it, and only what lies above the window is walked; the same messages either way."""
+    """Once the client trims its oldest messages, what it no longer sends is offered from stored history
+    every turn: that walk (one more statement, every row made a message again) is read from the RAM
+    window, which keeps the branch right above its tail too (the messages its tail lets go, and what a
+    walk found), and only what the window does not hold is walked; the same messages either way. A
+    `window_turns` tail holds up to `window_turns` more above it: here 4 + 4 of the 7 earlier messages."""
     sessions, statements = counted
     said = [Message("assistant", "*The storm wall looms.*"), Message("user", "Is anyone aboard?")]
     for turn in range(5):
         said += [Message("assistant", f"Maybe {turn}."), Message("user", f"Who, {turn}?")]
-    for window, tokens, walks in ((64, 1000, 0), (4, 1000, 1), (6, 1000, 1), (4, 14, 1), (64, 14, 0)):
-        memory = MemoryService(
-            sessions, counter, FakeEmbedder(), MemoryConfig(deadline_s=30, window_turns=window)
-        )
-        session = SessionKey(user_id=user, conversation=f"trim-{window}-{tokens}")
+    # round trips of two recognitions: the conversation and the candidates, + the walk (+ the tail)
+    cases = [(64, 1000, 2, 2), (4, 1000, 3, 3), (6, 1000, 2, 2), (4, 14, 2, 2), (64, 14, 2, 2)]
+    cases += [(6, 1000, 4, 2)]  # restarted: the tail comes from Postgres, the walk fills what is above it
+    for n, (window, tokens, *trips) in enumerate(cases):
+        config = MemoryConfig(deadline_s=30, window_turns=window)
+        memory = MemoryService(sessions, counter, FakeEmbedder(), config)
+        session = SessionKey(user_id=user, conversation=f"trim-{window}-{tokens}-{n}")
         chat = said[:2]
         for turn in range(5):
             thread = await memory.recognise(session, chat)
             await memory.store_turn(session, thread, record(f"Maybe {turn}.", chat))
             chat = said[: 4 + 2 * turn]
-        statements.clear()
-        thread = await memory.recognise(session, chat[7:], earlier_tokens=tokens)
-        assert len(statements.sent()) == 2 + walks  # the conversation, the candidates (+ the walk above)
+        if n == len(cases) - 1:
+            memory = MemoryService(sessions, counter, FakeEmbedder(), config)
         fits = [m.content for m in chat[:7]] if tokens >= 1000 else ["Maybe 2."]  # 3 tokens + 4 each
-        assert [m.content for m in thread.earlier] == fits, (window, tokens)
-        assert thread.first is not None and thread.first.content == chat[7].content
-        assert [m.content for m in thread.new] == ["Who, 4?"]
+        for expected in trips:
+            statements.clear()
+            thread = await memory.recognise(session, chat[7:], earlier_tokens=tokens)
+            assert len(statements.sent()) == expected, (window, tokens)
+            assert [m.content for m in thread.earlier] == fits, (window, tokens)
+            assert thread.first is not None and thread.first.content == chat[7].content
+            assert [m.content for m in thread.new] == ["Who, 4?"]
 
 
 async def test_a_pooled_connection_is_pinged_only_after_idling(pg_url: str, trace: Trace) -> None:
