@@ -209,7 +209,7 @@ async def forget(session: AsyncSession, user_id: int, fact_id: int) -> int:
 
 def _current_query(
     by: str,
-) -> Select[tuple[int, str, str | None, str, str, float, int, int | None, int | None]]:
+) -> Select[int, str, str | None, str, str, float, int, int | None, int | None]:
     """The prompt's fact read, built once (each turn built it again: longer than Postgres ran it)."""
     f = FactRow.__table__.c  # Core, not ORM: the rows are read as tuples
     sources = select(func.count()).where(FactSource.__table__.c.fact_id == f.id).scalar_subquery()
@@ -247,7 +247,7 @@ async def current(session: AsyncSession, scope: Scope) -> list[Current]:
     by = "conversation" if scope.conversation_id is not None else "none"
     by = "persona" if scope.persona_id is not None else by
     rows = await session.execute(_CURRENT[by], params)
-    return [Current(*r) for r in rows]
+    return [Current(*r.tuple()) for r in rows]
 
 
 # -- relationships ------------------------------------------------------------------------------------

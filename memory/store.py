@@ -64,7 +64,7 @@ _STORABLE = text(
     """
 )
 # The turn's prompt snapshot, in Core (the ORM's unit of work was a flush per turn).
-_CONTEXT = insert(TurnContext.__table__)
+_CONTEXT = insert(TurnContext.__table__)  # type: ignore[arg-type]  # the mapped class's Table
 
 
 async def _storable(s: AsyncSession, turn_id: str, conversation_id: int) -> bool:
