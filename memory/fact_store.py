@@ -247,7 +247,7 @@ async def current(session: AsyncSession, scope: Scope) -> list[Current]:
     by = "conversation" if scope.conversation_id is not None else "none"
     by = "persona" if scope.persona_id is not None else by
     rows = await session.execute(_CURRENT[by], params)
-    return [Current(*r._tuple()) for r in rows]
+    return [Current(*r) for r in rows]
 
 
 # -- relationships ------------------------------------------------------------------------------------
