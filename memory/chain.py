@@ -71,7 +71,7 @@ async def append(
             await revise(
                 session, user_id=user_id, message_id=existing.id, message=message, tokens=token_counts[start]
             )
-            existing = replace(existing, content=message.content)
+            existing = replace(existing, content=message.content, token_count=token_counts[start])
         stored.append(existing)
         parent_id, depth, start = existing.id, existing.depth, start + 1
     if start < len(messages):
