@@ -7,6 +7,7 @@ user and never commits.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import replace
@@ -14,12 +15,12 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import TextClause, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from memory.history import depth_of, replies, revise, stored_row_of, with_tool_meta
-from memory.models import ConversationRow, MessageRow
+from memory.models import MessageRow
 from memory.threads import content_hash, same_or_trimmed
 from memory.types import Message, StoredMessage
 
@@ -57,9 +58,10 @@ async def append(
     """
     depth = parent_depth if parent_depth is not None else await depth_of(session, parent_id)
     stored: list[StoredMessage] = []
-    start = 0
+    start, drawn = 0, list[int]()
     while reuse and start < len(messages):
-        existing = await _stored_child(session, conversation_id, parent_id, messages[start])
+        draw = 0 if start else len(messages)  # the first look draws the ids too: one round trip, not two
+        existing, drawn = await _stored_child(session, conversation_id, parent_id, messages[start], draw)
         if existing is None and start < client_copies:
             existing = await _kept_part(session, user_id, conversation_id, parent_id, messages[start])
         if existing is None:
@@ -69,12 +71,12 @@ async def append(
             await revise(
                 session, user_id=user_id, message_id=existing.id, message=message, tokens=token_counts[start]
             )
-            existing = replace(existing, content=message.content)
+            existing = replace(existing, content=message.content, token_count=token_counts[start])
         stored.append(existing)
         parent_id, depth, start = existing.id, existing.depth, start + 1
     if start < len(messages):
         now = datetime.now(UTC)
-        ids = await _new_ids(session, len(messages) - start)
+        ids = drawn[: len(messages) - start] if drawn else await _new_ids(session, len(messages) - start)
         rows: list[dict[str, Any]] = []
         for offset, i in enumerate(range(start, len(messages))):
             message, depth = messages[i], depth + 1
@@ -98,43 +100,60 @@ async def append(
                 | (extras[i] if extras else {})
             )
             parent_id = ids[offset]
-        await _insert_chain(session, rows)
+        await _insert_chain(session, rows, conversation_id, persona_id)  # marks the conversation updated
         stored += [_stored_row(row) for row in rows]
-    now_talking = {"persona_id": persona_id} if persona_id is not None else {}
-    await session.execute(
-        update(ConversationRow)
-        .where(ConversationRow.id == conversation_id)
-        .values(updated_at=func.now(), **now_talking)
-    )
+    else:
+        await session.execute(_touch(persona_id is not None), {"c": conversation_id, "persona": persona_id})
     return stored
 
 
 async def _new_ids(session: AsyncSession, count: int) -> list[int]:
     """`count` fresh message ids, ascending (storage order is id order)."""
-    rows = await session.scalars(
-        text("SELECT nextval(pg_get_serial_sequence('message', 'id')) FROM generate_series(1, :n)"),
-        {"n": count},
+    return sorted(int(i) for i in await session.scalars(_NEW_IDS, {"n": count}))
+
+
+_NEW_IDS = text("SELECT nextval(pg_get_serial_sequence('message', 'id')) FROM generate_series(1, :n)")
+
+
+_COLUMNS = """id, role, content, name, token_count, created_at, parent_id, depth, emotion_label, importance,
+    status, emotion_scores, emotion_confidence, metadata"""
+# The child with this role and text under a parent, if any, and `:n` fresh ids (an id drawn for a
+# message that then is reused is left unused: ids only need to grow).
+_CHILD, _ROOT = (
+    text(
+        f"""
+        SELECT c.*, ARRAY(
+            SELECT nextval(pg_get_serial_sequence('message', 'id')) FROM generate_series(1, :n)
+        ) AS drawn
+        FROM (SELECT 1) one LEFT JOIN LATERAL (
+            SELECT {_COLUMNS} FROM message
+            WHERE conversation_id = :c AND {parent} AND content_hash = :hash AND role = :role
+            ORDER BY id LIMIT 1
+        ) c ON true
+        """
     )
-    return sorted(int(i) for i in rows)
+    for parent in ("parent_id = :parent", "parent_id IS NULL")
+)
+
+
+def _touch(persona: bool) -> TextClause:
+    """Marks the conversation updated (and talking to `:persona`, when the turn has one)."""
+    return _TOUCH_PERSONA if persona else _TOUCH
+
+
+_TOUCH = text("UPDATE conversation SET updated_at = now() WHERE id = :c")
+_TOUCH_PERSONA = text("UPDATE conversation SET updated_at = now(), persona_id = :persona WHERE id = :c")
 
 
 async def _stored_child(
-    session: AsyncSession, conversation_id: int, parent_id: int | None, message: Message
-) -> StoredMessage | None:
-    """The message with this role and text already stored under `parent_id`, if any."""
-    same_parent = MessageRow.parent_id.is_(None) if parent_id is None else MessageRow.parent_id == parent_id
-    existing = await session.scalar(
-        select(MessageRow)
-        .where(
-            MessageRow.conversation_id == conversation_id,
-            same_parent,
-            MessageRow.content_hash == content_hash(message),
-            MessageRow.role == message.role,
-        )
-        .order_by(MessageRow.id)
-        .limit(1)
-    )
-    return stored_row_of(existing) if existing is not None else None
+    session: AsyncSession, conversation_id: int, parent_id: int | None, message: Message, draw: int = 0
+) -> tuple[StoredMessage | None, list[int]]:
+    """The message with this role and text already stored under `parent_id`, if any, and `draw` fresh
+    message ids, ascending."""
+    query = _CHILD if parent_id is not None else _ROOT
+    params = {"c": conversation_id, "parent": parent_id, "hash": content_hash(message), "role": message.role}
+    found = (await session.execute(query, params | {"n": draw})).one()
+    return (stored_row_of(found) if found.id is not None else None), sorted(int(i) for i in found.drawn)
 
 
 async def _kept_part(
@@ -155,22 +174,35 @@ _RECORDS = "jsonb_to_recordset(CAST(:rows AS jsonb))"
 _DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
 
 
-async def _insert_chain(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
-    """The rows in one INSERT from a JSON record set. The ORM's bulk insert leaves a row's None columns
-    out and sends one INSERT per set of columns: a user message with its emotion and the reply without
-    took two round trips (issue 15). As there, a column a row leaves out or sets None gets its server
-    default, else SQL NULL (a JSON null is SQL NULL here, never JSON 'null')."""
-    keys = list(dict.fromkeys(key for row in rows for key in row))
+async def _insert_chain(
+    session: AsyncSession, rows: list[dict[str, Any]], conversation_id: int, persona_id: int | None
+) -> None:
+    """The rows in one INSERT from a JSON record set, which also marks the conversation updated (one
+    round trip, not two). The ORM's bulk insert left a row's None columns out and sent one INSERT per
+    set of columns: a user message with its emotion and the reply without took two round trips (issue
+    15). As there, a column a row leaves out or sets None gets its server default, else SQL NULL (a
+    JSON null is SQL NULL here, never JSON 'null')."""
+    keys = tuple(dict.fromkeys(key for row in rows for key in row))
+    gaps = tuple(any(row.get(key) is None for row in rows) for key in keys)
+    records = [{_NAMES[key]: row.get(key) for key in keys} for row in rows]
+    await session.execute(
+        _insert_sql(keys, gaps, persona_id is not None),
+        {"rows": json.dumps(records, default=_json_default), "c": conversation_id, "persona": persona_id},
+    )
+
+
+_NAMES = {key: column.name for key, column in MessageRow.__mapper__.columns.items()}
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_sql(keys: tuple[str, ...], gaps: tuple[bool, ...], persona: bool) -> TextClause:
+    """The chain's INSERT for rows with these columns (`gaps`: where some row has none), built once."""
     columns = [MessageRow.__mapper__.columns[key] for key in keys]
     names = ", ".join(_quoted(c) for c in columns)
     spec = ", ".join(f"{_quoted(c)} {c.type.compile(dialect=_DIALECT)}" for c in columns)
-    gaps = [any(row.get(key) is None for row in rows) for key in keys]
     values = ", ".join(_or_default(c, gap) for c, gap in zip(columns, gaps, strict=True))
-    records = [{c.name: row.get(key) for key, c in zip(keys, columns, strict=True)} for row in rows]
-    await session.execute(
-        text(f"INSERT INTO message ({names}) SELECT {values} FROM {_RECORDS} AS r({spec})"),
-        {"rows": json.dumps(records, default=_json_default)},
-    )
+    insert = f"INSERT INTO message ({names}) SELECT {values} FROM {_RECORDS} AS r({spec})"
+    return text(f"WITH touched AS ({_touch(persona).text}) {insert}")
 
 
 def _quoted(column: Any) -> str:

@@ -261,6 +261,8 @@ def chunk_text(text: str, *, max_tokens: int = 200, overlap: int = 40) -> list[s
         raise ValueError("overlap must be below half of max_tokens")
     if not text.strip():
         return []
+    if len(text) <= max_tokens and text.isascii():  # each token covers at least one ASCII character (a
+        return [text]  # character normalisation can expand, a Hangul syllable into three, is not ASCII)
     encoding = _chunk_tokenizer().encode(text, add_special_tokens=False)
     spans, pieces = encoding.offsets, encoding.tokens
     if len(spans) <= max_tokens:

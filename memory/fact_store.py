@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Select, and_, delete, func, or_, select, text, update
+from sqlalchemy import Select, and_, bindparam, delete, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -207,37 +207,47 @@ async def forget(session: AsyncSession, user_id: int, fact_id: int) -> int:
     return len(ids)
 
 
+def _current_query(
+    by: str,
+) -> Select[int, str, str | None, str, str, float, int, int | None, int | None]:
+    """The prompt's fact read, built once (each turn built it again: longer than Postgres ran it)."""
+    f = FactRow.__table__.c  # Core, not ORM: the rows are read as tuples
+    sources = select(func.count()).where(FactSource.__table__.c.fact_id == f.id).scalar_subquery()
+    character = {  # without a persona: this conversation's (none yet: those of no conversation, as before)
+        "persona": f.persona_id == bindparam("persona"),
+        "conversation": f.conversation_id == bindparam("conversation"),
+        "none": f.conversation_id.is_(None),
+    }[by]
+    return select(
+        f.id,
+        f.subject,
+        f.subject_name,
+        f.kind,
+        f.statement,
+        f.confidence,
+        sources,
+        f.persona_id,
+        f.conversation_id,
+    ).where(
+        f.user_id == bindparam("user"),
+        f.end_user == bindparam("end_user"),
+        f.valid_to.is_(None),
+        or_(f.subject != "character", and_(f.subject == "character", character)),
+    )
+
+
+_CURRENT = {by: _current_query(by) for by in ("persona", "conversation", "none")}
+
+
 async def current(session: AsyncSession, scope: Scope) -> list[Current]:
     """Facts for the prompt: current, of this user and end user; facts about the character only from
     chats with this persona (or, without a persona, from this conversation)."""
-    character = (
-        FactRow.persona_id == scope.persona_id
-        if scope.persona_id is not None
-        else FactRow.conversation_id == scope.conversation_id
-    )
-    n_sources = (
-        select(func.count()).where(FactSource.fact_id == FactRow.id).correlate(FactRow).scalar_subquery()
-    )
-    stmt = select(FactRow, n_sources).where(
-        FactRow.user_id == scope.user_id,
-        FactRow.end_user == scope.end_user,
-        FactRow.valid_to.is_(None),
-        or_(FactRow.subject != "character", and_(FactRow.subject == "character", character)),
-    )
-    return [
-        Current(
-            r.id,
-            r.subject,
-            r.subject_name,
-            r.kind,
-            r.statement,
-            r.confidence,
-            n,
-            r.persona_id,
-            r.conversation_id,
-        )
-        for r, n in (await session.execute(stmt)).all()
-    ]
+    params = {"user": scope.user_id, "end_user": scope.end_user}
+    params |= {"persona": scope.persona_id, "conversation": scope.conversation_id}
+    by = "conversation" if scope.conversation_id is not None else "none"
+    by = "persona" if scope.persona_id is not None else by
+    rows = await session.execute(_CURRENT[by], params)
+    return [Current(*r) for r in rows]
 
 
 # -- relationships ------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, exists, func, select, text
+from sqlalchemy import Select, bindparam, delete, exists, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -95,39 +95,50 @@ def stored_row_of(row: Any) -> StoredMessage:
     )
 
 
+def _candidates_query(in_conversation: bool) -> Select[Any]:
+    """Recognition's one read, built once (building it took longer than Postgres took to run it)."""
+    m, c = MessageRow.__table__.c, ConversationRow.__table__.c  # Core, not ORM: no ORM compile step
+    parent = MessageRow.__table__.alias("parent")
+    child = MessageRow.__table__.alias("child")
+    grandchild = MessageRow.__table__.alias("grandchild")
+    has_child = exists().where(child.c.parent_id == m.id)
+    has_grandchild = exists().where(child.c.parent_id == m.id, grandchild.c.parent_id == child.c.id)
+    query = (
+        select(
+            m.id,
+            m.conversation_id,
+            m.parent_id,
+            m.content_hash,
+            m.role,
+            parent.c.role.label("parent_role"),
+            parent.c.parent_id.label("grandparent_id"),
+            has_child.label("has_child"),
+            has_grandchild.label("has_grandchild"),
+            c.public_id,
+            c.character,
+        )
+        .select_from(MessageRow.__table__.join(ConversationRow.__table__, c.id == m.conversation_id))
+        .outerjoin(parent, parent.c.id == m.parent_id)
+        .where(m.user_id == bindparam("user"), m.content_hash.in_(bindparam("hashes", expanding=True)))
+        .where(c.end_user == bindparam("end_user"))
+    )
+    return query.where(m.conversation_id == bindparam("conversation")) if in_conversation else query
+
+
+_CANDIDATES, _CANDIDATES_OF = _candidates_query(False), _candidates_query(True)
+
+
 async def candidates(
     session: AsyncSession, *, user_id: int, end_user: str, hashes: Sequence[str], conversation_id: int | None
 ) -> list[Candidate]:
     """Stored messages whose hash occurs in the request, with their parent's role and parent (edits),
     whether they have children and grandchildren, and their conversation's public id and character:
     all recognition needs to choose a conversation, in one round trip."""
-    parent = MessageRow.__table__.alias("parent")
-    child = MessageRow.__table__.alias("child")
-    grandchild = MessageRow.__table__.alias("grandchild")
-    has_child = exists().where(child.c.parent_id == MessageRow.id)
-    has_grandchild = exists().where(child.c.parent_id == MessageRow.id, grandchild.c.parent_id == child.c.id)
-    query = (
-        select(
-            MessageRow.id,
-            MessageRow.conversation_id,
-            MessageRow.parent_id,
-            MessageRow.content_hash,
-            MessageRow.role,
-            parent.c.role.label("parent_role"),
-            parent.c.parent_id.label("grandparent_id"),
-            has_child.label("has_child"),
-            has_grandchild.label("has_grandchild"),
-            ConversationRow.public_id,
-            ConversationRow.character,
-        )
-        .join(ConversationRow, ConversationRow.id == MessageRow.conversation_id)
-        .outerjoin(parent, parent.c.id == MessageRow.parent_id)
-        .where(MessageRow.user_id == user_id, MessageRow.content_hash.in_(set(hashes)))
-        .where(ConversationRow.end_user == end_user)
-    )
+    query = _CANDIDATES if conversation_id is None else _CANDIDATES_OF
+    params = {"user": user_id, "hashes": list(set(hashes)), "end_user": end_user}
     if conversation_id is not None:
-        query = query.where(MessageRow.conversation_id == conversation_id)
-    rows = (await session.execute(query)).all()
+        params["conversation"] = conversation_id
+    rows = (await session.execute(query, params)).all()
     return [
         Candidate(
             r.id,

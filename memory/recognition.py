@@ -165,6 +165,20 @@ class Recognizer:
         first = located.match.ids[0] if located.match and located.match.ids else None
         if first is not None and path and path[0].id == first and path[0].parent_id is None:
             return (), path[0]
+        at = next((i for i, m in enumerate(path) if m.id == first), None) if first is not None else None
+        if at is not None:  # the RAM window holds the client's first message: the walk starts there
+            above = self.window.above(located.conversation_id) if path and path[0].parent_id else ()
+            branch, at = (*above, *path), at + len(above)
+            cached, spent, complete = _within(branch, at, tokens)
+            if complete:
+                return cached, branch[at]
+            top = branch[0].parent_id
+            assert top is not None  # `_within` is complete at the root
+            rows = await history.path(
+                s, user_id=session.user_id, anchor_id=top, limit=DEEPEST, max_tokens=tokens - spent
+            )
+            self.window.keep_above(located.conversation_id, (*rows, *above))  # the next turn needs no walk
+            return (*rows, *cached), branch[at]
         start = first if first is not None else located.anchor_id
         rows = await history.path(
             s,
@@ -177,6 +191,19 @@ class Recognizer:
         if first is not None:  # the client sent this one: the walk only starts from it
             return tuple(rows[:-1]), rows[-1] if rows else None
         return tuple(rows), None
+
+
+def _within(
+    path: tuple[StoredMessage, ...], at: int, tokens: int
+) -> tuple[tuple[StoredMessage, ...], int, bool]:
+    """The newest messages of `path` (a branch's tail, oldest first) before `path[at]` within `tokens`,
+    as the earlier-history walk counts them (each its tokens + 4, newest first, stopping at the first
+    that does not fit); the tokens they take; and whether that is the whole answer (one did not fit,
+    or the tail starts at the branch's root), else the walk goes on above the tail with what is left."""
+    spent, start = 0, at
+    while start and spent + path[start - 1].token_count + 4 <= tokens:
+        spent, start = spent + path[start - 1].token_count + 4, start - 1
+    return path[start:at], spent, start > 0 or path[0].parent_id is None
 
 
 def _edits(match: Match, chat: Sequence[Message]) -> tuple[tuple[int, Message], ...]:

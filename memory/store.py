@@ -16,14 +16,14 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import literal, select, text
+from sqlalchemy import insert, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memory import chain, history
 from memory.budget import TokenCounter
 from memory.journal import InFlight, JournalEntry, TurnJournal
-from memory.models import ConversationRow, TurnContext
+from memory.models import TurnContext
 from memory.recognition import Recognizer
 from memory.threads import same_or_trimmed
 from memory.types import Message, SessionKey, StoredMessage, Thread, TurnRecord
@@ -54,13 +54,23 @@ def continued(text: str, more: str) -> str:
     return f"{text} {more}"
 
 
+_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+# Taken after the lock (a statement's snapshot is taken when it starts: in the lock's statement it would
+# miss the turn a store holding the lock was committing).
+_STORABLE = text(
+    """
+    SELECT NOT EXISTS (SELECT 1 FROM turn_context WHERE turn_id = :turn)
+       AND (:conversation = 0 OR EXISTS (SELECT 1 FROM conversation WHERE id = :conversation))
+    """
+)
+# The turn's prompt snapshot, in Core (the ORM's unit of work was a flush per turn).
+_CONTEXT = insert(TurnContext.__table__)  # type: ignore[arg-type]  # the mapped class's Table
+
+
 async def _storable(s: AsyncSession, turn_id: str, conversation_id: int) -> bool:
     """Not stored yet (by turn id), and the conversation it was recognised in was not deleted since:
     a store in flight when its conversation is deleted must not bring its rows back."""
-    stored = select(TurnContext.id).where(TurnContext.turn_id == turn_id).exists()
-    gone = ~select(ConversationRow.id).where(ConversationRow.id == conversation_id).exists()
-    found = (await s.execute(select(stored, gone if conversation_id else literal(False)))).one()
-    return not found[0] and not found[1]
+    return bool(await s.scalar(_STORABLE, {"turn": turn_id, "conversation": conversation_id}))
 
 
 def chained_reply(thread: Thread, turn: TurnRecord) -> Message | None:
@@ -202,10 +212,7 @@ class TurnStore:
         if not thread.conversation_id and not thread.new and not (thread.stores_reply and replied):
             return []  # nothing to remember (e.g. a bare system prompt): no empty conversation
         async with self.sessions.begin() as s:
-            await s.execute(
-                text("SELECT pg_advisory_xact_lock(:key)"),
-                {"key": lock_key(session.user_id, thread.public_id)},
-            )
+            await s.execute(_LOCK, {"key": lock_key(session.user_id, thread.public_id)})
             if not await _storable(s, turn.turn_id, thread.conversation_id):
                 return []  # stored already (a retry, a replay), or its conversation was deleted meanwhile
             conversation_id = thread.conversation_id or await history.ensure_conversation(
@@ -224,17 +231,18 @@ class TurnStore:
             if turn.vectors and self._vectors is not None:
                 await self._vectors(s, added, turn.vectors, session.user_id, conversation_id)
             added += [r for r in reply_id if r not in added]
-            s.add(
-                TurnContext(
-                    conversation_id=conversation_id,
-                    user_id=session.user_id,
-                    reply_message_id=reply_id[0].id if reply_id else None,
-                    model=turn.model,
-                    messages=turn.prompt,
-                    tokens=turn.tokens,
-                    persona=turn.persona,
-                    turn_id=turn.turn_id,
-                )
+            await s.execute(
+                _CONTEXT,
+                {
+                    "conversation_id": conversation_id,
+                    "user_id": session.user_id,
+                    "reply_message_id": reply_id[0].id if reply_id else None,
+                    "model": turn.model,
+                    "messages": turn.prompt,
+                    "tokens": turn.tokens,
+                    "persona": turn.persona,
+                    "turn_id": turn.turn_id,
+                },
             )
         self._known(session.user_id, thread.public_id, conversation_id)
         if thread.revisions or thread.kind == "continue":

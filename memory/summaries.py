@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memory import history
 from memory.budget import TokenCounter
+from memory.db import autocommit
 from memory.models import SummaryRow
 from memory.types import StoredMessage, Summary
 
@@ -41,6 +42,29 @@ _BRANCH_SUMMARIES = text(
     ORDER BY s.last_message_id DESC LIMIT :n
     """
 )
+
+# The branch up to `anchor`, newest first, walked only back to the newest message a summary of this
+# user ends at (ids grow down a branch, so that is the one with the highest id): what is left to
+# summarise. The worker walked the whole branch twice per job (the summaries, then every message).
+_UNSUMMARISED = text(
+    """
+    WITH RECURSIVE branch AS (
+        SELECT m.*, 0 AS up,
+               EXISTS (SELECT 1 FROM summary s WHERE s.user_id = :user AND s.last_message_id = m.id)
+                   AS covered
+        FROM message m WHERE m.id = :anchor AND m.user_id = :user
+        UNION ALL
+        SELECT m.*, b.up + 1,
+               EXISTS (SELECT 1 FROM summary s WHERE s.user_id = :user AND s.last_message_id = m.id)
+        FROM message m JOIN branch b ON m.id = b.parent_id
+        WHERE NOT b.covered AND b.up + 1 < :limit
+    )
+    SELECT id, role, content, name, token_count, created_at, parent_id, depth,
+           emotion_label, importance, status, emotion_scores, emotion_confidence, metadata
+    FROM branch WHERE NOT covered ORDER BY up DESC
+    """
+)
+MAX_BRANCH = 5000  # messages walked back from a cut at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +105,7 @@ class SummaryWorker:
         max_excerpt_tokens: int = 2500,
     ) -> None:
         self._sessions, self._counter = sessions, counter
+        self._reads = autocommit(sessions)  # its one read needs no BEGIN and ROLLBACK
         self._min, self._span, self._excerpt = min_messages, max_span, max_excerpt_tokens
         self.queue: asyncio.Queue[SummaryJob] = asyncio.Queue(maxsize=1000)
         self._queued: set[tuple[int, int]] = set()
@@ -95,11 +120,10 @@ class SummaryWorker:
 
     async def step(self, job: SummaryJob, summarize: Summarize) -> bool:
         """Summarise the oldest unsummarised span up to `job.last_id`; True if one was written."""
-        async with self._sessions() as session:
-            done = await branch_summaries(session, user_id=job.user_id, anchor_id=job.last_id, n=1)
-            covered = done[-1].last_message_id if done else 0
-            branch = await history.path(session, user_id=job.user_id, anchor_id=job.last_id, limit=5000)
-        span = [m for m in branch if m.id > covered][: self._span]
+        async with self._reads() as session:
+            params = {"anchor": job.last_id, "user": job.user_id, "limit": MAX_BRANCH}
+            rows = (await session.execute(_UNSUMMARISED, params)).all()
+        span = [history.stored_row_of(r) for r in rows[: self._span]]
         if len(span) < self._min:
             return False
         summary = (

@@ -21,6 +21,7 @@ the client trims its window); we align them against stored messages by content h
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import re
 import uuid
@@ -60,11 +61,17 @@ def named_by_prefix(message: Message) -> Message:
 
 
 def content_hash(message: Message) -> str:
-    key = f"{message.role}\x1f{canonical(message.content)}"
-    if message.tool_calls or message.tool_call_id:  # a call-only message has no text to tell it apart
-        calls = "\x1e".join(f"{c.id}\x1d{c.name}\x1d{c.arguments}" for c in message.tool_calls)
-        key += f"\x1f{calls}\x1f{message.tool_call_id or ''}"
+    if not (message.tool_calls or message.tool_call_id):
+        return _text_hash(message.role, message.content)
+    calls = "\x1e".join(f"{c.id}\x1d{c.name}\x1d{c.arguments}" for c in message.tool_calls)
+    key = f"{message.role}\x1f{canonical(message.content)}\x1f{calls}\x1f{message.tool_call_id or ''}"
     return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+@functools.lru_cache(maxsize=4096)
+def _text_hash(role: str, content: str) -> str:
+    """Clients resend the whole chat every turn: each message is hashed once (LRU by text)."""
+    return hashlib.sha256(f"{role}\x1f{canonical(content)}".encode()).hexdigest()[:32]
 
 
 def same_or_trimmed(client: str, stored: str) -> bool:

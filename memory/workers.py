@@ -22,11 +22,10 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import insert, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memory.db import autocommit
-from memory.models import MessageEmbedding
 from memory.types import Annotation, StoredMessage
 
 if TYPE_CHECKING:
@@ -59,23 +58,47 @@ _CLAIM = text(
     LEFT JOIN claimed c ON true
     """
 )
-# Marks done and drops the vectors a re-embed replaces, in one round trip.
-_DONE = text(
-    """
+_VECTORS = """
+    INSERT INTO message_embedding (message_id, user_id, conversation_id, chunk, embedding)
+    SELECT v.message_id, v.user_id, v.conversation_id, v.chunk, CAST(v.embedding AS vector)
+    FROM unnest(CAST(:owners AS bigint[]), CAST(:users AS bigint[]), CAST(:conversations AS bigint[]),
+                CAST(:chunks AS int[]), CAST(:vectors AS text[]))
+        AS v(message_id, user_id, conversation_id, chunk, embedding)
+    JOIN {written} w ON w.id = v.message_id
+"""
+# A batch's whole write in one autocommit statement (it took BEGIN, mark done, INSERT vectors, annotate,
+# COMMIT): rows that still hold this claim and the content embedded are marked done with their
+# annotation (imports and replies come without one), a re-embed's old vectors are dropped, the new ones
+# inserted, and rows that lost their claim meanwhile are released. One statement is one transaction.
+_WRITE = text(
+    f"""
     WITH done AS (
-        UPDATE message m SET embedded = true, embed_claimed_at = NULL
+        UPDATE message m SET embedded = true, embed_claimed_at = NULL,
+            importance = CASE WHEN a.id IS NULL THEN m.importance ELSE a.importance END,
+            emotion_label = CASE WHEN a.id IS NULL THEN m.emotion_label ELSE a.emotion_label END,
+            emotion_confidence =
+                CASE WHEN a.id IS NULL THEN m.emotion_confidence ELSE a.emotion_confidence END,
+            emotion_scores = CASE WHEN a.id IS NULL THEN m.emotion_scores ELSE a.emotion_scores END
         FROM unnest(CAST(:ids AS bigint[]), CAST(:claims AS timestamptz[]), CAST(:hashes AS text[]))
             AS c(id, claimed, hash)
+        LEFT JOIN jsonb_to_recordset(CAST(:annotations AS jsonb))
+            AS a(id bigint, importance float8, emotion_label text, emotion_confidence float8,
+                 emotion_scores jsonb) ON a.id = c.id
         WHERE m.id = c.id AND NOT m.embedded AND m.embed_claimed_at = c.claimed AND m.content_hash = c.hash
         RETURNING m.id
     ), replaced AS (
         DELETE FROM message_embedding e USING done WHERE e.message_id = done.id
+    ), vectors AS ({_VECTORS.format(written="done")}
+    ), released AS (
+        UPDATE message SET embed_claimed_at = NULL
+        WHERE id = ANY(CAST(:ids AS bigint[])) AND NOT embedded AND id NOT IN (SELECT id FROM done)
     )
     SELECT id FROM done
     """
 )
+# The request's own vectors, stored with their rows in the store's transaction (one statement).
 _TAKE = text(
-    """
+    f"""
     WITH taken AS (
         UPDATE message SET embedded = true, embed_claimed_at = NULL
         WHERE id = ANY(CAST(:ids AS bigint[])) AND NOT embedded
@@ -83,19 +106,9 @@ _TAKE = text(
         RETURNING id
     ), replaced AS (
         DELETE FROM message_embedding e USING taken WHERE e.message_id = taken.id
+    ), vectors AS ({_VECTORS.format(written="taken")}
     )
     SELECT id FROM taken
-    """
-)
-# The annotations of a batch in one UPDATE (it was one per row).
-_ANNOTATE = text(
-    """
-    UPDATE message m SET importance = a.importance, emotion_label = a.emotion_label,
-        emotion_confidence = a.emotion_confidence, emotion_scores = a.emotion_scores
-    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
-        AS a(id bigint, importance float8, emotion_label text, emotion_confidence float8,
-             emotion_scores jsonb)
-    WHERE m.id = a.id
     """
 )
 _RELEASE = text("UPDATE message SET embed_claimed_at = NULL WHERE id = ANY(:ids) AND NOT embedded")
@@ -118,17 +131,16 @@ async def store_known(
     fits = {r.id: known[r.content] for r in rows if r.content in known and chunker(r.content) == [r.content]}
     if not fits:
         return set()
-    taken = {int(i) for i in (await session.scalars(_TAKE, {"ids": list(fits), "annotating": annotating}))}
-    if taken:  # their old vectors, if any, went with the UPDATE
-        await session.execute(
-            insert(MessageEmbedding),
-            [
-                {"message_id": i, "user_id": user_id, "conversation_id": conversation_id, "chunk": 0}
-                | {"embedding": list(fits[i])}
-                for i in sorted(taken)
-            ],
-        )
-    return taken
+    owners = list(fits)
+    params = {"ids": owners, "annotating": annotating, "owners": owners, "chunks": [0] * len(owners)}
+    params |= {"users": [user_id] * len(owners), "conversations": [conversation_id] * len(owners)}
+    params["vectors"] = [vector_text(fits[i]) for i in owners]
+    return {int(i) for i in await session.scalars(_TAKE, params)}  # old vectors went with the UPDATE
+
+
+def vector_text(vector: Sequence[float]) -> str:
+    """pgvector's text form of a vector, as its own adapter writes it (`str` of each float: exact)."""
+    return f"[{','.join([str(float(v)) for v in vector])}]"
 
 
 class EmbeddingWorker:
@@ -183,36 +195,20 @@ class EmbeddingWorker:
             vectors = await self._embedder.embed(texts)  # one encoder pass per chunk, batched
             if self._annotate is not None and missing:
                 annotations = await self._annotate([(r.role, r.content) for r in missing])
-        async with self._sessions.begin() as session:
-            done = await self._mark_done(session, rows)  # a re-embed's old vectors go with it
-            if done:
-                await session.execute(
-                    insert(MessageEmbedding),
-                    [
-                        {"message_id": m, "user_id": u, "conversation_id": c, "chunk": i, "embedding": v}
-                        for (m, u, c, i), v in zip(owners, vectors, strict=True)
-                        if m in done
-                    ],
-                )
-            annotated = [{"id": r.id} | a.columns() for r, a in zip(missing, annotations, strict=True)]
-            if annotated := [a for a in annotated if a["id"] in done]:
-                await session.execute(_ANNOTATE, {"rows": json.dumps(annotated)})
-            if len(done) < len(rows):
-                await session.execute(_RELEASE, {"ids": [r.id for r in rows if r.id not in done]})
-
-    @staticmethod
-    async def _mark_done(session: AsyncSession, rows: Sequence[Any]) -> set[int]:
-        """Marks embedded the claimed rows that still hold this claim and the content that was embedded
-        (a `continue` may have extended one meanwhile); returns their ids."""
-        result = await session.execute(
-            _DONE,
-            {
-                "ids": [r.id for r in rows],
-                "claims": [r.embed_claimed_at for r in rows],
-                "hashes": [r.content_hash for r in rows],
-            },
-        )
-        return {r.id for r in result}
+        annotated = [{"id": r.id} | a.columns() for r, a in zip(missing, annotations, strict=True)]
+        params = {
+            "ids": [r.id for r in rows],
+            "claims": [r.embed_claimed_at for r in rows],
+            "hashes": [r.content_hash for r in rows],
+            "annotations": json.dumps(annotated),
+            "owners": [m for m, _, _, _ in owners],
+            "users": [u for _, u, _, _ in owners],
+            "conversations": [c for _, _, c, _ in owners],
+            "chunks": [i for _, _, _, i in owners],
+            "vectors": [vector_text(v) for v in vectors],
+        }
+        async with self._claims() as session:  # one statement: its own transaction
+            await session.execute(_WRITE, params)
 
     async def run(self) -> None:
         """Until cancelled: two loops, so one batch's claim and write overlap the next one's encoding.

@@ -258,3 +258,17 @@ def test_chunk_text_handles_text_without_spaces(tokenizer: Tokenizer) -> None:
 def test_chunk_text_rejects_overlap_of_half_the_window() -> None:
     with pytest.raises(ValueError, match="overlap"):
         chunk_text("text", max_tokens=100, overlap=50)
+
+
+def test_chunk_text_keeps_a_short_ascii_text_whole_without_counting_and_counts_others(
+    tokenizer: Tokenizer,
+) -> None:
+    """Texts of at most `max_tokens` ASCII characters are never split (each token is at least one
+    character), so they are not tokenized; a short non-ASCII text is still counted: normalisation can
+    make one character several tokens (a Hangul syllable decomposes into three jamo)."""
+    ascii_text = "Where did the crates go? " * 4
+    assert chunk_text(ascii_text, max_tokens=len(ascii_text), overlap=0) == [ascii_text]
+    korean = "한국어 문장입니다 " * 4
+    tokens = len(tokenizer.encode(korean, add_special_tokens=False).ids)
+    assert tokens > len(korean)  # more tokens than characters
+    assert len(chunk_text(korean, max_tokens=len(korean), overlap=0)) > 1

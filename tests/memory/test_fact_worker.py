@@ -10,12 +10,14 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from memory import fact_store
 from memory.archive import Incoming
 from memory.budget import TokenCounter
 from memory.fact_models import FactRow, RelationshipRow
+from memory.fact_store import Scope
 from memory.fact_worker import Extract, FactConfig, FactWorker
 from memory.factbook import FactBook, FactNotFound, Statement
-from memory.models import MessageRow
+from memory.models import ConversationRow, MessageRow, PersonaRef
 from memory.service import MemoryService
 from memory.users import create_key
 from proxy.backends.registry import Registry, build_backends
@@ -255,3 +257,38 @@ async def test_edit_opens_a_new_version_and_delete_forgets_all_versions(
     assert [f["value"] for f in await book.find(user, {}, limit=5, offset=0)] == ["doctor"]
     assert await book.delete(user, edited["id"]) == 2
     assert await book.find(user, {"history": True}, limit=5, offset=0) == []
+
+
+async def test_the_prompt_reads_character_facts_of_its_persona_or_conversation_only(
+    sessions: async_sessionmaker[AsyncSession], user: int
+) -> None:
+    """The prompt's fact read (built once now, with bound parameters): user facts always; facts about
+    the character only from this persona's chats, or without a persona from this conversation (a new
+    conversation has none: then those of no conversation, as `conversation_id IS NULL` matched)."""
+    async with sessions.begin() as s:
+        persona = PersonaRef(user_id=user, name="reader", source="api", version=1)
+        talk = ConversationRow(user_id=user, public_id="facts-read")
+        s.add_all([persona, talk])
+        await s.flush()
+        facts = {
+            "user": ("user", None, None),
+            "persona's": ("character", persona.id, None),
+            "talk's": ("character", None, talk.id),
+            "nowhere's": ("character", None, None),
+        }
+        for statement, (subject, persona_id, conversation_id) in facts.items():
+            s.add(
+                FactRow(
+                    user_id=user, end_user="", persona_id=persona_id, conversation_id=conversation_id,
+                    subject=subject, kind="trait", attribute=statement, value=statement,
+                    statement=statement, confidence=0.9, origin="inference",
+                )
+            )  # fmt: skip
+    scopes = {
+        Scope(user, "", persona.id, talk.id): {"user", "persona's"},
+        Scope(user, "", None, talk.id): {"user", "talk's"},
+        Scope(user, "", None, None): {"user", "persona's", "nowhere's"},  # no conversation: theirs
+    }
+    async with sessions() as s:
+        for scope, expected in scopes.items():
+            assert {f.statement for f in await fact_store.current(s, scope)} == expected, scope

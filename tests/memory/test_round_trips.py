@@ -16,12 +16,14 @@ from sqlalchemy import event, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from memory import chain, history
 from memory.archive import Incoming
 from memory.budget import TokenCounter
 from memory.db import make_engine, make_sessionmaker
-from memory.models import MessageRow
+from memory.models import MessageRow, SummaryRow
 from memory.recall import Scope
 from memory.service import MemoryConfig, MemoryService
+from memory.summaries import SummaryJob, SummaryWorker
 from memory.types import Annotation, Message, SessionKey, TurnRecord
 from memory.workers import EmbeddingWorker
 from tests.fakes import FakeEmbedder
@@ -85,7 +87,7 @@ def record(reply: str, incoming: list[Message], newest: Annotation | None = None
     return TurnRecord(reply, "complete", "m", [], {}, incoming=tuple(incoming), newest=newest)
 
 
-async def test_a_growing_chat_is_recognised_in_one_round_trip_and_stored_in_nine(
+async def test_a_growing_chat_is_recognised_in_one_round_trip_and_stored_in_seven(
     counted: Counted, user: int, counter: TokenCounter
 ) -> None:
     """SillyTavern resends the chat every turn. Recognition took four statements (candidates, then
@@ -93,7 +95,9 @@ async def test_a_growing_chat_is_recognised_in_one_round_trip_and_stored_in_nine
     eleven (the reply went in its own INSERT, after a reuse check under a parent stored a moment before).
     Then each checkout cost a ping (`pool_pre_ping`), recognition's one read a BEGIN and a ROLLBACK
     too, and a user message read by the emotion step went in another INSERT than the reply (the ORM's
-    bulk insert groups rows by the columns they set): four round trips to recognise, eleven to store."""
+    bulk insert groups rows by the columns they set): four round trips to recognise, eleven to store.
+    The conversation's UPDATE then went apart from the INSERT, and the ids were drawn apart from the
+    reuse check: nine."""
     sessions, statements = counted
     memory = MemoryService(sessions, counter, FakeEmbedder(), MemoryConfig(deadline_s=30))
     session = SessionKey(user_id=user)
@@ -109,8 +113,9 @@ async def test_a_growing_chat_is_recognised_in_one_round_trip_and_stored_in_nine
         stored.append(statements.sent())
         chat += [Message("assistant", f"Reply {turn}."), Message("user", f"And after {turn}?")]
     assert recognised[1:] == [1, 1, 1]  # the first turn of a new chat has no candidates to look further at
-    # BEGIN, lock, stored already?, reuse check, ids, INSERT, conversation, context, COMMIT
-    assert [len(s) for s in stored[1:]] == [9, 9, 9]
+    # BEGIN, lock, stored already?, reuse check with the ids, INSERT (marking the conversation updated),
+    # context, COMMIT
+    assert [len(s) for s in stored[1:]] == [7, 7, 7]
     assert stored[-1][0].startswith("BEGIN") and stored[-1][-1] == "COMMIT"
     thread = await memory.recognise(session, chat)
     assert thread.kind == "turn" and [m.content for m in thread.new] == ["And after 3?"]
@@ -128,23 +133,40 @@ async def test_a_growing_chat_is_recognised_in_one_round_trip_and_stored_in_nine
     ]
 
 
-async def test_a_trimmed_chat_walks_the_earlier_history_in_one_more_statement(
+async def test_a_trimmed_chat_reads_the_earlier_history_from_the_window_it_holds(
     counted: Counted, user: int, counter: TokenCounter
 ) -> None:
-    """Once the client trims its oldest messages, what it no longer sends is read in one walk."""
+    """Once the client trims its oldest messages, what it no longer sends is offered from stored history
+    every turn: that walk (one more statement, every row made a message again) is read from the RAM
+    window, which keeps the branch right above its tail too (the messages its tail lets go, and what a
+    walk found), and only what the window does not hold is walked; the same messages either way. A
+    `window_turns` tail holds up to `window_turns` more above it: here 4 + 4 of the 7 earlier messages."""
     sessions, statements = counted
-    memory = MemoryService(sessions, counter, FakeEmbedder(), MemoryConfig(deadline_s=30))
-    session = SessionKey(user_id=user)
-    chat = [Message("assistant", "*The storm wall looms.*"), Message("user", "Is anyone aboard?")]
-    for turn in range(3):
-        thread = await memory.recognise(session, chat)
-        await memory.store_turn(session, thread, record(f"Maybe {turn}.", chat))
-        chat += [Message("assistant", f"Maybe {turn}."), Message("user", f"Who, {turn}?")]
-    statements.clear()
-    thread = await memory.recognise(session, chat[3:], earlier_tokens=1000)
-    assert len(statements.sent()) == 2  # no BEGIN, no ROLLBACK, no ping
-    assert [m.content for m in thread.earlier] == [m.content for m in chat[:3]]
-    assert [m.content for m in thread.new] == ["Who, 2?"]
+    said = [Message("assistant", "*The storm wall looms.*"), Message("user", "Is anyone aboard?")]
+    for turn in range(5):
+        said += [Message("assistant", f"Maybe {turn}."), Message("user", f"Who, {turn}?")]
+    # round trips of two recognitions: the conversation and the candidates, + the walk (+ the tail)
+    cases = [(64, 1000, 2, 2), (4, 1000, 3, 3), (6, 1000, 2, 2), (4, 14, 2, 2), (64, 14, 2, 2)]
+    cases += [(6, 1000, 4, 2)]  # restarted: the tail comes from Postgres, the walk fills what is above it
+    for n, (window, tokens, *trips) in enumerate(cases):
+        config = MemoryConfig(deadline_s=30, window_turns=window)
+        memory = MemoryService(sessions, counter, FakeEmbedder(), config)
+        session = SessionKey(user_id=user, conversation=f"trim-{window}-{tokens}-{n}")
+        chat = said[:2]
+        for turn in range(5):
+            thread = await memory.recognise(session, chat)
+            await memory.store_turn(session, thread, record(f"Maybe {turn}.", chat))
+            chat = said[: 4 + 2 * turn]
+        if n == len(cases) - 1:
+            memory = MemoryService(sessions, counter, FakeEmbedder(), config)
+        fits = [m.content for m in chat[:7]] if tokens >= 1000 else ["Maybe 2."]  # 3 tokens + 4 each
+        for expected in trips:
+            statements.clear()
+            thread = await memory.recognise(session, chat[7:], earlier_tokens=tokens)
+            assert len(statements.sent()) == expected, (window, tokens)
+            assert [m.content for m in thread.earlier] == fits, (window, tokens)
+            assert thread.first is not None and thread.first.content == chat[7].content
+            assert [m.content for m in thread.new] == ["Who, 4?"]
 
 
 async def test_a_pooled_connection_is_pinged_only_after_idling(pg_url: str, trace: Trace) -> None:
@@ -180,12 +202,13 @@ async def kill_backends(pg_url: str, application_name: str) -> None:
     await engine.dispose()
 
 
-async def test_the_embedding_worker_embeds_a_stored_turn_in_five_round_trips(
+async def test_the_embedding_worker_embeds_a_stored_turn_in_two_round_trips(
     counted: Counted, user: int, counter: TokenCounter
 ) -> None:
-    """The claim is one UPDATE in autocommit; marking done drops replaced vectors in the same statement;
-    nothing is released when every claimed row was written. It took eleven: a ping and BEGIN/COMMIT
-    around the claim, a ping, then a separate DELETE and an empty release in the write."""
+    """The claim is one UPDATE in autocommit; the write is one statement that marks done, drops replaced
+    vectors and inserts the new ones. It took eleven: a ping and BEGIN/COMMIT around the claim, a ping,
+    then a separate DELETE and an empty release in the write; then five (BEGIN, done, the vectors'
+    INSERT, COMMIT)."""
     sessions, trace = counted
     memory = MemoryService(sessions, counter, None, MemoryConfig(deadline_s=30))
     await EmbeddingWorker(sessions, FakeEmbedder(), chunker=lambda t: [t]).drain()  # earlier tests' rows
@@ -196,8 +219,8 @@ async def test_the_embedding_worker_embeds_a_stored_turn_in_five_round_trips(
     trace.clear()
     assert await worker.step() >= 2
     sent = trace.sent()
-    assert len(sent) == 5, sent  # claim; BEGIN, done, INSERT vectors, COMMIT
-    assert sent[1].startswith("BEGIN") and sent[-1] == "COMMIT"
+    assert len(sent) == 2, sent  # the claim; the write (mark done, old vectors out, new in)
+    assert "BEGIN" not in sent and "COMMIT" not in sent  # one statement is its own transaction
 
 
 async def test_a_batch_is_annotated_in_one_statement(
@@ -222,7 +245,7 @@ async def test_a_batch_is_annotated_in_one_statement(
     trace.clear()
     assert await worker.step() >= 3
     sent = trace.sent()
-    assert len(sent) == 6, sent  # claim; BEGIN, done, INSERT vectors, annotations, COMMIT
+    assert len(sent) == 2, sent  # the claim; the write with the annotations
     async with sessions() as s:
         rows = (
             await s.execute(
@@ -256,3 +279,43 @@ async def test_branch_recall_needs_no_transaction(counted: Counted, user: int, c
         assert transaction or len(sent) == 1, (
             sent
         )  # the fused statement (the chat is too short for summaries)
+
+
+async def test_a_summary_step_reads_what_is_left_in_one_walk_back_to_the_last_summary(
+    counted: Counted, user: int, counter: TokenCounter
+) -> None:
+    """Each cut of a growing chat asks for a summary up to the cut. The step read the branch's latest
+    summary (a walk to the branch's root), then the whole branch (a second walk, every row made a
+    message), in a transaction: four round trips that grew with the chat. Now one walk, back to the
+    newest summarised message; the spans still follow each other, oldest first."""
+    sessions, trace = counted
+    async with sessions.begin() as s:
+        conversation = await history.create_conversation(s, user_id=user, public_id="summed")
+        said = [Message("user" if i % 2 else "assistant", f"Line {i}.") for i in range(20)]
+        rows = await chain.append(
+            s, user_id=user, conversation_id=conversation.id, parent_id=None, messages=said,
+            token_counts=[3] * 20,
+        )  # fmt: skip
+    excerpts: list[str] = []
+
+    async def summarize(model: str, prompt: str) -> str:
+        excerpts.append(prompt)
+        return f"Summary {len(excerpts)}."
+
+    worker = SummaryWorker(sessions, counter, min_messages=8, max_span=8)
+    job = SummaryJob(user, conversation.id, rows[-1].id, "m")
+    trace.clear()
+    assert await worker.step(job, summarize)
+    assert len(trace.sent()) == 1 + 3  # the read; BEGIN, the summary's INSERT, COMMIT
+    assert await worker.step(job, summarize)
+    assert not await worker.step(job, summarize)  # four left: fewer than eight
+    async with sessions() as s:
+        spans = (
+            await s.execute(
+                select(SummaryRow.first_message_id, SummaryRow.last_message_id)
+                .where(SummaryRow.conversation_id == conversation.id)
+                .order_by(SummaryRow.id)
+            )
+        ).all()
+    assert [tuple(r) for r in spans] == [(rows[0].id, rows[7].id), (rows[8].id, rows[15].id)]
+    assert "Line 8." in excerpts[1] and "Line 7." not in excerpts[1]
