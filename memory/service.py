@@ -196,11 +196,10 @@ class MemoryService:
                 pending.cancel()
             return Recall(thread=thread)
         try:
-            async with asyncio.timeout(self.config.deadline_s):
-                vector = await pending
+            async with asyncio.timeout(self.config.deadline_s):  # the embedding is awaited by recall
                 async with (self.sessions if needs_transaction(self.config.scope) else self.reads)() as s:
                     memories = await recall(
-                        s, self._query(session, thread, query, vector, persona_id), self.config.fusion, boost
+                        s, self._query(session, thread, query, pending, persona_id), self.config.fusion, boost
                     )
                     summaries = (
                         await branch_summaries(s, user_id=session.user_id, anchor_id=thread.anchor_id)
@@ -220,7 +219,7 @@ class MemoryService:
         session: SessionKey,
         thread: Thread,
         text: str,
-        vector: list[float] | None,
+        vector: Awaitable[list[float] | None],
         persona_id: int | None,
     ) -> RecallQuery:
         return RecallQuery(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -265,12 +266,13 @@ async def embedded_chat(
     return stored
 
 
-async def test_one_round_trip_per_recall_in_branch_scope_two_in_wider_scopes(
+async def test_one_round_trip_per_recall_in_branch_scope_three_in_wider_scopes(
     sessions: async_sessionmaker[AsyncSession], counter: TokenCounter, user: int
 ) -> None:
     """On a busy machine each statement's round trip cost more than its work: the old code made three
     per recall in branch scope (vector leg, lexical leg, details) and five in user scope. Now both legs,
-    the fusion and the details are one statement (the wider scopes read their BM25 statistics first)."""
+    the fusion and the details are one statement; the wider scopes read their BM25 terms and run the
+    lexical leg first (while the query is embedded: the next test)."""
     stored = await embedded_chat(
         sessions, counter, user, [("Ann", "violin lessons on monday"), ("Bob", "the cello sounds warm")]
     )
@@ -279,7 +281,7 @@ async def test_one_round_trip_per_recall_in_branch_scope_two_in_wider_scopes(
     async with sessions() as s:  # the wider scopes' term statistics are read once, then kept
         await recall(s, RecallQuery(user, "cello", vector, "user", None), fusion)
     seen: list[str] = []
-    for scope, round_trips in (("branch", 1), ("user", 2), ("persona", 2)):
+    for scope, round_trips in (("branch", 1), ("user", 3), ("persona", 3)):
         seen.clear()
         async with sessions() as s:
             connection = (await s.connection()).sync_connection
@@ -289,6 +291,45 @@ async def test_one_round_trip_per_recall_in_branch_scope_two_in_wider_scopes(
         assert len(seen) == round_trips, scope
         assert [m.message_id for m in found] == [stored[1].id]
         assert (found[0].score, found[0].content) == (approx(2 / 61 + 1 / 61), "the cello sounds warm")
+
+
+async def awaited(vector: asyncio.Future[list[float] | None], asked: asyncio.Event) -> list[float] | None:
+    """`vector`, once it is there; `asked` is set when recall starts waiting for it."""
+    asked.set()
+    return await vector
+
+
+async def test_the_wider_scopes_run_their_lexical_leg_while_the_query_is_embedded(
+    sessions: async_sessionmaker[AsyncSession], counter: TokenCounter, user: int
+) -> None:
+    """The query's embedding (~5 ms, in a thread) held up the BM25 leg, which does not use it: now the
+    wider scopes read the terms and run that leg while the vector is pending, then fuse it with the
+    vector leg. Same memories and scores as with the vector given at once; branch scope just waits."""
+    stored = await embedded_chat(
+        sessions, counter, user, [("Ann", "violin lessons on monday"), ("Bob", "the cello sounds warm")]
+    )
+    vector = (await FakeEmbedder().embed(["cello"]))[0]
+    fusion = Fusion(speaker_boost=0.0)
+    seen: list[str] = []
+    for scope, before in (("user", 2), ("persona", 2), ("branch", 0)):
+        q = RecallQuery(user, "cello", vector, scope, stored[-1].id)  # type: ignore[arg-type]
+        async with sessions() as s:
+            given = await recall(s, q, fusion)
+        pending: asyncio.Future[list[float] | None] = asyncio.get_running_loop().create_future()
+        asked = asyncio.Event()
+        seen.clear()
+        async with sessions() as s:
+            connection = (await s.connection()).sync_connection
+            event.listen(connection, "before_cursor_execute", lambda *call: seen.append(call[2]))
+            task = asyncio.create_task(recall(s, replace(q, embedding=awaited(pending, asked)), fusion))
+            waiting = asyncio.create_task(asked.wait())
+            await asyncio.wait((task, waiting), timeout=60, return_when=asyncio.FIRST_COMPLETED)
+            assert asked.is_set() and len(seen) == before, scope  # what ran before the vector was needed
+            assert all("<=>" not in statement for statement in seen)
+            pending.set_result(vector)
+            found = await task
+        assert [(m.message_id, m.score) for m in found] == [(m.message_id, m.score) for m in given]
+        assert [m.message_id for m in found] == [stored[1].id]
 
 
 async def test_the_wider_scopes_scan_the_graph_iteratively_also_without_a_lexical_leg(
