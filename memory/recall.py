@@ -227,7 +227,7 @@ async def _candidates(session: AsyncSession, query: RecallQuery, fusion: Fusion)
     vector = fusion.vector_weight > 0 and embedding is not None
     if vector:
         params |= {
-            "q": "[" + ",".join(f"{x:.6f}" for x in embedding or ()) + "]",
+            "q": "[" + ",".join(map("{:.6f}".format, embedding or ())) + "]",
             "min_similarity": fusion.min_similarity,
             "vector_weight": fusion.vector_weight,
         }
@@ -237,7 +237,7 @@ async def _candidates(session: AsyncSession, query: RecallQuery, fusion: Fusion)
         return []
     statement = _statement(query.scope, vector=vector, lexical_leg=found is not None)
     rows = (await session.execute(statement, params)).all()
-    return [_memory(r, r.score) for r in rows]
+    return [_memory(r, r[-1]) for r in rows]  # the score comes last
 
 
 def fuse(legs: Sequence[tuple[float, Sequence[tuple[int, float]]]], rrf_k: int) -> dict[int, float]:
@@ -296,19 +296,24 @@ async def _details(session: AsyncSession, user_id: int, scores: dict[int, float]
 
 
 def _memory(r: Any, score: float) -> Memory:
+    """A row of `_FUSED` or `_DETAILS` as a memory, read by position: a row's attributes by name cost
+    ~10 µs a row, 1 ms of a recall's ~100 candidates."""
+    message_id, public_id, role, name, content, created_at, metadata, emotion, importance, tokens, parent = r[
+        :11
+    ]
     return Memory(
-        message_id=r.id,
-        conversation_id=r.public_id,
-        role=r.role,
-        name=r.name,
-        content=r.content,
+        message_id=message_id,
+        conversation_id=public_id,
+        role=role,
+        name=name,
+        content=content,
         score=score,
-        created_at=r.created_at,
-        metadata=r.metadata,
-        emotion_label=r.emotion_label,
-        importance=r.importance,
-        token_count=r.token_count,
-        parent_id=r.parent_id,
+        created_at=created_at,
+        metadata=metadata,
+        emotion_label=emotion,
+        importance=importance,
+        token_count=tokens,
+        parent_id=parent,
     )
 
 
