@@ -309,8 +309,8 @@ async def real(
     ]
     if baseline is not None:  # its defaults alternate with this code's, in both scopes
         groups[0].append(("baseline recall() defaults", baseline, baseline.Fusion(), 40))
-        user = next(g for g in groups if g[0][0].startswith("user scope: defaults"))
-        user.append(("baseline user scope: defaults", baseline, baseline.Fusion(), 40))
+        wide = next(g for g in groups if g[0][0].startswith("user scope: defaults"))
+        wide.append(("baseline user scope: defaults", baseline, baseline.Fusion(), 40))
     rows = {m: row for st in {id(st): st for st, _ in questions}.values() for m, row in st.rows.items()}
     results: dict[str, dict[str, list[list[float]]]] = defaultdict(lambda: defaultdict(list))
     latency: dict[str, list[float]] = defaultdict(list)
