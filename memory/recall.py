@@ -8,11 +8,12 @@ The best hits can bring their neighbouring turns (the answer to a question is of
 Scope is this chat's branch (an exact scan over its rows), chats with this persona, or all of the
 user's chats (HNSW with pgvector's iterative scan so the user filter does not starve the result).
 The query's embedding may still be running (in a thread) when recall starts: the wider scopes' lexical
-leg, which does not need it, runs meanwhile as a statement of its own.
+leg, which does not need it, then runs meanwhile as a statement of its own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import re
@@ -138,14 +139,16 @@ def _vector_cte(scope: Scope) -> str:
 
 
 @functools.cache
-def _statement(scope: Scope, *, vector: bool, lexical_leg: bool, fused: bool = True) -> TextClause:
+def _statement(
+    scope: Scope, *, vector: bool, lexical_leg: bool, fused: bool = True, given: bool = False
+) -> TextClause:
     """Recall's statement with the legs asked for (the branch walk shared by both): the fused candidates
-    with their details, or (not `fused`) the lexical leg's ids and scores, best first. The wider scopes
-    fuse the ids their lexical leg found before, in a statement of its own (`_LEX_GIVEN`)."""
+    with their details, or (not `fused`) the lexical leg's ids and scores, best first. `given`: the
+    lexical leg's ids are a parameter, found by a statement before (`_LEX_GIVEN`)."""
     parts = [_DOCS] if scope == "branch" else []
     if vector:
         parts.append(_vector_cte(scope))
-    if lexical_leg and fused and scope != "branch":
+    if lexical_leg and given:
         parts.append(_LEX_GIVEN)
     elif lexical_leg:
         parts += [lexical.BRANCH_CTES if scope == "branch" else lexical.wide_ctes(scope), lexical.LEX_CTE]
@@ -210,8 +213,9 @@ async def text_leg(session: AsyncSession, query: RecallQuery, bm25: BM25) -> lis
 
 async def _candidates(session: AsyncSession, query: RecallQuery, fusion: Fusion) -> list[Memory]:
     """Both legs, fused by weighted reciprocal rank, with the messages' details: one statement in branch
-    scope. The wider scopes first read the question's BM25 terms and run the lexical leg, while the query's
-    embedding may still be computed (in a thread: ~5 ms of a recall), then fuse it with the vector leg."""
+    scope; the wider scopes read the question's BM25 terms first. While the query's embedding is still
+    computed (in a thread: ~5 ms of a recall) they run their lexical leg too, then fuse its ids with the
+    vector leg (an extra statement: with the vector already there, the lexical leg stays in the fused one)."""
     params = _params(query) | {"rrf_k": fusion.rrf_k, "text_weight": fusion.text_weight}
     wide = query.scope != "branch"
     found, settings = None, _HNSW if wide else ""
@@ -220,7 +224,8 @@ async def _candidates(session: AsyncSession, query: RecallQuery, fusion: Fusion)
         if lexical.ts_query(query.text) is not None:
             settings = ""  # the wider scopes' statistics statement applied them
     params |= found or {}
-    if wide and found is not None:
+    split = wide and found is not None and _pending(query.embedding)
+    if split:
         lex = _statement(query.scope, vector=False, lexical_leg=True, fused=False)
         params["lex_ids"] = [r.id for r in await session.execute(lex, params)]
     embedding = await query.embedding if isinstance(query.embedding, Awaitable) else query.embedding
@@ -235,9 +240,15 @@ async def _candidates(session: AsyncSession, query: RecallQuery, fusion: Fusion)
             await session.execute(text("SELECT " + settings))
     elif found is None:
         return []
-    statement = _statement(query.scope, vector=vector, lexical_leg=found is not None)
+    statement = _statement(query.scope, vector=vector, lexical_leg=found is not None, given=split)
     rows = (await session.execute(statement, params)).all()
     return [_memory(r, r[-1]) for r in rows]  # the score comes last
+
+
+def _pending(embedding: object) -> bool:
+    """Whether the query's vector is still being computed (a finished future's is there)."""
+    done = isinstance(embedding, asyncio.Future) and embedding.done()
+    return isinstance(embedding, Awaitable) and not done
 
 
 def fuse(legs: Sequence[tuple[float, Sequence[tuple[int, float]]]], rrf_k: int) -> dict[int, float]:
@@ -298,7 +309,10 @@ async def _details(session: AsyncSession, user_id: int, scores: dict[int, float]
 def _memory(r: Any, score: float) -> Memory:
     """A row of `_FUSED` or `_DETAILS` (their columns in `Memory`'s order, the score aside) as a memory,
     read by position: a row's attributes by name cost ~10 µs a row, 1 ms of a recall's ~100 candidates."""
-    return Memory(*r[:5], score, *r[5:11])
+    message_id, public_id, role, name, content, created, meta, emotion, importance, tokens, parent = r[:11]
+    return Memory(
+        message_id, public_id, role, name, content, score, created, meta, emotion, importance, tokens, parent
+    )
 
 
 async def _with_neighbours(
