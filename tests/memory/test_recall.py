@@ -335,6 +335,11 @@ async def test_the_wider_scopes_run_their_lexical_leg_while_the_query_is_embedde
         assert len(seen) == before + 1  # then the vector leg, fused with what the lexical leg found
         assert [(m.message_id, m.score) for m in found] == [(m.message_id, m.score) for m in given]
         assert [m.message_id for m in found] == [stored[1].id]
+        nothing: asyncio.Future[list[float] | None] = asyncio.get_running_loop().create_future()
+        nothing.set_result(None)  # no embedder: the lexical leg alone, whether split or not
+        async with sessions() as s:
+            lexical_only = await recall(s, replace(q, embedding=awaited(nothing, asyncio.Event())), fusion)
+        assert [(m.message_id, m.score) for m in lexical_only] == [(stored[1].id, approx(1 / 61))]
 
 
 async def test_the_wider_scopes_scan_the_graph_iteratively_also_without_a_lexical_leg(
