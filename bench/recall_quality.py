@@ -11,8 +11,8 @@ question is asked after the chat; nothing excluded) by:
 - the real `memory.recall` in user scope (each question over all 12 chats), with BM25's sample and pool
   varied (they only matter in the wider scopes).
 With `--baseline REV` (e.g. main) that revision's recall runs too, alternating question by question with
-this one's defaults (the latency ratio is the figure to trust on a shared machine). `--no-replay` skips
-the replayed legs.
+this one's defaults in both scopes (the latency ratio is the figure to trust on a shared machine).
+`--no-replay` skips the replayed legs.
 Prints evidence Recall@1/5/10/20 (share of a question's evidence turns in the top k, averaged) per
 question type, the share of evidence that reaches the prompt when memories are quoted in rank order
 into 1,000 and 2,000 tokens, and the real recall's latency.
@@ -304,17 +304,17 @@ async def real(
     """The shipped code path; with a baseline revision, its defaults too, alternating question by question
     with this code's defaults (same data, same load: the latency ratio is the figure to trust)."""
     print(f"\n{'real memory.recall':<34} {header}")
-    variants: list[tuple[str, ModuleType, Fusion, int]] = [
-        (name, recall_module, fusion, k) for name, (fusion, k) in REAL.items()
+    groups: list[list[tuple[str, ModuleType, Fusion, int]]] = [
+        [(name, recall_module, fusion, k)] for name, (fusion, k) in REAL.items()
     ]
-    if baseline is not None:
-        variants.insert(1, ("baseline recall() defaults", baseline, baseline.Fusion(), 40))
-        variants.append(("baseline user scope: defaults", baseline, baseline.Fusion(), 40))
-    paired = 2 if baseline is not None else 1
+    if baseline is not None:  # its defaults alternate with this code's, in both scopes
+        groups[0].append(("baseline recall() defaults", baseline, baseline.Fusion(), 40))
+        wide = next(g for g in groups if g[0][0].startswith("user scope: defaults"))
+        wide.append(("baseline user scope: defaults", baseline, baseline.Fusion(), 40))
     rows = {m: row for st in {id(st): st for st, _ in questions}.values() for m, row in st.rows.items()}
     results: dict[str, dict[str, list[list[float]]]] = defaultdict(lambda: defaultdict(list))
     latency: dict[str, list[float]] = defaultdict(list)
-    for group in (variants[:paired], *([v] for v in variants[paired:])):
+    for group in groups:
         for i, ((st, q), vec) in enumerate(zip(questions, vectors, strict=True)):
             for name, code, fusion, k in group if i % 2 == 0 else reversed(group):
                 scope, anchor = scope_of(name), st.ids[-1]
@@ -334,7 +334,7 @@ async def real(
                 f"latency this / baseline, same questions alternating: p50 {pct(new, 50) / pct(old, 50):.2f}"
                 f" p95 {pct(new, 95) / pct(old, 95):.2f}"
             )
-    by_type("recall() defaults", results[variants[0][0]])
+    by_type("recall() defaults", results[groups[0][0][0]])
 
 
 def by_type(title: str, results: dict[str, list[list[float]]]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -247,21 +248,29 @@ class Archive:
     async def search(
         self, user_id: int, query: str, *, public_id: str | None, scope: Scope, k: int
     ) -> list[Memory]:
-        embedding = (await self._embedder.embed([query]))[0] if self._embedder is not None else None
-        async with self._sessions() as s:
-            anchor = None
-            if public_id is not None:
-                row = await self._row(s, user_id, public_id)
-                anchor = await history.head(s, conversation_id=row.id)
-            elif scope == "branch":
-                scope = "user"
-            return await recall(
-                s,
-                RecallQuery(
-                    user_id=user_id, text=query, embedding=embedding, scope=scope, anchor_id=anchor, k=k
-                ),
-                self._fusion,
-            )
+        """Recall over a conversation's branch or the user's chats. The query's embedding runs in a thread
+        meanwhile: the lookups and the wider scopes' lexical leg do not wait for it (~5 ms of ~18)."""
+        embedding = asyncio.ensure_future(self._embed(query))
+        try:
+            async with self._sessions() as s:
+                anchor = None
+                if public_id is not None:
+                    row = await self._row(s, user_id, public_id)
+                    anchor = await history.head(s, conversation_id=row.id)
+                elif scope == "branch":
+                    scope = "user"
+                return await recall(
+                    s,
+                    RecallQuery(
+                        user_id=user_id, text=query, embedding=embedding, scope=scope, anchor_id=anchor, k=k
+                    ),
+                    self._fusion,
+                )
+        finally:
+            embedding.cancel()  # done by then, unless the lookup failed first
+
+    async def _embed(self, query: str) -> list[float] | None:
+        return (await self._embedder.embed([query]))[0] if self._embedder is not None else None
 
     async def context(self, user_id: int, public_id: str, turn: int | None) -> dict[str, Any]:
         """The prompt assembled for the latest turn, or for turn `turn` (1 = the first)."""

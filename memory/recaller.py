@@ -64,11 +64,10 @@ class Recaller:
                 pending.cancel()
             return Recall(thread=thread)
         try:
-            async with asyncio.timeout(self.config.deadline_s):
-                vector = await pending
+            async with asyncio.timeout(self.config.deadline_s):  # recall awaits the embedding
                 async with (self.sessions if needs_transaction(self.config.scope) else self.reads)() as s:
                     memories = await recall(
-                        s, self._query(session, thread, query, vector, persona_id), self.config.fusion, boost
+                        s, self._query(session, thread, query, pending, persona_id), self.config.fusion, boost
                     )
                     summaries = (
                         await branch_summaries(s, user_id=session.user_id, anchor_id=thread.anchor_id)
@@ -88,7 +87,7 @@ class Recaller:
         session: SessionKey,
         thread: Thread,
         text: str,
-        vector: list[float] | None,
+        vector: Awaitable[list[float] | None],
         persona_id: int | None,
     ) -> RecallQuery:
         return RecallQuery(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -270,7 +272,8 @@ async def test_one_round_trip_per_recall_in_branch_scope_two_in_wider_scopes(
 ) -> None:
     """On a busy machine each statement's round trip cost more than its work: the old code made three
     per recall in branch scope (vector leg, lexical leg, details) and five in user scope. Now both legs,
-    the fusion and the details are one statement (the wider scopes read their BM25 statistics first)."""
+    the fusion and the details are one statement (the wider scopes read their BM25 terms first; while
+    the query is still embedded they run the lexical leg on its own too: the next test)."""
     stored = await embedded_chat(
         sessions, counter, user, [("Ann", "violin lessons on monday"), ("Bob", "the cello sounds warm")]
     )
@@ -279,16 +282,64 @@ async def test_one_round_trip_per_recall_in_branch_scope_two_in_wider_scopes(
     async with sessions() as s:  # the wider scopes' term statistics are read once, then kept
         await recall(s, RecallQuery(user, "cello", vector, "user", None), fusion)
     seen: list[str] = []
-    for scope, round_trips in (("branch", 1), ("user", 2), ("persona", 2)):
+    done: asyncio.Future[list[float] | None] = asyncio.get_running_loop().create_future()
+    done.set_result(vector)  # a vector computed in advance, as the chat path's often is
+    scopes = (("branch", 1), ("user", 2), ("persona", 2))
+    for (scope, round_trips), given in itertools.product(scopes, (vector, done)):
         seen.clear()
         async with sessions() as s:
             connection = (await s.connection()).sync_connection
             event.listen(connection, "before_cursor_execute", lambda *call: seen.append(call[2]))
-            q = RecallQuery(user, "cello", vector, scope, stored[-1].id)  # type: ignore[arg-type]
+            q = RecallQuery(user, "cello", given, scope, stored[-1].id)  # type: ignore[arg-type]
             found = await recall(s, q, fusion)
         assert len(seen) == round_trips, scope
         assert [m.message_id for m in found] == [stored[1].id]
         assert (found[0].score, found[0].content) == (approx(2 / 61 + 1 / 61), "the cello sounds warm")
+
+
+async def awaited(vector: asyncio.Future[list[float] | None], asked: asyncio.Event) -> list[float] | None:
+    """`vector`, once it is there; `asked` is set when recall starts waiting for it."""
+    asked.set()
+    return await vector
+
+
+async def test_the_wider_scopes_run_their_lexical_leg_while_the_query_is_embedded(
+    sessions: async_sessionmaker[AsyncSession], counter: TokenCounter, user: int
+) -> None:
+    """The query's embedding (~5 ms, in a thread) held up the BM25 leg, which does not use it: now the
+    wider scopes read the terms and run that leg while the vector is pending, then fuse it with the
+    vector leg. Same memories and scores as with the vector given at once; branch scope just waits."""
+    stored = await embedded_chat(
+        sessions, counter, user, [("Ann", "violin lessons on monday"), ("Bob", "the cello sounds warm")]
+    )
+    vector = (await FakeEmbedder().embed(["cello"]))[0]
+    fusion = Fusion(speaker_boost=0.0)
+    seen: list[str] = []
+    for scope, before in (("user", 2), ("persona", 2), ("branch", 0)):
+        q = RecallQuery(user, "cello", vector, scope, stored[-1].id)  # type: ignore[arg-type]
+        async with sessions() as s:
+            given = await recall(s, q, fusion)
+        pending: asyncio.Future[list[float] | None] = asyncio.get_running_loop().create_future()
+        asked = asyncio.Event()
+        seen.clear()
+        async with sessions() as s:
+            connection = (await s.connection()).sync_connection
+            event.listen(connection, "before_cursor_execute", lambda *call: seen.append(call[2]))
+            task = asyncio.create_task(recall(s, replace(q, embedding=awaited(pending, asked)), fusion))
+            waiting = asyncio.create_task(asked.wait())
+            await asyncio.wait((task, waiting), timeout=60, return_when=asyncio.FIRST_COMPLETED)
+            assert asked.is_set() and len(seen) == before, scope  # what ran before the vector was needed
+            assert all("<=>" not in statement for statement in seen)
+            pending.set_result(vector)
+            found = await task
+        assert len(seen) == before + 1  # then the vector leg, fused with what the lexical leg found
+        assert [(m.message_id, m.score) for m in found] == [(m.message_id, m.score) for m in given]
+        assert [m.message_id for m in found] == [stored[1].id]
+        nothing: asyncio.Future[list[float] | None] = asyncio.get_running_loop().create_future()
+        nothing.set_result(None)  # no embedder: the lexical leg alone, whether split or not
+        async with sessions() as s:
+            lexical_only = await recall(s, replace(q, embedding=awaited(nothing, asyncio.Event())), fusion)
+        assert [(m.message_id, m.score) for m in lexical_only] == [(stored[1].id, approx(1 / 61))]
 
 
 async def test_the_wider_scopes_scan_the_graph_iteratively_also_without_a_lexical_leg(
