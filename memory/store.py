@@ -14,19 +14,17 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import insert, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from memory import chain, history
+from memory import history, turn_rows
 from memory.budget import TokenCounter
 from memory.journal import InFlight, JournalEntry, TurnJournal
 from memory.models import TurnContext
 from memory.recognition import Recognizer
-from memory.threads import same_or_trimmed
-from memory.types import Message, SessionKey, StoredMessage, Thread, TurnRecord
+from memory.types import SessionKey, StoredMessage, Thread, TurnRecord
 from memory.window import WorkingMemory
 
 log = logging.getLogger("anima.memory.store")
@@ -46,14 +44,6 @@ def unreachable(exc: BaseException) -> bool:
     return isinstance(exc, OSError | TimeoutError | ConnectionError)
 
 
-def continued(text: str, more: str) -> str:
-    """A continued message: SillyTavern puts a space between the text and its continuation unless
-    one of them already has whitespace there."""
-    if not text or not more or text[-1].isspace() or more[0].isspace():
-        return text + more
-    return f"{text} {more}"
-
-
 _LOCK = text("SELECT pg_advisory_xact_lock(:key)")
 # Taken after the lock (a statement's snapshot is taken when it starts: in the lock's statement it would
 # miss the turn a store holding the lock was committing).
@@ -71,18 +61,6 @@ async def _storable(s: AsyncSession, turn_id: str, conversation_id: int) -> bool
     """Not stored yet (by turn id), and the conversation it was recognised in was not deleted since:
     a store in flight when its conversation is deleted must not bring its rows back."""
     return bool(await s.scalar(_STORABLE, {"turn": turn_id, "conversation": conversation_id}))
-
-
-def chained_reply(thread: Thread, turn: TurnRecord) -> Message | None:
-    """The reply, when it is stored as the next link of the new messages' chain: a complete reply to a
-    turn, swipe or prefill. A continue grows a stored message instead, and a broken-off reply may meet
-    the copy the client kept (`TurnStore._reply` handles both)."""
-    if thread.kind == "continue" or not thread.stores_reply or turn.status == "partial":
-        return None
-    if not (turn.reply.strip() or turn.reply_tool_calls):
-        return None
-    content = thread.prefill + turn.reply
-    return Message("assistant", content, thread.speaker, tool_calls=turn.reply_tool_calls)
 
 
 def lock_key(user_id: int, public_id: str) -> int:
@@ -222,12 +200,14 @@ class TurnStore:
                 end_user=session.end_user,
                 character=session.character,
             )
-            chained = chained_reply(thread, turn)
-            added = await self._messages(s, session, thread, turn, conversation_id, chained)
+            chained = turn_rows.chained_reply(thread, turn)
+            added = await turn_rows.messages(s, self.counter, session, thread, turn, conversation_id, chained)
             if chained is not None:  # stored with the new messages, in the same INSERT
                 added, reply_id = added[:-1], added[-1:]
             else:
-                reply_id = await self._reply(s, session, thread, turn, conversation_id, added)
+                reply_id = await turn_rows.reply(
+                    s, self.counter, session, thread, turn, conversation_id, added
+                )
             if turn.vectors and self._vectors is not None:
                 await self._vectors(s, added, turn.vectors, session.user_id, conversation_id)
             added += [r for r in reply_id if r not in added]
@@ -251,112 +231,6 @@ class TurnStore:
             self.window.extend(conversation_id, thread.anchor_id, added)
         self._stored()
         return added
-
-    async def _messages(
-        self,
-        s: AsyncSession,
-        session: SessionKey,
-        thread: Thread,
-        turn: TurnRecord,
-        conversation_id: int,
-        reply: Message | None = None,
-    ) -> list[StoredMessage]:
-        """The client's edits and trimmed replies reconcile stored messages; new messages are appended,
-        and `reply` after them (one chain, one INSERT; it is reused only if they all were)."""
-        for message_id, message in thread.revisions:
-            await history.revise(
-                s,
-                user_id=session.user_id,
-                message_id=message_id,
-                message=message,
-                tokens=self.counter.of(message.content, message.tool_calls),
-            )
-        known_depth = (
-            thread.path[-1].depth if thread.path and thread.path[-1].id == thread.anchor_id else None
-        )
-        messages, extras = (
-            list(thread.new),
-            [
-                turn.newest.columns() if turn.newest and i == len(thread.new) - 1 and m.role == "user" else {}
-                for i, m in enumerate(thread.new)
-            ],
-        )
-        metadata: list[dict[str, Any] | None] = [None] * len(messages)
-        if reply is not None:
-            messages, extras = [*messages, reply], [*extras, {}]
-            metadata.append({"persona": turn.persona} if turn.persona else None)
-        return await chain.append(
-            s,
-            user_id=session.user_id,
-            conversation_id=conversation_id,
-            parent_id=thread.anchor_id,
-            parent_depth=-1 if thread.anchor_id is None else known_depth,
-            messages=messages,
-            token_counts=[self.counter.of(m.content, m.tool_calls) for m in messages],
-            reuse=True,
-            client_copies=len(thread.new),  # not the reply: a generated reply is never a client's copy
-            extras=extras,
-            metadata=metadata,
-            persona_id=turn.persona_id,  # recall's persona scope follows the conversation's persona
-        )
-
-    async def _reply(
-        self,
-        s: AsyncSession,
-        session: SessionKey,
-        thread: Thread,
-        turn: TurnRecord,
-        conversation_id: int,
-        added: list[StoredMessage],
-    ) -> list[StoredMessage]:
-        """The reply by kind: a continue grows the message it continues (the client's text of it, then
-        the reply, joined by a space as SillyTavern joins them); a turn, swipe or prefill adds one reply
-        (reused if that exact reply is there)."""
-        if not thread.stores_reply or not (turn.reply.strip() or turn.reply_tool_calls):
-            return []
-        if thread.kind == "continue":
-            target = added[-1].id if added else thread.anchor_id
-            if target is None:
-                return []
-            content = continued(thread.prefill, turn.reply)
-            await history.revise(
-                s,
-                user_id=session.user_id,
-                message_id=target,
-                message=Message("assistant", content),
-                tokens=self.counter.count(content),
-                keep=False,
-            )
-            return []
-        content = thread.prefill + turn.reply
-        parent = added[-1].id if added else thread.anchor_id
-        depth = added[-1].depth if added else None
-        if turn.status == "partial":  # the client's shorter copy may have been stored first (Stop, then
-            kept = await self._kept_copy(s, session, conversation_id, parent, content)  # a fast next turn)
-            if kept is not None:
-                return [kept]
-        return await chain.append(
-            s,
-            user_id=session.user_id,
-            conversation_id=conversation_id,
-            parent_id=parent,
-            parent_depth=depth if depth is not None else (-1 if parent is None else None),
-            messages=[Message("assistant", content, thread.speaker, tool_calls=turn.reply_tool_calls)],
-            token_counts=[self.counter.of(content, turn.reply_tool_calls)],
-            status=turn.status,
-            metadata=[{"persona": turn.persona}] if turn.persona else None,
-            reuse=True,
-        )
-
-    @staticmethod
-    async def _kept_copy(
-        s: AsyncSession, session: SessionKey, conversation_id: int, parent: int | None, content: str
-    ) -> StoredMessage | None:
-        """A stored reply that is the part of this broken-off one the client kept."""
-        stored = await history.replies(
-            s, user_id=session.user_id, parent_id=parent, conversation_id=conversation_id
-        )
-        return next((r for r in stored if same_or_trimmed(r.content, content)), None)
 
     # -- the journal -----------------------------------------------------------------------------
 

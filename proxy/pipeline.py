@@ -32,7 +32,8 @@ from proxy.errors import BackendError, PersonaNotFound, ProxyError
 from proxy.metrics import memory_turn, timed
 from proxy.outgoing import backend_request, to_message, tool_tokens, tools_of
 from proxy.protocol import ChatCompletionRequest, ChatMessage, ResponseFormat
-from proxy.turn import MemoryTurn, PersonaUse, TurnBuilder, TurnRequest
+from proxy.turn import TurnBuilder
+from proxy.turn_records import MemoryTurn, PersonaUse, TurnRequest
 
 if TYPE_CHECKING:
     from proxy.knowledge import Knowledge  # issue 17

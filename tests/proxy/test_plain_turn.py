@@ -8,7 +8,8 @@ import pytest
 from memory.budget import AtMost, Budget, Shares, TokenCounter
 from memory.types import Message, ToolCall
 from personas.prompt import assemble_prompt, parts_for
-from proxy.turn import TurnBuilder, TurnRequest
+from proxy.turn import TurnBuilder
+from proxy.turn_records import TurnRequest
 
 TEXTS = ("hello", "café au lait, s'il vous plaît", "🙂🙃 emoji 🤖", "日本語のテキスト", "word " * 500, "")
 
