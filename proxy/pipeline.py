@@ -31,42 +31,15 @@ from proxy.backends.registry import Registry, Route
 from proxy.errors import BackendError, PersonaNotFound, ProxyError
 from proxy.metrics import memory_turn, timed
 from proxy.outgoing import backend_request, to_message, tool_tokens, tools_of
+from proxy.prepared import PreparedChat, primed
 from proxy.protocol import ChatCompletionRequest, ChatMessage, ResponseFormat
 from proxy.turn import TurnBuilder
-from proxy.turn_records import MemoryTurn, PersonaUse, TurnRequest
+from proxy.turn_records import MemoryTurn, TurnRequest
 
 if TYPE_CHECKING:
     from proxy.knowledge import Knowledge  # issue 17
 
 log = logging.getLogger("anima.pipeline")
-
-
-@dataclass(frozen=True, slots=True)
-class PreparedChat:
-    """A turn whose backend stream is open and primed; `deltas` starts with the first delta."""
-
-    id: str
-    created: int
-    model: str
-    backend: str
-    request: BackendRequest
-    deltas: AsyncIterator[Delta]
-    include_usage: bool
-    memory: MemoryTurn | None = None
-    memory_status: str = "off"  # off | ok | degraded
-    persona: PersonaUse | None = None
-    after: Callable[[str], None] | None = None  # called with the reply text (the token rate limit)
-    stream: bool = True  # the client sees the reply as it comes (a partial reply was seen)
-    turn_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # the turn is stored once by this id
-    wal: Path | None = None  # the turn's write-ahead file (memory/journal.py `InFlight`)
-
-    def headers(self) -> dict[str, str]:
-        headers = {"X-Anima-Backend": self.backend, "X-Anima-Memory": self.memory_status}
-        if self.memory is not None and self.memory.thread is not None:
-            headers["X-Anima-Conversation"] = self.memory.thread.public_id
-        if self.persona is not None:
-            headers["X-Anima-Persona"] = f"{self.persona.name};v={self.persona.version}"
-        return headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,34 +287,6 @@ class ChatPipeline:
         prompt = sum(self.tokens.of(m.content, m.tool_calls) + 4 for m in chat.request.messages)
         prompt += tool_tokens(chat.request.tools, self.tokens) + 2
         return prompt, self.tokens.count(reply)
-
-
-async def primed(stream: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
-    """Pull the first delta now (raising connect errors here), then hand back a stream that replays it."""
-    try:
-        first = await anext(stream)
-    except StopAsyncIteration:
-        first = Delta(finish_reason="stop")
-    except BaseException:
-        await _aclose(stream)
-        raise
-    return _replay(first, stream)
-
-
-async def _replay(first: Delta, rest: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
-    try:
-        yield first
-        async for delta in rest:
-            yield delta
-    finally:  # runs on client disconnect too: closing the backend stream cancels the upstream request
-        with anyio.move_on_after(5, shield=True):  # shielded, or the disconnect's cancel scope skips it
-            await _aclose(rest)
-
-
-async def _aclose(stream: AsyncIterator[Delta]) -> None:
-    aclose = getattr(stream, "aclose", None)
-    if aclose is not None:
-        await aclose()
 
 
 def as_character(session: SessionKey | None, persona: Resolved | None) -> SessionKey | None:

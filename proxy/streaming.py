@@ -13,7 +13,8 @@ from proxy import chunks
 from proxy.backends.base import Delta, ToolCallDelta
 from proxy.errors import ProxyError
 from proxy.metrics import count_tokens
-from proxy.pipeline import ChatPipeline, PreparedChat
+from proxy.pipeline import ChatPipeline
+from proxy.prepared import PreparedChat
 from proxy.protocol import (
     AssistantMessage,
     ChatCompletion,

@@ -21,7 +21,8 @@ from memory.service import MemoryConfig, MemoryService
 from memory.types import Message, SessionKey, TurnRecord
 from proxy.backends.registry import Registry, build_backends
 from proxy.main import create_app
-from proxy.pipeline import ChatPipeline, PreparedChat
+from proxy.pipeline import ChatPipeline
+from proxy.prepared import PreparedChat
 from proxy.protocol import ChatCompletionRequest
 from proxy.settings import BackendSettings, RouteSettings
 from tests.conftest import closed_port, make_settings
