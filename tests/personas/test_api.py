@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from proxy.services import Services
 from proxy.settings import BackendSettings, MemorySettings, PersonaSettings, RouteSettings
 from tests.conftest import make_settings
 from tests.openai_sdk import asgi_sdk
+from tests.polling import until
 from tests.servers.openai_stub import StubState
 
 URL = "http://anima"
@@ -472,20 +473,15 @@ async def test_folder_is_watched(
         try:
             store = services.personas
             (tmp_path / "wren.yaml").write_text("description: A wren.\n")
-            await eventually(lambda: "wren" in store.shared)
+            await until(lambda: "wren" in store.shared, "the folder watcher did not pick it up")
             (tmp_path / "wren.yaml").write_text("description: A changed wren.\n")
-            await eventually(lambda: store.shared["wren"].persona.description == "A changed wren.")
+            await until(
+                lambda: store.shared["wren"].persona.description == "A changed wren.",
+                "the folder watcher did not pick up the change",
+            )
             assert store.shared["wren"].version == 2
         finally:
             watcher.cancel()
-
-
-async def eventually(condition: Callable[[], bool], timeout_s: float = 5) -> None:
-    """Poll until the watcher (which has no event to wait on) made `condition` true."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "the folder watcher did not pick it up"
-        await asyncio.sleep(0.05)
 
 
 # -- learning ------------------------------------------------------------------------------------------

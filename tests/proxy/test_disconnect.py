@@ -5,7 +5,7 @@ cancelled, not left running for nobody; the embedding worker yields to a turn be
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import anyio
 import httpx
@@ -29,6 +29,7 @@ from tests.conftest import closed_port, make_settings
 from tests.emotion.test_api import build
 from tests.fakes import FakeEmbedder
 from tests.memory.test_api import running
+from tests.polling import until
 from tests.servers.openai_stub import StubState
 from tests.servers.runner import serving
 
@@ -47,15 +48,6 @@ def patient_url(stub_url: str) -> Iterator[str]:
     )
     with serving(create_app(settings)) as url:
         yield url
-
-
-async def until(done: Callable[[], object], what: str, timeout_s: float = 30.0) -> None:
-    """Poll `done()` (a bound on a busy machine, not a timing assumption)."""
-    for _ in range(int(timeout_s / 0.02)):
-        if done():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(what)
 
 
 @pytest.mark.parametrize("stream", [True, False])
