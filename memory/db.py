@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import PoolProxiedConnection
 
 log = logging.getLogger("anima.db")
 
@@ -93,7 +94,29 @@ def autocommit(sessions: async_sessionmaker[AsyncSession]) -> async_sessionmaker
     its own snapshot); never for writes, nor for a read that relies on `set_config(..., true)`."""
     bind = sessions.kw["bind"]
     assert isinstance(bind, AsyncEngine)
-    return async_sessionmaker(bind.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
+    engine = bind.execution_options(isolation_level="AUTOCOMMIT")
+    engine.sync_engine._connection_cls = _ReturnedIfCancelled  # (see there: why)
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+class _ReturnedIfCancelled(Connection):
+    """A connection that gives its pooled connection back when its setup is interrupted. Switching a
+    pooled connection to autocommit (SQLAlchemy does it as the connection is made, from its
+    `engine_connect` event) awaits psycopg, which yields to the loop once it has been busy 5 ms; a
+    task cancelled right there (a shutdown, a client gone) left the pooled connection checked out in
+    SQLAlchemy 2.1, for the garbage collector to drop (`tests/memory/test_cancellation.py`).
+    Invalidated, not returned: its state is unknown, and returning it would mean more I/O."""
+
+    def __init__(
+        self, engine: Engine, connection: PoolProxiedConnection | None = None, **options: Any
+    ) -> None:
+        try:
+            super().__init__(engine, connection, **options)
+        except BaseException:
+            pooled = getattr(self, "_dbapi_connection", None)
+            if connection is None and pooled is not None:  # taken from the pool here: ours to give back
+                pooled.invalidate()  # SQLAlchemy checks the slot back in even if the close is cancelled
+            raise
 
 
 async def check_pgvector(engine: AsyncEngine) -> None:
