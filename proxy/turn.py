@@ -22,7 +22,8 @@ from memory.recall import Boost
 from memory.service import MemoryService
 from memory.types import Annotation, Memory, Message, SessionKey, StoredMessage, Summary, Thread
 from personas.client_card import CardIndex, IndexedCard, excerpt, leading_system, pick_chunks, recognise_card
-from personas.prompt import Prompt, assemble_prompt, cost, fits_whole, parts_for
+from personas.prompt import Prompt, assemble_prompt, cost, fits_whole
+from personas.prompt_parts import parts_for
 from personas.render import merge_system
 from personas.store import Resolved
 from proxy.errors import ContextTooLong

@@ -19,7 +19,7 @@ import anyio
 
 from proxy.backends.base import BackendCannot, BackendRequest, Delta
 from proxy.errors import BackendRejected, BackendServerError, BackendUnavailable
-from proxy.settings import BackendSettings
+from proxy.setting_groups import BackendSettings
 
 log = logging.getLogger("anima.backends.llamacpp")
 
