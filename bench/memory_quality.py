@@ -33,7 +33,8 @@ from memory.recall import Fusion, RecallQuery, recall
 from memory.types import Message, StoredMessage, Thread
 from memory.users import create_key
 from memory.workers import EmbeddingWorker
-from personas.prompt import assemble_prompt, parts_for
+from personas.prompt import assemble_prompt
+from personas.prompt_parts import parts_for
 
 FACTS = [  # (fact, paraphrase probe, probe naming one distinctive word of the fact)
     ("My sister Maya moved to Porto last spring.", "Where does my sibling live now?", "How is Maya doing?"),

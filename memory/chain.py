@@ -57,54 +57,72 @@ async def append(
     conversation talks to now, set in the same UPDATE that marks the conversation updated.
     """
     depth = parent_depth if parent_depth is not None else await depth_of(session, parent_id)
+    stored, drawn = list[StoredMessage](), list[int]()
+    if reuse:
+        stored, drawn = await _reused(
+            session, user_id, conversation_id, parent_id, messages, token_counts, client_copies
+        )
+    if stored:
+        parent_id, depth = stored[-1].id, stored[-1].depth
+    start = len(stored)
+    if start == len(messages):
+        await session.execute(_touch(persona_id is not None), {"c": conversation_id, "persona": persona_id})
+        return stored
+    ids = drawn[: len(messages) - start] if drawn else await _new_ids(session, len(messages) - start)
+    rows: list[dict[str, Any]] = []
+    now = datetime.now(UTC)
+    for i, message_id in enumerate(ids, start):
+        depth += 1
+        at = created_at[i] if created_at and created_at[i] is not None else now
+        row: dict[str, Any] = {"id": message_id, "conversation_id": conversation_id, "user_id": user_id}
+        row |= {"parent_id": parent_id, "depth": depth}
+        row |= _columns(messages[i], token_counts[i], metadata[i] if metadata else None)
+        row |= {"source": source, "status": status, "created_at": at}
+        rows.append(row | (extras[i] if extras else {}))
+        parent_id = message_id
+    await _insert_chain(session, rows, conversation_id, persona_id)  # marks the conversation updated
+    return stored + [_stored_row(row) for row in rows]
+
+
+async def _reused(
+    session: AsyncSession,
+    user_id: int,
+    conversation_id: int,
+    parent_id: int | None,
+    messages: Sequence[Message],
+    token_counts: Sequence[int],
+    client_copies: int,
+) -> tuple[list[StoredMessage], list[int]]:
+    """The leading run of `messages` already stored as a chain under `parent_id` (see `append`), and
+    the fresh ids the first look drew for the rest (none if the run went on past the first message)."""
     stored: list[StoredMessage] = []
-    start, drawn = 0, list[int]()
-    while reuse and start < len(messages):
+    drawn: list[int] = []
+    for start, message in enumerate(messages):
         draw = 0 if start else len(messages)  # the first look draws the ids too: one round trip, not two
-        existing, drawn = await _stored_child(session, conversation_id, parent_id, messages[start], draw)
+        existing, drawn = await _stored_child(session, conversation_id, parent_id, message, draw)
         if existing is None and start < client_copies:
-            existing = await _kept_part(session, user_id, conversation_id, parent_id, messages[start])
+            existing = await _kept_part(session, user_id, conversation_id, parent_id, message)
         if existing is None:
             break
-        if existing.content != messages[start].content:  # the part of a broken-off reply the client kept
-            message = messages[start]
-            await revise(
-                session, user_id=user_id, message_id=existing.id, message=message, tokens=token_counts[start]
-            )
-            existing = replace(existing, content=message.content, token_count=token_counts[start])
+        if existing.content != message.content:  # the part of a broken-off reply the client kept
+            tokens = token_counts[start]
+            await revise(session, user_id=user_id, message_id=existing.id, message=message, tokens=tokens)
+            existing = replace(existing, content=message.content, token_count=tokens)
         stored.append(existing)
-        parent_id, depth, start = existing.id, existing.depth, start + 1
-    if start < len(messages):
-        now = datetime.now(UTC)
-        ids = drawn[: len(messages) - start] if drawn else await _new_ids(session, len(messages) - start)
-        rows: list[dict[str, Any]] = []
-        for offset, i in enumerate(range(start, len(messages))):
-            message, depth = messages[i], depth + 1
-            rows.append(
-                {
-                    "id": ids[offset],
-                    "conversation_id": conversation_id,
-                    "user_id": user_id,
-                    "parent_id": parent_id,
-                    "depth": depth,
-                    "role": message.role,
-                    "name": message.name,
-                    "content": message.content,
-                    "content_hash": content_hash(message),
-                    "token_count": token_counts[i],
-                    "source": source,
-                    "status": status,
-                    "meta": with_tool_meta(metadata[i] if metadata else None, message),
-                    "created_at": created_at[i] if created_at and created_at[i] is not None else now,
-                }
-                | (extras[i] if extras else {})
-            )
-            parent_id = ids[offset]
-        await _insert_chain(session, rows, conversation_id, persona_id)  # marks the conversation updated
-        stored += [_stored_row(row) for row in rows]
-    else:
-        await session.execute(_touch(persona_id is not None), {"c": conversation_id, "persona": persona_id})
-    return stored
+        parent_id = existing.id
+    return stored, drawn
+
+
+def _columns(message: Message, tokens: int, metadata: dict[str, Any] | None) -> dict[str, Any]:
+    """A new row's columns that come from its message."""
+    return {
+        "role": message.role,
+        "name": message.name,
+        "content": message.content,
+        "content_hash": content_hash(message),
+        "token_count": tokens,
+        "meta": with_tool_meta(metadata, message),
+    }
 
 
 async def _new_ids(session: AsyncSession, count: int) -> list[int]:

@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from memory import extraction, fact_store, history
+from memory import extraction, fact_store, history, relationship_store
 from memory.fact_store import Scope
 from memory.facts import Candidate, reconcile
 from memory.models import ConversationRow, MessageRow, TurnContext
@@ -233,7 +233,7 @@ class FactWorker:
             return
         trend = sum(self.valence.get(e or "neutral", 0.0) for e in batch.emotions) / len(batch.emotions)
         at = min(line.created_at for line in batch.lines if line.number)
-        await fact_store.touch_relationship(
+        await relationship_store.touch_relationship(
             s,
             batch.scope,
             interactions=len(batch.emotions),

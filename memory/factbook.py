@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from memory import fact_store, history
+from memory import fact_store, history, relationship_store
 from memory.fact_models import FactRow, RelationshipRow
 from memory.fact_store import FactFilter, Scope
 from memory.facts import Candidate, Ignore, Open, Strengthen, Subject, reconcile
@@ -139,7 +139,7 @@ class FactBook:
     async def relationships(self, user_id: int) -> list[tuple[RelationshipRow, str]]:
         """Each relationship with its persona's name."""
         async with self._sessions() as s:
-            rows = await fact_store.relationships(s, user_id)
+            rows = await relationship_store.relationships(s, user_id)
             names = await _persona_names(s, [r.persona_id for r in rows])
         return [(r, names.get(r.persona_id, "")) for r in rows]
 
@@ -148,7 +148,7 @@ class FactBook:
     ) -> RelationshipRow:
         async with self._sessions.begin() as s:
             persona_id = await _persona_id(s, user_id, persona)
-            return await fact_store.set_relationship(
+            return await relationship_store.set_relationship(
                 s, Scope(user_id, end_user, persona_id), stage=stage, score=score
             )
 

@@ -134,26 +134,11 @@ class PersonaRecords:
             ref = await self._locked(s, user_id, name, source)
             if expected_version is not None and ref.version != expected_version:
                 raise VersionConflict(f"persona '{name}' is at version {ref.version}, not {expected_version}")
-            if ref.version:
-                current = await s.scalar(
-                    select(PersonaVersionRow).where(
-                        PersonaVersionRow.persona_id == ref.id, PersonaVersionRow.version == ref.version
-                    )
-                )
-                if current is not None and current.content_hash == digest:
-                    return _record(ref, current)
-                if reuse:
-                    earlier = await s.scalar(
-                        select(PersonaVersionRow)
-                        .where(
-                            PersonaVersionRow.persona_id == ref.id, PersonaVersionRow.content_hash == digest
-                        )
-                        .order_by(PersonaVersionRow.version.desc())
-                        .limit(1)
-                    )
-                    if earlier is not None:
-                        ref.version = earlier.version
-                        return _record(ref, earlier)
+            same = await self._same_spec(s, ref, digest, reuse=reuse) if ref.version else None
+            if same is not None:
+                if same.version != ref.version:  # an earlier version is current again
+                    ref.version = same.version
+                return _record(ref, same)
             row = PersonaVersionRow(
                 persona_id=ref.id,
                 version=ref.version + 1,
@@ -168,6 +153,27 @@ class PersonaRecords:
             await s.flush()
             await s.refresh(row)
             return _record(ref, row)
+
+    @staticmethod
+    async def _same_spec(
+        s: AsyncSession, ref: PersonaRef, digest: str, *, reuse: bool
+    ) -> PersonaVersionRow | None:
+        """The version that already holds this spec: the current one, else (`reuse`) the latest earlier."""
+        current = await s.scalar(
+            select(PersonaVersionRow).where(
+                PersonaVersionRow.persona_id == ref.id, PersonaVersionRow.version == ref.version
+            )
+        )
+        if current is not None and current.content_hash == digest:
+            return current
+        if not reuse:
+            return None
+        return await s.scalar(
+            select(PersonaVersionRow)
+            .where(PersonaVersionRow.persona_id == ref.id, PersonaVersionRow.content_hash == digest)
+            .order_by(PersonaVersionRow.version.desc())
+            .limit(1)
+        )
 
     @staticmethod
     async def _locked(s: AsyncSession, user_id: int | None, name: str, source: str) -> PersonaRef:

@@ -9,13 +9,14 @@ Embeddings are left out (derived data, 384 floats per chunk); they are rebuilt f
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import InstrumentedAttribute
 
 from memory.fact_models import FactRow, FactSource, RelationshipRow
 from memory.models import AppUser, ConversationRow, MessageRow, PersonaRef, SummaryRow, TurnContext
@@ -53,57 +54,12 @@ async def export_user(sessions: async_sessionmaker[AsyncSession], user_id: int) 
             return
         head = {"id": user.id, "name": user.name, "admin": user.is_admin, "created_at": user.created_at}
         yield b'{"user":' + _json(head) + b',"conversations":['
-        conversations = (
-            await s.scalars(
-                select(ConversationRow).where(ConversationRow.user_id == user_id).order_by(ConversationRow.id)
-            )
-        ).all()
+        conversations = await _all(s, ConversationRow.user_id == user_id, ConversationRow.id)
         for i, c in enumerate(conversations):
-            messages = (
-                await s.scalars(
-                    select(MessageRow).where(MessageRow.conversation_id == c.id).order_by(MessageRow.id)
-                )
-            ).all()
-            summaries = (
-                await s.scalars(
-                    select(SummaryRow).where(SummaryRow.conversation_id == c.id).order_by(SummaryRow.id)
-                )
-            ).all()
-            turns = (
-                await s.scalars(
-                    select(TurnContext).where(TurnContext.conversation_id == c.id).order_by(TurnContext.id)
-                )
-            ).all()
-            document: dict[str, Any] = {
-                "id": c.public_id,
-                "title": c.title,
-                "character": c.character,
-                "end_user": c.end_user,
-                "created_at": c.created_at,
-                "updated_at": c.updated_at,
-                "messages": [_row(m, _MESSAGE) | {"metadata": m.meta} for m in messages],
-                "summaries": [
-                    _row(x, ("first_message_id", "last_message_id", "message_count", "content", "created_at"))
-                    for x in summaries
-                ],
-                "turns": [
-                    _row(t, ("reply_message_id", "model", "messages", "tokens", "persona", "created_at"))
-                    for t in turns
-                ],
-            }
-            yield (b"," if i else b"") + _json(document)
+            yield (b"," if i else b"") + _json(await _conversation(s, c))
         yield b'],"personas":['
-        refs = (
-            await s.scalars(select(PersonaRef).where(PersonaRef.user_id == user_id).order_by(PersonaRef.id))
-        ).all()
-        for i, ref in enumerate(refs):
-            versions = (
-                await s.scalars(
-                    select(PersonaVersionRow)
-                    .where(PersonaVersionRow.persona_id == ref.id)
-                    .order_by(PersonaVersionRow.version)
-                )
-            ).all()
+        for i, ref in enumerate(await _all(s, PersonaRef.user_id == user_id, PersonaRef.id)):
+            versions = await _all(s, PersonaVersionRow.persona_id == ref.id, PersonaVersionRow.version)
             persona: dict[str, Any] = {
                 "name": ref.name,
                 "source": ref.source,
@@ -115,9 +71,40 @@ async def export_user(sessions: async_sessionmaker[AsyncSession], user_id: int) 
         yield b',"relationships":' + _json(await _relationships(s, user_id)) + b"}"
 
 
+async def _all(
+    s: AsyncSession, where: ColumnElement[bool], order: InstrumentedAttribute[Any]
+) -> Sequence[Any]:
+    """The rows of `order`'s table that match `where`, in `order`."""
+    return (await s.scalars(select(order.class_).where(where).order_by(order))).all()
+
+
+async def _conversation(s: AsyncSession, c: ConversationRow) -> dict[str, Any]:
+    """One conversation with its messages, summaries and the prompts assembled for its turns."""
+    messages = await _all(s, MessageRow.conversation_id == c.id, MessageRow.id)
+    summaries = await _all(s, SummaryRow.conversation_id == c.id, SummaryRow.id)
+    turns = await _all(s, TurnContext.conversation_id == c.id, TurnContext.id)
+    return {
+        "id": c.public_id,
+        "title": c.title,
+        "character": c.character,
+        "end_user": c.end_user,
+        "created_at": c.created_at,
+        "updated_at": c.updated_at,
+        "messages": [_row(m, _MESSAGE) | {"metadata": m.meta} for m in messages],
+        "summaries": [
+            _row(x, ("first_message_id", "last_message_id", "message_count", "content", "created_at"))
+            for x in summaries
+        ],
+        "turns": [
+            _row(t, ("reply_message_id", "model", "messages", "tokens", "persona", "created_at"))
+            for t in turns
+        ],
+    }
+
+
 async def _facts(s: AsyncSession, user_id: int) -> list[dict[str, Any]]:
     """Every version of every fact (issue 17), with the messages that support it."""
-    rows = (await s.scalars(select(FactRow).where(FactRow.user_id == user_id).order_by(FactRow.id))).all()
+    rows = await _all(s, FactRow.user_id == user_id, FactRow.id)
     sources: dict[int, list[int]] = {}
     for fact_id, message_id in await s.execute(
         select(FactSource.fact_id, FactSource.message_id)

@@ -57,6 +57,25 @@ _STORABLE = text(
 _CONTEXT = insert(TurnContext.__table__)  # type: ignore[arg-type]  # the mapped class's Table
 
 
+async def _snapshot(
+    s: AsyncSession, user_id: int, conversation_id: int, reply_id: int | None, turn: TurnRecord
+) -> None:
+    """The turn's prompt snapshot (what the backend was sent, per-tier tokens, the persona used)."""
+    await s.execute(
+        _CONTEXT,
+        {
+            "conversation_id": conversation_id,
+            "user_id": user_id,
+            "reply_message_id": reply_id,
+            "model": turn.model,
+            "messages": turn.prompt,
+            "tokens": turn.tokens,
+            "persona": turn.persona,
+            "turn_id": turn.turn_id,
+        },
+    )
+
+
 async def _storable(s: AsyncSession, turn_id: str, conversation_id: int) -> bool:
     """Not stored yet (by turn id), and the conversation it was recognised in was not deleted since:
     a store in flight when its conversation is deleted must not bring its rows back."""
@@ -211,19 +230,7 @@ class TurnStore:
             if turn.vectors and self._vectors is not None:
                 await self._vectors(s, added, turn.vectors, session.user_id, conversation_id)
             added += [r for r in reply_id if r not in added]
-            await s.execute(
-                _CONTEXT,
-                {
-                    "conversation_id": conversation_id,
-                    "user_id": session.user_id,
-                    "reply_message_id": reply_id[0].id if reply_id else None,
-                    "model": turn.model,
-                    "messages": turn.prompt,
-                    "tokens": turn.tokens,
-                    "persona": turn.persona,
-                    "turn_id": turn.turn_id,
-                },
-            )
+            await _snapshot(s, session.user_id, conversation_id, reply_id[0].id if reply_id else None, turn)
         self._known(session.user_id, thread.public_id, conversation_id)
         if thread.revisions or thread.kind == "continue":
             self.window.forget(conversation_id)

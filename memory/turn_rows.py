@@ -99,18 +99,7 @@ async def reply(
     if not thread.stores_reply or not (turn.reply.strip() or turn.reply_tool_calls):
         return []
     if thread.kind == "continue":
-        target = added[-1].id if added else thread.anchor_id
-        if target is None:
-            return []
-        content = continued(thread.prefill, turn.reply)
-        await history.revise(
-            s,
-            user_id=session.user_id,
-            message_id=target,
-            message=Message("assistant", content),
-            tokens=counter.count(content),
-            keep=False,
-        )
+        await _grow(s, counter, session.user_id, added[-1].id if added else thread.anchor_id, thread, turn)
         return []
     content = thread.prefill + turn.reply
     parent = added[-1].id if added else thread.anchor_id
@@ -131,6 +120,18 @@ async def reply(
         metadata=[{"persona": turn.persona}] if turn.persona else None,
         reuse=True,
     )
+
+
+async def _grow(
+    s: AsyncSession, counter: TokenCounter, user_id: int, target: int | None, thread: Thread, turn: TurnRecord
+) -> None:
+    """A continue: the message it continues becomes the client's text of it and the reply."""
+    if target is None:
+        return
+    content = continued(thread.prefill, turn.reply)
+    message = Message("assistant", content)
+    tokens = counter.count(content)
+    await history.revise(s, user_id=user_id, message_id=target, message=message, tokens=tokens, keep=False)
 
 
 async def kept_copy(

@@ -33,7 +33,7 @@ def _setting_lines(model: type[BaseModel], prefix: str = "ANIMA_") -> Iterator[s
 
 
 def _epilog() -> str:
-    from proxy.settings import (
+    from proxy.setting_groups import (
         BackendSettings,
         EmotionSettings,
         LimitSettings,

@@ -21,7 +21,8 @@ import anyio.to_thread
 
 if TYPE_CHECKING:
     from proxy.backends.base import Backend
-    from proxy.settings import BackendSettings, Settings
+    from proxy.setting_groups import BackendSettings
+    from proxy.settings import Settings
 
 T = TypeVar("T")
 

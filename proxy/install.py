@@ -16,7 +16,6 @@ def build_models(*, prune: bool = False) -> int:
     (memory/model_cache.py) unless already there. Prints each graph's path; exit status 1 on failure."""
     from emotion import detector, joint
     from memory import embedder, model_cache
-    from memory.embedded_pg import build_template, template_name
 
     logging.getLogger("anima").setLevel(logging.INFO)
     graphs = [
@@ -46,16 +45,7 @@ def build_models(*, prune: bool = False) -> int:
     except (model_cache.ModelCacheError, ImportError, OSError, RuntimeError) as exc:
         print(f"anima models build: {exc}", file=sys.stderr)
         return 1
-    if model_cache.find_dir(template_name()) is None:
-        started = time.perf_counter()
-        target = model_cache.build_dir() / template_name()
-        print(f"building the embedded Postgres template cluster into {target} ...", flush=True)
-        try:
-            build_template(target)
-        except Exception as exc:  # a fresh data dir then runs initdb itself: slower, not broken
-            print(f"  skipped: {exc}", file=sys.stderr)
-        else:
-            print(f"  built in {time.perf_counter() - started:.1f} s", flush=True)
+    _build_template()
     for old in model_cache.stale(
         kept, ("all-MiniLM-L6-v2-*.onnx", "emotion-minilm-*.onnx", "joint-minilm-*.onnx")
     ):
@@ -63,3 +53,21 @@ def build_models(*, prune: bool = False) -> int:
             old.unlink(missing_ok=True)
         print(f"{'removed' if prune else 'older graph (--prune removes it)'}: {old}")
     return 0
+
+
+def _build_template() -> None:
+    """The embedded Postgres template cluster a fresh data dir is copied from, unless already built."""
+    from memory import model_cache
+    from memory.embedded_pg import build_template, template_name
+
+    if model_cache.find_dir(template_name()) is not None:
+        return
+    started = time.perf_counter()
+    target = model_cache.build_dir() / template_name()
+    print(f"building the embedded Postgres template cluster into {target} ...", flush=True)
+    try:
+        build_template(target)
+    except Exception as exc:  # a fresh data dir then runs initdb itself: slower, not broken
+        print(f"  skipped: {exc}", file=sys.stderr)
+    else:
+        print(f"  built in {time.perf_counter() - started:.1f} s", flush=True)

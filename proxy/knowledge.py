@@ -2,7 +2,8 @@
 worker's model calls through the chat pipeline's routes.
 
 The logic lives below: memory/facts.py (reconciliation, ranking), memory/fact_store.py (queries),
-memory/fact_worker.py (extraction off the request path), personas/knowing.py (rendering, stages).
+memory/relationship_store.py (relationship rows), memory/fact_worker.py (extraction off the request
+path), personas/knowing.py (rendering, stages).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from memory import fact_store
+from memory import fact_store, relationship_store
 from memory.budget import Budget, TokenCounter
 from memory.db import autocommit
 from memory.fact_models import RelationshipRow
@@ -68,7 +69,7 @@ class Knowledge:
         async def fetch() -> Known:
             async with self._reads() as s:
                 found = await fact_store.current(s, scope)
-                rel = await fact_store.relationship(s, scope) if ladder else None
+                rel = await relationship_store.relationship(s, scope) if ladder else None
             return Known(scope, found, rel)
 
         return asyncio.ensure_future(fetch())

@@ -16,7 +16,7 @@ from memory.users import User
 from proxy.errors import RateLimited, RequestTooLarge
 from proxy.outgoing import to_message, tool_tokens, tools_of
 from proxy.protocol import ChatCompletionRequest
-from proxy.settings import LimitSettings
+from proxy.setting_groups import LimitSettings
 
 
 def check_sizes(texts: Sequence[str], limits: LimitSettings) -> None:

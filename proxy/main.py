@@ -73,25 +73,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = services is None
         built = services or await build_services(settings)
-        m = settings.memory
-        pipeline = ChatPipeline(
-            built.registry,
-            built.tokens,
-            retry=RetryPolicy(retries=settings.retries, backoff_s=settings.retry_backoff_s),
-            memory=built.memory,
-            emotion=built.emotion,
-            budget=BudgetPolicy(
-                shares=Shares(m.share_persona, m.share_recall, m.share_history, m.share_reply, m.share_facts),
-                default_window=m.default_context_window,
-            ),
-            personas=built.personas,
-            cards=built.cards,
-            default_persona=settings.personas.default,
-            log_content=settings.log_content,
-            knowledge=Knowledge(built.memory.sessions, built.tokens, share=m.share_facts)
-            if built.memory is not None and m.facts_enabled
-            else None,  # issue 17
-        )
+        pipeline = _pipeline(settings, built)
         app.state.settings, app.state.pipeline, app.state.users = settings, pipeline, built.users
         if owned:
             try:
@@ -105,16 +87,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         app.state.limiter = RateLimiter(
             settings.limits.requests_per_minute, settings.limits.tokens_per_minute
         )
-        tasks = start_workers(built.memory, pipeline, settings)
-        facts = start_facts(pipeline, settings)  # issue 17: the fact worker
-        app.state.facts = facts[0] if facts else None
-        tasks += [facts[1]] if facts else []
-        app.state.sampler = Sampler(pipeline)
-        tasks.append(asyncio.get_running_loop().create_task(app.state.sampler.run()))
-        if built.personas is not None and settings.personas.reload_s > 0:
-            tasks.append(
-                asyncio.get_running_loop().create_task(built.personas.watch(settings.personas.reload_s))
-            )
+        tasks = _start_background(app, settings, built, pipeline)
         gc.freeze()  # what start-up built lives as long as the process: the collector skips it from now on
         log.info(
             "Anima ready: %d backend(s), memory %s, emotion %s",
@@ -136,6 +109,51 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     install_error_handlers(app)
     add_routes(app)
     app.mount("/ui/static", ui.assets(), name="ui")
+    _add_middleware(app, settings)
+    return app
+
+
+def _pipeline(settings: Settings, built: Services) -> ChatPipeline:
+    """The chat pipeline over the built services, its policies taken from the settings."""
+    m = settings.memory
+    return ChatPipeline(
+        built.registry,
+        built.tokens,
+        retry=RetryPolicy(retries=settings.retries, backoff_s=settings.retry_backoff_s),
+        memory=built.memory,
+        emotion=built.emotion,
+        budget=BudgetPolicy(
+            shares=Shares(m.share_persona, m.share_recall, m.share_history, m.share_reply, m.share_facts),
+            default_window=m.default_context_window,
+        ),
+        personas=built.personas,
+        cards=built.cards,
+        default_persona=settings.personas.default,
+        log_content=settings.log_content,
+        knowledge=Knowledge(built.memory.sessions, built.tokens, share=m.share_facts)
+        if built.memory is not None and m.facts_enabled
+        else None,  # issue 17
+    )
+
+
+def _start_background(
+    app: FastAPI, settings: Settings, built: Services, pipeline: ChatPipeline
+) -> list[asyncio.Task[None]]:
+    """Memory's workers, the fact worker, the metrics sampler and the persona folder watch: the tasks
+    the lifespan stops at shutdown."""
+    tasks = start_workers(built.memory, pipeline, settings)
+    facts = start_facts(pipeline, settings)  # issue 17: the fact worker
+    app.state.facts = facts[0] if facts else None
+    tasks += [facts[1]] if facts else []
+    app.state.sampler = Sampler(pipeline)
+    tasks.append(asyncio.get_running_loop().create_task(app.state.sampler.run()))
+    if built.personas is not None and settings.personas.reload_s > 0:
+        tasks.append(asyncio.get_running_loop().create_task(built.personas.watch(settings.personas.reload_s)))
+    return tasks
+
+
+def _add_middleware(app: FastAPI, settings: Settings) -> None:
+    """The middleware stack; the last added runs first (RequestLog outermost)."""
     if settings.cors_origins:  # closed by default: no CORS headers, so browsers block other origins
         app.add_middleware(
             CORSMiddleware,
@@ -155,7 +173,6 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.add_middleware(CollapseSlashes)
     app.add_middleware(ReasonPhrase)
     app.add_middleware(RequestLog)
-    return app
 
 
 def _openapi_without_422(app: FastAPI) -> Callable[[], dict[str, Any]]:

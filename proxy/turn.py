@@ -22,7 +22,8 @@ from memory.recall import Boost
 from memory.service import MemoryService
 from memory.types import Annotation, Memory, Message, SessionKey, StoredMessage, Summary, Thread
 from personas.client_card import CardIndex, IndexedCard, excerpt, leading_system, pick_chunks, recognise_card
-from personas.prompt import Prompt, assemble_prompt, cost, fits_whole, parts_for
+from personas.prompt import Prompt, assemble_prompt, cost, fits_whole
+from personas.prompt_parts import parts_for
 from personas.render import merge_system
 from personas.store import Resolved
 from proxy.errors import ContextTooLong
@@ -136,14 +137,8 @@ class TurnBuilder:
         ahead: Ahead,
     ) -> MemoryTurn:
         """The recognised turn's recall, emotion, card and facts, assembled under the budget."""
-        if self.knowledge:  # read while recall runs
-            ahead.knowing = self.knowledge.read(session, thread, turn.persona)
-        if thread.kind in ("quiet", "impersonate") and ahead.feeling is not None:  # not the user speaking
-            ahead.feeling.cancel()
-            ahead.feeling = None
+        self._alongside_recall(turn, session, thread, ahead)
         feeling, embedding = ahead.feeling, ahead.embedding
-        if feeling is not None:
-            ahead.boost = asyncio.ensure_future(self._boost(feeling))
         persona_id = turn.persona.id if turn.persona else None
         with timed("recall"):
             recall = await memory.recall(
@@ -181,6 +176,17 @@ class TurnBuilder:
             query=query,
             embedding=ahead.keep,
         )
+
+    def _alongside_recall(self, turn: TurnRequest, session: SessionKey, thread: Thread, ahead: Ahead) -> None:
+        """Start what runs while recall does: the facts read, and the emotional boost (not for a quiet
+        or impersonated turn, where the user is not the one speaking)."""
+        if self.knowledge:
+            ahead.knowing = self.knowledge.read(session, thread, turn.persona)
+        if thread.kind in ("quiet", "impersonate") and ahead.feeling is not None:
+            ahead.feeling.cancel()
+            ahead.feeling = None
+        if ahead.feeling is not None:
+            ahead.boost = asyncio.ensure_future(self._boost(ahead.feeling))
 
     async def _known(self, knowing: asyncio.Future[Known] | None, turn: TurnRequest) -> tuple[str, ...]:
         if self.knowledge is None or knowing is None:

@@ -28,14 +28,14 @@ from memory.embedder import Embedder, load_embedder
 from memory.users import create_key
 from proxy.backends.llamacpp import default_model_path
 from proxy.main import create_app
-from proxy.settings import (
+from proxy.setting_groups import (
     BackendSettings,
     EmotionSettings,
     MemorySettings,
     PersonaSettings,
     RouteSettings,
-    Settings,
 )
+from proxy.settings import Settings
 from tests.servers.openai_stub import StubState, stub_app
 from tests.servers.runner import serving
 

@@ -37,7 +37,7 @@ from proxy.errors import (
     BackendTimeout,
     ContentBlocked,
 )
-from proxy.settings import BackendSettings
+from proxy.setting_groups import BackendSettings
 
 _FINISH_REASONS = {
     "STOP": "stop",

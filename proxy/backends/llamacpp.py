@@ -8,10 +8,11 @@ that streams chunks back to the event loop; closing the stream stops the generat
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
 import logging
 import threading
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator, Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import anyio
 
 from proxy.backends.base import BackendCannot, BackendRequest, Delta
 from proxy.errors import BackendRejected, BackendServerError, BackendUnavailable
-from proxy.settings import BackendSettings
+from proxy.setting_groups import BackendSettings
 
 log = logging.getLogger("anima.backends.llamacpp")
 
@@ -95,30 +96,11 @@ class EmbeddedLlamaBackend:
             queue: asyncio.Queue[Any] = asyncio.Queue()
             stop = threading.Event()
 
-            def produce() -> None:
-                chunks = self._chunks(llama, request)
-                finished = False
-                try:
-                    for chunk in chunks:
-                        if stop.is_set():
-                            break
-                        loop.call_soon_threadsafe(queue.put_nowait, chunk)
-                    else:
-                        finished = True
-                except Exception as exc:
-                    loop.call_soon_threadsafe(queue.put_nowait, exc)
-                finally:
-                    # Close here, under the lock: a generator left to the GC would finish its clean-up
-                    # in whatever thread collects it, possibly during the next generation.
-                    chunks.close()
-                    if not finished:
-                        # An interrupted generation leaves llama-cpp-python's token cache ahead of the KV
-                        # cache; the next prompt sharing that prefix then aborts the process
-                        # (GGML_ASSERT logits != nullptr). Forget the cache; finished turns keep it.
-                        llama.reset()
-                    loop.call_soon_threadsafe(queue.put_nowait, _END)
+            def put(item: object) -> None:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
 
-            worker = loop.run_in_executor(None, produce)
+            chunks_of = functools.partial(self._chunks, llama, request)
+            worker = loop.run_in_executor(None, _generate, chunks_of, llama, stop, put)
             try:
                 while (item := await queue.get()) is not _END:
                     if isinstance(item, ValueError):  # llama.cpp's word for "prompt too long" and bad params
@@ -172,6 +154,37 @@ def sampling(request: BackendRequest) -> dict[str, Any]:
         schema = (request.json_schema or {}).get("schema")
         kwargs["response_format"] = {"type": "json_object"} | ({"schema": schema} if schema else {})
     return kwargs
+
+
+def _generate(
+    chunks_of: Callable[[], Generator[dict[str, Any], None, None]],
+    llama: Any,
+    stop: threading.Event,
+    put: Callable[[object], None],
+) -> None:
+    """In a worker thread: each chunk of the generation (or its failure) to `put`, then `_END`; stops
+    at the next token once `stop` is set."""
+    chunks = chunks_of()
+    finished = False
+    try:
+        for chunk in chunks:
+            if stop.is_set():
+                break
+            put(chunk)
+        else:
+            finished = True
+    except Exception as exc:
+        put(exc)
+    finally:
+        # Close here, under the lock: a generator left to the GC would finish its clean-up
+        # in whatever thread collects it, possibly during the next generation.
+        chunks.close()
+        if not finished:
+            # An interrupted generation leaves llama-cpp-python's token cache ahead of the KV
+            # cache; the next prompt sharing that prefix then aborts the process
+            # (GGML_ASSERT logits != nullptr). Forget the cache; finished turns keep it.
+            llama.reset()
+        put(_END)
 
 
 def _delta(chunk: dict[str, Any]) -> Delta:

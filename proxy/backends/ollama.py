@@ -27,7 +27,7 @@ from proxy.backends.base import (
     status_error,
 )
 from proxy.errors import BackendServerError, BackendUnavailable
-from proxy.settings import BackendSettings
+from proxy.setting_groups import BackendSettings
 
 _FINISH = {"stop": "stop", "length": "length"}
 

@@ -1,29 +1,25 @@
 """Any OpenAI-compatible server over aiohttp (proxy/backends/upstream.py): llama.cpp (`llama-server`,
 `llama_cpp.server`), vLLM, LM Studio, OpenAI itself. Always streams upstream, so one code path serves
-both client modes."""
+both client modes. The wire shapes (messages, tools, SSE lines, chunks): proxy/backends/openai_wire.py."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from memory.types import Message
 from proxy.backends.base import (
     BackendRequest,
     Delta,
     Embeddings,
-    TokenUsage,
-    Tool,
-    ToolCallDelta,
     mapped_mid_reply_errors,
     mapped_transport_errors,
     status_error,
 )
+from proxy.backends.openai_wire import SSELines, deltas_of, error_text, tool_fields, wire_message
 from proxy.errors import BackendServerError
-from proxy.settings import BackendSettings
+from proxy.setting_groups import BackendSettings
 
 if TYPE_CHECKING:  # aiohttp is imported when such a backend is built: the passthrough routes import
     # this module at every start, also when no backend is OpenAI-compatible
@@ -116,52 +112,17 @@ class OpenAICompatBackend:
                 finished, lines = False, SSELines()
                 with mapped_mid_reply_errors(self.name, self._errors):
                     async for data in resp.content.iter_any():  # one read: its events go on together
-                        deltas, done = self._parse_lines(lines.feed(data))
+                        deltas, done = deltas_of(self.name, lines.feed(data))
                         finished = finished or done
                         for delta in deltas:
                             finished = finished or delta.finish_reason is not None
                             yield delta
-                    deltas, done = self._parse_lines(lines.flush())
+                    deltas, done = deltas_of(self.name, lines.flush())
                     finished = finished or done or any(d.finish_reason is not None for d in deltas)
                     for delta in deltas:
                         yield delta
                 if not finished:  # e.g. llama_cpp.server on a prompt beyond n_ctx: 200, then nothing
                     raise BackendServerError(f"backend '{self.name}' ended the reply without finishing it")
-
-    def _parse_lines(self, lines: list[bytes]) -> tuple[list[Delta], bool]:
-        """The deltas of one read's lines, each but the last marked `more`; and whether `[DONE]` came."""
-        deltas, done = [], False
-        for line in lines:
-            done = done or line.startswith(b"data: [DONE]")
-            delta = self._parse_line(line)
-            if delta is not None:
-                deltas.append(delta)
-        return [dataclasses.replace(d, more=True) for d in deltas[:-1]] + deltas[-1:], done
-
-    def _parse_line(self, line: bytes) -> Delta | None:
-        if not line.startswith(b"data:"):
-            return None
-        data = line[5:].strip()
-        if not data or data == b"[DONE]":
-            return None
-        chunk = orjson.loads(data)
-        if "error" in chunk:
-            raise BackendServerError(f"backend '{self.name}' failed mid-reply: {_message_of(chunk['error'])}")
-        usage = chunk.get("usage")
-        choices = chunk.get("choices") or [{}]
-        if len(choices) > 1:  # n > 1: some servers batch the choices of one step into one chunk
-            raise BackendServerError(f"backend '{self.name}' sent several choices in one chunk")
-        choice = choices[0]
-        delta = choice.get("delta") or {}
-        return Delta(
-            text=delta.get("content") or "",
-            reasoning=delta.get("reasoning_content") or delta.get("reasoning") or "",
-            finish_reason=choice.get("finish_reason"),
-            usage=TokenUsage(usage["prompt_tokens"], usage["completion_tokens"]) if usage else None,
-            tool_calls=tuple(_tool_call_delta(c) for c in delta.get("tool_calls") or ()),
-            choice=int(choice.get("index") or 0),
-            logprobs=choice.get("logprobs") or None,
-        )
 
     async def embed(
         self, model: str, inputs: list[str] | list[list[int]], dimensions: int | None
@@ -217,93 +178,3 @@ class OpenAICompatBackend:
 
     async def aclose(self) -> None:
         await self._upstream.aclose()
-
-
-class SSELines:
-    """Server-sent-event lines out of the bytes of each read: a line ends at CRLF, LF or CR (the SSE
-    spec's three), and a line cut by the read boundary waits for the rest. Bytes, not text: orjson
-    parses bytes, and no UTF-8 sequence contains a line-end byte."""
-
-    def __init__(self) -> None:
-        self._rest = b""
-
-    def feed(self, data: bytes) -> list[bytes]:
-        """The lines completed by `data`, without their line ends."""
-        parts = (self._rest + data).splitlines(keepends=True)
-        # the last part is unfinished unless it ends in LF (a CR may be the first half of a CRLF)
-        self._rest = parts.pop() if parts and not parts[-1].endswith(b"\n") else b""
-        return [part.rstrip(b"\r\n") for part in parts]
-
-    def flush(self) -> list[bytes]:
-        """What is left when the body ends: its last line, if it had no line end."""
-        rest, self._rest = self._rest, b""
-        return [rest.rstrip(b"\r\n")] if rest else []
-
-
-def wire_message(m: Message) -> dict[str, Any]:
-    """A message as OpenAI sends it: content parts as the client sent them, tool calls and ids."""
-    content: Any = [orjson.loads(p.raw) for p in m.parts] if m.parts else m.content
-    if m.role == "assistant" and m.tool_calls and not m.content:
-        content = None  # OpenAI's own shape for a message that only calls tools
-    message: dict[str, Any] = {"role": m.role, "content": content}
-    if m.name:
-        message["name"] = m.name
-    if m.tool_calls:
-        message["tool_calls"] = [
-            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-            for c in m.tool_calls
-        ]
-    if m.tool_call_id is not None:
-        message["tool_call_id"] = m.tool_call_id
-    return message
-
-
-def tool_fields(request: BackendRequest) -> dict[str, Any]:
-    """`tools`, `tool_choice` and `parallel_tool_calls` in OpenAI's shape, only those the client set."""
-    fields: dict[str, Any] = {}
-    if request.tools:
-        fields["tools"] = [_tool(t) for t in request.tools]
-    if request.forced_tool is not None:
-        fields["tool_choice"] = {"type": "function", "function": {"name": request.forced_tool}}
-    elif request.tool_choice is not None:
-        fields["tool_choice"] = request.tool_choice
-    if request.parallel_tool_calls is not None:
-        fields["parallel_tool_calls"] = request.parallel_tool_calls
-    return fields
-
-
-def _tool(tool: Tool) -> dict[str, Any]:
-    spec = {
-        "name": tool.name,
-        "description": tool.description,
-        "parameters": tool.parameters,
-        "strict": tool.strict,
-    }
-    return {"type": "function", "function": {k: v for k, v in spec.items() if v is not None}}
-
-
-def _tool_call_delta(fragment: dict[str, Any]) -> ToolCallDelta:
-    function = fragment.get("function") or {}
-    return ToolCallDelta(
-        index=int(fragment.get("index") or 0),
-        id=fragment.get("id") or None,
-        name=function.get("name") or None,
-        arguments=function.get("arguments") or "",
-    )
-
-
-def error_text(body: bytes, reason: str | None) -> str:
-    """What an upstream error response says: its OpenAI `error` message, else its text, else its
-    reason phrase."""
-    text = body.decode(errors="replace")
-    try:
-        error = orjson.loads(body)
-        return _message_of(error.get("error", text) if isinstance(error, dict) else text[:500])
-    except orjson.JSONDecodeError:
-        return text[:500] or reason or ""
-
-
-def _message_of(error: Any) -> str:
-    if isinstance(error, dict):
-        return str(error.get("message") or error)
-    return str(error)

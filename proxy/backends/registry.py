@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from proxy.backends.base import Backend
 from proxy.errors import ModelNotFound
-from proxy.settings import BackendSettings, RouteSettings
+from proxy.setting_groups import BackendSettings, RouteSettings
 
 log = logging.getLogger("anima.registry")
 

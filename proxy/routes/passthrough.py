@@ -14,7 +14,8 @@ from starlette.exceptions import HTTPException
 from starlette.routing import compile_path
 
 from proxy.backends.base import BackendCannot, status_error
-from proxy.backends.openai_compat import OpenAICompatBackend, error_text
+from proxy.backends.openai_compat import OpenAICompatBackend
+from proxy.backends.openai_wire import error_text
 from proxy.deps import PipelineDep, SettingsDep
 from proxy.protocol import CompletionRequest
 

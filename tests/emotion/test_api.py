@@ -30,7 +30,7 @@ from personas.store import PersonaStore
 from proxy.backends.registry import Registry, build_backends
 from proxy.main import create_app
 from proxy.services import Services
-from proxy.settings import BackendSettings, EmotionSettings, MemorySettings, RouteSettings
+from proxy.setting_groups import BackendSettings, EmotionSettings, MemorySettings, RouteSettings
 from tests.conftest import make_settings
 from tests.fakes import FakeEmbedder
 from tests.memory.test_api import api, running, say

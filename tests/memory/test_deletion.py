@@ -24,7 +24,7 @@ from personas.store import PersonaStore
 from proxy.backends.registry import Registry, build_backends
 from proxy.main import create_app
 from proxy.services import Services
-from proxy.settings import BackendSettings, MemorySettings, RouteSettings
+from proxy.setting_groups import BackendSettings, MemorySettings, RouteSettings
 from tests.conftest import make_settings
 from tests.fakes import FakeEmbedder
 from tests.proxy.test_access import client, new_key, running

@@ -25,7 +25,7 @@ from memory.embedder import Embedder, graph_name
 from memory.users import create_key
 from personas.prompt import MEMORY_PREAMBLE
 from proxy.main import create_app
-from proxy.settings import BackendSettings, EmotionSettings, MemorySettings, RouteSettings
+from proxy.setting_groups import BackendSettings, EmotionSettings, MemorySettings, RouteSettings
 from tests.conftest import make_settings
 from tests.servers.openai_stub import StubState
 from tests.servers.runner import serving

@@ -23,7 +23,7 @@ from memory.users import create_key
 from proxy.backends.registry import Registry, build_backends
 from proxy.knowledge import extractor
 from proxy.pipeline import ChatPipeline, RetryPolicy
-from proxy.settings import BackendSettings, MemorySettings, RouteSettings
+from proxy.setting_groups import BackendSettings, MemorySettings, RouteSettings
 from tests.conftest import closed_port, make_settings
 from tests.servers.openai_stub import StubState
 

@@ -29,7 +29,7 @@ from memory.workers import store_known
 from proxy.backends.registry import Registry, build_backends
 from proxy.main import create_app
 from proxy.services import Services
-from proxy.settings import BackendSettings, MemorySettings, RouteSettings
+from proxy.setting_groups import BackendSettings, MemorySettings, RouteSettings
 from tests.conftest import make_settings
 from tests.memory.test_api import running, say
 

@@ -20,7 +20,7 @@ from e2e import checks
 from e2e.recorder import Recording
 from memory.users import create_key
 from proxy.main import create_app
-from proxy.settings import BackendSettings, EmotionSettings, MemorySettings, RouteSettings
+from proxy.setting_groups import BackendSettings, EmotionSettings, MemorySettings, RouteSettings
 from tests import sillytavern_flows as flows
 from tests.conftest import make_settings
 from tests.servers.openai_stub import StubState

@@ -22,7 +22,7 @@ from memory.models import MessageRow
 from memory.types import Message, ToolCall
 from memory.users import create_key
 from proxy.main import create_app
-from proxy.settings import BackendSettings, MemorySettings, RouteSettings
+from proxy.setting_groups import BackendSettings, MemorySettings, RouteSettings
 from tests.conftest import make_settings
 from tests.servers.openai_stub import TOOL_ARGS, StubState
 from tests.servers.runner import serving

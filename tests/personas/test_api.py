@@ -30,7 +30,7 @@ from personas.store import PersonaStore
 from proxy.backends.registry import Registry, build_backends
 from proxy.main import create_app
 from proxy.services import Services
-from proxy.settings import BackendSettings, MemorySettings, PersonaSettings, RouteSettings
+from proxy.setting_groups import BackendSettings, MemorySettings, PersonaSettings, RouteSettings
 from tests.conftest import make_settings
 from tests.openai_sdk import asgi_sdk
 from tests.polling import until

@@ -19,7 +19,7 @@ from memory.users import create_key
 from personas.cards import card_png
 from proxy.cli import main
 from proxy.main import create_app
-from proxy.settings import BackendSettings, MemorySettings, PersonaSettings, RouteSettings
+from proxy.setting_groups import BackendSettings, MemorySettings, PersonaSettings, RouteSettings
 from tests.conftest import make_settings
 from tests.memory.test_e2e import data_dir_with_models, models_cache  # noqa: F401 (fixture)
 from tests.servers.runner import serving

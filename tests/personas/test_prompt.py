@@ -8,7 +8,8 @@ import pytest
 
 from memory.budget import Budget, BudgetExceeded, Shares, TokenCounter
 from memory.types import Memory, Message, StoredMessage, Summary, Thread
-from personas.prompt import MEMORY_PREAMBLE, SUMMARY_PREAMBLE, PromptParts, assemble_prompt
+from personas.prompt import MEMORY_PREAMBLE, SUMMARY_PREAMBLE, assemble_prompt
+from personas.prompt_parts import PromptParts
 
 NOW = datetime(2026, 11, 22, tzinfo=UTC)
 

@@ -12,7 +12,8 @@ import pytest
 
 from memory.budget import MESSAGE_OVERHEAD, Budget, BudgetExceeded, Shares, TokenCounter
 from memory.types import Message, StoredMessage, ToolCall
-from personas.prompt import PromptParts, assemble_prompt, cost
+from personas.prompt import assemble_prompt, cost
+from personas.prompt_parts import PromptParts
 from personas.toolgroups import cut_results
 
 NOW = datetime(2026, 12, 2, tzinfo=UTC)

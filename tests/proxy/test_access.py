@@ -31,7 +31,7 @@ from proxy.backends.registry import Registry, build_backends
 from proxy.cli import main
 from proxy.main import create_app
 from proxy.services import Services
-from proxy.settings import BackendSettings, LimitSettings, MemorySettings, RouteSettings
+from proxy.setting_groups import BackendSettings, LimitSettings, MemorySettings, RouteSettings
 from tests.conftest import make_settings
 from tests.fakes import FakeEmbedder
 from tests.openai_sdk import asgi_sdk

@@ -24,7 +24,7 @@ from proxy.main import create_app
 from proxy.pipeline import ChatPipeline
 from proxy.prepared import PreparedChat
 from proxy.protocol import ChatCompletionRequest
-from proxy.settings import BackendSettings, RouteSettings
+from proxy.setting_groups import BackendSettings, RouteSettings
 from tests.conftest import closed_port, make_settings
 from tests.emotion.test_api import build
 from tests.fakes import FakeEmbedder

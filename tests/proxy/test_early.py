@@ -12,7 +12,7 @@ from memory.budget import TokenCounter
 from proxy import early
 from proxy.errors import BackendUnavailable
 from proxy.services import build_services, close_services
-from proxy.settings import BackendSettings
+from proxy.setting_groups import BackendSettings
 from tests.conftest import make_settings
 
 

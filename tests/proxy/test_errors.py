@@ -11,7 +11,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from proxy.main import create_app
-from proxy.settings import BackendSettings, RouteSettings
+from proxy.setting_groups import BackendSettings, RouteSettings
 from tests.conftest import closed_port, make_settings
 from tests.servers.openai_stub import StubState
 from tests.servers.runner import serving

@@ -26,7 +26,8 @@ from proxy.backends.registry import Registry, build_backends
 from proxy.knowledge import extractor
 from proxy.main import create_app
 from proxy.services import Services
-from proxy.settings import BackendSettings, MemorySettings, PersonaSettings, RouteSettings, Settings
+from proxy.setting_groups import BackendSettings, MemorySettings, PersonaSettings, RouteSettings
+from proxy.settings import Settings
 from tests.conftest import make_settings
 from tests.fakes import FakeEmbedder
 from tests.openai_sdk import asgi_sdk

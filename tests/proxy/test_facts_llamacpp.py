@@ -15,7 +15,7 @@ from memory.extraction import NOTHING, words
 from memory.fact_models import FactRow, FactSource
 from memory.facts import KINDS, SUBJECTS, normal
 from memory.models import MessageRow
-from proxy.settings import BackendSettings, RouteSettings
+from proxy.setting_groups import BackendSettings, RouteSettings
 from tests.proxy.test_facts_api import new_key, running
 
 pytestmark = pytest.mark.slow

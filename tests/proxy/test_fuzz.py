@@ -42,7 +42,7 @@ from personas.store import PersonaStore
 from proxy.backends.registry import Registry, build_backends
 from proxy.main import create_app
 from proxy.services import Services, emotion_config
-from proxy.settings import BackendSettings, MemorySettings, PersonaSettings, RouteSettings
+from proxy.setting_groups import BackendSettings, MemorySettings, PersonaSettings, RouteSettings
 from tests.conftest import make_settings
 from tests.fakes import FakeEmbedder
 

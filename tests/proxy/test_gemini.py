@@ -25,7 +25,7 @@ from proxy.errors import (
     ContentBlocked,
 )
 from proxy.main import create_app
-from proxy.settings import BackendSettings, RouteSettings
+from proxy.setting_groups import BackendSettings, RouteSettings
 from tests.conftest import closed_port, make_settings
 from tests.servers.gemini import API_KEY, PROMPT_TOKENS, THOUGHT, GeminiState, gemini_app
 from tests.servers.openai_stub import vector_of

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from memory.budget import TokenCounter
 from memory.models import MessageRow
 from proxy.main import create_app
-from proxy.settings import BackendSettings, LimitSettings, RouteSettings
+from proxy.setting_groups import BackendSettings, LimitSettings, RouteSettings
 from tests.conftest import make_settings
 from tests.proxy.test_access import build, client, is_error, new_key, running
 from tests.servers.runner import serving

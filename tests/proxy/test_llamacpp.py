@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from openai.types.chat import ChatCompletionMessageParam
 
 from proxy.main import create_app
-from proxy.settings import BackendSettings, RouteSettings
+from proxy.setting_groups import BackendSettings, RouteSettings
 from tests.conftest import make_settings
 from tests.servers.runner import serving
 

@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memory.users import create_key
 from proxy.main import create_app
-from proxy.settings import BackendSettings, MemorySettings, RouteSettings
+from proxy.setting_groups import BackendSettings, MemorySettings, RouteSettings
 from tests.conftest import closed_port, make_settings
 from tests.memory.test_e2e import data_dir_with_models, models_cache  # noqa: F401 (fixture)
 from tests.servers.runner import serving

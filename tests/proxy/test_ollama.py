@@ -16,7 +16,7 @@ from proxy.backends.base import BackendRequest, Delta, TokenUsage
 from proxy.backends.ollama import OllamaBackend
 from proxy.errors import BackendError, BackendRejected, BackendServerError, BackendUnavailable
 from proxy.main import create_app
-from proxy.settings import BackendSettings, RouteSettings
+from proxy.setting_groups import BackendSettings, RouteSettings
 from tests.conftest import closed_port, make_settings
 from tests.servers.ollama import OllamaState, ollama_app
 from tests.servers.openai_stub import vector_of

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from proxy.main import create_app
-from proxy.settings import PersonaSettings
+from proxy.setting_groups import PersonaSettings
 from tests.conftest import make_settings
 
 ALWAYS = {"400", "401", "404", "413", "429", "500", "503"}  # any route, once keys exist

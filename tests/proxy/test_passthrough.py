@@ -15,7 +15,7 @@ import pytest
 
 from memory.embedder import Embedder
 from proxy.main import create_app
-from proxy.settings import BackendSettings
+from proxy.setting_groups import BackendSettings
 from tests.conftest import make_settings, stub_routes
 from tests.servers.openai_stub import REPLY, StubState, vector_of
 from tests.servers.runner import serving

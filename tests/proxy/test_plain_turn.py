@@ -7,7 +7,8 @@ import pytest
 
 from memory.budget import AtMost, Budget, Shares, TokenCounter
 from memory.types import Message, ToolCall
-from personas.prompt import assemble_prompt, parts_for
+from personas.prompt import assemble_prompt
+from personas.prompt_parts import parts_for
 from proxy.turn import TurnBuilder
 from proxy.turn_records import TurnRequest
 

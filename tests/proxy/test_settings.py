@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from proxy.backends.registry import Registry
 from proxy.errors import ModelNotFound
-from proxy.settings import BackendSettings, RouteSettings
+from proxy.setting_groups import BackendSettings, RouteSettings
 from tests.conftest import make_settings
 
 TOML = """

@@ -23,7 +23,8 @@ SERVE_PATH = """
 import asyncio, sys
 from memory import embedded_pg
 from proxy.services import build_services, close_services
-from proxy.settings import BackendSettings, EmotionSettings, MemorySettings, RouteSettings, Settings
+from proxy.settings import Settings
+from proxy.setting_groups import BackendSettings, EmotionSettings, MemorySettings, RouteSettings
 
 settings = Settings(
     _env_file=None, data_dir=sys.argv[1], memory=MemorySettings(enabled=True), emotion=EmotionSettings(),

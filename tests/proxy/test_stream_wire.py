@@ -12,9 +12,9 @@ import orjson
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from proxy.backends.openai_compat import SSELines
+from proxy.backends.openai_wire import SSELines
 from proxy.main import create_app
-from proxy.settings import BackendSettings
+from proxy.setting_groups import BackendSettings
 from tests.conftest import make_settings, stub_routes
 from tests.servers.openai_stub import USAGE, StubState
 from tests.servers.runner import serving

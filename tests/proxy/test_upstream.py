@@ -19,7 +19,7 @@ from pydantic import SecretStr
 from proxy.backends.openai_compat import OpenAICompatBackend
 from proxy.backends.upstream import env_proxy
 from proxy.main import create_app
-from proxy.settings import BackendSettings, RouteSettings
+from proxy.setting_groups import BackendSettings, RouteSettings
 from tests.conftest import make_settings
 from tests.servers.openai_stub import StubState, stub_app
 from tests.servers.runner import serving

@@ -24,7 +24,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memory.users import create_key
 from proxy.main import create_app
-from proxy.settings import BackendSettings, EmotionSettings, MemorySettings, PersonaSettings, RouteSettings
+from proxy.setting_groups import (
+    BackendSettings,
+    EmotionSettings,
+    MemorySettings,
+    PersonaSettings,
+    RouteSettings,
+)
 from tests.conftest import make_settings
 from tests.memory.test_e2e import data_dir_with_models, models_cache  # noqa: F401 (fixture)
 from tests.servers.runner import serving
