@@ -1,9 +1,8 @@
 """What the embedding worker pays to encode stored messages, and what might make it cheaper without moving
 a single stored vector (issue 15): every variant is measured side by side in one run, on one thread.
 
-1. Graphs: the shipped export against onnxruntime's offline transformer optimizer (SkipLayerNorm +
-   BiasGelu fused; and a variant re-exported so its Attention and EmbedLayerNorm fuse too), per text at
-   20, 60, 150 and 256 tokens: CPU ms per text and per token, cosine to the shipped graph.
+1. Graphs (the shipped export against onnxruntime's offline transformer optimizer, session options):
+   moved to bench/encoder_graphs.py.
 2. Threads: one 160-token reply every 50 ms (the worker between turns) with 1 and 2 intra-op threads
    (spinning on and off), each in its own process: CPU per reply including the idle gap, and wall time.
 3. Batching a mixed backlog (SillyTavern lines and replies, as an import or 8 clients leave it): sorted
@@ -11,8 +10,8 @@ a single stored vector (issue 15): every variant is measured side by side in one
 4. One reply as the worker encodes it per turn: tokenizer, session and list conversion apart.
 
 CPU is time.thread_time() of the encoding thread (process time for the thread variants).
-Run: .venv/bin/python bench/worker_encode.py [--reps N] (about 3 minutes; needs torch for variant 1's
-re-export; `anima models build` must have built the shipped graph).
+Run: .venv/bin/python bench/worker_encode.py [--reps N] (about 2 minutes; `anima models build` must have
+built the shipped graph).
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ import multiprocessing
 import os
 import random
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,7 +37,6 @@ from memory import embedder
 from memory.embedder import OnnxMiniLMEmbedder, _encode_batch, _load_tokenizer, cached_graph
 
 CHAT = json.loads(Path(__file__).with_name("sillytavern_chat.json").read_text())
-LENGTHS = (20, 60, 150, 256)
 TOKENIZER = _load_tokenizer(truncate_at=256)
 
 
@@ -66,88 +63,6 @@ def cpu_ms(run: Callable[[], Any]) -> float:
     started = time.thread_time()
     run()
     return (time.thread_time() - started) * 1000
-
-
-# --- 1. graphs ------------------------------------------------------------------------------------
-
-
-def fused(shipped: Path, folder: Path) -> dict[str, Path]:
-    """The offline optimizer's graphs: on the shipped export (attention does not fuse: its scale is a
-    Mul beside the mask's Mul, which the matcher cannot tell apart), and on a re-export whose mask is
-    built in the order the matcher expects and whose scale is a Div, so Attention fuses too."""
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    out = {"optimizer (no Attention)": folder / "opt.onnx", "optimizer + Attention": folder / "attn.onnx"}
-    optimize_model(str(shipped), model_type="bert", num_heads=12, hidden_size=384).save_model_to_file(
-        str(out["optimizer (no Attention)"])
-    )
-    reexport = folder / "reexport.onnx"
-    _reexport(reexport)
-    optimize_model(str(reexport), model_type="bert", num_heads=12, hidden_size=384).save_model_to_file(
-        str(out["optimizer + Attention"])
-    )
-    return out
-
-
-def _reexport(target: Path) -> None:
-    import onnx
-    import torch
-    from onnx import numpy_helper
-
-    def mean_pooled(bert: Any, input_ids: Any, attention_mask: Any) -> Any:
-        x = bert.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids))
-        additive = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
-        hidden = bert.encoder(x, attention_mask=additive).last_hidden_state
-        weights = attention_mask.to(x.dtype).unsqueeze(-1)
-        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-
-    from memory import onnx_export
-
-    original, onnx_export.mean_pooled = onnx_export.mean_pooled, mean_pooled
-    try:
-        embedder.build_graph(target)
-    finally:
-        onnx_export.mean_pooled = original
-    model = onnx.load(str(target))
-    made = {o: n for n in model.graph.node for o in n.output}
-    for node in model.graph.node:  # scores * 1/sqrt(d)  ->  scores / sqrt(d)
-        scale = made.get(node.input[1]) if node.op_type == "Mul" and len(node.input) == 2 else None
-        if "attention/self/Mul" in node.name and scale is not None and scale.op_type == "Constant":
-            value = numpy_helper.to_array(scale.attribute[0].t)
-            name = f"{node.name}_divisor"
-            model.graph.initializer.append(numpy_helper.from_array((1.0 / value).astype(np.float32), name))
-            node.op_type, node.input[1] = "Div", name
-    onnx.save(model, str(target))
-
-
-def graphs(shipped: Path, reps: int) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = {"shipped (ORT_ENABLE_ALL)": shipped, **fused(shipped, Path(tmp))}
-        sessions = {name: session(path) for name, path in paths.items()}
-        basic = onnxruntime.SessionOptions()
-        basic.intra_op_num_threads = basic.inter_op_num_threads = 1
-        basic.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        sessions["shipped, ORT_ENABLE_BASIC"] = onnxruntime.InferenceSession(str(shipped), basic)
-        feeds = {n: feed([text_of(n)]) for n in LENGTHS}
-        mixed = feed([text_of(n) for n in (*LENGTHS, 7)])
-        reference = sessions["shipped (ORT_ENABLE_ALL)"].run(None, mixed)[0]
-        samples: dict[tuple[str, int], list[float]] = {}
-        for rep in range(reps):
-            names = list(sessions) if rep % 2 else list(sessions)[::-1]
-            for name in names:
-                for n, inputs in feeds.items():
-                    ms = cpu_ms(lambda s=sessions[name], f=inputs: s.run(None, f))  # type: ignore[misc]
-                    samples.setdefault((name, n), []).append(ms)
-        print("1. one text, 1 thread: CPU ms (ms per token) and ratio to the shipped graph")
-        print(f"  {'graph':<28}" + "".join(f"{n:>22}" for n in LENGTHS) + "   min cosine")
-        for name, s in sessions.items():
-            row = ""
-            for n in LENGTHS:
-                ms = statistics.median(samples[(name, n)])
-                base = statistics.median(samples[("shipped (ORT_ENABLE_ALL)", n)])
-                row += f"{ms:8.2f} ({ms / feeds[n]['input_ids'].shape[1]:.3f}) {ms / base:4.2f}x"
-            cos = float((s.run(None, mixed)[0] * reference).sum(axis=1).min())
-            print(f"  {name:<28}{row}   {cos:.7f}")
 
 
 # --- 2. threads -----------------------------------------------------------------------------------
@@ -289,7 +204,6 @@ def main() -> None:
     print(f"load average before: {os.getloadavg()[0]:.1f}")
     shipped = cached_graph()
     model = OnnxMiniLMEmbedder.from_file(shipped)
-    graphs(shipped, args.reps)
     threads(args.reps)
     batching(model, max(args.reps // 3, 5))
     one_reply(model, args.reps)
