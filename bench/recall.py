@@ -13,8 +13,11 @@ and the query embedding's p50 says how loaded the machine was (about 4 ms idle h
 time one recall costs, this process's thread plus its Postgres backend (read from /proc): what the
 recall would take on an idle machine, less the hand-offs between the two. Also printed:
 how often both return the same memories in the same order, and their overlap.
+With `--baseline-url URL` the baseline (this code, or --baseline's) reads another filled database,
+e.g. one whose HNSW index was built with other parameters: two index builds side by side.
 Targets: p95 <= 20 ms at 100k, <= 50 ms at 1M, query embedding included.
 Run: .venv/bin/python bench/recall.py [--sizes 10000,100000[,1000000]] [--queries N] [--baseline main]
+     [--url URL [--baseline-url URL]]
 """
 
 from __future__ import annotations
@@ -84,13 +87,17 @@ def overlaps(code: ModuleType) -> bool:
 
 
 async def measure(
-    url: str, models: Path, n: int, k: int, codes: dict[str, ModuleType]
+    urls: dict[str, str], models: Path, n: int, k: int, codes: dict[str, ModuleType]
 ) -> dict[str, dict[str, dict[str, Any]]]:
-    engine = make_engine(url, pool_size=1, max_overflow=0)  # one backend, whose CPU time is read
-    sessions = make_sessionmaker(engine)
+    """Each code's recalls against its database (`urls`, by code name: the same one, or with
+    `--baseline-url` another database, e.g. one whose HNSW index was built otherwise)."""
+    engines = {name: make_engine(url, pool_size=1, max_overflow=0) for name, url in urls.items()}
+    makers = {name: make_sessionmaker(engine) for name, engine in engines.items()}  # one backend each
     embedder = await asyncio.to_thread(OnnxMiniLMEmbedder.load, models)
-    async with sessions() as s:
-        backend = int(await s.scalar(sql_text("SELECT pg_backend_pid()")))
+    backends = {}
+    for name, maker in makers.items():
+        async with maker() as s:
+            backends[name] = int(await s.scalar(sql_text("SELECT pg_backend_pid()")))
     anchor = 1000  # the last message of chat 1: its branch holds 1,000 messages
     out: dict[str, dict[str, dict[str, Any]]] = {}
     fusions = {name: code.Fusion() for name, code in codes.items()}  # long-lived, as the app's
@@ -103,6 +110,7 @@ async def measure(
             text = QUERIES[i % len(QUERIES)]
             order = list(codes.items()) if i % 2 == 0 else list(reversed(codes.items()))
             for name, code in order:  # alternating who goes first
+                sessions, backend = makers[name], backends[name]
                 t0, cpu = time.perf_counter(), time.thread_time() + on_cpu(backend)
                 took: list[float] = []
                 pending = asyncio.ensure_future(timed(embedder, text, took))
@@ -131,7 +139,8 @@ async def measure(
                 "cpu_p50": pct(cpu_ms[name], 50),
                 "found": found[name],
             }
-    await engine.dispose()
+    for engine in engines.values():
+        await engine.dispose()
     return out
 
 
@@ -184,14 +193,23 @@ def main() -> int:
     parser.add_argument("--k", type=int, default=MemoryConfig().recall_k, help="memories per recall")
     parser.add_argument("--baseline", help="also run this git revision's recall code (e.g. main)")
     parser.add_argument("--url", help="a database bench/memory_fill.py filled (one size)")
+    parser.add_argument(
+        "--baseline-url", help="the baseline's database (another index build; without --baseline: this code)"
+    )
     args = parser.parse_args()
-    codes = {"this": current} | ({args.baseline: recall_at(args.baseline)} if args.baseline else {})
+    codes = {"this": current}
+    if args.baseline or args.baseline_url:  # another revision's code, another database, or both
+        name = (args.baseline or "this") + ("@other" if args.baseline_url else "")
+        codes[name] = recall_at(args.baseline) if args.baseline else current
     print(HEADER)
     failed = False
     models = Path(tempfile.gettempdir()) / "anima-bench-models"  # the ONNX export, kept between runs
     for size in (int(s) for s in args.sizes.split(",")):
         with database(args.url, size) as url:
-            results = asyncio.run(measure(url, models, args.queries, args.k, codes))
+            urls = {
+                code: args.baseline_url if code != "this" and args.baseline_url else url for code in codes
+            }
+            results = asyncio.run(measure(urls, models, args.queries, args.k, codes))
         failed |= show(size, results)
     return 1 if failed else 0
 
