@@ -3,7 +3,7 @@
 Postgres' `ts_rank_cd` has no inverse document frequency, so a word in every message (a name, "like",
 "really") weighs as much as the one rare word that finds the evidence. Here Postgres does the matching
 (the `english` configuration stems and drops stop words; speaker names are not indexed) and the BM25
-sum, as common table expressions that memory/recall.py puts into its one statement per recall (each
+sum, as common table expressions that memory/recall_sql.py puts into its one statement per recall (each
 round trip to Postgres costs more than the scoring itself on a busy machine).
 Statistics: in branch scope, the whole branch (exact, it is one chat's few thousand rows at most); in
 wider scopes the user's newest `sample` messages (a bounded estimate: counting over 100k rows per query

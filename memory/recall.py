@@ -8,29 +8,28 @@ The best hits can bring their neighbouring turns (the answer to a question is of
 Scope is this chat's branch (an exact scan over its rows), chats with this persona, or all of the
 user's chats (HNSW with pgvector's iterative scan so the user filter does not starve the result).
 The query's embedding may still be running (in a thread) when recall starts: the wider scopes' lexical
-leg, which does not need it, then runs meanwhile as a statement of its own.
+leg, which does not need it, then runs meanwhile as a statement of its own. The statements' SQL is
+memory/recall_sql.py's; this module chooses which one runs and ranks what it returns.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from sqlalchemy import TextClause, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from memory import lexical
-from memory.lexical import BM25, SCOPE_FILTER
+from memory import lexical, recall_sql
+from memory.lexical import BM25
 from memory.types import Memory
 
 Scope = Literal["branch", "persona", "user"]
 Boost = Callable[[Memory], float]
-HNSW_EF_SEARCH = 40  # pgvector's default hnsw.ef_search
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 # a name used to address someone ("Aria, do you remember...", "..., Aria?") says who is asked, not
 # whose words are wanted: the speaker rule ignores it
@@ -39,40 +38,12 @@ _VOCATIVE = re.compile(
     re.IGNORECASE,
 )
 
-# the branch, walked once for both legs (with what BM25 needs)
-_DOCS = """
-    docs AS (
-        SELECT id, parent_id, search, token_count, name FROM message WHERE id = :anchor AND user_id = :user
-        UNION ALL
-        SELECT m.id, m.parent_id, m.search, m.token_count, m.name
-        FROM message m JOIN docs b ON m.id = b.parent_id
-    )
-"""
-# pgvector's iterative scan for the wider scopes' HNSW scan (the user filter must not starve the
-# pool), applied for the transaction by the statement before the main one. Raising ef_search to the
-# pool instead (one pass) cost as much and found less: bench/recall_quality.py's user scope lost
-# 1.7 points of Recall@10, so ef_search stays pgvector's default.
-_HNSW = "set_config('hnsw.iterative_scan', 'relaxed_order', true) AS iterative"
-
 
 def needs_transaction(scope: Scope) -> bool:
     """Whether recall in `scope` must run in a transaction: the wider scopes' `set_config` holds for
     the transaction only. The branch scope's reads need none (issue 15: BEGIN and ROLLBACK are two of
     a turn's round trips)."""
     return scope != "branch"
-
-
-_FUSED = """
-    , fused AS (SELECT id, sum(score) AS score FROM ({legs}) legs GROUP BY id)
-    SELECT m.id, c.public_id, m.role, m.name, m.content, m.created_at, m.metadata,
-           m.emotion_label, m.importance, m.token_count, m.parent_id, f.score
-    FROM fused f JOIN message m ON m.id = f.id JOIN conversation c ON c.id = m.conversation_id
-    WHERE m.user_id = :user
-"""
-# the wider scopes' lexical leg, run before the query's vector was needed: its ids, best first
-_LEX_GIVEN = "lex AS (SELECT id, rank FROM unnest(CAST(:lex_ids AS bigint[])) WITH ORDINALITY AS l(id, rank))"
-_VECTOR_RANK = "SELECT id, CAST(:vector_weight AS float8) / (:rrf_k + rank) AS score FROM vec"
-_TEXT_RANK = "SELECT id, CAST(:text_weight AS float8) / (:rrf_k + rank) AS score FROM lex"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,73 +79,6 @@ class Fusion:
     bm25: BM25 = field(default_factory=BM25)
 
 
-def _vector_cte(scope: Scope) -> str:
-    """Branch: an exact scan over the branch's rows. Wider scopes: an HNSW-ordered pool of candidates
-    first (the ORDER BY must be the bare distance for the index to serve it), then scope filters and
-    one row per message (long messages have several chunks); ranked, the nearest first."""
-    if scope == "branch":  # OFFSET 0: distances before grouping (sorting the vectors themselves cost 10 ms)
-        nearest = """
-            SELECT id, min(distance) AS distance FROM (
-                SELECT e.message_id AS id, e.embedding <=> q.v AS distance
-                FROM message_embedding e JOIN docs d ON d.id = e.message_id, probe q
-                WHERE e.user_id = :user AND NOT (e.message_id = ANY(:exclude)) OFFSET 0
-            ) chunks GROUP BY id ORDER BY distance, id DESC LIMIT :n
-        """
-    else:
-        nearest = f"""
-            SELECT hits.id, min(hits.distance) AS distance FROM (
-                SELECT e.message_id AS id, e.conversation_id, e.embedding <=> q.v AS distance
-                FROM message_embedding e, probe q WHERE e.user_id = :user
-                ORDER BY e.embedding <=> (SELECT v FROM probe) LIMIT :vec_pool
-            ) hits JOIN conversation c ON c.id = hits.conversation_id
-            WHERE c.end_user = :end_user AND {SCOPE_FILTER[scope]} AND NOT (hits.id = ANY(:exclude))
-            GROUP BY hits.id ORDER BY distance, hits.id DESC LIMIT :n
-        """
-    return f"""
-    probe AS MATERIALIZED (SELECT CAST(:q AS vector) AS v),  -- once: memory/lexical.py on generic plans
-    vec AS (
-        SELECT id, row_number() OVER (ORDER BY distance, id DESC) AS rank
-        FROM ({nearest}) nearest WHERE 1 - distance >= :min_similarity
-    )"""
-
-
-@functools.cache
-def _statement(
-    scope: Scope, *, vector: bool, lexical_leg: bool, fused: bool = True, given: bool = False
-) -> TextClause:
-    """Recall's statement with the legs asked for (the branch walk shared by both): the fused candidates
-    with their details, or (not `fused`) the lexical leg's ids and scores, best first. `given`: the
-    lexical leg's ids are a parameter, found by a statement before (`_LEX_GIVEN`)."""
-    parts = [_DOCS] if scope == "branch" else []
-    if vector:
-        parts.append(_vector_cte(scope))
-    if lexical_leg and given:
-        parts.append(_LEX_GIVEN)
-    elif lexical_leg:
-        parts += [lexical.BRANCH_CTES if scope == "branch" else lexical.wide_ctes(scope), lexical.LEX_CTE]
-    legs = [leg for leg, on in ((_VECTOR_RANK, vector), (_TEXT_RANK, lexical_leg)) if on]
-    select = (
-        _FUSED.format(legs=" UNION ALL ".join(legs)) if fused else " SELECT id, score FROM lex ORDER BY rank"
-    )
-    return text("WITH RECURSIVE " + ",".join(parts) + select)
-
-
-_DETAILS = text(
-    """
-    SELECT m.id, c.public_id, m.role, m.name, m.content, m.created_at, m.metadata,
-           m.emotion_label, m.importance, m.token_count, m.parent_id
-    FROM message m JOIN conversation c ON c.id = m.conversation_id
-    WHERE m.id = ANY(:ids) AND m.user_id = :user
-    """
-)
-_CHILDREN = text(
-    """
-    SELECT DISTINCT ON (m.parent_id) m.parent_id, m.id FROM message m
-    WHERE m.parent_id = ANY(:ids) AND m.user_id = :user ORDER BY m.parent_id, m.id
-    """
-)
-
-
 def _params(query: RecallQuery) -> dict[str, Any]:
     n = max(query.k + 10, 30)  # per leg: fusion reorders, the cut to k keeps the best
     return {
@@ -185,7 +89,7 @@ def _params(query: RecallQuery) -> dict[str, Any]:
         "end_user": query.end_user,
         "exclude": list(query.exclude),
         "n": n,
-        "vec_pool": max(HNSW_EF_SEARCH, n),  # beyond ef_search, pgvector's iterative scan goes on
+        "vec_pool": max(recall_sql.HNSW_EF_SEARCH, n),  # beyond ef_search, pgvector's iterative scan goes on
     }
 
 
@@ -207,7 +111,7 @@ async def text_leg(session: AsyncSession, query: RecallQuery, bm25: BM25) -> lis
     found = await _lexical_params(session, query, bm25, params, "")
     if found is None or (query.scope == "branch" and query.anchor_id is None):
         return []
-    statement = _statement(query.scope, vector=False, lexical_leg=True, fused=False)
+    statement = recall_sql.statement(query.scope, vector=False, lexical_leg=True, fused=False)
     return [(r.id, r.score) for r in (await session.execute(statement, params | found)).all()]
 
 
@@ -218,7 +122,7 @@ async def _candidates(session: AsyncSession, query: RecallQuery, fusion: Fusion)
     vector leg (an extra statement: with the vector already there, the lexical leg stays in the fused one)."""
     params = _params(query) | {"rrf_k": fusion.rrf_k, "text_weight": fusion.text_weight}
     wide = query.scope != "branch"
-    found, settings = None, _HNSW if wide else ""
+    found, settings = None, recall_sql.HNSW_SETTINGS if wide else ""
     if fusion.text_weight > 0:
         found = await _lexical_params(session, query, fusion.bm25, params, settings)
         if lexical.ts_query(query.text) is not None:
@@ -226,7 +130,7 @@ async def _candidates(session: AsyncSession, query: RecallQuery, fusion: Fusion)
     params |= found or {}
     split = wide and found is not None and _pending(query.embedding)
     if split:
-        lex = _statement(query.scope, vector=False, lexical_leg=True, fused=False)
+        lex = recall_sql.statement(query.scope, vector=False, lexical_leg=True, fused=False)
         params["lex_ids"] = [r.id for r in await session.execute(lex, params)]
     embedding = await query.embedding if isinstance(query.embedding, Awaitable) else query.embedding
     vector = fusion.vector_weight > 0 and embedding is not None
@@ -240,9 +144,9 @@ async def _candidates(session: AsyncSession, query: RecallQuery, fusion: Fusion)
             await session.execute(text("SELECT " + settings))
     elif found is None:
         return []
-    statement = _statement(query.scope, vector=vector, lexical_leg=found is not None, given=split)
+    statement = recall_sql.statement(query.scope, vector=vector, lexical_leg=found is not None, given=split)
     rows = (await session.execute(statement, params)).all()
-    return [_memory(r, r[-1]) for r in rows]  # the score comes last
+    return [recall_sql.memory_of(r, r[-1]) for r in rows]  # the score comes last
 
 
 def _pending(embedding: object) -> bool:
@@ -302,17 +206,8 @@ def _names_speaker(name: str | None, words: set[str]) -> bool:
 
 
 async def _details(session: AsyncSession, user_id: int, scores: dict[int, float]) -> list[Memory]:
-    rows = (await session.execute(_DETAILS, {"ids": list(scores), "user": user_id})).all()
-    return [_memory(r, scores[r.id]) for r in rows]
-
-
-def _memory(r: Any, score: float) -> Memory:
-    """A row of `_FUSED` or `_DETAILS` (their columns in `Memory`'s order, the score aside) as a memory,
-    read by position: a row's attributes by name cost ~10 µs a row, 1 ms of a recall's ~100 candidates."""
-    message_id, public_id, role, name, content, created, meta, emotion, importance, tokens, parent = r[:11]
-    return Memory(
-        message_id, public_id, role, name, content, score, created, meta, emotion, importance, tokens, parent
-    )
+    rows = (await session.execute(recall_sql.DETAILS, {"ids": list(scores), "user": user_id})).all()
+    return [recall_sql.memory_of(r, scores[r.id]) for r in rows]
 
 
 async def _with_neighbours(
@@ -323,7 +218,9 @@ async def _with_neighbours(
     top = best[: fusion.neighbours]
     have = {m.message_id for m in best} | set(query.exclude)
     children = (
-        await session.execute(_CHILDREN, {"ids": [m.message_id for m in top], "user": query.user_id})
+        await session.execute(
+            recall_sql.CHILDREN, {"ids": [m.message_id for m in top], "user": query.user_id}
+        )
     ).all()
     next_of = {r.parent_id: r.id for r in children}
     wanted: dict[int, float] = {}
