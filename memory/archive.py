@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from memory import chain, history
+from memory.archive_reads import ConversationInfo, conversation_infos, recorded_prompt, stored_messages
 from memory.budget import TokenCounter
-from memory.models import ConversationRow, MessageRow, PersonaRef, TurnContext
+from memory.models import ConversationRow, PersonaRef
 from memory.privacy import redact_recalled
 from memory.recall import Fusion, RecallQuery, Scope, recall
 from memory.store import lock_key
@@ -42,18 +43,6 @@ class Incoming:
     name: str | None = None
     created_at: datetime | None = None
     metadata: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ConversationInfo:
-    id: str
-    title: str | None
-    persona: str | None
-    end_user: str
-    created_at: datetime
-    updated_at: datetime
-    message_count: int
-    pending_embeddings: int
 
 
 class Archive:
@@ -144,51 +133,14 @@ class Archive:
 
     async def info(self, user_id: int, public_id: str) -> ConversationInfo:
         async with self._sessions() as s:
-            return (await self._infos(s, user_id, public_id=public_id, limit=1, offset=0))[0]
+            found = await conversation_infos(s, user_id, public_id=public_id, limit=1, offset=0)
+        if not found:
+            raise ConversationNotFound(f"No conversation '{public_id}'.")
+        return found[0]
 
     async def conversations(self, user_id: int, *, limit: int, offset: int) -> list[ConversationInfo]:
         async with self._sessions() as s:
-            return await self._infos(s, user_id, public_id=None, limit=limit, offset=offset)
-
-    async def _infos(
-        self, s: AsyncSession, user_id: int, *, public_id: str | None, limit: int, offset: int
-    ) -> list[ConversationInfo]:
-        counts = (
-            select(
-                MessageRow.conversation_id,
-                func.count().label("n"),
-                func.count().filter(~MessageRow.embedded).label("pending"),
-            )
-            .group_by(MessageRow.conversation_id)
-            .subquery()
-        )
-        query = (
-            select(ConversationRow, PersonaRef.name, counts.c.n, counts.c.pending)
-            .outerjoin(counts, counts.c.conversation_id == ConversationRow.id)
-            .outerjoin(PersonaRef, PersonaRef.id == ConversationRow.persona_id)
-            .where(ConversationRow.user_id == user_id)
-            .order_by(ConversationRow.updated_at.desc(), ConversationRow.id.desc())
-            .limit(limit)
-            .offset(offset)
-        )
-        if public_id is not None:
-            query = query.where(ConversationRow.public_id == public_id)
-        rows = (await s.execute(query)).all()
-        if public_id is not None and not rows:
-            raise ConversationNotFound(f"No conversation '{public_id}'.")
-        return [
-            ConversationInfo(
-                id=c.public_id,
-                title=c.title,
-                persona=persona,
-                end_user=c.end_user,
-                created_at=c.created_at,
-                updated_at=c.updated_at,
-                message_count=n or 0,
-                pending_embeddings=pending or 0,
-            )
-            for c, persona, n, pending in rows
-        ]
+            return await conversation_infos(s, user_id, public_id=None, limit=limit, offset=offset)
 
     async def messages(
         self, user_id: int, public_id: str, *, limit: int, offset: int
@@ -196,30 +148,9 @@ class Archive:
         """Every stored message (all branches) in storage order; `parent_id` shows the branch structure."""
         async with self._sessions() as s:
             row = await self._row(s, user_id, public_id)
-            rows = await s.scalars(
-                select(MessageRow)
-                .where(MessageRow.conversation_id == row.id, MessageRow.user_id == user_id)
-                .order_by(MessageRow.id)
-                .limit(limit)
-                .offset(offset)
+            return await stored_messages(
+                s, user_id=user_id, conversation_id=row.id, limit=limit, offset=offset
             )
-            return [
-                {
-                    "id": m.id,
-                    "parent_id": m.parent_id,
-                    "role": m.role,
-                    "name": m.name,
-                    "content": m.content,
-                    "created_at": m.created_at.isoformat(),
-                    "source": m.source,
-                    "status": m.status,
-                    "token_count": m.token_count,
-                    "emotion": m.emotion_label,
-                    "importance": m.importance,
-                    "metadata": m.meta,
-                }
-                for m in rows
-            ]
 
     async def branch(self, user_id: int, public_id: str, *, limit: int) -> list[StoredMessage]:
         """The conversation's current branch (ending at its newest message), oldest first."""
@@ -276,27 +207,9 @@ class Archive:
         """The prompt assembled for the latest turn, or for turn `turn` (1 = the first)."""
         async with self._sessions() as s:
             row = await self._row(s, user_id, public_id)
-            query = select(TurnContext).where(
-                TurnContext.conversation_id == row.id, TurnContext.user_id == user_id
-            )
-            if turn is None:
-                query = query.order_by(TurnContext.id.desc())
-            else:
-                query = query.order_by(TurnContext.id).offset(turn - 1)
-            found = await s.scalar(query.limit(1))
-            total = await s.scalar(select(func.count()).where(TurnContext.conversation_id == row.id))
+            found = await recorded_prompt(s, user_id=user_id, conversation_id=row.id, turn=turn)
         if found is None:
             raise ConversationNotFound(
                 f"Conversation '{public_id}' has no turn {turn or ''} on record.".replace("  ", " ")
             )
-        return {
-            "conversation_id": public_id,
-            "turn": turn or total,
-            "turns": total,
-            "model": found.model,
-            "reply_message_id": found.reply_message_id,
-            "messages": found.messages,
-            "tokens": found.tokens,
-            "persona": found.persona,
-            "created_at": found.created_at.isoformat(),
-        }
+        return {"conversation_id": public_id, **found}
