@@ -28,9 +28,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from memory.types import Message, TurnKind
-
-CHAT_ROLES = ("user", "assistant", "tool")  # tool results are part of the conversation
+from memory.types import CHAT_ROLES, Message, TurnKind
 
 # SillyTavern's default utility prompts (continue nudge, impersonation, group nudge) and its quiet
 # extension prompts: a trailing system message is classified by what it asks, not by its position.

@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+# the roles of the conversation itself (system messages are instructions around it): what recognition
+# hashes and aligns, and what the prompt's history is made of; tool results are part of it
+CHAT_ROLES = ("user", "assistant", "tool")
+
 
 @dataclass(frozen=True, slots=True)
 class ToolCall:

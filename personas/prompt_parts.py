@@ -7,9 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from memory.types import Memory, Message, StoredMessage, Summary, Thread
-
-CHAT_ROLES = ("user", "assistant", "tool")  # tool results are part of the chat
+from memory.types import CHAT_ROLES, Memory, Message, StoredMessage, Summary, Thread
 
 
 @dataclass(frozen=True, slots=True)
