@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +51,28 @@ def _whole(text: str) -> list[str]:
     return [text]
 
 
+def _embedding_worker(
+    sessions: async_sessionmaker[AsyncSession],
+    embedder: Embedder | None,
+    chunker: Callable[[str], list[str]],
+    config: MemoryConfig,
+    annotate: Annotate | None,
+) -> EmbeddingWorker | None:
+    """The worker that embeds stored messages in the background (none without an embedder)."""
+    if embedder is None:
+        return None
+    return EmbeddingWorker(sessions, embedder, chunker=chunker, batch=config.embed_batch, annotate=annotate)
+
+
+def _journal_drain(
+    journal: TurnJournal | None, store: TurnStore, config: MemoryConfig
+) -> JournalDrain | None:
+    """What stores the journaled turns in the background (none without a journal)."""
+    if journal is None:
+        return None
+    return JournalDrain(journal, store.replay, unreachable, concurrency=config.drain_concurrency)
+
+
 class MemoryService:
     def __init__(
         self,
@@ -65,54 +87,50 @@ class MemoryService:
         inflight: InFlight | None = None,
     ) -> None:
         self.sessions, self.counter, self.embedder, self.config = sessions, counter, embedder, config
+        self.journal, self.inflight = journal, inflight
         self.reads = autocommit(sessions)  # reads that need no transaction: no BEGIN/ROLLBACK round trips
         self.recaller = Recaller(sessions, self.reads, embedder, config)
         # the recall step is the Recaller's: start embedding the query, then recall under the deadline
         self.embed_query, self.recall = self.recaller.embed_query, self.recaller.recall
         self.window = WorkingMemory(turns=config.window_turns, conversations=config.window_conversations)
         self.chunker = chunker or _whole  # what the worker embeds per message, and what a known vector fits
-        self.embeddings = (
-            EmbeddingWorker(
-                sessions,
-                embedder,
-                chunker=self.chunker,
-                batch=config.embed_batch,
-                annotate=annotate,
-            )
-            if embedder is not None
-            else None
-        )
+        self._annotating = annotate is not None
+        self.embeddings = _embedding_worker(sessions, embedder, self.chunker, config, annotate)
         self.summaries = SummaryWorker(sessions, counter, min_messages=config.summary_min_messages)
-        self.archive = Archive(
-            sessions,
-            counter,
+        self.archive = self._new_archive()
+        self.recognizer = Recognizer(sessions, self.window)
+        self.store = self._new_store()
+        self.drain = _journal_drain(journal, self.store, config)
+        self.foreground = Foreground()  # the pipeline marks its turns; the embedding worker yields to them
+        self._public_ids: OrderedDict[tuple[int, str], int] = OrderedDict()  # (user, public id) → row id
+
+    def _new_archive(self) -> Archive:
+        """The memory API's archive; a conversation it stores wakes the embedding worker, and one it
+        deletes first lets its stores in flight land."""
+        return Archive(
+            self.sessions,
+            self.counter,
             self.window,
-            embedder,
-            config.fusion,
+            self.embedder,
+            self.config.fusion,
             stored=self._wake_embedder,
             quiesce=self._before_delete,
         )
-        self.journal, self.inflight = journal, inflight
-        self.recognizer = Recognizer(sessions, self.window)
-        self.store = TurnStore(
-            sessions,
-            counter,
+
+    def _new_store(self) -> TurnStore:
+        """The turn store (after the window and the recognizer, which it shares); vectors the request
+        computed are stored with their messages only when there is an embedder to have made them."""
+        return TurnStore(
+            self.sessions,
+            self.counter,
             self.window,
             self.recognizer,
-            journal=journal,
-            store_wait_s=config.store_wait_s,
+            journal=self.journal,
+            store_wait_s=self.config.store_wait_s,
             stored=self._wake_embedder,
             known=self._known,
-            vectors=self._store_vectors if embedder is not None else None,
+            vectors=self._store_vectors if self.embedder is not None else None,
         )
-        self.drain = (
-            JournalDrain(journal, self.store.replay, unreachable, concurrency=config.drain_concurrency)
-            if journal is not None
-            else None
-        )
-        self._annotating = annotate is not None
-        self.foreground = Foreground()  # the pipeline marks its turns; the embedding worker yields to them
-        self._public_ids: OrderedDict[tuple[int, str], int] = OrderedDict()  # (user, public id) → row id
 
     # -- recognising the conversation -------------------------------------------------------------
 
