@@ -50,6 +50,35 @@ def closed_port() -> int:
     return port
 
 
+class PersonaFolders:
+    """A fresh, empty personas folder for each app a test builds, all inside one directory that the
+    session removes at its end (they used to stay in $TMPDIR, one per app). Not under pytest's basetemp:
+    other pytest sessions on the machine tidy that (see test_a_first_start_is_quiet)."""
+
+    def __init__(self) -> None:
+        self._root: tempfile.TemporaryDirectory[str] | None = None
+
+    def new(self) -> Path:
+        if self._root is None:
+            self._root = tempfile.TemporaryDirectory(prefix="anima-personas-")
+        return Path(tempfile.mkdtemp(prefix="personas-", dir=self._root.name))
+
+    def remove(self) -> None:
+        if self._root is not None:
+            self._root.cleanup()
+            self._root = None
+
+
+persona_folders = PersonaFolders()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_persona_folders() -> Iterator[None]:
+    """Set up before, so torn down after, every other session fixture (the apps using the folders)."""
+    yield
+    persona_folders.remove()
+
+
 def make_settings(**values: Any) -> Settings:
     """Settings for a test: only what the test says, never a developer's .env. Memory is off unless
     the test turns it on (the proxy tests check the wire format; tests/memory checks memory); so is
@@ -61,7 +90,7 @@ def make_settings(**values: Any) -> Settings:
     values.setdefault("emotion", EmotionSettings(enabled=False))
     values.setdefault(
         "personas",
-        PersonaSettings(examples=False, reload_s=0, folder=Path(tempfile.mkdtemp(prefix="personas-"))),
+        PersonaSettings(examples=False, reload_s=0, folder=persona_folders.new()),
     )
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
