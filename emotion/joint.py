@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from emotion.detector import MAX_TOKENS, MODEL_DIR, PROBES, classifier, model_meta
+from emotion.classifier import PROBES, classifier
+from emotion.detector import MAX_TOKENS, MODEL_DIR, model_meta
 from emotion.labels import prepare_text
 from memory import embedder, model_cache, onnx_export
 from memory.embedder import _encode_batch, _load_tokenizer, _max_seq_length, _model_dir, _session, padded

@@ -14,13 +14,13 @@ from pathlib import Path
 def build_models(*, prune: bool = False) -> int:
     """Install-time step: every ONNX graph `anima serve` opens, exported into the shared model cache
     (memory/model_cache.py) unless already there. Prints each graph's path; exit status 1 on failure."""
-    from emotion import detector, joint
+    from emotion import classifier, detector, joint
     from memory import embedder, model_cache
 
     logging.getLogger("anima").setLevel(logging.INFO)
     graphs = [
         ("recall embedder", embedder.graph_name(), embedder.build_graph),
-        ("emotion detector", detector.graph_name(), detector.build_graph),
+        ("emotion detector", detector.graph_name(), classifier.build_graph),
         ("joint emotion+recall", joint.graph_name(), joint.build_graph),  # one trunk pass for both
     ]
     kept: set[Path] = set()
