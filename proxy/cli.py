@@ -63,6 +63,17 @@ def _parser() -> argparse.ArgumentParser:
         prog="anima", description="OpenAI-compatible proxy with persona, memory, emotion."
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_serve(commands)
+    _add_models(commands)
+    db = commands.add_parser("db", help="database schema")
+    db.add_argument("action", choices=["upgrade"], help="apply every migration (Alembic upgrade head)")
+    _add_import(commands)
+    persona_commands.add_parser(commands)
+    _add_keys(commands)
+    return parser
+
+
+def _add_serve(commands: Any) -> None:
     serve = commands.add_parser(
         "serve", help="run the server", epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -74,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--log-json", action="store_true", default=None, help="JSON log lines (ANIMA_LOG_JSON)"
     )
+
+
+def _add_models(commands: Any) -> None:
     models = commands.add_parser(
         "models", help="list every routed model; `anima models build`: the ONNX graphs, at install"
     )
@@ -87,8 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     models.add_argument("--config", help="TOML routing file (ANIMA_CONFIG, default ./anima.toml)")
     models.add_argument("--prune", action="store_true", help="build: also delete older versions' graphs")
-    db = commands.add_parser("db", help="database schema")
-    db.add_argument("action", choices=["upgrade"], help="apply every migration (Alembic upgrade head)")
+
+
+def _add_import(commands: Any) -> None:
     imports = commands.add_parser(
         "import", help="import a SillyTavern .jsonl chat or an OpenAI messages JSON"
     )
@@ -97,7 +112,9 @@ def _parser() -> argparse.ArgumentParser:
     imports.add_argument("--title", help="conversation title")
     imports.add_argument("--persona", help="persona name to file it under")
     imports.add_argument("--key", help="API key of the owning user (default: the local user)")
-    persona_commands.add_parser(commands)
+
+
+def _add_keys(commands: Any) -> None:
     keys = commands.add_parser("keys", help="API keys: create (printed once), list, revoke")
     key_actions = keys.add_subparsers(dest="action", required=True)
     create = key_actions.add_parser("create", help="a new key (a new user); only its hash is stored")
@@ -112,7 +129,6 @@ def _parser() -> argparse.ArgumentParser:
     key_actions.add_parser("list", help="every key: id, name, prefix, admin, revoked, limits")
     revoke = key_actions.add_parser("revoke", help="revoke a key by id or name (its data stays)")
     revoke.add_argument("who")
-    return parser
 
 
 SERVER_OPTIONS = ("host", "port", "workers", "config", "log_level", "log_json")
