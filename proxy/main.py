@@ -73,28 +73,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = services is None
         built = services or await build_services(settings)
-        pipeline = _pipeline(settings, built)
-        app.state.settings, app.state.pipeline, app.state.users = settings, pipeline, built.users
-        if owned:
-            try:
-                await check_exposure(settings, built)
-            except RuntimeError:
-                await close_services(built)
-                raise
-        if built.users is not None:  # open mode is decided now, once: it can end at run time, never begin
-            await built.users.start(open_allowed=open_allowed(settings))
-        app.state.services, app.state.personas = built, built.personas
-        app.state.limiter = RateLimiter(
-            settings.limits.requests_per_minute, settings.limits.tokens_per_minute
-        )
-        tasks = _start_background(app, settings, built, pipeline)
-        gc.freeze()  # what start-up built lives as long as the process: the collector skips it from now on
-        log.info(
-            "Anima ready: %d backend(s), memory %s, emotion %s",
-            len(built.registry.backends),
-            "on" if built.memory else "off",
-            "on" if built.emotion and built.emotion.detector else "off",
-        )
+        tasks = await _start(app, settings, built, owned=owned)
         try:
             yield
         finally:
@@ -111,6 +90,35 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.mount("/ui/static", ui.assets(), name="ui")
     _add_middleware(app, settings)
     return app
+
+
+async def _start(
+    app: FastAPI, settings: Settings, built: Services, *, owned: bool
+) -> list[asyncio.Task[None]]:
+    """Start-up once the services are built: the pipeline and what the routes read on `app.state`, the
+    exposure check (services the app built itself are closed if it fails), open mode decided, the
+    background tasks started (returned: the lifespan stops them at shutdown)."""
+    pipeline = _pipeline(settings, built)
+    app.state.settings, app.state.pipeline, app.state.users = settings, pipeline, built.users
+    if owned:
+        try:
+            await check_exposure(settings, built)
+        except RuntimeError:
+            await close_services(built)
+            raise
+    if built.users is not None:  # open mode is decided now, once: it can end at run time, never begin
+        await built.users.start(open_allowed=open_allowed(settings))
+    app.state.services, app.state.personas = built, built.personas
+    app.state.limiter = RateLimiter(settings.limits.requests_per_minute, settings.limits.tokens_per_minute)
+    tasks = _start_background(app, settings, built, pipeline)
+    gc.freeze()  # what start-up built lives as long as the process: the collector skips it from now on
+    log.info(
+        "Anima ready: %d backend(s), memory %s, emotion %s",
+        len(built.registry.backends),
+        "on" if built.memory else "off",
+        "on" if built.emotion and built.emotion.detector else "off",
+    )
+    return tasks
 
 
 def _pipeline(settings: Settings, built: Services) -> ChatPipeline:
