@@ -98,21 +98,13 @@ def assemble_prompt(parts: PromptParts, budget: Budget, counter: TokenCounter) -
         summary_need=_summary_cost(parts.summaries, counter),
     )
     body_start, body, body_tokens = _kept_history(history, body_costs, plan.body, counter)
-    earlier_start = (
-        oldest_within(earlier_costs, plan.earlier, starts(parts.earlier))
-        if body_start == 0
-        else len(parts.earlier)
-    )
+    earlier_start = _earlier_start(parts.earlier, earlier_costs, plan.earlier, body_start)
     held = _held_ids(parts, earlier_start, body_start)
     memories = _fit_memories(lines, held, plan.recall, counter)
     room = plan.spare + plan.recall - _memory_cost(memories, counter)
     cut = _cut(parts, earlier_start, body_start)
     summaries = _fit_summaries(parts.summaries, cut[0], room, counter) if cut[1] else []
-    tokens = {
-        "system": fixed,
-        "earlier": sum(earlier_costs[earlier_start:]),
-        "history": body_tokens,
-    }
+    tokens = {"system": fixed, "earlier": sum(earlier_costs[earlier_start:]), "history": body_tokens}
     layout = _layout(parts, parts.earlier[earlier_start:], body, newest, summaries, memories, tokens, counter)
     return Prompt(
         messages=layout,
@@ -151,6 +143,14 @@ def _kept_history(
     if shortened is None:
         return start, kept, spent
     return older, [*shortened, *kept], spent + sum(cost(m, counter) for m in shortened)
+
+
+def _earlier_start(
+    earlier: Sequence[StoredMessage | Message], costs: list[int], budget: int, body_start: int
+) -> int:
+    """Where the stored history older than the client's messages starts in the prompt: only when the
+    client's whole history is in (`body_start` 0) does any of it come in, newest first, whole groups."""
+    return oldest_within(costs, budget, starts(earlier)) if body_start == 0 else len(earlier)
 
 
 def _held_ids(parts: PromptParts, earlier_start: int, body_start: int) -> set[int]:
