@@ -5,13 +5,17 @@ closing chunks in one write, and the reply's bytes (ids and times aside) are the
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import httpx
 import orjson
 import pytest
 
 from memory.text import orjson_storable
+from memory.types import Message, ToolCall
 from proxy.backends.openai_wire import SSELines, deltas_of
+from proxy.outgoing import to_message
+from proxy.protocol import ChatMessage
 from tests.servers.openai_stub import StubState
 
 HELLO = [{"role": "user", "content": "hi"}]
@@ -97,3 +101,22 @@ def test_a_read_that_ends_the_reply_marks_every_delta_more() -> None:
     deltas, done = deltas_of("b", SSELines().feed(event * 2))  # the reply goes on: the last is sent now
     assert not done and [d.more for d in deltas] == [True, False]
     assert [d.text for d in deltas] == ["x", "x"]
+
+
+@pytest.mark.parametrize(
+    ("sent", "expected"),
+    [
+        ({"role": "user", "content": "hi"}, Message("user", "hi")),
+        ({"role": "developer", "content": "be brief", "name": "ops"}, Message("system", "be brief", "ops")),
+        ({"role": "assistant", "content": "", "tool_calls": []}, Message("assistant", "")),
+        ({"role": "assistant", "content": None}, Message("assistant", "")),
+        (
+            {"role": "assistant", "content": "x", "tool_calls": [{"id": "c", "function": {"name": "f"}}]},
+            Message("assistant", "x", tool_calls=(ToolCall("c", "f", ""),)),
+        ),
+        ({"role": "tool", "content": "42", "tool_call_id": "c"}, Message("tool", "42", tool_call_id="c")),
+        ({"role": "user", "content": [{"type": "text", "text": "a"}]}, Message("user", "a")),
+    ],
+)
+def test_a_plain_message_converts_as_any_other(sent: dict[str, Any], expected: Message) -> None:
+    assert to_message(ChatMessage.model_validate(sent)) == expected
