@@ -16,6 +16,10 @@ backlog to drain, so background work is in the figure and in its turns/s. `on` t
 `X-Anima-Memory: degraded` lost their recall; at the end every `on` chat must be stored exactly (the
 greeting plus one user message and one reply per answered turn).
 
+Target `aiopass` (in --targets) is the same pass-through over aiohttp, the client Anima's backend
+uses (httpx costs several times its CPU per streamed reply): a stricter yardstick, shown beside the
+issue's (`x aiopass`); the verdicts stay against `pass`.
+
 `--old ROOT DATA` adds a second memory-on target, `old`, running the checkout at ROOT (e.g. an export of
 main: `git archive main | tar -x -C ROOT`) on DATA, a copy of a stopped --data dir, alternated with
 `on` round by round, and prints the two side by side with ratios. `--statements` has each memory
@@ -363,7 +367,7 @@ async def stored_exactly(url: str, chats: list[Chat]) -> tuple[int, int]:
 def level_rows(level: Level) -> dict[str, dict[str, Any]]:
     """Each target's figures at one level; times in ms, `added` against `direct`, CPU per turn."""
     rows, direct = {}, level.tallies["direct"]
-    passed = level.tallies.get("pass")
+    passed, strict = level.tallies.get("pass"), level.tallies.get("aiopass")
     for name, t in level.tallies.items():
         cpu = 1000 * sum(t.cpu_s) / max(1, t.turns)
         row: dict[str, Any] = {
@@ -378,6 +382,8 @@ def level_rows(level: Level) -> dict[str, dict[str, Any]]:
         row |= {"turns_s": t.turns / max(1e-9, t.wall_s + t.drain_s), "cpu_ms": cpu}
         pass_cpu = 1000 * sum(passed.cpu_s) / max(1, passed.turns) if passed else float("nan")
         row |= {"cpu_vs_pass": cpu / pass_cpu if name not in ("direct", "pass") else None}
+        if strict is not None and name not in ("direct", "pass", "aiopass"):
+            row["cpu_vs_aiopass"] = cpu / (1000 * sum(strict.cpu_s) / max(1, strict.turns))
         row |= {"degraded": t.degraded, "backlog_max": t.backlog_max, "backlog_end": t.backlog_end}
         row |= {"drain_s": t.drain_s, "cpu_ms_each": [1000 * c / max(1, t.turns) for c in t.cpu_s]}
         if t.statements:
@@ -474,7 +480,8 @@ def report(fig: dict[str, Any]) -> None:
     header = ["target", "turns", "p50", "p99", "added p50", "added p99", "turns/s", "CPU ms/turn"]
     header += ["x pass CPU", "degraded", "backlog max", "drain s", "errors"]
     for clients, rows in fig["levels"].items():
-        body = [header]
+        strict = "aiopass" in rows
+        body = [header + (["x aiopass CPU"] if strict else [])]
         for name, r in rows.items():
             ratio = r["cpu_vs_pass"] if r["cpu_vs_pass"] is not None else "-"
             cpu = r["cpu_ms"] if name != "direct" else "-"
@@ -493,6 +500,7 @@ def report(fig: dict[str, Any]) -> None:
                     r["backlog_max"],
                     r["drain_s"],
                     r["errors"],
+                    *([r.get("cpu_vs_aiopass", "-")] if strict else []),
                 ]
             )
         table(
@@ -603,7 +611,7 @@ def servers(
     stack: contextlib.ExitStack, args: argparse.Namespace, tmp: Path
 ) -> tuple[list[Target], list[tuple[str, subprocess.Popen[bytes]]]]:
     """Start the backend and every target's server; the targets in the order of --targets."""
-    ports = {name: free_port() for name in ("backend", "pass", "off", "on", "old", "base")}
+    ports = {name: free_port() for name in ("backend", "pass", "aiopass", "off", "on", "old", "base")}
     url: Callable[[str], str] = lambda name: f"http://127.0.0.1:{ports[name]}/v1"  # noqa: E731
     log, env = tmp / "servers.log", dict(os.environ) | {"HF_HUB_OFFLINE": "1"}
     backend = stack.enter_context(
@@ -618,6 +626,12 @@ def servers(
         )
         targets["pass"] = Target("pass", url("pass"), "bench/echo", [proc.pid])
         started.append(("pass", proc))
+    if "aiopass" in args.targets:
+        env_pass = env | {"PASSTHROUGH_UPSTREAM": url("backend"), "PASSTHROUGH_MODEL": "echo"}
+        factory = uvicorn("bench.passthrough:app_aiohttp", ports["aiopass"])
+        proc = stack.enter_context(process(factory, env_pass, str(tmp), log))
+        targets["aiopass"] = Target("aiopass", url("aiopass"), "bench/echo", [proc.pid])
+        started.append(("aiopass", proc))
     anima = [sys.executable, "-m", "proxy", "serve"]  # what `anima serve` runs
     model = f"{args.persona}@bench/echo" if args.persona else "bench/echo"
     if "off" in args.targets:

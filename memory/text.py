@@ -16,6 +16,15 @@ def unstorable(value: Any, path: str = "") -> str | None:
     return None if _storable(value) else _where(value, path)
 
 
+def orjson_storable(raw: bytes) -> bool:
+    """Whether JSON `raw`, which orjson parsed, is sure to be storable without walking what it parsed
+    (issue 15: the walk cost a chat request ≈70 µs). orjson refuses NaN, infinities (a number too big
+    for a double too), lone surrogates, escaped or not, and raw control characters, so only a
+    `\\u0000` escape can bring a NUL in; where one may be (an escaped backslash before `u0000` also
+    matches), the caller walks as before."""
+    return b"\\u0000" not in raw
+
+
 def _storable(value: Any) -> bool:
     stack = [value]
     while stack:

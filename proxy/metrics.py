@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import (
@@ -30,6 +31,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.metrics import MetricWrapperBase
 from sqlalchemy import text
 
 if TYPE_CHECKING:
@@ -75,27 +77,37 @@ EMBED_BACKLOG = Gauge(
 )
 
 
+M = TypeVar("M", bound=MetricWrapperBase)
+
+
+@functools.lru_cache(maxsize=1024)
+def _child(metric: M, *values: str) -> M:
+    """`metric.labels(*values)`, looked up once: the same child every time, without prometheus-client's
+    label checks and lock on each of a chat turn's half-dozen observations (issue 15)."""
+    return metric.labels(*values)
+
+
 @contextlib.contextmanager
 def timed(step: str) -> Iterator[None]:
     """`with timed("recall"):` observes how long the block took; a block that raises is not observed."""
     started = time.perf_counter()
     yield
-    STEP_SECONDS.labels(step).observe(time.perf_counter() - started)
+    _child(STEP_SECONDS, step).observe(time.perf_counter() - started)
 
 
 def observe_request(route: str, method: str, status: int, backend: str, seconds: float) -> None:
-    REQUESTS.labels(route, method, str(status), backend).inc()
-    REQUEST_SECONDS.labels(route, method).observe(seconds)
+    _child(REQUESTS, route, method, str(status), backend).inc()
+    _child(REQUEST_SECONDS, route, method).observe(seconds)
 
 
 def count_tokens(backend: str, prompt: int, completion: int) -> None:
-    TOKENS.labels("in", backend).inc(prompt)
-    TOKENS.labels("out", backend).inc(completion)
+    _child(TOKENS, "in", backend).inc(prompt)
+    _child(TOKENS, "out", backend).inc(completion)
 
 
 def memory_turn(status: str, degraded: tuple[str, ...]) -> None:
     """One chat turn's memory status and, when degraded, why (`recall_deadline` is a missed deadline)."""
-    MEMORY_TURNS.labels(status).inc()
+    _child(MEMORY_TURNS, status).inc()
     for reason in degraded:
         DEGRADED.labels(reason).inc()
         if reason.endswith("_deadline"):

@@ -18,6 +18,8 @@ _ROLES = {"developer": "system", "function": "tool"}
 def to_message(message: ChatMessage) -> Message:
     """The internal message: its text, plus tool calls, the answered call id and (only when some part is
     not text) every content part in order, for backends that take images."""
+    if isinstance(message.content, str) and not message.tool_calls and message.tool_call_id is None:
+        return Message(_ROLES.get(message.role, message.role), message.content, message.name)  # plain chat
     parts = message.content if isinstance(message.content, list) else []
     keep = any(p.type != "text" for p in parts)
     return Message(

@@ -128,6 +128,8 @@ class ChatPipeline:
         """The turn's prompt, shielded from a client that leaves meanwhile (its cancellation lands at the
         upstream request, right after): memory's reads end within their deadlines, and a statement
         cancelled half-way would cost its pooled connection (SQLAlchemy drops it, not returned)."""
+        if self.memory is None:  # nothing to protect: no scope to enter (issue 15)
+            return await self.turns.build(request)
         with anyio.CancelScope(shield=True):
             turn = await self.turns.build(request)
         return turn

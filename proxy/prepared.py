@@ -57,13 +57,16 @@ async def primed(stream: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
 
 
 async def _replay(first: Delta, rest: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
+    ended = False
     try:
         yield first
         async for delta in rest:
             yield delta
+        ended = True  # the backend stream closed itself: nothing to cancel (a timer less per reply)
     finally:  # runs on client disconnect too: closing the backend stream cancels the upstream request
-        with anyio.move_on_after(5, shield=True):  # shielded, or the disconnect's cancel scope skips it
-            await _aclose(rest)
+        if not ended:
+            with anyio.move_on_after(5, shield=True):  # shielded, or the disconnect's cancel scope skips it
+                await _aclose(rest)
 
 
 async def _aclose(stream: AsyncIterator[Delta]) -> None:

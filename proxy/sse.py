@@ -6,11 +6,13 @@ does: send each piece as it comes, notice a client that leaves while the backend
 replaces sse-starlette's `EventSourceResponse`, whose per-request task group (stream, pings,
 shutdown watcher, disconnect listener) and per-send timeout scope and lock cost more CPU than the
 rest of a memory-off turn's streaming (docs/benchmarks.md). Here the events are sent from the
-request's own task; one helper task listens for the disconnect, a second sends pings when enabled.
+request's own task; one helper task listens for the disconnect, a second sends pings when enabled
+(proxy/disconnect.py's shape).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, Mapping
 from datetime import UTC, datetime
 
@@ -39,18 +41,17 @@ class EventStream(StreamingResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        failed: Exception | None = None
-        async with anyio.create_task_group() as group:
-            group.start_soon(cancel_when_gone, receive, group.cancel_scope)
+        # the helpers are plain tasks under a cancel scope that only a disconnect cancels: an anyio task
+        # group, cancelled at the end of every stream to stop them, formatted the task's repr each time
+        with anyio.CancelScope() as gone:
+            helpers = [asyncio.ensure_future(cancel_when_gone(receive, gone))]
             if self.ping_s > 0:
-                group.start_soon(_ping, send, self.ping_s)
+                helpers.append(asyncio.ensure_future(_ping(send, self.ping_s)))
             try:
                 await self._send_events(send)
-            except Exception as exc:  # raised as itself below, not wrapped in the group's ExceptionGroup
-                failed = exc
-            group.cancel_scope.cancel()  # the helpers: the stream is over
-        if failed is not None:
-            raise failed
+            finally:
+                for helper in helpers:
+                    helper.cancel()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _send_events(self, send: Send) -> None:

@@ -5,7 +5,6 @@ tested without a server."""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import orjson
@@ -37,41 +36,49 @@ class SSELines:
 
 
 def deltas_of(backend: str, lines: list[bytes]) -> tuple[list[Delta], bool]:
-    """The deltas of one read's lines, each but the last marked `more`; and whether `[DONE]` came."""
-    deltas, done = [], False
-    for line in lines:
-        done = done or line.startswith(b"data: [DONE]")
-        delta = delta_of(backend, line)
-        if delta is not None:
-            deltas.append(delta)
-    return [dataclasses.replace(d, more=True) for d in deltas[:-1]] + deltas[-1:], done
+    """The deltas of one read's lines, and whether `[DONE]` came. Each delta but the last is marked
+    `more`, and the last too when `[DONE]` came with it: the reply's end follows at once, so its
+    closing chunks go out in the same write (issue 15: one write per reply fewer, as a pass-through
+    relays that read in one)."""
+    done = any(line.startswith(b"data: [DONE]") for line in lines)
+    chunks = [chunk for chunk in (chunk_of(backend, line) for line in lines) if chunk is not None]
+    last = len(chunks) - 1
+    return [delta_of(chunk, more=done or i < last) for i, chunk in enumerate(chunks)], done
 
 
-def delta_of(backend: str, line: bytes) -> Delta | None:
-    """One SSE line's chunk as a delta (None: not a data line, or `[DONE]`); an in-stream error, or
-    several choices batched in one chunk, is the backend's failure."""
+def chunk_of(backend: str, line: bytes) -> dict[str, Any] | None:
+    """One SSE line's chunk (None: not a data line, or `[DONE]`); an in-stream error, or several
+    choices batched in one chunk, is the backend's failure."""
     if not line.startswith(b"data:"):
         return None
     data = line[5:].strip()
     if not data or data == b"[DONE]":
         return None
-    chunk = orjson.loads(data)
+    chunk: dict[str, Any] = orjson.loads(data)
     if "error" in chunk:
         raise BackendServerError(f"backend '{backend}' failed mid-reply: {_message_of(chunk['error'])}")
-    usage = chunk.get("usage")
-    choices = chunk.get("choices") or [{}]
-    if len(choices) > 1:  # n > 1: some servers batch the choices of one step into one chunk
+    if len(chunk.get("choices") or ()) > 1:  # n > 1: some servers batch the choices of one step
         raise BackendServerError(f"backend '{backend}' sent several choices in one chunk")
-    choice = choices[0]
+    return chunk
+
+
+def delta_of(chunk: dict[str, Any], *, more: bool = False) -> Delta:
+    """A chunk as a delta; built with `more` at once (`dataclasses.replace` afterwards cost more than
+    the rest of the chunk's parsing)."""
+    usage = chunk.get("usage")
+    choices = chunk.get("choices")
+    choice = choices[0] if choices else {}
     delta = choice.get("delta") or {}
+    calls = delta.get("tool_calls")
     return Delta(
         text=delta.get("content") or "",
         reasoning=delta.get("reasoning_content") or delta.get("reasoning") or "",
         finish_reason=choice.get("finish_reason"),
         usage=TokenUsage(usage["prompt_tokens"], usage["completion_tokens"]) if usage else None,
-        tool_calls=tuple(_tool_call_delta(c) for c in delta.get("tool_calls") or ()),
+        tool_calls=tuple(_tool_call_delta(c) for c in calls) if calls else (),
         choice=int(choice.get("index") or 0),
         logprobs=choice.get("logprobs") or None,
+        more=more,
     )
 
 

@@ -12,13 +12,14 @@ from fastapi import Depends, Request, Response
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
+from memory.text import orjson_storable
 from memory.types import SessionKey
 from memory.users import User
 from proxy.deps import PipelineDep, SettingsDep, caller, limited
 from proxy.disconnect import cancel_on_disconnect
 from proxy.limits import RateLimiter, check_sizes, prompt_estimate
 from proxy.pipeline import ChatPipeline
-from proxy.protocol import ChatCompletionRequest
+from proxy.protocol import CHECKED, ChatCompletionRequest
 from proxy.session import identify_session, requested_persona
 from proxy.settings import Settings
 from proxy.sse import EventStream
@@ -54,11 +55,15 @@ class ChatRoute(APIRoute):
 
 async def valid_body(request: Request) -> ChatCompletionRequest | None:
     """The request body as a valid `ChatCompletionRequest`, or None if it is not one. orjson refuses
-    all that stdlib `json` refuses (and more: NaN, lone surrogates, which then take FastAPI's way)."""
+    all that stdlib `json` refuses (and more: NaN, lone surrogates, which then take FastAPI's way), so
+    what it parsed is storable unless a NUL escape may be in it (then `Storable` looks)."""
     if request.headers.get("content-type") != "application/json":  # proxy/middleware.py JsonBodies
         return None
+    raw = await request.body()
     try:
-        return ChatCompletionRequest.model_validate(orjson.loads(await request.body()))
+        data = orjson.loads(raw)
+        checked = CHECKED if orjson_storable(raw) else None
+        return ChatCompletionRequest.model_validate(data, context=checked)
     except (orjson.JSONDecodeError, ValidationError):
         return None
 
