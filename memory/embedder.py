@@ -155,7 +155,8 @@ def runs(lengths: Sequence[int], limit: int, *, run_tokens: int = RUN_TOKENS) ->
 
 class OnnxMiniLMEmbedder:
     """all-MiniLM-L6-v2 through onnxruntime on one thread; fp32 (dynamic int8 lost too much quality and
-    depends on batch-mates; static int8 moved worst-case vectors further: docs/benchmarks.md)."""
+    depends on batch-mates; static int8 moved worst-case vectors further; the int8 mixes that keep vectors
+    close save under a fifth, blockwise int8 none: docs/benchmarks.md, "int8 per layer and per scheme")."""
 
     dim = EMBEDDING_DIM
 
