@@ -109,11 +109,11 @@ def memory_turn(status: str, degraded: tuple[str, ...]) -> None:
     """One chat turn's memory status and, when degraded, why (`recall_deadline` is a missed deadline)."""
     _child(MEMORY_TURNS, status).inc()
     for reason in degraded:
-        DEGRADED.labels(reason).inc()
+        _child(DEGRADED, reason).inc()
         if reason.endswith("_deadline"):
-            DEADLINE_MISSED.labels(reason.removesuffix("_deadline")).inc()
+            _child(DEADLINE_MISSED, reason.removesuffix("_deadline")).inc()
     if status == "degraded" and not degraded:
-        DEGRADED.labels("memory_unavailable").inc()
+        _child(DEGRADED, "memory_unavailable").inc()
 
 
 class Sampler:
