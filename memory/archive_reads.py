@@ -109,9 +109,9 @@ async def recorded_prompt(
     else:
         query = query.order_by(TurnContext.id).offset(turn - 1)
     found = await s.scalar(query.limit(1))
-    total = await s.scalar(select(func.count()).where(TurnContext.conversation_id == conversation_id))
     if found is None:
         return None
+    total = await s.scalar(select(func.count()).where(TurnContext.conversation_id == conversation_id))
     return {
         "turn": turn or total,
         "turns": total,
